@@ -1,0 +1,3 @@
+from comfygram.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""The backend: system of record and REST API."""

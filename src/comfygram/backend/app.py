@@ -1,0 +1,90 @@
+"""The backend's FastAPI application and what it does at start and stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from fastapi import Depends, FastAPI, Request
+from starlette.responses import Response
+
+from comfygram import __version__
+from comfygram.backend import db, reconcile
+from comfygram.backend.deps import require_api_token
+from comfygram.backend.errors import error_response, install_error_handlers
+from comfygram.backend.preset_sync import sync_presets
+from comfygram.backend.routes import health, jobs, payments, presets, users, webhook
+from comfygram.backend.storage import MediaStore
+from comfygram.presets import load_presets
+from comfygram.queue import JobQueue, connect_redis
+from comfygram.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Multipart framing around an upload; bodies beyond limit + this are refused unread.
+_MULTIPART_SLACK = 64 * 1024
+
+
+def create_app(settings: Settings) -> FastAPI:
+    settings.require("api_token")
+    presets_on_disk = load_presets(settings.presets_dir)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = db.create_engine(settings.database_dsn)
+        if settings.auto_migrate:
+            await db.migrate(engine)
+        sessions = db.create_sessionmaker(engine)
+        async with sessions() as session:
+            await sync_presets(session, presets_on_disk)
+            await session.commit()
+        redis = connect_redis(settings)
+        queue = JobQueue(redis, prefix=settings.redis_prefix)
+        app.state.sessions = sessions
+        app.state.redis = redis
+        app.state.queue = queue
+        app.state.store = MediaStore(settings.media_dir)
+        reconciler = asyncio.create_task(
+            reconcile.reconcile_forever(sessions, queue, settings.reconcile_interval_seconds),
+            name="queue-reconcile",
+        )
+        log.info(
+            "backend ready: %d presets, database %s", len(presets_on_disk), engine.dialect.name
+        )
+        try:
+            yield
+        finally:
+            reconciler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reconciler
+            await redis.aclose()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="comfygram backend",
+        version=__version__,
+        description="System of record for comfygram: users, credits, jobs, payments, presets.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+
+    @app.middleware("http")
+    async def refuse_oversized_bodies(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        length = request.headers.get("content-length", "")
+        factor = jobs.RESULT_SIZE_FACTOR if request.url.path.endswith("/result") else 1
+        limit = settings.max_upload_bytes * factor + _MULTIPART_SLACK
+        if length.isdigit() and int(length) > limit:
+            return error_response(413, "file_too_large", "The request body is too large.")
+        return await call_next(request)
+
+    protected = [Depends(require_api_token)]
+    for module in (users, presets, jobs, payments):
+        app.include_router(module.router, dependencies=protected)
+    app.include_router(health.router)
+    app.include_router(webhook.router)
+    return app

@@ -1,0 +1,47 @@
+"""FastAPI dependencies: the service token check and the shared objects on app.state."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from comfygram.backend.errors import ApiError
+from comfygram.backend.storage import MediaStore
+from comfygram.queue import JobQueue
+from comfygram.settings import Settings
+
+
+def require_api_token(request: Request) -> None:
+    expected = request.app.state.settings.api_token.get_secret_value().encode()
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+        raise ApiError(
+            401, "unauthorized", "Send the service token as 'Authorization: Bearer <API_TOKEN>'."
+        )
+
+
+async def _session(request: Request) -> AsyncIterator[AsyncSession]:
+    async with request.app.state.sessions() as session:
+        yield session
+
+
+def _settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def _queue(request: Request) -> JobQueue:
+    return request.app.state.queue
+
+
+def _store(request: Request) -> MediaStore:
+    return request.app.state.store
+
+
+SessionDep = Annotated[AsyncSession, Depends(_session)]
+SettingsDep = Annotated[Settings, Depends(_settings)]
+QueueDep = Annotated[JobQueue, Depends(_queue)]
+StoreDep = Annotated[MediaStore, Depends(_store)]

@@ -1,0 +1,268 @@
+"""Creating jobs and moving them through their states, with their charges and refunds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from comfygram.backend import accounts
+from comfygram.backend.errors import ApiError, not_found
+from comfygram.backend.models import Job, Preset, User, new_id, utcnow
+from comfygram.backend.storage import MediaStore
+from comfygram.domain import ledger
+from comfygram.domain.jobs import (
+    ACTIVE,
+    FINAL,
+    REFUNDED_ON,
+    DeliveryStatus,
+    JobStatus,
+    TransitionError,
+    check_transition,
+    counts_attempt,
+)
+from comfygram.domain.ledger import Reason
+from comfygram.images import ImageInfo
+
+
+@dataclass(frozen=True)
+class NewJob:
+    telegram_id: int
+    preset_slug: str
+    prompt: str | None
+    image: bytes
+    image_info: ImageInfo
+    idempotency_key: str | None
+
+
+@dataclass(frozen=True)
+class Created:
+    job: Job
+    position: int
+    replayed: bool
+
+
+async def get_job(session: AsyncSession, job_id: str, *, lock: bool = False) -> Job:
+    query = select(Job).where(Job.id == job_id)
+    job = await session.scalar(query.with_for_update() if lock else query)
+    if job is None:
+        raise not_found("job", job_id)
+    return job
+
+
+async def queue_position(session: AsyncSession, job: Job) -> int:
+    """1 for the next job to run; 0 once the job has left the queue."""
+    if job.status != JobStatus.QUEUED:
+        return 0
+    ahead = await session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(Job.status == JobStatus.QUEUED, Job.created_at < job.created_at)
+    )
+    return int(ahead or 0) + 1
+
+
+async def create(
+    session: AsyncSession, store: MediaStore, request: NewJob, max_active: int
+) -> Created:
+    """Charge the preset's price and write the job, in one transaction the caller commits."""
+    user = await accounts.lock_user(session, request.telegram_id)
+    preset = await session.get(Preset, request.preset_slug)
+    if preset is None or not preset.enabled:
+        raise not_found("preset", request.preset_slug)
+    if preset.takes_prompt and not request.prompt:
+        raise ApiError(
+            422,
+            "prompt_required",
+            f"The {preset.slug} preset needs a text prompt: describe the edit.",
+        )
+    if not preset.takes_prompt and request.prompt:
+        raise ApiError(
+            422, "prompt_not_accepted", f"The {preset.slug} preset takes no text prompt."
+        )
+
+    if request.idempotency_key:
+        earlier = await session.scalar(
+            select(Job).where(
+                Job.user_id == user.id, Job.idempotency_key == request.idempotency_key
+            )
+        )
+        if earlier is not None:
+            if earlier.preset_slug != preset.slug or earlier.prompt != request.prompt:
+                raise ApiError(
+                    409,
+                    "idempotency_key_reused",
+                    "This Idempotency-Key was already used for a different request.",
+                )
+            return Created(earlier, await queue_position(session, earlier), replayed=True)
+
+    active = await session.scalar(
+        select(func.count()).select_from(Job).where(Job.user_id == user.id, Job.status.in_(ACTIVE))
+    )
+    if active >= max_active:
+        raise ApiError(
+            409,
+            "too_many_active_jobs",
+            f"You already have {active} photos in progress; wait for one to finish.",
+        )
+
+    job_id = new_id()
+    if preset.price:
+        await accounts.post(
+            session,
+            user,
+            -preset.price,
+            Reason.JOB_CHARGE,
+            ledger.charge_key(job_id),
+            job_id=job_id,
+        )
+    input_path = await store.write("inputs", job_id, request.image_info.extension, request.image)
+    job = Job(
+        id=job_id,
+        user_id=user.id,
+        preset_slug=preset.slug,
+        prompt=request.prompt,
+        price=preset.price,
+        status=JobStatus.QUEUED,
+        idempotency_key=request.idempotency_key,
+        input_path=input_path,
+        input_mime=request.image_info.mime,
+    )
+    session.add(job)
+    try:
+        await session.flush()
+        position = await queue_position(session, job)
+    except BaseException:
+        await store.delete(input_path)
+        raise
+    return Created(job, position, replayed=False)
+
+
+async def _refund(session: AsyncSession, user: User, job: Job) -> bool:
+    if not job.price:
+        return False
+    entry = await accounts.post(
+        session, user, job.price, Reason.JOB_REFUND, ledger.refund_key(job.id), job_id=job.id
+    )
+    return entry is not None
+
+
+async def _lock(session: AsyncSession, job_id: str) -> tuple[User, Job]:
+    # Always user first, then job: the same order as create(), so two requests never deadlock.
+    job = await get_job(session, job_id)
+    user = await accounts.lock_user_by_id(session, job.user_id)
+    await session.refresh(job, with_for_update=True)
+    return user, job
+
+
+async def transition(
+    session: AsyncSession,
+    job_id: str,
+    target: JobStatus,
+    *,
+    error: str | None = None,
+    worker: str | None = None,
+) -> Job:
+    """Move a job to `target` if DESIGN.md allows it; failing or cancelling refunds it.
+
+    Asking for the state the job is already in changes nothing, so a retried call is harmless.
+    """
+    user, job = await _lock(session, job_id)
+    current = JobStatus(job.status)
+    if current is target:
+        return job
+    try:
+        check_transition(current, target)
+    except TransitionError as exc:
+        raise ApiError(409, "invalid_transition", f"Job {job.id}: {exc}.") from None
+    if target is JobStatus.SUCCEEDED and not job.result_path:
+        raise ApiError(
+            409, "result_missing", "Upload the job's result before marking it succeeded."
+        )
+
+    now = utcnow()
+    if counts_attempt(current, target):
+        job.attempts += 1
+    if target is JobStatus.PROCESSING:
+        job.started_at = now
+        job.worker = worker
+        job.progress = 0
+    if target is JobStatus.SUCCEEDED:
+        job.progress = 100
+    if error is not None:
+        job.error = error[:4000]
+    if target in FINAL:
+        job.finished_at = now
+    job.status = target
+    if target in REFUNDED_ON:
+        await _refund(session, user, job)
+    await session.flush()
+    return job
+
+
+async def refund(session: AsyncSession, job_id: str) -> tuple[Job, bool]:
+    """Give a finished job's price back once; True when this call did it."""
+    user, job = await _lock(session, job_id)
+    if job.status not in FINAL:
+        raise ApiError(
+            409, "job_active", f"Job {job.id} is still {job.status}; cancel it or let it finish."
+        )
+    return job, await _refund(session, user, job)
+
+
+async def attach_result(
+    session: AsyncSession, store: MediaStore, job_id: str, data: bytes, image: ImageInfo
+) -> Job:
+    job = await get_job(session, job_id, lock=True)
+    if job.status != JobStatus.PROCESSING:
+        raise ApiError(
+            409,
+            "job_not_processing",
+            f"Job {job.id} is {job.status}; results are taken while processing.",
+        )
+    job.result_path = await store.write("results", job.id, image.extension, data)
+    job.result_mime = image.mime
+    await session.flush()
+    return job
+
+
+async def record_delivery(
+    session: AsyncSession, job_id: str, status: DeliveryStatus, error: str | None
+) -> Job:
+    user, job = await _lock(session, job_id)
+    if job.status not in FINAL:
+        raise ApiError(
+            409, "job_active", f"Job {job.id} is still {job.status}; nothing to deliver yet."
+        )
+    if job.delivery_status == DeliveryStatus.DELIVERED:
+        return job
+    job.delivery_status = status
+    job.delivery_error = error[:4000] if error else None
+    if status is DeliveryStatus.DELIVERED:
+        job.delivered_at = utcnow()
+    if status is DeliveryStatus.BLOCKED:
+        user.blocked_bot = True
+    await session.flush()
+    return job
+
+
+async def list_for_user(session: AsyncSession, telegram_id: int, limit: int) -> list[Job]:
+    user = await accounts.get_user(session, telegram_id)
+    rows = await session.scalars(
+        select(Job).where(Job.user_id == user.id).order_by(Job.created_at.desc()).limit(limit)
+    )
+    return list(rows)
+
+
+async def queued(session: AsyncSession) -> list[Job]:
+    """Every queued job, oldest first: what Redis must hold."""
+    rows = await session.scalars(
+        select(Job).where(Job.status == JobStatus.QUEUED).order_by(Job.created_at)
+    )
+    return list(rows)
+
+
+def queue_payload(job: Job) -> dict[str, object]:
+    """The job as JSON on the Redis queue; the backend stays the authority on everything else."""
+    return {"preset": job.preset_slug, "attempts": job.attempts}

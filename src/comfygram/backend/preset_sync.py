@@ -1,0 +1,31 @@
+"""Copying the preset folders into the presets table at start."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from comfygram.backend.models import Preset as PresetRow
+from comfygram.presets import Preset
+
+
+async def sync_presets(session: AsyncSession, presets: list[Preset]) -> None:
+    """Insert or update every preset; ones no longer on disk are disabled, never deleted,
+    because old jobs still refer to them."""
+    rows = {row.slug: row for row in await session.scalars(select(PresetRow))}
+    for preset in presets:
+        row = rows.pop(preset.slug, None) or PresetRow(slug=preset.slug)
+        row.title_en = preset.title["en"]
+        row.title_ru = preset.title["ru"]
+        row.description_en = preset.description["en"]
+        row.description_ru = preset.description["ru"]
+        row.price = preset.price
+        row.enabled = preset.enabled
+        row.takes_prompt = preset.takes_prompt
+        row.models = [{"folder": m.folder, "name": m.name} for m in preset.models]
+        row.manifest = preset.to_manifest()
+        row.workflow = preset.workflow
+        session.add(row)
+    for gone in rows.values():
+        gone.enabled = False
+    await session.flush()

@@ -1,0 +1,38 @@
+"""Keeping Redis in step with the database, which is the source of truth for queued jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from redis.exceptions import RedisError
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from comfygram.backend import jobs
+from comfygram.queue import JobQueue
+
+log = logging.getLogger(__name__)
+
+
+async def reconcile_once(sessions: async_sessionmaker, queue: JobQueue) -> int:
+    """Enqueue every job the database says is queued but Redis does not hold; returns how many."""
+    async with sessions() as session:
+        queued = await jobs.queued(session)
+    added = 0
+    for job in queued:
+        if await queue.enqueue(job.id, jobs.queue_payload(job)):
+            added += 1
+    if added:
+        log.warning("re-enqueued %d queued job(s) that Redis did not hold", added)
+    return added
+
+
+async def reconcile_forever(sessions: async_sessionmaker, queue: JobQueue, interval: float) -> None:
+    while True:
+        try:
+            await reconcile_once(sessions, queue)
+        except (RedisError, OSError) as exc:
+            log.warning("queue reconcile skipped, Redis unreachable: %s", type(exc).__name__)
+        except Exception:
+            log.exception("queue reconcile failed")
+        await asyncio.sleep(interval)

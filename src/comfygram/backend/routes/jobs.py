@@ -1,0 +1,178 @@
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile
+from fastapi.responses import FileResponse
+from redis.exceptions import RedisError
+
+from comfygram.backend import jobs
+from comfygram.backend.deps import QueueDep, SessionDep, SettingsDep, StoreDep
+from comfygram.backend.errors import ApiError
+from comfygram.backend.models import User
+from comfygram.backend.schemas import (
+    DeliveryReport,
+    JobOut,
+    RefundOut,
+    StatusChange,
+    StatusMessage,
+    TelegramId,
+)
+from comfygram.images import ImageInfo, ImageRejected, inspect_image
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/api/jobs", tags=["jobs"])
+
+# Results come from our own workers (an upscale may be much larger than what users send).
+RESULT_SIZE_FACTOR = 4
+
+
+async def _read_image(
+    upload: UploadFile, max_bytes: int, max_pixels: int
+) -> tuple[bytes, ImageInfo]:
+    data = await upload.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ApiError(
+            413,
+            "file_too_large",
+            f"The file is over {max_bytes // (1024 * 1024)} MB; send a smaller one.",
+        )
+    try:
+        info = await asyncio.to_thread(inspect_image, data, max_pixels)
+    except ImageRejected as exc:
+        status, code = (
+            (415, "unsupported_image") if exc.kind == "unsupported" else (422, "bad_image")
+        )
+        raise ApiError(status, code, exc.message) from None
+    return data, info
+
+
+async def _job_out(session: SessionDep, job_id: str) -> JobOut:
+    job = await jobs.get_job(session, job_id)
+    user = await session.get(User, job.user_id)
+    return JobOut.of(job, user.telegram_id, await jobs.queue_position(session, job))
+
+
+@router.post("/create", status_code=201, response_model=JobOut)
+async def create_job(
+    session: SessionDep,
+    settings: SettingsDep,
+    queue: QueueDep,
+    store: StoreDep,
+    response: Response,
+    telegram_id: Annotated[int, Form(gt=0, le=2**63 - 1)],
+    preset: Annotated[str, Form(min_length=1, max_length=32)],
+    image: Annotated[UploadFile, File(description="JPEG, PNG or WebP")],
+    prompt: Annotated[str | None, Form(max_length=1000)] = None,
+    idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
+) -> JobOut:
+    """Validate and store the photo, charge the preset's price, queue the job."""
+    data, info = await _read_image(image, settings.max_upload_bytes, settings.max_image_pixels)
+    request = jobs.NewJob(
+        telegram_id=telegram_id,
+        preset_slug=preset,
+        prompt=prompt.strip() if prompt and prompt.strip() else None,
+        image=data,
+        image_info=info,
+        idempotency_key=idempotency_key or None,
+    )
+    created = await jobs.create(session, store, request, settings.max_active_jobs_per_user)
+    await session.commit()
+    job = created.job
+    if created.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    else:
+        try:
+            await queue.enqueue(job.id, jobs.queue_payload(job))
+        except (RedisError, OSError) as exc:
+            # The job is safe in the database; the reconciler queues it when Redis is back.
+            log.warning("job %s not queued yet, Redis unreachable: %s", job.id, type(exc).__name__)
+    return JobOut.of(job, telegram_id, created.position)
+
+
+@router.get("", response_model=list[JobOut])
+async def list_jobs(
+    session: SessionDep,
+    telegram_id: Annotated[TelegramId, Query()],
+    limit: Annotated[int, Query(ge=1, le=100)] = 10,
+) -> list[JobOut]:
+    """A user's latest jobs, newest first."""
+    rows = await jobs.list_for_user(session, telegram_id, limit)
+    return [JobOut.of(job, telegram_id, await jobs.queue_position(session, job)) for job in rows]
+
+
+@router.get("/{job_id}", response_model=JobOut)
+async def get_job(job_id: str, session: SessionDep) -> JobOut:
+    return await _job_out(session, job_id)
+
+
+@router.post("/{job_id}/status", response_model=JobOut)
+async def change_status(
+    job_id: str, body: StatusChange, session: SessionDep, queue: QueueDep
+) -> JobOut:
+    """Move the job along queued -> processing -> succeeded | queued (retry) | failed,
+    or queued -> cancelled. Failing and cancelling refund the charge."""
+    await jobs.transition(session, job_id, body.status, error=body.error, worker=body.worker)
+    await session.commit()
+    return await _job_out(session, job_id)
+
+
+@router.post("/{job_id}/refund", response_model=RefundOut)
+async def refund_job(job_id: str, session: SessionDep) -> RefundOut:
+    """Give a finished job's price back; a second call changes nothing."""
+    job, refunded = await jobs.refund(session, job_id)
+    await session.commit()
+    user = await session.get(User, job.user_id)
+    return RefundOut(job=JobOut.of(job, user.telegram_id), refunded=refunded, balance=user.balance)
+
+
+@router.get("/{job_id}/input", response_class=FileResponse)
+async def download_input(job_id: str, session: SessionDep, store: StoreDep) -> FileResponse:
+    job = await jobs.get_job(session, job_id)
+    return FileResponse(store.path(job.input_path), media_type=job.input_mime)
+
+
+@router.put("/{job_id}/result", response_model=JobOut)
+async def upload_result(
+    job_id: str,
+    session: SessionDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    image: Annotated[UploadFile, File(description="The rendered image")],
+) -> JobOut:
+    data, info = await _read_image(
+        image,
+        settings.max_upload_bytes * RESULT_SIZE_FACTOR,
+        settings.max_image_pixels * RESULT_SIZE_FACTOR,
+    )
+    await jobs.attach_result(session, store, job_id, data, info)
+    await session.commit()
+    return await _job_out(session, job_id)
+
+
+@router.get("/{job_id}/result", response_class=FileResponse)
+async def download_result(job_id: str, session: SessionDep, store: StoreDep) -> FileResponse:
+    job = await jobs.get_job(session, job_id)
+    if job.result_path is None:
+        raise ApiError(404, "result_not_found", f"Job {job.id} has no result yet ({job.status}).")
+    return FileResponse(store.path(job.result_path), media_type=job.result_mime)
+
+
+@router.post("/{job_id}/delivery", response_model=JobOut)
+async def record_delivery(job_id: str, body: DeliveryReport, session: SessionDep) -> JobOut:
+    """What happened when the result (or apology) was sent to the user."""
+    await jobs.record_delivery(session, job_id, body.status, body.error)
+    await session.commit()
+    return await _job_out(session, job_id)
+
+
+@router.post("/{job_id}/status-message", response_model=JobOut)
+async def record_status_message(job_id: str, body: StatusMessage, session: SessionDep) -> JobOut:
+    """The chat and message the bot shows the job's progress in."""
+    job = await jobs.get_job(session, job_id, lock=True)
+    job.status_chat_id = body.chat_id
+    job.status_message_id = body.message_id
+    await session.commit()
+    return await _job_out(session, job_id)

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Path, Response
+
+from comfygram.backend import accounts
+from comfygram.backend.deps import SessionDep, SettingsDep
+from comfygram.backend.schemas import CreditAdjustment, RegisterRequest, UserOut
+from comfygram.domain import ledger
+from comfygram.domain.ledger import Reason
+
+router = APIRouter(prefix="/api/users", tags=["users"])
+TelegramIdPath = Path(gt=0, le=2**63 - 1, description="The user's Telegram id")
+
+
+@router.post("/register", response_model=UserOut)
+async def register(
+    body: RegisterRequest, session: SessionDep, settings: SettingsDep, response: Response
+) -> UserOut:
+    """Create the user with the signup bonus, or return the existing one unchanged."""
+    user, created = await accounts.register(
+        session,
+        body.telegram_id,
+        username=body.username,
+        first_name=body.first_name,
+        language_code=body.language_code,
+        referral=body.referral,
+        signup_bonus=settings.signup_bonus,
+    )
+    await session.commit()
+    response.status_code = 201 if created else 200
+    return UserOut.of(user)
+
+
+@router.get("/by-telegram-id/{telegram_id}", response_model=UserOut)
+async def by_telegram_id(session: SessionDep, telegram_id: int = TelegramIdPath) -> UserOut:
+    return UserOut.of(await accounts.get_user(session, telegram_id))
+
+
+@router.post("/by-telegram-id/{telegram_id}/credits", response_model=UserOut)
+async def adjust_credits(
+    body: CreditAdjustment, session: SessionDep, telegram_id: int = TelegramIdPath
+) -> UserOut:
+    """An operator's credit adjustment, written to the ledger with who and why."""
+    user = await accounts.lock_user(session, telegram_id)
+    await accounts.post(
+        session,
+        user,
+        body.amount,
+        Reason.ADMIN_ADJUSTMENT,
+        ledger.admin_key(body.idempotency_key),
+        actor=body.actor,
+        note=body.reason,
+    )
+    await session.commit()
+    return UserOut.of(user)

@@ -1,0 +1,238 @@
+"""Request and response bodies of the REST API."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from comfygram.backend import models
+from comfygram.domain.jobs import DeliveryStatus, JobStatus
+
+# Telegram ids are positive 64-bit integers; anything else is a mistake on the caller's side.
+TelegramId = Annotated[int, Field(gt=0, le=2**63 - 1, strict=True)]
+ChatId = Annotated[int, Field(ge=-(2**63), le=2**63 - 1, strict=True)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes; everything stored is UTC.
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+class RegisterRequest(Strict):
+    telegram_id: TelegramId
+    username: str | None = Field(default=None, max_length=64)
+    first_name: str | None = Field(default=None, max_length=128)
+    language_code: str | None = Field(default=None, max_length=16)
+    referral: str | None = Field(default=None, max_length=64)
+
+
+class UserOut(BaseModel):
+    telegram_id: int
+    username: str | None
+    first_name: str | None
+    language_code: str | None
+    balance: int
+    blocked_bot: bool
+    created_at: datetime
+
+    @classmethod
+    def of(cls, user: models.User) -> UserOut:
+        return cls(
+            telegram_id=user.telegram_id,
+            username=user.username,
+            first_name=user.first_name,
+            language_code=user.language_code,
+            balance=user.balance,
+            blocked_bot=user.blocked_bot,
+            created_at=_aware(user.created_at),
+        )
+
+
+class CreditAdjustment(Strict):
+    amount: int = Field(ge=-1_000_000, le=1_000_000, strict=True)
+    reason: str = Field(min_length=1, max_length=500)
+    actor: str = Field(min_length=1, max_length=64)
+    idempotency_key: str = Field(min_length=1, max_length=128)
+
+    @field_validator("amount")
+    @classmethod
+    def _not_zero(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("must not be zero")
+        return value
+
+
+class ModelFileOut(BaseModel):
+    folder: str
+    name: str
+
+
+class PresetOut(BaseModel):
+    slug: str
+    title: dict[str, str]
+    description: dict[str, str]
+    price: int
+    takes_prompt: bool
+    models: list[ModelFileOut]
+
+    @classmethod
+    def of(cls, preset: models.Preset) -> PresetOut:
+        return cls(
+            slug=preset.slug,
+            title={"en": preset.title_en, "ru": preset.title_ru},
+            description={"en": preset.description_en, "ru": preset.description_ru},
+            price=preset.price,
+            takes_prompt=preset.takes_prompt,
+            models=[ModelFileOut(**m) for m in preset.models],
+        )
+
+
+class PresetDetail(PresetOut):
+    enabled: bool
+    manifest: dict[str, Any]
+    workflow: dict[str, Any]
+
+    @classmethod
+    def of(cls, preset: models.Preset) -> PresetDetail:
+        return cls(
+            **PresetOut.of(preset).model_dump(),
+            enabled=preset.enabled,
+            manifest=preset.manifest,
+            workflow=preset.workflow,
+        )
+
+
+class JobOut(BaseModel):
+    id: str
+    telegram_id: int
+    preset: str
+    prompt: str | None
+    status: JobStatus
+    price: int
+    attempts: int
+    progress: int
+    error: str | None
+    position: int
+    has_result: bool
+    status_chat_id: int | None
+    status_message_id: int | None
+    delivery_status: DeliveryStatus
+    delivery_error: str | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    delivered_at: datetime | None
+
+    @classmethod
+    def of(cls, job: models.Job, telegram_id: int, position: int = 0) -> JobOut:
+        return cls(
+            id=job.id,
+            telegram_id=telegram_id,
+            preset=job.preset_slug,
+            prompt=job.prompt,
+            status=JobStatus(job.status),
+            price=job.price,
+            attempts=job.attempts,
+            progress=job.progress,
+            error=job.error,
+            position=position,
+            has_result=job.result_path is not None,
+            status_chat_id=job.status_chat_id,
+            status_message_id=job.status_message_id,
+            delivery_status=DeliveryStatus(job.delivery_status),
+            delivery_error=job.delivery_error,
+            created_at=_aware(job.created_at),
+            updated_at=_aware(job.updated_at),
+            started_at=_aware(job.started_at),
+            finished_at=_aware(job.finished_at),
+            delivered_at=_aware(job.delivered_at),
+        )
+
+
+class StatusChange(Strict):
+    status: JobStatus
+    error: str | None = Field(default=None, max_length=4000)
+    worker: str | None = Field(default=None, max_length=200)
+
+
+class RefundOut(BaseModel):
+    job: JobOut
+    refunded: bool
+    balance: int
+
+
+class DeliveryReport(Strict):
+    status: DeliveryStatus
+    error: str | None = Field(default=None, max_length=4000)
+
+    @field_validator("status")
+    @classmethod
+    def _not_pending(cls, value: DeliveryStatus) -> DeliveryStatus:
+        if value is DeliveryStatus.PENDING:
+            raise ValueError("report delivered, failed or blocked")
+        return value
+
+
+class StatusMessage(Strict):
+    chat_id: ChatId
+    message_id: int = Field(gt=0, le=2**63 - 1, strict=True)
+
+
+class PaymentCreate(Strict):
+    telegram_id: TelegramId
+    package: str = Field(min_length=1, max_length=32)
+
+
+class Invoice(BaseModel):
+    payment_id: str
+    payload: str
+    title: str
+    description: str
+    currency: str
+    amount: int
+    credits: int
+
+
+class PaymentCheck(Strict):
+    payload: str = Field(min_length=1, max_length=128)
+    total_amount: int = Field(gt=0, le=1_000_000_000, strict=True)
+    currency: str = Field(min_length=1, max_length=8)
+
+
+class PaymentConfirm(PaymentCheck):
+    telegram_payment_charge_id: str = Field(min_length=1, max_length=200)
+
+
+class PaymentOut(BaseModel):
+    id: str
+    status: str
+    package: str
+    credits: int
+    amount: int
+    currency: str
+    telegram_payment_charge_id: str | None
+    credited: bool
+    balance: int
+
+    @classmethod
+    def of(cls, payment: models.Payment, balance: int, credited: bool) -> PaymentOut:
+        return cls(
+            id=payment.id,
+            status=payment.status,
+            package=payment.package,
+            credits=payment.credits,
+            amount=payment.amount,
+            currency=payment.currency,
+            telegram_payment_charge_id=payment.telegram_payment_charge_id,
+            credited=credited,
+            balance=balance,
+        )

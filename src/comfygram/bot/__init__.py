@@ -1,0 +1,1 @@
+"""The Telegram bot: the user's journey, talking to the backend over HTTP only."""

@@ -1,0 +1,73 @@
+"""The `comfygram` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from comfygram.logs import setup_logging
+from comfygram.presets import PresetError
+from comfygram.settings import ConfigError, Settings, load_settings
+
+
+def _backend(settings: Settings, args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from comfygram.backend.app import create_app
+
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=args.host or settings.backend_host,
+        port=args.port or settings.backend_port,
+        log_config=None,
+        proxy_headers=True,
+    )
+
+
+def _migrate(settings: Settings, _args: argparse.Namespace) -> None:
+    from comfygram.backend import db
+
+    async def run() -> str | None:
+        engine = db.create_engine(settings.database_dsn)
+        try:
+            await db.migrate(engine)
+            return await db.current_revision(engine)
+        finally:
+            await engine.dispose()
+
+    print(f"database migrated to revision {asyncio.run(run())}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="comfygram", description="A paid AI photo-editing service on Telegram."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    backend = commands.add_parser("backend", help="run the REST API (and Telegram webhook)")
+    backend.add_argument("--host", help="default: BACKEND_HOST or 127.0.0.1")
+    backend.add_argument("--port", type=int, help="default: BACKEND_PORT or 8000")
+    backend.set_defaults(handler=_backend)
+
+    migrate = commands.add_parser("migrate", help="apply database migrations and exit")
+    migrate.set_defaults(handler=_migrate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        setup_logging(settings.log_level, settings.log_json, settings.secrets())
+        args.handler(settings, args)
+    except (ConfigError, PresetError) as exc:
+        print(f"comfygram: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""The job state machine from DESIGN.md."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class DeliveryStatus(StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    BLOCKED = "blocked"
+
+
+ACTIVE = frozenset({JobStatus.QUEUED, JobStatus.PROCESSING})
+FINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+_ALLOWED = {
+    JobStatus.QUEUED: {JobStatus.PROCESSING, JobStatus.CANCELLED},
+    JobStatus.PROCESSING: {JobStatus.SUCCEEDED, JobStatus.QUEUED, JobStatus.FAILED},
+}
+
+# Leaving a job in these states gives the user their credits back.
+REFUNDED_ON = frozenset({JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class TransitionError(Exception):
+    def __init__(self, current: JobStatus, target: JobStatus) -> None:
+        super().__init__(f"a {current.value} job cannot become {target.value}")
+        self.current = current
+        self.target = target
+
+
+def check_transition(current: JobStatus, target: JobStatus) -> None:
+    """Raise TransitionError unless DESIGN.md allows current -> target."""
+    if target not in _ALLOWED.get(current, ()):
+        raise TransitionError(current, target)
+
+
+def counts_attempt(current: JobStatus, target: JobStatus) -> bool:
+    """A run that ended in a retry or a failure used up one attempt."""
+    return current is JobStatus.PROCESSING and target in (JobStatus.QUEUED, JobStatus.FAILED)

@@ -1,0 +1,74 @@
+"""Logging set-up shared by every component: plain or JSON lines, with secrets redacted."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterable
+
+REDACTED = "***"
+
+# Shapes of secrets that may reach a log without being known settings: bot tokens inside
+# Telegram URLs, bearer tokens, passwords inside connection URLs.
+_PATTERNS = [
+    re.compile(r"\b\d{5,}:[A-Za-z0-9_-]{30,}"),
+    re.compile(r"(?i)(bearer\s+)[^\s'\"]+"),
+    re.compile(r"(?i)(secret[_-]token['\"]?\s*[:=]\s*['\"]?)[^\s'\",}]+"),
+    re.compile(r"(://[^:/@\s]*:)[^@\s]+(@)"),
+]
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    for secret in secrets:
+        if len(secret) >= 4:
+            text = text.replace(secret, REDACTED)
+    for pattern in _PATTERNS:
+        text = pattern.sub(lambda m: _keep_groups(m), text)
+    return text
+
+
+def _keep_groups(match: re.Match[str]) -> str:
+    groups = [g for g in match.groups() if g is not None]
+    if not groups:
+        return REDACTED
+    if len(groups) == 1:
+        return groups[0] + REDACTED
+    return groups[0] + REDACTED + groups[-1]
+
+
+class RedactingFormatter(logging.Formatter):
+    def __init__(self, secrets: Iterable[str], as_json: bool) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self.secrets = sorted(set(secrets), key=len, reverse=True)
+        self.as_json = as_json
+
+    def format(self, record: logging.LogRecord) -> str:
+        if self.as_json:
+            entry = {
+                "time": self.formatTime(record),
+                "level": record.levelname,
+                "logger": record.name,
+                "message": record.getMessage(),
+            }
+            for field in ("job_id", "telegram_id"):
+                if hasattr(record, field):
+                    entry[field] = getattr(record, field)
+            if record.exc_info:
+                entry["exception"] = self.formatException(record.exc_info)
+            text = json.dumps(entry, ensure_ascii=False)
+        else:
+            text = super().format(record)
+        return redact(text, self.secrets)
+
+
+def setup_logging(level: str, as_json: bool, secrets: Iterable[str]) -> None:
+    """Route every logger (ours, uvicorn's, httpx's) through one redacting handler."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(RedactingFormatter(secrets, as_json))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True

@@ -1,0 +1,136 @@
+"""The job queue: a Redis Stream read by one consumer group, plus an index of queued job ids.
+
+Why a stream: a message read by a worker stays in the group's pending list until the worker
+acknowledges it, so a worker killed mid-job (even `kill -9`) leaves the job to be claimed by
+another after its lease (`XAUTOCLAIM`). A list popped with BRPOP would lose it.
+
+The index hash (job id -> stream entry) makes enqueueing idempotent: the backend's reconciler
+and the job-creation path may both try to enqueue a job, and it lands once. It is checked and
+written in one Lua script, so two backends reconciling at once cannot both add a job.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from comfygram.settings import Settings
+
+_ENQUEUE = """
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return false end
+local id = redis.call('XADD', KEYS[1], '*', 'job', ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[1], id)
+return id
+"""
+
+_RENEW = """
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+if #pending == 0 or pending[1][2] ~= ARGV[3] then return 0 end
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[2], 'JUSTID')
+return 1
+"""
+
+_ACK = """
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+if redis.call('HGET', KEYS[2], ARGV[3]) == ARGV[2] then redis.call('HDEL', KEYS[2], ARGV[3]) end
+return 1
+"""
+
+
+def connect_redis(settings: Settings) -> Redis:
+    return Redis.from_url(settings.redis_dsn, decode_responses=True)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One job handed to a worker: ack it when done, or it is redelivered after its lease."""
+
+    message_id: str
+    job_id: str
+    payload: dict[str, Any]
+
+
+class JobQueue:
+    def __init__(self, redis: Redis, prefix: str = "comfygram", group: str = "workers") -> None:
+        self.redis = redis
+        self.stream = f"{prefix}:jobs"
+        self.index = f"{prefix}:jobs:index"
+        self.group = group
+        self._enqueue = redis.register_script(_ENQUEUE)
+        self._renew = redis.register_script(_RENEW)
+        self._ack = redis.register_script(_ACK)
+
+    # -- producer side -------------------------------------------------------------------
+
+    async def enqueue(self, job_id: str, payload: dict[str, Any]) -> bool:
+        """Put a job on the queue unless it is already there; True when it was added."""
+        body = json.dumps({"id": job_id, **payload}, separators=(",", ":"))
+        return await self._enqueue(keys=[self.stream, self.index], args=[job_id, body]) is not None
+
+    async def contains(self, job_id: str) -> bool:
+        return bool(await self.redis.hexists(self.index, job_id))
+
+    async def length(self) -> int:
+        """Jobs waiting or being worked on."""
+        return int(await self.redis.hlen(self.index))
+
+    # -- consumer side -------------------------------------------------------------------
+
+    async def ensure_group(self) -> None:
+        try:
+            await self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def take(self, consumer: str, block_ms: int = 5000) -> Delivery | None:
+        """Wait up to block_ms for a new job; recreates the group if Redis lost it."""
+        try:
+            reply = await self.redis.xreadgroup(
+                self.group, consumer, {self.stream: ">"}, count=1, block=block_ms
+            )
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            await self.ensure_group()
+            return None
+        for _stream, messages in reply or []:
+            for message_id, fields in messages:
+                return _delivery(message_id, fields)
+        return None
+
+    async def claim_stale(self, consumer: str, lease_ms: int) -> list[Delivery]:
+        """Take over jobs whose worker has not renewed its lease for lease_ms."""
+        try:
+            _next, messages, _deleted = await self.redis.xautoclaim(
+                self.stream, self.group, consumer, min_idle_time=lease_ms, start_id="0-0", count=10
+            )
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            await self.ensure_group()
+            return []
+        return [_delivery(mid, fields) for mid, fields in messages if fields]
+
+    async def renew(self, consumer: str, delivery: Delivery) -> bool:
+        """Reset the lease on a job this consumer holds; False when it was lost to another."""
+        renewed = await self._renew(
+            keys=[self.stream], args=[self.group, delivery.message_id, consumer]
+        )
+        return renewed == 1
+
+    async def ack(self, delivery: Delivery) -> None:
+        """The job left the queue for good (finished, failed or handed back for a retry)."""
+        await self._ack(
+            keys=[self.stream, self.index], args=[self.group, delivery.message_id, delivery.job_id]
+        )
+
+
+def _delivery(message_id: str, fields: dict[str, str]) -> Delivery:
+    payload = json.loads(fields["job"])
+    return Delivery(message_id=message_id, job_id=payload["id"], payload=payload)

@@ -1,0 +1,137 @@
+"""One settings object for every component, read from the environment and `.env`."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from urllib.parse import quote
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message is one line naming the variable."""
+
+
+class CreditPackage(BaseModel):
+    """A top-up package sold for Telegram Stars."""
+
+    id: str = Field(pattern=r"^[a-z0-9_-]{1,32}$")
+    credits: int = Field(gt=0)
+    stars: int = Field(gt=0)
+
+
+DEFAULT_PACKAGES = [
+    CreditPackage(id="small", credits=10, stars=50),
+    CreditPackage(id="medium", credits=50, stars=200),
+    CreditPackage(id="large", credits=150, stars=500),
+]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    # Service-to-service
+    api_token: SecretStr | None = None
+    backend_url: str = "http://127.0.0.1:8000"
+    backend_api_url: str = "http://127.0.0.1:8000"
+    backend_host: str = "127.0.0.1"
+    backend_port: int = Field(default=8000, ge=1, le=65535)
+
+    # Storage
+    database_url: str = "sqlite+aiosqlite:///./data/comfygram.db"
+    media_dir: Path = Path("./data/media")
+    auto_migrate: bool = True
+
+    # Redis
+    redis_url: str | None = None
+    redis_host: str = "127.0.0.1"
+    redis_port: int = Field(default=6379, ge=1, le=65535)
+    redis_db: int = Field(default=0, ge=0)
+    redis_password: SecretStr | None = None
+    redis_prefix: str = Field(default="comfygram", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    reconcile_interval_seconds: float = Field(default=30.0, gt=0)
+
+    # ComfyUI and Telegram
+    comfyui_url: str = "http://127.0.0.1:8188"
+    bot_token: SecretStr | None = None
+    telegram_api_url: str = "https://api.telegram.org"
+    webhook_secret: SecretStr | None = None
+
+    # Business rules
+    presets_dir: Path | None = None
+    signup_bonus: int = Field(default=3, ge=0)
+    max_attempts: int = Field(default=3, ge=1, le=20)
+    max_active_jobs_per_user: int = Field(default=3, ge=1)
+    max_upload_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
+    max_image_pixels: int = Field(default=40_000_000, gt=0)
+    credit_packages: list[CreditPackage] = Field(default_factory=lambda: list(DEFAULT_PACKAGES))
+
+    # Logging
+    log_level: str = "INFO"
+    log_json: bool = False
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_secret_charset(cls, value: SecretStr | None) -> SecretStr | None:
+        # Telegram accepts 1-256 characters of A-Z a-z 0-9 _ - for secret_token.
+        if value is not None:
+            raw = value.get_secret_value()
+            if not raw or len(raw) > 256 or not all(c.isalnum() or c in "_-" for c in raw):
+                raise ValueError("must be 1-256 characters of A-Z, a-z, 0-9, _ and -")
+        return value
+
+    @field_validator("api_token", "bot_token", "redis_password", "webhook_secret", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @cached_property
+    def redis_dsn(self) -> str:
+        """REDIS_URL when given, else one built from REDIS_HOST/PORT/DB/PASSWORD."""
+        if self.redis_url:
+            return self.redis_url
+        auth = ""
+        if self.redis_password is not None:
+            auth = f":{quote(self.redis_password.get_secret_value(), safe='')}@"
+        return f"redis://{auth}{self.redis_host}:{self.redis_port}/{self.redis_db}"
+
+    @cached_property
+    def database_dsn(self) -> str:
+        """DATABASE_URL with the async driver filled in for plain postgres:// or sqlite:// URLs."""
+        url = self.database_url
+        for plain, driver in (
+            ("postgres://", "postgresql+asyncpg://"),
+            ("postgresql://", "postgresql+asyncpg://"),
+            ("sqlite://", "sqlite+aiosqlite://"),
+        ):
+            if url.startswith(plain):
+                return driver + url[len(plain) :]
+        return url
+
+    def package(self, package_id: str) -> CreditPackage | None:
+        return next((p for p in self.credit_packages if p.id == package_id), None)
+
+    def secrets(self) -> list[str]:
+        """Every secret value, so logging can redact them."""
+        values = [self.api_token, self.bot_token, self.redis_password, self.webhook_secret]
+        return [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
+
+    def require(self, *names: str) -> None:
+        """Stop with one line naming the first of `names` that is not set."""
+        for name in names:
+            if getattr(self, name) in (None, ""):
+                raise ConfigError(f"{name.upper()} is not set: add it to the environment or .env")
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings, turning pydantic's report into one line naming the variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name = str(error["loc"][0]).upper() if error["loc"] else "settings"
+        raise ConfigError(f"{name} is malformed: {error['msg']}") from None

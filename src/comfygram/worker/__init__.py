@@ -1,0 +1,1 @@
+"""The worker: takes jobs from the Redis queue and runs them in ComfyUI."""

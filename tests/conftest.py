@@ -1,0 +1,125 @@
+"""Shared fixtures: real PostgreSQL, SQLite and Redis; the backend app in-process."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import httpx
+import pytest
+from fastapi import FastAPI
+from redis.asyncio import Redis
+from sqlalchemy import make_url
+
+from comfygram.backend.app import create_app
+from comfygram.settings import Settings
+
+API_TOKEN = "test-api-token-5f1c9e"
+WEBHOOK_SECRET = "test_webhook_secret_77"
+POSTGRES_URL = os.environ.get(
+    "TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/comfygram_test"
+)
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+DATABASES = ["sqlite", "postgres"]
+
+
+async def _recreate_postgres_database(url: str) -> None:
+    parsed = make_url(url)
+    admin = await asyncpg.connect(
+        host=parsed.host, port=parsed.port or 5432, user=parsed.username, database="postgres"
+    )
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{parsed.database}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{parsed.database}"')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture(scope="session")
+async def postgres_url() -> str:
+    await _recreate_postgres_database(POSTGRES_URL)
+    return POSTGRES_URL
+
+
+async def _truncate_postgres(url: str) -> None:
+    parsed = make_url(url)
+    conn = await asyncpg.connect(
+        host=parsed.host, port=parsed.port or 5432, user=parsed.username, database=parsed.database
+    )
+    try:
+        tables = await conn.fetch(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
+            "AND tablename <> 'alembic_version'"
+        )
+        if tables:
+            names = ", ".join(f'"{t["tablename"]}"' for t in tables)
+            await conn.execute(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(params=DATABASES)
+def database_url(request: pytest.FixtureRequest, tmp_path) -> str:
+    """Each test runs once on SQLite (a new file) and once on PostgreSQL (emptied first)."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path}/comfygram.db"
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+async def empty_database(database_url: str) -> str:
+    if database_url.startswith("postgresql"):
+        await _truncate_postgres(database_url)
+    return database_url
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    return f"cgtest-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def settings(empty_database: str, tmp_path, redis_prefix: str) -> Settings:
+    return Settings(
+        _env_file=None,
+        api_token=API_TOKEN,
+        webhook_secret=WEBHOOK_SECRET,
+        database_url=empty_database,
+        redis_url=REDIS_URL,
+        redis_prefix=redis_prefix,
+        media_dir=tmp_path / "media",
+        signup_bonus=3,
+        reconcile_interval_seconds=0.2,
+        max_upload_bytes=2 * 1024 * 1024,
+        max_image_pixels=20_000_000,
+    )
+
+
+@pytest.fixture
+async def redis(redis_prefix: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(REDIS_URL, decode_responses=True)
+    yield client
+    keys = [key async for key in client.scan_iter(f"{redis_prefix}:*")]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
+@pytest.fixture
+async def app(settings: Settings, redis: Redis) -> AsyncIterator[FastAPI]:
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture
+async def api(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the backend, carrying the service token."""
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://backend.test",
+        headers={"Authorization": f"Bearer {API_TOKEN}"},
+    ) as client:
+        yield client
