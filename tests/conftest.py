@@ -18,29 +18,32 @@ from comfygram.settings import Settings
 
 API_TOKEN = "test-api-token-5f1c9e"
 WEBHOOK_SECRET = "test_webhook_secret_77"
+# One database per test run (named after the process), so two runs on one machine never meet.
 POSTGRES_URL = os.environ.get(
-    "TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/comfygram_test"
+    "TEST_POSTGRES_URL",
+    f"postgresql+asyncpg://postgres@127.0.0.1:5432/comfygram_test_{os.getpid()}",
 )
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 DATABASES = ["sqlite", "postgres"]
 
 
-async def _recreate_postgres_database(url: str) -> None:
-    parsed = make_url(url)
+async def _postgres_admin(statement: str) -> None:
+    parsed = make_url(POSTGRES_URL)
     admin = await asyncpg.connect(
         host=parsed.host, port=parsed.port or 5432, user=parsed.username, database="postgres"
     )
     try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{parsed.database}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{parsed.database}"')
+        await admin.execute(statement.format(name=parsed.database))
     finally:
         await admin.close()
 
 
 @pytest.fixture(scope="session")
-async def postgres_url() -> str:
-    await _recreate_postgres_database(POSTGRES_URL)
-    return POSTGRES_URL
+async def postgres_url() -> AsyncIterator[str]:
+    await _postgres_admin('DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await _postgres_admin('CREATE DATABASE "{name}"')
+    yield POSTGRES_URL
+    await _postgres_admin('DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 async def _truncate_postgres(url: str) -> None:

@@ -18,7 +18,6 @@ from comfygram.backend.schemas import (
     RefundOut,
     StatusChange,
     StatusMessage,
-    TelegramId,
 )
 from comfygram.images import ImageInfo, ImageRejected, inspect_image
 
@@ -95,7 +94,7 @@ async def create_job(
 @router.get("", response_model=list[JobOut])
 async def list_jobs(
     session: SessionDep,
-    telegram_id: Annotated[TelegramId, Query()],
+    telegram_id: Annotated[int, Query(gt=0, le=2**63 - 1)],
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
 ) -> list[JobOut]:
     """A user's latest jobs, newest first."""

@@ -1,0 +1,178 @@
+"""A job's life through the routes the worker and the bot use."""
+
+from tests import images
+from tests.helpers import balance, create_job, register
+
+
+async def status(api, job_id: str, target: str, **extra):
+    return await api.post(f"/api/jobs/{job_id}/status", json={"status": target, **extra})
+
+
+async def test_job_runs_to_success_and_is_delivered(api):
+    await register(api)
+    photo = images.jpeg(120, 80)
+    job = (await create_job(api, image=photo, filename="me.jpg")).json()
+
+    assert (await api.get(f"/api/jobs/{job['id']}/input")).content == photo
+    running = (await status(api, job["id"], "processing", worker="gpu-1")).json()
+    assert running["status"] == "processing" and running["started_at"] and running["position"] == 0
+
+    result = images.png(240, 160)
+    uploaded = await api.put(
+        f"/api/jobs/{job['id']}/result", files={"image": ("out.png", result, "image/png")}
+    )
+    assert uploaded.status_code == 200 and uploaded.json()["has_result"]
+    done = (await status(api, job["id"], "succeeded")).json()
+    assert done["status"] == "succeeded" and done["progress"] == 100 and done["finished_at"]
+
+    download = await api.get(f"/api/jobs/{job['id']}/result")
+    assert download.content == result and download.headers["content-type"] == "image/png"
+
+    delivered = await api.post(f"/api/jobs/{job['id']}/delivery", json={"status": "delivered"})
+    assert delivered.json()["delivery_status"] == "delivered"
+    assert delivered.json()["delivered_at"]
+    assert await balance(api) == 2
+
+
+async def test_retry_counts_attempts_and_failure_refunds_once(api):
+    await register(api)
+    job = (await create_job(api)).json()
+    await status(api, job["id"], "processing")
+    retried = (await status(api, job["id"], "queued", error="ComfyUI timed out")).json()
+    assert retried["attempts"] == 1 and retried["error"] == "ComfyUI timed out"
+    assert retried["position"] == 1
+
+    await status(api, job["id"], "processing")
+    failed = await status(api, job["id"], "failed", error="out of memory")
+    assert failed.json()["status"] == "failed" and failed.json()["attempts"] == 2
+    assert await balance(api) == 3
+
+    # Replays of the failure and explicit refunds give nothing more back.
+    assert (await status(api, job["id"], "failed")).status_code == 200
+    refund = (await api.post(f"/api/jobs/{job['id']}/refund")).json()
+    assert refund["refunded"] is False and refund["balance"] == 3
+    assert await balance(api) == 3
+
+
+async def test_cancel_a_queued_job_refunds(api):
+    await register(api)
+    job = (await create_job(api)).json()
+    assert await balance(api) == 2
+    cancelled = (await status(api, job["id"], "cancelled")).json()
+    assert cancelled["status"] == "cancelled"
+    assert await balance(api) == 3
+    assert (await status(api, job["id"], "processing")).status_code == 409
+
+
+async def test_refund_of_a_succeeded_job_happens_once(api):
+    await register(api)
+    job = (await create_job(api)).json()
+    await status(api, job["id"], "processing")
+    await api.put(
+        f"/api/jobs/{job['id']}/result", files={"image": ("o.png", images.png(), "image/png")}
+    )
+    await status(api, job["id"], "succeeded")
+    first = (await api.post(f"/api/jobs/{job['id']}/refund")).json()
+    second = (await api.post(f"/api/jobs/{job['id']}/refund")).json()
+    assert (first["refunded"], second["refunded"]) == (True, False)
+    assert await balance(api) == 3
+
+
+async def test_succeeded_needs_a_result(api):
+    await register(api)
+    job = (await create_job(api)).json()
+    await status(api, job["id"], "processing")
+    response = await status(api, job["id"], "succeeded")
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "result_missing"
+
+
+async def test_blocked_delivery_marks_the_user(api):
+    await register(api)
+    job = (await create_job(api)).json()
+    await status(api, job["id"], "cancelled")
+    report = await api.post(
+        f"/api/jobs/{job['id']}/delivery",
+        json={"status": "blocked", "error": "Forbidden: bot was blocked by the user"},
+    )
+    assert report.json()["delivery_status"] == "blocked"
+    user = (await api.get("/api/users/by-telegram-id/1001")).json()
+    assert user["blocked_bot"] is True
+
+
+async def test_history_status_message_and_queue_position(api):
+    await register(api, 1001)
+    await register(api, 2002)
+    first = (await create_job(api, 1001)).json()
+    second = (await create_job(api, 2002)).json()
+    assert (first["position"], second["position"]) == (1, 2)
+
+    recorded = await api.post(
+        f"/api/jobs/{second['id']}/status-message", json={"chat_id": 2002, "message_id": 77}
+    )
+    assert (recorded.json()["status_chat_id"], recorded.json()["status_message_id"]) == (2002, 77)
+
+    await status(api, first["id"], "processing")
+    assert (await api.get(f"/api/jobs/{second['id']}")).json()["position"] == 1
+
+    history = (await api.get("/api/jobs", params={"telegram_id": 2002})).json()
+    assert [j["id"] for j in history] == [second["id"]]
+
+
+async def test_prompt_preset_keeps_the_prompt(api):
+    await register(api)
+    await api.post(
+        "/api/users/by-telegram-id/1001/credits",
+        json={"amount": 20, "reason": "test", "actor": "t", "idempotency_key": "g"},
+    )
+    job = (await create_job(api, preset="edit", prompt="  make the sky purple  ")).json()
+    assert job["prompt"] == "make the sky purple"
+    assert job["price"] == 10
+
+
+async def test_admin_adjustment_replay_is_a_no_op(api):
+    await register(api)
+    body = {"amount": 5, "reason": "support", "actor": "admin:42", "idempotency_key": "t-1"}
+    first = await api.post("/api/users/by-telegram-id/1001/credits", json=body)
+    second = await api.post("/api/users/by-telegram-id/1001/credits", json=body)
+    assert first.json()["balance"] == second.json()["balance"] == 8
+
+
+async def test_register_is_idempotent(api):
+    first = await api.post("/api/users/register", json={"telegram_id": 5, "username": "ann"})
+    second = await api.post("/api/users/register", json={"telegram_id": 5, "username": "bob"})
+    assert (first.status_code, second.status_code) == (201, 200)
+    assert second.json()["username"] == "ann" and second.json()["balance"] == 3
+
+
+async def test_presets_list_shows_prices_and_models(api):
+    presets = {p["slug"]: p for p in (await api.get("/api/presets")).json()}
+    assert presets["bw"]["models"] == [] and presets["bw"]["takes_prompt"] is False
+    assert presets["edit"]["takes_prompt"] is True and presets["edit"]["models"]
+    assert set(presets["bw"]["title"]) == {"en", "ru"}
+    detail = (await api.get("/api/presets/bw")).json()
+    assert detail["workflow"] and detail["manifest"]["image_input"]
+
+
+async def test_openapi_docs_are_served(api):
+    assert (await api.get("/docs")).status_code == 200
+    paths = (await api.get("/openapi.json")).json()["paths"]
+    for path in (
+        "/api/users/register",
+        "/api/presets",
+        "/api/jobs/create",
+        "/api/users/by-telegram-id/{telegram_id}",
+        "/api/payments/create",
+    ):
+        assert path in paths
+
+
+async def test_health_and_readiness_need_no_token(app):
+    import httpx
+
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://backend.test"
+    ) as anonymous:
+        assert (await anonymous.get("/healthz")).json() == {"status": "ok"}
+        ready = await anonymous.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["redis"] == "ok"
