@@ -19,10 +19,14 @@ from comfygram.presets import (
 )
 
 MODEL_FREE = ("bw", "sharpen", "upscale2x", "invert")
+BUILTIN = ("bw", "sharpen", "upscale2x", "invert", "oil", "edit", "kontext")
+# Built-ins that ship switched off (FLUX.1 Kontext [dev] is licensed for non-commercial use only).
+DISABLED = {"kontext"}
 
 # Input names of every node class the built-ins use, as ComfyUI 0.3.64 defines them
 # (nodes.py, comfy_extras/nodes_post_processing.py, nodes_mask.py, nodes_flux.py,
-# nodes_edit_model.py). Catches typos that ComfyUI would only report at submit time.
+# nodes_edit_model.py, nodes_qwen.py, nodes_model_advanced.py, nodes_cfg.py). Optional inputs
+# count too. Catches typos that ComfyUI would only report at submit time.
 NODE_INPUTS: dict[str, set[str]] = {
     "LoadImage": {"image"},
     "SaveImage": {"images", "filename_prefix"},
@@ -56,6 +60,10 @@ NODE_INPUTS: dict[str, set[str]] = {
     "ReferenceLatent": {"conditioning", "latent"},
     "FluxGuidance": {"conditioning", "guidance"},
     "ConditioningZeroOut": {"conditioning"},
+    "CLIPLoader": {"clip_name", "type", "device"},
+    "TextEncodeQwenImageEdit": {"clip", "prompt", "vae", "image"},
+    "ModelSamplingAuraFlow": {"model", "shift"},
+    "CFGNorm": {"model", "strength"},
 }
 # Nodes that ship with ComfyUI and need no model file.
 MODEL_FREE_NODES = {
@@ -78,15 +86,15 @@ def test_every_builtin_loads() -> None:
     presets = load_presets()
     slugs = [p.slug for p in presets]
     assert slugs == sorted(slugs)
-    assert {"bw", "sharpen", "upscale2x", "invert", "oil", "edit"} <= set(slugs)
+    assert set(BUILTIN) <= set(slugs)
     for p in presets:
         assert p.title["en"] and p.title["ru"]
         assert p.description["en"] and p.description["ru"]
-        assert p.enabled
+        assert p.enabled is (p.slug not in DISABLED), p.slug
         assert p.output.input == "filename_prefix"
 
 
-@pytest.mark.parametrize("slug", ["bw", "sharpen", "upscale2x", "invert", "oil", "edit"])
+@pytest.mark.parametrize("slug", BUILTIN)
 def test_builtin_nodes_use_real_input_names(slug: str) -> None:
     for node_id, node in builtin(slug).workflow.items():
         expected = NODE_INPUTS.get(node["class_type"])
@@ -105,7 +113,7 @@ def test_model_free_presets(slug: str) -> None:
 def test_prices_and_documents() -> None:
     prices = {p.slug: p.price for p in load_presets()}
     assert prices["bw"] == 1 and prices["sharpen"] == 1 and prices["upscale2x"] == 2
-    assert prices["oil"] == 5 and prices["edit"] == 10
+    assert prices["oil"] == 5 and prices["edit"] == 10 and prices["kontext"] == 10
     assert builtin("upscale2x").send_document
     scale = builtin("upscale2x").workflow["2"]["inputs"]
     assert scale["upscale_method"] == "lanczos" and scale["scale_by"] == 2.0
@@ -120,20 +128,65 @@ def test_oil_models_and_seed() -> None:
     assert 0.4 <= oil.workflow["3"]["inputs"]["denoise"] <= 0.7
 
 
-def test_edit_models_and_prompt() -> None:
+def test_edit_is_qwen_image_edit() -> None:
     edit = builtin("edit")
+    assert edit.enabled
     assert edit.models == (
+        ModelFile("diffusion_models", "qwen_image_edit_fp8_e4m3fn.safetensors"),
+        ModelFile("text_encoders", "qwen_2.5_vl_7b_fp8_scaled.safetensors"),
+        ModelFile("vae", "qwen_image_vae.safetensors"),
+    )
+    assert edit.takes_prompt
+    assert edit.prompt_input == NodeInput("76", "prompt")
+    wf = edit.workflow
+    sampler = wf["3"]["inputs"]
+    assert wf["3"]["class_type"] == "KSampler"
+    assert (sampler["steps"], sampler["cfg"], sampler["denoise"]) == (20, 2.5, 1.0)
+    assert (sampler["sampler_name"], sampler["scheduler"]) == ("euler", "simple")
+    assert edit.seed_inputs == (NodeInput("3", "seed"),)
+    assert edit.seed_mode is SeedMode.RANDOM
+
+    # The prompt goes into the positive encoder; the negative one is the same encoder, empty.
+    positive, negative = wf[sampler["positive"][0]], wf[sampler["negative"][0]]
+    assert sampler["positive"] == ["76", 0]
+    assert positive["class_type"] == negative["class_type"] == "TextEncodeQwenImageEdit"
+    assert negative["inputs"]["prompt"] == ""
+    # Both encoders see the scaled photo and the VAE (for the reference latent).
+    scale = wf["93"]
+    assert scale["class_type"] == "ImageScaleToTotalPixels"
+    assert scale["inputs"]["image"] == [edit.image_input.node, 0]
+    assert scale["inputs"]["megapixels"] == 1.0
+    for encoder in (positive, negative):
+        assert encoder["inputs"]["image"] == ["93", 0]
+        assert encoder["inputs"]["vae"] == ["39", 0]
+        assert encoder["inputs"]["clip"] == ["38", 0]
+    latent = wf[sampler["latent_image"][0]]
+    assert latent["class_type"] == "VAEEncode" and latent["inputs"]["pixels"] == ["93", 0]
+
+    # UNETLoader -> ModelSamplingAuraFlow (shift 3) -> CFGNorm (strength 1) -> KSampler.
+    cfg_norm = wf[sampler["model"][0]]
+    assert cfg_norm["class_type"] == "CFGNorm" and cfg_norm["inputs"]["strength"] == 1.0
+    aura = wf[cfg_norm["inputs"]["model"][0]]
+    assert aura["class_type"] == "ModelSamplingAuraFlow" and aura["inputs"]["shift"] == 3.0
+    assert wf[aura["inputs"]["model"][0]]["class_type"] == "UNETLoader"
+    assert wf["38"]["class_type"] == "CLIPLoader" and wf["38"]["inputs"]["type"] == "qwen_image"
+    assert not any(n["class_type"].startswith("Lora") for n in wf.values())
+
+
+def test_kontext_is_disabled_flux_kontext() -> None:
+    kontext = builtin("kontext")
+    assert kontext.slug == "kontext"
+    assert not kontext.enabled
+    assert kontext.models == (
         ModelFile("diffusion_models", "flux1-dev-kontext_fp8_scaled.safetensors"),
         ModelFile("text_encoders", "clip_l.safetensors"),
         ModelFile("text_encoders", "t5xxl_fp8_e4m3fn_scaled.safetensors"),
         ModelFile("vae", "ae.safetensors"),
     )
-    assert edit.takes_prompt
-    prompt = edit.prompt_input
-    assert prompt is not None
-    assert edit.workflow[prompt.node]["class_type"] == "CLIPTextEncode"
-    assert prompt.input == "text"
-    wf = edit.workflow
+    assert kontext.takes_prompt
+    assert kontext.prompt_input == NodeInput("6", "text")
+    wf = kontext.workflow
+    assert wf["6"]["class_type"] == "CLIPTextEncode"
     sampler = wf["31"]["inputs"]
     assert (sampler["cfg"], sampler["sampler_name"], sampler["scheduler"]) == (
         1.0,
@@ -146,7 +199,24 @@ def test_edit_models_and_prompt() -> None:
     assert wf[sampler["negative"][0]]["class_type"] == "ConditioningZeroOut"
     assert wf[sampler["latent_image"][0]]["class_type"] == "VAEEncode"
     assert wf["38"]["inputs"]["type"] == "flux"
-    assert edit.seed_inputs == (NodeInput("31", "seed"),)
+    assert kontext.seed_inputs == (NodeInput("31", "seed"),)
+    # The manifest says why it is off, so nobody flips it on without reading.
+    manifest = (BUILTIN_DIR / "kontext" / "preset.toml").read_text(encoding="utf-8")
+    assert "Non-Commercial" in manifest and "Black Forest Labs" in manifest
+
+
+def test_enabling_kontext_needs_only_an_override(tmp_path: Path) -> None:
+    folder = tmp_path / "extra" / "kontext"
+    folder.mkdir(parents=True)
+    source = BUILTIN_DIR / "kontext"
+    toml = (source / "preset.toml").read_text(encoding="utf-8")
+    assert toml.count("enabled = false") == 1
+    (folder / "preset.toml").write_text(
+        toml.replace("enabled = false", "enabled = true"), encoding="utf-8"
+    )
+    (folder / "workflow.json").write_bytes((source / "workflow.json").read_bytes())
+    presets = {p.slug: p for p in load_presets(tmp_path / "extra")}
+    assert presets["kontext"].enabled and presets["edit"].enabled
 
 
 def test_derive_models_mapping() -> None:
@@ -184,10 +254,12 @@ def test_to_manifest_is_json() -> None:
         assert "workflow" not in manifest
         assert json.loads(json.dumps(manifest)) == manifest
     edit = builtin("edit").to_manifest()
-    assert edit["prompt_input"] == {"node": "6", "input": "text"}
-    assert edit["seed_inputs"] == [{"node": "31", "input": "seed"}]
+    assert edit["enabled"] is True
+    assert edit["prompt_input"] == {"node": "76", "input": "prompt"}
+    assert edit["seed_inputs"] == [{"node": "3", "input": "seed"}]
     assert edit["seed_mode"] == "random"
-    assert {"folder": "vae", "name": "ae.safetensors"} in edit["models"]
+    assert {"folder": "vae", "name": "qwen_image_vae.safetensors"} in edit["models"]
+    assert builtin("kontext").to_manifest()["enabled"] is False
     assert builtin("bw").to_manifest()["prompt_input"] is None
 
 
@@ -332,7 +404,7 @@ def test_extra_dir_overrides_builtin_and_adds(tmp_path: Path) -> None:
     presets = {p.slug: p for p in load_presets(extra)}
     assert presets["bw"].price == 7
     assert presets["neg"].price == 1
-    assert {"sharpen", "upscale2x", "oil", "edit"} <= set(presets)
+    assert {"sharpen", "upscale2x", "oil", "edit", "kontext"} <= set(presets)
     assert [p.slug for p in load_presets(extra)] == sorted(presets)
 
 

@@ -12,7 +12,7 @@ REDACTED = "***"
 # Shapes of secrets that may reach a log without being known settings: bot tokens inside
 # Telegram URLs, bearer tokens, passwords inside connection URLs.
 _PATTERNS = [
-    re.compile(r"\b\d{5,}:[A-Za-z0-9_-]{30,}"),
+    re.compile(r"(?<!\d)\d{5,}:[A-Za-z0-9_-]{30,}"),
     re.compile(r"(?i)(bearer\s+)[^\s'\"]+"),
     re.compile(r"(?i)(secret[_-]token['\"]?\s*[:=]\s*['\"]?)[^\s'\",}]+"),
     re.compile(r"(://[^:/@\s]*:)[^@\s]+(@)"),
@@ -69,6 +69,11 @@ def setup_logging(level: str, as_json: bool, secrets: Iterable[str]) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Noise for an operator even at DEBUG: alembic's plugin list, every aiosqlite call,
+    # every PNG chunk Pillow reads.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    logging.getLogger("aiosqlite").setLevel(logging.INFO)
+    logging.getLogger("PIL").setLevel(logging.INFO)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
