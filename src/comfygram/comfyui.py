@@ -1,0 +1,548 @@
+"""Async client for one ComfyUI server (HTTP API plus the /ws event stream).
+
+Written against ComfyUI 0.3.64. Facts it relies on:
+- ``execution_success`` can arrive before the history is written; ``executing`` with
+  ``node: null`` for the prompt arrives after it and is the completion signal.
+- Execution messages go only to the socket whose ``clientId`` equals the prompt's
+  ``client_id``; a later socket with the same id silences the earlier one.
+- ``/history/{id}`` is the authority: whatever the socket says or misses, a prompt that is
+  in neither the history nor the queue is gone.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import contextlib
+import json
+import mimetypes
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+__all__ = [
+    "ComfyUIClient",
+    "ComfyUIError",
+    "ComfyUIUnavailable",
+    "Device",
+    "ExecutionFailed",
+    "OutputImage",
+    "PromptInterrupted",
+    "PromptRejected",
+    "PromptTimeout",
+    "SystemStats",
+    "explain_rejection",
+]
+
+ProgressCallback = Callable[[int], Awaitable[None]]
+
+# How long wait() keeps asking /history after the completion signal before it falls back
+# to its regular polling (the history write normally precedes that signal).
+_HISTORY_RETRIES = 10
+_HISTORY_RETRY_PAUSE = 0.05
+
+
+class ComfyUIError(Exception):
+    """Anything that went wrong talking to ComfyUI or running a prompt there."""
+
+
+class ComfyUIUnavailable(ComfyUIError):
+    """The server is not there: connection refused or reset, timeout, or a 5xx answer."""
+
+
+class PromptRejected(ComfyUIError):
+    """``POST /prompt`` answered 400; ``message`` is one human sentence, ``body`` the JSON."""
+
+    def __init__(self, message: str, body: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.message = message
+        self.body = body
+
+
+class ExecutionFailed(ComfyUIError):
+    """A node raised while the prompt ran (``execution_error``)."""
+
+    def __init__(
+        self,
+        prompt_id: str,
+        node_id: str | None,
+        node_type: str | None,
+        exception_type: str,
+        exception_message: str,
+    ) -> None:
+        self.prompt_id = prompt_id
+        self.node_id = node_id
+        self.node_type = node_type
+        self.exception_type = exception_type
+        self.exception_message = exception_message.strip()
+        super().__init__(
+            f"node {node_id} ({node_type}) failed: {exception_type}: {self.exception_message}"
+        )
+
+    @classmethod
+    def from_message(cls, data: dict[str, Any]) -> ExecutionFailed:
+        """Build from the data of an ``execution_error`` message (socket or history)."""
+        return cls(
+            prompt_id=str(data.get("prompt_id", "")),
+            node_id=None if data.get("node_id") is None else str(data["node_id"]),
+            node_type=data.get("node_type"),
+            exception_type=str(data.get("exception_type", "")),
+            exception_message=str(data.get("exception_message", "")),
+        )
+
+    @property
+    def out_of_memory(self) -> bool:
+        """True when the GPU (or host) ran out of memory: worth retrying elsewhere or later."""
+        text = f"{self.exception_type} {self.exception_message}".lower()
+        return (
+            "outofmemoryerror" in text or "allocation on device" in text or "out of memory" in text
+        )
+
+
+class PromptInterrupted(ComfyUIError):
+    """The prompt was interrupted (``execution_interrupted``)."""
+
+
+class PromptTimeout(ComfyUIError, asyncio.TimeoutError):
+    """The deadline passed before the prompt finished."""
+
+
+@dataclass(frozen=True)
+class Device:
+    name: str
+    type: str
+    vram_total: int
+    vram_free: int
+
+
+@dataclass(frozen=True)
+class SystemStats:
+    version: str
+    devices: list[Device] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class OutputImage:
+    filename: str
+    subfolder: str
+    type: str
+
+
+class ComfyUIClient:
+    """One ComfyUI server. ``client_id`` names this client's WebSocket; use one per worker."""
+
+    def __init__(
+        self,
+        base_url: str,
+        client_id: str,
+        *,
+        timeout: float = 30.0,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.client_id = client_id
+        self.timeout = timeout
+        self._http = http or httpx.AsyncClient(timeout=timeout)
+        self._owns_http = http is None
+
+    async def aclose(self) -> None:
+        if self._owns_http:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> ComfyUIClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # -- plain HTTP -------------------------------------------------------------------------
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        url = self.base_url + path
+        try:
+            response = await self._http.request(method, url, **kwargs)
+        except (httpx.TransportError, OSError) as exc:
+            raise ComfyUIUnavailable(f"ComfyUI at {self.base_url} is unreachable: {exc!r}") from exc
+        if response.status_code >= 500:
+            raise ComfyUIUnavailable(
+                f"ComfyUI answered {response.status_code} to {method} {path}: {response.text[:200]}"
+            )
+        return response
+
+    @staticmethod
+    def _json(response: httpx.Response) -> Any:
+        if response.status_code != 200:
+            raise ComfyUIError(
+                f"ComfyUI answered {response.status_code} to {response.request.method} "
+                f"{response.request.url.path}: {response.text[:200]}"
+            )
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise ComfyUIError(
+                f"ComfyUI sent invalid JSON for {response.request.url.path}"
+            ) from exc
+
+    async def system_stats(self) -> SystemStats:
+        body = self._json(await self._request("GET", "/system_stats"))
+        devices = [
+            Device(
+                name=str(d.get("name", "")),
+                type=str(d.get("type", "")),
+                vram_total=int(d.get("vram_total") or 0),
+                vram_free=int(d.get("vram_free") or 0),
+            )
+            for d in body.get("devices", [])
+        ]
+        return SystemStats(
+            version=str(body.get("system", {}).get("comfyui_version", "")), devices=devices
+        )
+
+    async def object_info(self, node_class: str | None = None) -> dict[str, Any]:
+        """``GET /object_info`` (or one class; an unknown class gives ``{}``)."""
+        path = "/object_info" if node_class is None else f"/object_info/{node_class}"
+        return self._json(await self._request("GET", path))
+
+    async def upload_image(
+        self, data: bytes, filename: str, *, overwrite: bool = True, subfolder: str = ""
+    ) -> str:
+        """Upload to the input folder; returns the value for ``LoadImage.image``.
+
+        ComfyUI may rename the file (``name (1).png``) when ``overwrite`` is false.
+        """
+        content_type = mimetypes.guess_type(filename)[0] or "application/octet-stream"
+        form = {"overwrite": "true" if overwrite else "false", "type": "input"}
+        if subfolder:
+            form["subfolder"] = subfolder
+        response = await self._request(
+            "POST", "/upload/image", files={"image": (filename, data, content_type)}, data=form
+        )
+        body = self._json(response)
+        name = str(body["name"])
+        return f"{body['subfolder']}/{name}" if body.get("subfolder") else name
+
+    async def submit(self, workflow: dict[str, Any], prompt_id: str) -> int:
+        """Queue ``workflow`` under our ``prompt_id``; returns the queue number."""
+        payload = {"prompt": workflow, "client_id": self.client_id, "prompt_id": prompt_id}
+        response = await self._request("POST", "/prompt", json=payload)
+        if response.status_code == 400:
+            try:
+                body = response.json()
+            except ValueError:
+                body = {"error": {"message": response.text}}
+            raise PromptRejected(explain_rejection(body), body)
+        body = self._json(response)
+        if body.get("prompt_id") != prompt_id:
+            raise ComfyUIError(
+                f"ComfyUI queued the prompt as {body.get('prompt_id')!r}, not {prompt_id!r}"
+            )
+        return int(body.get("number", 0))
+
+    async def history(self, prompt_id: str) -> dict[str, Any] | None:
+        """The history entry of ``prompt_id``, or None while it is not (yet) there."""
+        body = self._json(await self._request("GET", f"/history/{prompt_id}"))
+        entry = body.get(prompt_id) if isinstance(body, dict) else None
+        return entry or None
+
+    async def queue(self) -> tuple[list[str], list[str]]:
+        """(running prompt ids, pending prompt ids)."""
+        body = self._json(await self._request("GET", "/queue"))
+        running = [str(item[1]) for item in body.get("queue_running", [])]
+        pending = [str(item[1]) for item in body.get("queue_pending", [])]
+        return running, pending
+
+    async def download(self, image: OutputImage) -> bytes:
+        """``GET /view`` for one output image."""
+        params = {"filename": image.filename, "subfolder": image.subfolder, "type": image.type}
+        response = await self._request("GET", "/view", params=params)
+        if response.status_code != 200:
+            raise ComfyUIError(
+                f"ComfyUI answered {response.status_code} for image {image.subfolder}/"
+                f"{image.filename} ({image.type})"
+            )
+        return response.content
+
+    async def interrupt(self, prompt_id: str) -> None:
+        """Interrupt ``prompt_id`` if it is running now (a no-op otherwise)."""
+        await self._expect_ok("/interrupt", {"prompt_id": prompt_id})
+
+    async def delete_queued(self, prompt_ids: list[str]) -> None:
+        """Remove pending prompts from the queue (running ones are not touched)."""
+        await self._expect_ok("/queue", {"delete": list(prompt_ids)})
+
+    async def free(self, unload_models: bool = True, free_memory: bool = True) -> None:
+        """Ask ComfyUI to unload models and/or free cached memory."""
+        await self._expect_ok("/free", {"unload_models": unload_models, "free_memory": free_memory})
+
+    async def _expect_ok(self, path: str, payload: dict[str, Any]) -> None:
+        response = await self._request("POST", path, json=payload)
+        if response.status_code != 200:
+            raise ComfyUIError(f"ComfyUI answered {response.status_code} to POST {path}")
+
+    # -- waiting for a prompt ---------------------------------------------------------------
+
+    async def wait(
+        self,
+        prompt_id: str,
+        *,
+        deadline: float,
+        on_progress: ProgressCallback | None = None,
+        quiet_poll: float = 2.0,
+    ) -> list[OutputImage]:
+        """Wait until ``prompt_id`` is done and return its saved images (type ``output``).
+
+        Listens on the WebSocket for progress and completion; whenever the socket is quiet
+        for ``quiet_poll`` seconds, drops, or cannot connect, asks ``/history`` and
+        ``/queue``. ``deadline`` is a ``time.monotonic()`` value.
+
+        Raises ExecutionFailed, PromptInterrupted, ComfyUIUnavailable, PromptTimeout, or
+        ComfyUIError (the prompt vanished: in neither history nor queue).
+        """
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise PromptTimeout(f"prompt {prompt_id} passed its deadline")
+        try:
+            async with asyncio.timeout(remaining):
+                return await self._wait(prompt_id, on_progress, quiet_poll)
+        except TimeoutError as exc:
+            if isinstance(exc, PromptTimeout) or time.monotonic() < deadline:
+                raise
+            raise PromptTimeout(f"prompt {prompt_id} did not finish before its deadline") from exc
+
+    def _ws_url(self) -> str:
+        parts = urlsplit(self.base_url)
+        scheme = "wss" if parts.scheme == "https" else "ws"
+        path = parts.path.rstrip("/") + "/ws"
+        return urlunsplit((scheme, parts.netloc, path, f"clientId={self.client_id}", ""))
+
+    async def _connect(self, open_timeout: float) -> ClientConnection | None:
+        try:
+            return await websockets.connect(
+                self._ws_url(), open_timeout=open_timeout, close_timeout=2, max_size=None
+            )
+        except (OSError, TimeoutError, websockets.exceptions.WebSocketException):
+            return None
+
+    async def _wait(
+        self, prompt_id: str, on_progress: ProgressCallback | None, quiet_poll: float
+    ) -> list[OutputImage]:
+        progress = _Progress(on_progress)
+        ws: ClientConnection | None = None
+        try:
+            while True:
+                if ws is None:
+                    ws = await self._connect(open_timeout=max(quiet_poll, 1.0))
+                    # Messages sent before this socket existed are lost: ask the authority.
+                    if (done := await self._poll(prompt_id)) is not None:
+                        return await progress.finish(done)
+                    if ws is None:  # no socket: poll, and try the socket again next round
+                        await asyncio.sleep(quiet_poll)
+                        continue
+                done = await self._listen(ws, prompt_id, progress, quiet_poll)
+                if done is None:  # quiet or dropped: ask the authority
+                    if ws.state is not websockets.State.OPEN:
+                        ws = None
+                    else:
+                        done = await self._poll(prompt_id)
+                if done is not None:
+                    return await progress.finish(done)
+        finally:
+            if ws is not None:
+                with contextlib.suppress(Exception):
+                    await ws.close()
+
+    async def _listen(
+        self, ws: ClientConnection, prompt_id: str, progress: _Progress, quiet_poll: float
+    ) -> list[OutputImage] | None:
+        """Read messages until our prompt ends (outputs) or ``quiet_poll`` passes (None)."""
+        quiet_until = time.monotonic() + quiet_poll
+        while True:
+            try:
+                raw = await asyncio.wait_for(ws.recv(), max(0.0, quiet_until - time.monotonic()))
+            except TimeoutError:
+                return None
+            except websockets.exceptions.ConnectionClosed:
+                return None
+            if not isinstance(raw, str):
+                continue  # binary preview frames
+            try:
+                message = json.loads(raw)
+                kind, data = message["type"], message.get("data") or {}
+            except (ValueError, KeyError, TypeError):
+                continue
+            if not isinstance(data, dict) or data.get("prompt_id") != prompt_id:
+                continue
+            quiet_until = time.monotonic() + quiet_poll
+            if kind == "progress":
+                await progress.report(data.get("value"), data.get("max"))
+            elif kind == "execution_error":
+                raise ExecutionFailed.from_message(data)
+            elif kind == "execution_interrupted":
+                raise PromptInterrupted(f"prompt {prompt_id} was interrupted")
+            elif kind == "execution_success":
+                # History may not be written yet: take it only if it is already there.
+                if (entry := await self.history(prompt_id)) is not None:
+                    return _outcome(prompt_id, entry)
+            elif kind == "executing" and data.get("node") is None:
+                for _ in range(_HISTORY_RETRIES):
+                    if (entry := await self.history(prompt_id)) is not None:
+                        return _outcome(prompt_id, entry)
+                    await asyncio.sleep(_HISTORY_RETRY_PAUSE)
+                return None
+
+    async def _poll(self, prompt_id: str) -> list[OutputImage] | None:
+        """Ask /history, then /queue: outputs when done, None while queued or running."""
+        if (entry := await self.history(prompt_id)) is not None:
+            return _outcome(prompt_id, entry)
+        running, pending = await self.queue()
+        if prompt_id in running or prompt_id in pending:
+            return None
+        # It may have finished between the two requests.
+        if (entry := await self.history(prompt_id)) is not None:
+            return _outcome(prompt_id, entry)
+        raise ComfyUIError(f"prompt {prompt_id} vanished: in neither the history nor the queue")
+
+
+class _Progress:
+    """Reports strictly increasing percentages to an optional callback."""
+
+    def __init__(self, callback: ProgressCallback | None) -> None:
+        self.callback = callback
+        self.last = -1
+
+    async def report(self, value: Any, maximum: Any) -> None:
+        try:
+            percent = int(float(value) * 100 / float(maximum))
+        except (TypeError, ValueError, ZeroDivisionError):
+            return
+        percent = max(0, min(100, percent))
+        if self.callback is not None and percent > self.last:
+            self.last = percent
+            await self.callback(percent)
+
+    async def finish(self, outputs: list[OutputImage]) -> list[OutputImage]:
+        await self.report(1, 1)
+        return outputs
+
+
+def _outcome(prompt_id: str, entry: dict[str, Any]) -> list[OutputImage]:
+    """Outputs of a finished history entry, or the error it records."""
+    status = entry.get("status") or {}
+    if status.get("status_str") == "error" or status.get("completed") is False:
+        for kind, data in status.get("messages") or []:
+            if kind == "execution_error":
+                raise ExecutionFailed.from_message({"prompt_id": prompt_id, **data})
+            if kind == "execution_interrupted":
+                raise PromptInterrupted(f"prompt {prompt_id} was interrupted")
+        raise ComfyUIError(f"prompt {prompt_id} ended with status {status.get('status_str')!r}")
+    images: list[OutputImage] = []
+    for output in (entry.get("outputs") or {}).values():
+        for image in output.get("images") or []:
+            if image.get("type") == "output":
+                images.append(
+                    OutputImage(
+                        filename=str(image["filename"]),
+                        subfolder=str(image.get("subfolder", "")),
+                        type="output",
+                    )
+                )
+    return images
+
+
+# -- rejections -------------------------------------------------------------------------------
+
+
+def _allowed_values(extra_info: dict[str, Any], details: str) -> list[str] | None:
+    """The allowed values of a combo input, from input_config or the details text."""
+    config = extra_info.get("input_config")
+    if isinstance(config, list | tuple) and config:
+        first = config[0]
+        if isinstance(first, list | tuple):  # [["a", "b"], {...}]
+            return [str(v) for v in first]
+        if first == "COMBO" and len(config) > 1 and isinstance(config[1], dict):
+            options = config[1].get("options")
+            if isinstance(options, list):
+                return [str(v) for v in options]
+    _, sep, tail = details.partition(" not in ")
+    if sep and tail.startswith("["):
+        with contextlib.suppress(ValueError, SyntaxError):
+            values = ast.literal_eval(tail)
+            if isinstance(values, list):
+                return [str(v) for v in values]
+    return None
+
+
+def _list_text(values: list[str]) -> str:
+    return ", ".join(f"'{v}'" for v in values) if values else "none"
+
+
+def _explain_error(node_id: str, class_type: str, error: dict[str, Any]) -> str:
+    kind = str(error.get("type", ""))
+    message = str(error.get("message", "")).rstrip(".")
+    details = str(error.get("details", ""))
+    extra = error.get("extra_info") or {}
+    input_name = str(extra.get("input_name", ""))
+    node = f"node {node_id} ({class_type})" if class_type else f"node {node_id}"
+    if kind == "value_not_in_list":
+        received = extra.get("received_value")
+        allowed = _allowed_values(extra, details)
+        if input_name.endswith("_name"):
+            if allowed is None:
+                installed = "it is not among the installed files"
+                count = details.partition("(list of length ")[2].rstrip(")")
+                if count.isdigit():
+                    installed = f"it is not among the {count} installed files"
+            else:
+                installed = f"installed: {_list_text(allowed)}"
+            return (
+                f"{node} needs the model file '{received}' ({input_name}), "
+                f"which is not installed; {installed}"
+            )
+        allowed_text = "" if allowed is None else f"; allowed: {_list_text(allowed)}"
+        return (
+            f"{node} input '{input_name}' has the value '{received}', "
+            f"which is not allowed{allowed_text}"
+        )
+    if kind == "custom_validation_failed" and "Invalid image file:" in details:
+        missing = details.partition("Invalid image file:")[2].strip()
+        return f"{node} cannot find the input image '{missing}' (not uploaded, or deleted)"
+    if kind == "required_input_missing":
+        return f"{node} is missing its required input '{details or input_name}'"
+    if kind in {"value_bigger_than_max", "value_smaller_than_min", "invalid_input_type"}:
+        return f"{node} input '{input_name}': {message}"
+    text = f"{node}: {message}" if message else f"{node}: {kind}"
+    return f"{text} ({details})" if details else text
+
+
+def explain_rejection(body: dict[str, Any]) -> str:
+    """One human sentence for a ``POST /prompt`` 400 body (``error`` + ``node_errors``)."""
+    parts: list[str] = []
+    node_errors = body.get("node_errors") or {}
+    if isinstance(node_errors, dict):
+        for node_id, entry in node_errors.items():
+            if not isinstance(entry, dict):
+                continue
+            class_type = str(entry.get("class_type", ""))
+            for error in entry.get("errors") or []:
+                if isinstance(error, dict):
+                    parts.append(_explain_error(str(node_id), class_type, error))
+    if not parts:
+        error = body.get("error")
+        if isinstance(error, dict):
+            message = str(error.get("message") or error.get("type") or "unknown error")
+            details = str(error.get("details") or "")
+            text = message.rstrip(".")
+            if details and details != message:
+                text = f"{text} ({details})"
+            parts.append(text)
+        elif error:
+            parts.append(str(error).rstrip("."))
+        else:
+            parts.append("unknown error")
+    return "ComfyUI rejected the workflow: " + "; ".join(parts) + "."

@@ -1,0 +1,1 @@
+"""Test doubles of external services. Never imported by production code."""

@@ -1,0 +1,392 @@
+"""ComfyUIClient against ComfyUIDouble (a loopback server answering like ComfyUI 0.3.64)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from comfygram.comfyui import (
+    ComfyUIClient,
+    ComfyUIError,
+    ComfyUIUnavailable,
+    ExecutionFailed,
+    OutputImage,
+    PromptInterrupted,
+    PromptRejected,
+    PromptTimeout,
+    explain_rejection,
+)
+from tests.doubles.comfyui import ComfyUIDouble
+
+
+@pytest.fixture
+async def comfy(tmp_path: Path) -> AsyncIterator[ComfyUIDouble]:
+    double = ComfyUIDouble(tmp_path / "comfyui")
+    await double.start()
+    yield double
+    await double.stop()
+
+
+@pytest.fixture
+async def client(comfy: ComfyUIDouble) -> AsyncIterator[ComfyUIClient]:
+    async with ComfyUIClient(comfy.url, uuid.uuid4().hex, timeout=5.0) as c:
+        yield c
+
+
+def png(color: tuple[int, int, int] = (200, 80, 40), size: tuple[int, int] = (16, 12)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def invert_workflow(image: str, prefix: str = "jobs/inv") -> dict:
+    return {
+        "1": {"class_type": "LoadImage", "inputs": {"image": image}},
+        "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": prefix}},
+    }
+
+
+def soon(seconds: float = 5.0) -> float:
+    return time.monotonic() + seconds
+
+
+async def submit_invert(client: ComfyUIClient, color=(200, 80, 40)) -> str:
+    name = await client.upload_image(png(color), f"{uuid.uuid4().hex}.png")
+    prompt_id = str(uuid.uuid4())
+    await client.submit(invert_workflow(name), prompt_id)
+    return prompt_id
+
+
+async def wait_until_running(client: ComfyUIClient, prompt_id: str) -> None:
+    async with asyncio.timeout(5):
+        while prompt_id not in (await client.queue())[0]:
+            await asyncio.sleep(0.01)
+
+
+async def test_system_stats_parsed(client: ComfyUIClient) -> None:
+    stats = await client.system_stats()
+    assert stats.version == "0.3.64"
+    assert stats.devices[0].name == "cpu"
+    assert stats.devices[0].type == "cpu"
+    assert stats.devices[0].vram_total == 25276502016
+    assert stats.devices[0].vram_free == 24048091136
+
+
+async def test_upload_submit_wait_download_inverts(
+    comfy: ComfyUIDouble, client: ComfyUIClient
+) -> None:
+    name = await client.upload_image(png((200, 80, 40)), "in.png")
+    assert name == "in.png"
+    prompt_id = str(uuid.uuid4())
+    number = await client.submit(invert_workflow(name), prompt_id)
+    assert isinstance(number, int)
+    assert comfy.prompts_received[-1]["prompt_id"] == prompt_id
+    assert comfy.prompts_received[-1]["client_id"] == client.client_id
+
+    images = await client.wait(prompt_id, deadline=soon())
+    assert images == [OutputImage("inv_00001_.png", "jobs", "output")]
+    assert (await client.history(prompt_id))["prompt"][1] == prompt_id  # our own id is used
+    result = Image.open(io.BytesIO(await client.download(images[0])))
+    assert result.size == (16, 12)
+    assert result.convert("RGB").getpixel((3, 3)) == (55, 175, 215)
+
+
+async def test_upload_into_subfolder_names_it(client: ComfyUIClient) -> None:
+    name = await client.upload_image(png(), "sub.png", subfolder="jobs")
+    assert name == "jobs/sub.png"
+    prompt_id = str(uuid.uuid4())
+    await client.submit(invert_workflow(name), prompt_id)
+    assert len(await client.wait(prompt_id, deadline=soon())) == 1
+
+
+async def test_progress_increases_to_100(comfy: ComfyUIDouble, client: ComfyUIClient) -> None:
+    comfy.execution_delay = 0.04
+    seen: list[int] = []
+
+    async def on_progress(percent: int) -> None:
+        seen.append(percent)
+
+    comfy.pause()  # hold the prompt until wait() has its socket: no message is missed
+    prompt_id = await submit_invert(client)
+    waiting = asyncio.create_task(
+        client.wait(prompt_id, deadline=soon(), on_progress=on_progress, quiet_poll=1.0)
+    )
+    async with asyncio.timeout(5):
+        await comfy.socket_connected(client.client_id)
+    comfy.resume()
+    await waiting
+    assert seen, "no progress reported"
+    assert seen == [25, 50, 75, 100]  # the first node's progress; later nodes never go back
+
+
+async def test_silent_websocket_completes_by_polling(
+    comfy: ComfyUIDouble, client: ComfyUIClient
+) -> None:
+    comfy.drop_websocket_messages = True
+    comfy.execution_delay = 0.05
+    prompt_id = await submit_invert(client)
+    started = time.monotonic()
+    images = await client.wait(prompt_id, deadline=soon(), quiet_poll=0.2)
+    assert len(images) == 1
+    assert time.monotonic() - started < 1.5  # a few quiet_poll intervals
+
+
+async def test_history_written_late_after_execution_success(
+    comfy: ComfyUIDouble, client: ComfyUIClient
+) -> None:
+    comfy.history_write_delay = 0.2
+    prompt_id = await submit_invert(client)
+    images = await client.wait(prompt_id, deadline=soon(), quiet_poll=2.0)
+    assert len(images) == 1
+
+
+async def test_finished_before_wait_is_found_in_history(client: ComfyUIClient) -> None:
+    prompt_id = await submit_invert(client)
+    async with asyncio.timeout(5):
+        while await client.history(prompt_id) is None:
+            await asyncio.sleep(0.01)
+    assert len(await client.wait(prompt_id, deadline=soon())) == 1
+
+
+async def test_unknown_prompt_vanished(client: ComfyUIClient) -> None:
+    with pytest.raises(ComfyUIError, match="vanished"):
+        await client.wait("never-submitted", deadline=soon(), quiet_poll=0.2)
+
+
+async def test_server_stopped_mid_job_is_unavailable(
+    comfy: ComfyUIDouble, client: ComfyUIClient
+) -> None:
+    comfy.execution_delay = 1.0
+    prompt_id = await submit_invert(client)
+    waiting = asyncio.create_task(client.wait(prompt_id, deadline=soon(), quiet_poll=0.2))
+    await wait_until_running(client, prompt_id)
+    await comfy.stop()
+    with pytest.raises(ComfyUIUnavailable):
+        await waiting
+    with pytest.raises(ComfyUIUnavailable):
+        await client.system_stats()
+    await comfy.start()  # same port, empty queue and history: the prompt is gone
+    assert (await client.system_stats()).version == "0.3.64"
+    with pytest.raises(ComfyUIError, match="vanished"):
+        await client.wait(prompt_id, deadline=soon(), quiet_poll=0.2)
+
+
+async def test_unknown_node_is_rejected_clearly(client: ComfyUIClient) -> None:
+    workflow = {"1": {"class_type": "NoSuchNode", "inputs": {}}}
+    with pytest.raises(PromptRejected) as caught:
+        await client.submit(workflow, str(uuid.uuid4()))
+    assert caught.value.message == (
+        "ComfyUI rejected the workflow: Cannot execute because node NoSuchNode does not exist "
+        "(Node ID '#1')."
+    )
+    assert caught.value.body["error"]["type"] == "invalid_prompt"
+
+
+async def test_missing_input_image_is_rejected(client: ComfyUIClient) -> None:
+    with pytest.raises(PromptRejected) as caught:
+        await client.submit(invert_workflow("does_not_exist.png"), str(uuid.uuid4()))
+    assert "does_not_exist.png" in caught.value.message
+    assert "node 1 (LoadImage)" in caught.value.message
+
+
+# The recorded 400 body of ComfyUI 0.3.64 for a LoadImage of a file that is not there.
+RECORDED_MISSING_IMAGE = {
+    "error": {
+        "type": "prompt_outputs_failed_validation",
+        "message": "Prompt outputs failed validation",
+        "details": "",
+        "extra_info": {},
+    },
+    "node_errors": {
+        "1": {
+            "errors": [
+                {
+                    "type": "custom_validation_failed",
+                    "message": "Custom validation failed for node",
+                    "details": "image - Invalid image file: does_not_exist.png",
+                    "extra_info": {"input_name": "image"},
+                }
+            ],
+            "dependent_outputs": ["3"],
+            "class_type": "LoadImage",
+        }
+    },
+}
+
+
+def missing_checkpoint(input_config: object, installed: str) -> dict:
+    """value_not_in_list as ComfyUI's execution.validate_inputs builds it."""
+    return {
+        "error": {
+            "type": "prompt_outputs_failed_validation",
+            "message": "Prompt outputs failed validation",
+            "details": "",
+            "extra_info": {},
+        },
+        "node_errors": {
+            "4": {
+                "errors": [
+                    {
+                        "type": "value_not_in_list",
+                        "message": "Value not in list",
+                        "details": f"ckpt_name: 'flux-kontext.safetensors' not in {installed}",
+                        "extra_info": {
+                            "input_name": "ckpt_name",
+                            "input_config": input_config,
+                            "received_value": "flux-kontext.safetensors",
+                        },
+                    }
+                ],
+                "dependent_outputs": ["9"],
+                "class_type": "CheckpointLoaderSimple",
+            }
+        },
+    }
+
+
+def test_explain_missing_input_image() -> None:
+    assert explain_rejection(RECORDED_MISSING_IMAGE) == (
+        "ComfyUI rejected the workflow: node 1 (LoadImage) cannot find the input image "
+        "'does_not_exist.png' (not uploaded, or deleted)."
+    )
+
+
+@pytest.mark.parametrize(
+    "input_config",
+    [
+        [["sd15.safetensors", "sdxl.safetensors"], {}],
+        ["COMBO", {"options": ["sd15.safetensors", "sdxl.safetensors"]}],
+        None,  # not sent back: the list is read from details
+    ],
+)
+def test_explain_missing_model_names_file_and_installed(input_config: object) -> None:
+    body = missing_checkpoint(input_config, "['sd15.safetensors', 'sdxl.safetensors']")
+    assert explain_rejection(body) == (
+        "ComfyUI rejected the workflow: node 4 (CheckpointLoaderSimple) needs the model file "
+        "'flux-kontext.safetensors' (ckpt_name), which is not installed; installed: "
+        "'sd15.safetensors', 'sdxl.safetensors'."
+    )
+
+
+def test_explain_missing_model_among_many() -> None:
+    body = missing_checkpoint(None, "(list of length 42)")
+    message = explain_rejection(body)
+    assert "'flux-kontext.safetensors'" in message
+    assert "not among the 42 installed files" in message
+
+
+def test_explain_missing_model_with_none_installed() -> None:
+    message = explain_rejection(missing_checkpoint([[], {}], "[]"))
+    assert message.endswith("which is not installed; installed: none.")
+
+
+async def test_runtime_error_is_execution_failed(
+    comfy: ComfyUIDouble, client: ComfyUIClient
+) -> None:
+    comfy.fail_next_with(
+        "torch.OutOfMemoryError", "Allocation on device 0 would exceed allowed memory."
+    )
+    prompt_id = await submit_invert(client)
+    with pytest.raises(ExecutionFailed) as caught:
+        await client.wait(prompt_id, deadline=soon())
+    failure = caught.value
+    assert failure.prompt_id == prompt_id
+    assert (failure.node_id, failure.node_type) == ("2", "ImageInvert")
+    assert failure.exception_type == "torch.OutOfMemoryError"
+    assert failure.out_of_memory
+
+
+async def test_non_image_fails_at_run_time(client: ComfyUIClient) -> None:
+    name = await client.upload_image(b"not an image", "bad.png")
+    prompt_id = str(uuid.uuid4())
+    await client.submit(invert_workflow(name), prompt_id)
+    with pytest.raises(ExecutionFailed) as caught:
+        await client.wait(prompt_id, deadline=soon())
+    assert caught.value.exception_type == "PIL.UnidentifiedImageError"
+    assert caught.value.node_type == "LoadImage"
+    assert not caught.value.out_of_memory
+
+
+async def test_runtime_error_found_by_polling(comfy: ComfyUIDouble, client: ComfyUIClient) -> None:
+    comfy.drop_websocket_messages = True
+    comfy.fail_next_with("RuntimeError", "boom")
+    prompt_id = await submit_invert(client)
+    with pytest.raises(ExecutionFailed, match="boom"):
+        await client.wait(prompt_id, deadline=soon(), quiet_poll=0.2)
+
+
+async def test_interrupt_stops_our_running_prompt(
+    comfy: ComfyUIDouble, client: ComfyUIClient
+) -> None:
+    comfy.execution_delay = 1.0
+    prompt_id = await submit_invert(client)
+    waiting = asyncio.create_task(client.wait(prompt_id, deadline=soon()))
+    await wait_until_running(client, prompt_id)
+    await client.interrupt("someone-else")  # not running: no effect
+    await client.interrupt(prompt_id)
+    with pytest.raises(PromptInterrupted):
+        await waiting
+    assert (await client.history(prompt_id))["status"]["status_str"] == "error"
+    assert await client.queue() == ([], [])
+
+
+async def test_delete_queued(comfy: ComfyUIDouble, client: ComfyUIClient) -> None:
+    comfy.execution_delay = 0.5
+    first = await submit_invert(client)
+    second = await submit_invert(client)
+    await wait_until_running(client, first)
+    assert await client.queue() == ([first], [second])
+    await client.delete_queued([second])
+    assert await client.queue() == ([first], [])
+    await client.interrupt(first)
+
+
+async def test_deadline_passes(comfy: ComfyUIDouble, client: ComfyUIClient) -> None:
+    comfy.execution_delay = 2.0
+    prompt_id = await submit_invert(client)
+    started = time.monotonic()
+    with pytest.raises(PromptTimeout) as caught:
+        await client.wait(prompt_id, deadline=soon(0.3), quiet_poll=0.1)
+    assert isinstance(caught.value, asyncio.TimeoutError)
+    assert 0.25 < time.monotonic() - started < 2.0
+    await client.interrupt(prompt_id)
+
+
+async def test_socket_that_cannot_connect_falls_back_to_polling(
+    comfy: ComfyUIDouble, client: ComfyUIClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def no_socket(open_timeout: float) -> None:
+        return None
+
+    monkeypatch.setattr(client, "_connect", no_socket)
+    prompt_id = await submit_invert(client)
+    assert len(await client.wait(prompt_id, deadline=soon(), quiet_poll=0.1)) == 1
+
+
+async def test_object_info_and_free(comfy: ComfyUIDouble, client: ComfyUIClient) -> None:
+    await client.upload_image(png(), "listed.png")
+    info = await client.object_info()
+    assert "listed.png" in info["LoadImage"]["input"]["required"]["image"][0]
+    assert await client.object_info("NoSuchNode") == {}
+    await client.free()
+    assert comfy.free_calls == [{"unload_models": True, "free_memory": True}]
+
+
+async def test_unreachable_server_is_unavailable(tmp_path: Path) -> None:
+    double = ComfyUIDouble(tmp_path)
+    await double.start()
+    url = double.url
+    await double.stop()
+    async with ComfyUIClient(url, "x", timeout=1.0) as c:
+        with pytest.raises(ComfyUIUnavailable):
+            await c.system_stats()
+        with pytest.raises(ComfyUIUnavailable):
+            await c.submit(invert_workflow("a.png"), "p")
