@@ -6,7 +6,7 @@ from sqlalchemy import select
 
 from comfygram.backend.app import create_app
 from comfygram.backend.models import Preset as PresetRow
-from comfygram.backend.preset_sync import sync_presets
+from comfygram.backend.presets import sync_presets
 from comfygram.presets import BUILTIN_DIR, load_presets
 
 

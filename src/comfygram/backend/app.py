@@ -14,7 +14,7 @@ from comfygram import __version__
 from comfygram.backend import db, reconcile
 from comfygram.backend.deps import require_api_token
 from comfygram.backend.errors import error_response, install_error_handlers
-from comfygram.backend.preset_sync import sync_presets
+from comfygram.backend.presets import sync_presets
 from comfygram.backend.routes import health, jobs, payments, presets, users, webhook
 from comfygram.backend.storage import MediaStore
 from comfygram.presets import load_presets

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
@@ -34,7 +37,8 @@ def _describe(errors: list[dict[str, Any]]) -> str:
     parts = []
     for error in errors[:5]:
         location = ".".join(str(p) for p in error["loc"] if p not in ("body", "query", "path"))
-        parts.append(f"{location or 'request'}: {error['msg']}")
+        message = error["msg"].removeprefix("Value error, ")
+        parts.append(f"{location or 'request'}: {message}")
     return "; ".join(parts)
 
 
@@ -55,6 +59,13 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
         return error_response(422, "invalid_request", _describe(list(exc.errors())))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(
+            500, "internal_error", "Something went wrong on our side; try again in a minute."
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 
 from sqlalchemy import func, select
@@ -9,7 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from comfygram.backend import accounts
 from comfygram.backend.errors import ApiError, not_found
-from comfygram.backend.models import Job, Preset, User, new_id, utcnow
+from comfygram.backend.models import Job, User, new_id, utcnow
+from comfygram.backend.presets import get_preset
 from comfygram.backend.storage import MediaStore
 from comfygram.domain import ledger
 from comfygram.domain.jobs import (
@@ -43,7 +45,16 @@ class Created:
     replayed: bool
 
 
+def _is_job_id(value: str) -> bool:
+    try:
+        return str(uuid.UUID(value)) == value
+    except ValueError:
+        return False
+
+
 async def get_job(session: AsyncSession, job_id: str, *, lock: bool = False) -> Job:
+    if not _is_job_id(job_id):
+        raise not_found("job", job_id)
     query = select(Job).where(Job.id == job_id)
     job = await session.scalar(query.with_for_update() if lock else query)
     if job is None:
@@ -68,8 +79,8 @@ async def create(
 ) -> Created:
     """Charge the preset's price and write the job, in one transaction the caller commits."""
     user = await accounts.lock_user(session, request.telegram_id)
-    preset = await session.get(Preset, request.preset_slug)
-    if preset is None or not preset.enabled:
+    preset = await get_preset(session, request.preset_slug)
+    if not preset.enabled:
         raise not_found("preset", request.preset_slug)
     if preset.takes_prompt and not request.prompt:
         raise ApiError(

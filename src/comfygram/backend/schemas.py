@@ -15,8 +15,20 @@ TelegramId = Annotated[int, Field(gt=0, le=2**63 - 1, strict=True)]
 ChatId = Annotated[int, Field(ge=-(2**63), le=2**63 - 1, strict=True)]
 
 
+def no_nul(value: str) -> str:
+    # PostgreSQL cannot store NUL in text; refuse it here rather than fail in the database.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        return no_nul(value) if isinstance(value, str) else value
 
 
 def _aware(value: datetime | None) -> datetime | None:

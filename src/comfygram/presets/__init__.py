@@ -26,7 +26,7 @@ BUILTIN_DIR: Path = Path(__file__).resolve().parent / "builtin"
 MANIFEST = "preset.toml"
 WORKFLOW = "workflow.json"
 
-_SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 _LANGUAGES = ("en", "ru")
 _TOP_KEYS = frozenset(
     {
@@ -257,7 +257,7 @@ def load_preset(folder: Path) -> Preset:
 
     r.check_keys(data, _TOP_KEYS, "")
     slug = data.get("slug")
-    if not isinstance(slug, str) or not _SLUG_RE.fullmatch(slug):
+    if not isinstance(slug, str) or not SLUG.fullmatch(slug):
         raise r.fail(
             "slug", "must be 1-32 characters of a-z, 0-9, _ and -, starting with a-z or 0-9"
         )

@@ -68,6 +68,8 @@ async def create_job(
     idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
 ) -> JobOut:
     """Validate and store the photo, charge the preset's price, queue the job."""
+    if prompt and "\x00" in prompt:
+        raise ApiError(422, "invalid_request", "prompt: must not contain NUL characters")
     data, info = await _read_image(image, settings.max_upload_bytes, settings.max_image_pixels)
     request = jobs.NewJob(
         telegram_id=telegram_id,

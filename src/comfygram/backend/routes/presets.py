@@ -3,8 +3,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 from sqlalchemy import select
 
+from comfygram.backend import presets
 from comfygram.backend.deps import SessionDep
-from comfygram.backend.errors import not_found
 from comfygram.backend.models import Preset
 from comfygram.backend.schemas import PresetDetail, PresetOut
 
@@ -23,7 +23,4 @@ async def list_presets(session: SessionDep) -> list[PresetOut]:
 @router.get("/{slug}", response_model=PresetDetail)
 async def get_preset(slug: str, session: SessionDep) -> PresetDetail:
     """One preset with its manifest and workflow, for the worker."""
-    preset = await session.get(Preset, slug)
-    if preset is None:
-        raise not_found("preset", slug)
-    return PresetDetail.of(preset)
+    return PresetDetail.of(await presets.get_preset(session, slug))

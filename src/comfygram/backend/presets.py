@@ -1,12 +1,13 @@
-"""Copying the preset folders into the presets table at start."""
+"""Presets in the database: copied from the preset folders at start, looked up by slug."""
 
 from __future__ import annotations
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from comfygram.backend.errors import not_found
 from comfygram.backend.models import Preset as PresetRow
-from comfygram.presets import Preset
+from comfygram.presets import SLUG, Preset
 
 
 async def sync_presets(session: AsyncSession, presets: list[Preset]) -> None:
@@ -29,3 +30,10 @@ async def sync_presets(session: AsyncSession, presets: list[Preset]) -> None:
     for gone in rows.values():
         gone.enabled = False
     await session.flush()
+
+
+async def get_preset(session: AsyncSession, slug: str) -> PresetRow:
+    preset = await session.get(PresetRow, slug) if SLUG.fullmatch(slug) else None
+    if preset is None:
+        raise not_found("preset", slug)
+    return preset
