@@ -7,12 +7,12 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from starlette.responses import Response
 
 from comfygram import __version__
 from comfygram.backend import db, reconcile
-from comfygram.backend.deps import require_api_token
+from comfygram.backend.deps import has_api_token
 from comfygram.backend.errors import error_response, install_error_handlers
 from comfygram.backend.presets import sync_presets
 from comfygram.backend.routes import health, jobs, payments, presets, users, webhook
@@ -71,6 +71,23 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
 
+    api_token = settings.api_token.get_secret_value().encode()
+
+    # Checked before FastAPI reads the body, so a caller without the token cannot make the
+    # backend parse an upload or learn anything from validation errors.
+    @app.middleware("http")
+    async def require_api_token(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        if request.url.path.startswith("/api/") and not has_api_token(request, api_token):
+            return error_response(
+                401,
+                "unauthorized",
+                "Send the service token as 'Authorization: Bearer <API_TOKEN>'.",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        return await call_next(request)
+
     @app.middleware("http")
     async def refuse_oversized_bodies(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
@@ -82,9 +99,6 @@ def create_app(settings: Settings) -> FastAPI:
             return error_response(413, "file_too_large", "The request body is too large.")
         return await call_next(request)
 
-    protected = [Depends(require_api_token)]
-    for module in (users, presets, jobs, payments):
-        app.include_router(module.router, dependencies=protected)
-    app.include_router(health.router)
-    app.include_router(webhook.router)
+    for module in (users, presets, jobs, payments, health, webhook):
+        app.include_router(module.router)
     return app

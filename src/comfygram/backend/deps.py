@@ -9,19 +9,15 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from comfygram.backend.errors import ApiError
 from comfygram.backend.storage import MediaStore
 from comfygram.queue import JobQueue
 from comfygram.settings import Settings
 
 
-def require_api_token(request: Request) -> None:
-    expected = request.app.state.settings.api_token.get_secret_value().encode()
+def has_api_token(request: Request, expected: bytes) -> bool:
+    """Whether the request carries `Authorization: Bearer <API_TOKEN>` (constant-time check)."""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
-        raise ApiError(
-            401, "unauthorized", "Send the service token as 'Authorization: Bearer <API_TOKEN>'."
-        )
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), expected)
 
 
 async def _session(request: Request) -> AsyncIterator[AsyncSession]:

@@ -36,6 +36,8 @@ def error_response(
 def _describe(errors: list[dict[str, Any]]) -> str:
     parts = []
     for error in errors[:5]:
+        if error["type"] == "json_invalid":
+            return f"The body is not valid JSON (at character {error['loc'][-1]})."
         location = ".".join(str(p) for p in error["loc"] if p not in ("body", "query", "path"))
         message = error["msg"].removeprefix("Value error, ")
         parts.append(f"{location or 'request'}: {message}")
@@ -43,6 +45,7 @@ def _describe(errors: list[dict[str, Any]]) -> str:
 
 
 _STATUS_CODES = {
+    400: "bad_request",
     401: "unauthorized",
     404: "not_found",
     405: "method_not_allowed",
