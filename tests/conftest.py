@@ -15,8 +15,8 @@ from sqlalchemy import make_url
 
 from comfygram.backend.app import create_app
 from comfygram.settings import Settings
+from tests.helpers import API_TOKEN, backend_client
 
-API_TOKEN = "test-api-token-5f1c9e"
 WEBHOOK_SECRET = "test_webhook_secret_77"
 # One database per test run (named after the process), so two runs on one machine never meet.
 POSTGRES_URL = os.environ.get(
@@ -120,9 +120,5 @@ async def app(settings: Settings, redis: Redis) -> AsyncIterator[FastAPI]:
 @pytest.fixture
 async def api(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     """A client of the backend, carrying the service token."""
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app),
-        base_url="http://backend.test",
-        headers={"Authorization": f"Bearer {API_TOKEN}"},
-    ) as client:
+    async with backend_client(app) as client:
         yield client

@@ -3,8 +3,20 @@
 from __future__ import annotations
 
 import httpx
+from fastapi import FastAPI
 
 from tests import images
+
+API_TOKEN = "test-api-token-5f1c9e"
+
+
+def backend_client(
+    app: FastAPI, token: str | None = API_TOKEN, *, raise_app_exceptions: bool = True
+) -> httpx.AsyncClient:
+    """An HTTP client of the in-process backend, carrying the service token unless None."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=raise_app_exceptions)
+    return httpx.AsyncClient(transport=transport, base_url="http://backend.test", headers=headers)
 
 
 async def register(api: httpx.AsyncClient, telegram_id: int = 1001, **extra: object) -> dict:

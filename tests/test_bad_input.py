@@ -23,8 +23,8 @@ from sqlalchemy import func, select
 from comfygram.backend.models import Job, LedgerEntry, Payment, User
 from comfygram.settings import Settings
 from tests import images
-from tests.conftest import API_TOKEN, WEBHOOK_SECRET
-from tests.helpers import create_job, grant, register
+from tests.conftest import WEBHOOK_SECRET
+from tests.helpers import API_TOKEN, backend_client, create_job, grant, register
 
 Kwargs = dict[str, Any]
 PNG = images.png()
@@ -73,11 +73,7 @@ async def world(api: httpx.AsyncClient, settings: Settings) -> World:
 @pytest.fixture
 async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     """Like `api`, but an unhandled exception comes back as the 500 a real server would send."""
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
-        base_url="http://backend.test",
-        headers={"Authorization": f"Bearer {API_TOKEN}"},
-    ) as http:
+    async with backend_client(app, raise_app_exceptions=False) as http:
         yield http
 
 
@@ -333,10 +329,7 @@ async def test_api_routes_need_the_service_token(
 ) -> None:
     """No header, a wrong token, an empty one, Basic or no scheme: 401 `unauthorized`."""
     before = await snapshot(app)
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
-        base_url="http://backend.test",
-    ) as anonymous:
+    async with backend_client(app, token=None, raise_app_exceptions=False) as anonymous:
         for authorization in BAD_AUTHORIZATION:
             kwargs = build(world)
             if authorization is not None:

@@ -1,7 +1,7 @@
 """A job's life through the routes the worker and the bot use."""
 
 from tests import images
-from tests.helpers import balance, create_job, register
+from tests.helpers import backend_client, balance, create_job, register
 
 
 async def status(api, job_id: str, target: str, **extra):
@@ -168,11 +168,7 @@ async def test_openapi_docs_are_served(api):
 
 
 async def test_health_and_readiness_need_no_token(app):
-    import httpx
-
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://backend.test"
-    ) as anonymous:
+    async with backend_client(app, token=None) as anonymous:
         assert (await anonymous.get("/healthz")).json() == {"status": "ok"}
         ready = await anonymous.get("/readyz")
         assert ready.status_code == 200 and ready.json()["redis"] == "ok"

@@ -3,7 +3,6 @@
 import asyncio
 import json
 
-import httpx
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import AuthenticationError, RedisError
@@ -12,8 +11,7 @@ from comfygram.backend.app import create_app
 from comfygram.backend.reconcile import reconcile_once
 from comfygram.queue import JobQueue
 from comfygram.settings import Settings
-from tests.conftest import API_TOKEN
-from tests.helpers import create_job, register
+from tests.helpers import backend_client, create_job, register
 from tests.redis_server import RedisServer
 
 
@@ -123,11 +121,7 @@ async def test_jobs_created_while_redis_is_down_are_queued_when_it_returns(setti
     try:
         async with (
             app.router.lifespan_context(app),
-            httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app),
-                base_url="http://backend.test",
-                headers={"Authorization": f"Bearer {API_TOKEN}"},
-            ) as api,
+            backend_client(app) as api,
         ):
             await register(api)
             server.stop()
