@@ -85,7 +85,23 @@ async def wait_until(predicate, within: float = 5.0) -> None:
             await asyncio.sleep(0.05)
 
 
-async def test_flushed_redis_gets_its_queued_jobs_back_once(api, app, redis, settings):
+@pytest.fixture
+async def backend_on_private_redis(settings, tmp_path):
+    """The backend on a redis-server of its own, which the test may flush without harming
+    other test runs sharing the machine's Redis."""
+    server = RedisServer(tmp_path)
+    server.start()
+    settings.redis_url = server.url
+    app = create_app(settings)
+    try:
+        async with app.router.lifespan_context(app), backend_client(app) as api:
+            yield app, api, app.state.redis
+    finally:
+        server.stop()
+
+
+async def test_flushed_redis_gets_its_queued_jobs_back_once(backend_on_private_redis, settings):
+    app, api, redis = backend_on_private_redis
     await register(api)
     ids = {(await create_job(api)).json()["id"] for _ in range(3)}
     queue: JobQueue = app.state.queue
@@ -102,7 +118,8 @@ async def test_flushed_redis_gets_its_queued_jobs_back_once(api, app, redis, set
     assert sorted(json.loads(f["job"])["id"] for _id, f in entries) == sorted(ids)
 
 
-async def test_only_queued_jobs_are_reconciled(api, app, redis):
+async def test_only_queued_jobs_are_reconciled(backend_on_private_redis):
+    app, api, redis = backend_on_private_redis
     await register(api)
     kept = (await create_job(api)).json()["id"]
     cancelled = (await create_job(api)).json()["id"]
