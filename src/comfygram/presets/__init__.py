@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -210,14 +211,20 @@ class _Reader:
         return NodeInput(node, name)
 
 
-def _read_workflow(path: Path) -> dict:
+def _parse_file(
+    path: Path, parse: Callable[[str], Any], error: type[Exception], kind: str
+) -> tuple[_Reader, Any]:
     r = _Reader(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return r, parse(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise r.fail("file", "is missing") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise r.fail("file", f"is not valid JSON: {exc}") from None
+    except (error, UnicodeDecodeError) as exc:
+        raise r.fail("file", f"is not valid {kind}: {exc}") from None
+
+
+def _read_workflow(path: Path) -> dict:
+    r, data = _parse_file(path, json.loads, json.JSONDecodeError, "JSON")
     if isinstance(data, dict) and isinstance(data.get("nodes"), list):
         raise r.fail("file", 'is a UI workflow; export it with "Save (API)" instead')
     if not isinstance(data, dict) or not data:
@@ -247,13 +254,7 @@ def load_preset(folder: Path) -> Preset:
     """Read and validate one preset folder."""
     folder = Path(folder)
     manifest_path = folder / MANIFEST
-    r = _Reader(manifest_path)
-    try:
-        data = tomllib.loads(manifest_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise r.fail("file", "is missing") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise r.fail("file", f"is not valid TOML: {exc}") from None
+    r, data = _parse_file(manifest_path, tomllib.loads, tomllib.TOMLDecodeError, "TOML")
 
     r.check_keys(data, _TOP_KEYS, "")
     slug = data.get("slug")
