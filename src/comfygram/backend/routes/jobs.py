@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile
 from fastapi.responses import FileResponse
+from pydantic import AfterValidator
 from redis.exceptions import RedisError
 
 from comfygram.backend import jobs
@@ -18,6 +19,7 @@ from comfygram.backend.schemas import (
     RefundOut,
     StatusChange,
     StatusMessage,
+    no_nul,
 )
 from comfygram.images import ImageInfo, ImageRejected, inspect_image
 
@@ -64,12 +66,10 @@ async def create_job(
     telegram_id: Annotated[int, Form(gt=0, le=2**63 - 1)],
     preset: Annotated[str, Form(min_length=1, max_length=32)],
     image: Annotated[UploadFile, File(description="JPEG, PNG or WebP")],
-    prompt: Annotated[str | None, Form(max_length=1000)] = None,
+    prompt: Annotated[str | None, Form(max_length=1000), AfterValidator(no_nul)] = None,
     idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
 ) -> JobOut:
     """Validate and store the photo, charge the preset's price, queue the job."""
-    if prompt and "\x00" in prompt:
-        raise ApiError(422, "invalid_request", "prompt: must not contain NUL characters")
     data, info = await _read_image(image, settings.max_upload_bytes, settings.max_image_pixels)
     request = jobs.NewJob(
         telegram_id=telegram_id,
