@@ -60,6 +60,27 @@ class Settings(BaseSettings):
     bot_token: SecretStr | None = None
     telegram_api_url: str = "https://api.telegram.org"
     webhook_secret: SecretStr | None = None
+    # Public HTTPS URL Telegram posts updates to (the backend's /webhook); unset = polling.
+    webhook_url: str | None = None
+    # Telegram ids allowed to use /stats, /user and /grant.
+    admin_telegram_ids: list[int] = Field(default_factory=list)
+    # Shared Telegram rate budget (bot and workers): seconds between edits of one chat's
+    # messages, and calls per second for the whole bot.
+    telegram_edit_interval: float = Field(default=3.0, ge=0)
+    telegram_global_rate: int = Field(default=25, ge=1, le=30)
+
+    # Worker
+    worker_name: str | None = None
+    # A job whose worker stops renewing its lease for this long is taken over by another.
+    worker_lease_seconds: float = Field(default=30.0, gt=0)
+    # On SIGTERM, how long the running job gets to finish before it is handed back.
+    worker_grace_seconds: float = Field(default=30.0, ge=0)
+    # How long a finished result stays cached in Redis.
+    result_cache_seconds: int = Field(default=3600, ge=0)
+    # Base of the exponential backoff between attempts of a job.
+    retry_backoff_seconds: float = Field(default=5.0, ge=0)
+    # Port of the worker's Prometheus /metrics (0 = off).
+    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
 
     # Business rules
     presets_dir: Path | None = None
@@ -82,6 +103,15 @@ class Settings(BaseSettings):
             raw = value.get_secret_value()
             if not raw or len(raw) > 256 or not all(c.isalnum() or c in "_-" for c in raw):
                 raise ValueError("must be 1-256 characters of A-Z, a-z, 0-9, _ and -")
+        return value
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_url_https(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("must be an http(s) URL, like https://bot.example.com/webhook")
         return value
 
     @field_validator("api_token", "bot_token", "redis_password", "webhook_secret", mode="before")

@@ -1,0 +1,334 @@
+"""Typed HTTP client for the backend's REST API, shared by the bot and the worker.
+
+The only way the bot and the worker reach the backend. Every call carries the service token;
+transport failures and 5xx answers raise BackendUnavailable (safe to retry later), 4xx
+answers raise BackendError with the backend's error code.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import httpx
+from pydantic import BaseModel
+
+__all__ = [
+    "BackendClient",
+    "BackendError",
+    "BackendUnavailable",
+    "Invoice",
+    "Job",
+    "Payment",
+    "Preset",
+    "Refund",
+    "User",
+]
+
+
+class BackendError(Exception):
+    """The backend refused the request (4xx); ``code`` is its machine-readable reason."""
+
+    def __init__(self, status: int, code: str, message: str, body: dict[str, Any]) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.body = body
+
+
+class BackendUnavailable(Exception):
+    """The backend could not be reached or failed (5xx); try again later."""
+
+
+class User(BaseModel):
+    telegram_id: int
+    username: str | None = None
+    first_name: str | None = None
+    language_code: str | None = None
+    balance: int
+    blocked_bot: bool = False
+    created_at: datetime
+
+
+class ModelFile(BaseModel):
+    folder: str
+    name: str
+
+
+class Preset(BaseModel):
+    slug: str
+    title: dict[str, str]
+    description: dict[str, str]
+    price: int
+    takes_prompt: bool
+    models: list[ModelFile] = []
+    available: bool = True
+
+
+class PresetDetail(Preset):
+    enabled: bool
+    manifest: dict[str, Any]
+    workflow: dict[str, Any]
+
+
+class Job(BaseModel):
+    id: str
+    telegram_id: int
+    language: str | None = None
+    preset: str
+    prompt: str | None
+    status: str
+    price: int
+    attempts: int
+    progress: int
+    error: str | None
+    position: int
+    has_result: bool
+    status_chat_id: int | None
+    status_message_id: int | None
+    delivery_status: str
+    delivery_error: str | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    delivered_at: datetime | None
+
+
+class Refund(BaseModel):
+    job: Job
+    refunded: bool
+    balance: int
+
+
+class Invoice(BaseModel):
+    payment_id: str
+    payload: str
+    title: str
+    description: str
+    currency: str
+    amount: int
+    credits: int
+
+
+class Payment(BaseModel):
+    id: str
+    status: str
+    package: str
+    credits: int
+    amount: int
+    currency: str
+    telegram_payment_charge_id: str | None
+    credited: bool
+    balance: int
+
+
+class BackendClient:
+    """``base_url`` is BACKEND_URL (bot) or BACKEND_API_URL (worker)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_token: str,
+        *,
+        timeout: float = 15.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            headers={"Authorization": f"Bearer {api_token}"},
+            timeout=timeout,
+            transport=transport,
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> BackendClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = await self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise BackendUnavailable(f"backend unreachable: {type(exc).__name__}") from exc
+        if response.status_code >= 500:
+            raise BackendUnavailable(f"backend answered {response.status_code} to {path}")
+        if response.status_code >= 400:
+            try:
+                body = response.json()
+                error = body.get("error") or {}
+                code, message = str(error.get("code", "error")), str(error.get("message", ""))
+            except (ValueError, AttributeError):
+                body, code, message = {}, "error", response.text[:200]
+            raise BackendError(response.status_code, code, message, body)
+        return response
+
+    async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return (await self._call(method, path, **kwargs)).json()
+
+    # -- users ------------------------------------------------------------------------------
+
+    async def register(
+        self,
+        telegram_id: int,
+        *,
+        username: str | None = None,
+        first_name: str | None = None,
+        language_code: str | None = None,
+        referral: str | None = None,
+    ) -> User:
+        body = {
+            "telegram_id": telegram_id,
+            "username": username,
+            "first_name": first_name,
+            "language_code": language_code,
+            "referral": referral,
+        }
+        return User.model_validate(await self._json("POST", "/api/users/register", json=body))
+
+    async def user(self, telegram_id: int) -> User:
+        return User.model_validate(
+            await self._json("GET", f"/api/users/by-telegram-id/{telegram_id}")
+        )
+
+    async def adjust_credits(
+        self, telegram_id: int, amount: int, *, reason: str, actor: str, idempotency_key: str
+    ) -> User:
+        body = {
+            "amount": amount,
+            "reason": reason,
+            "actor": actor,
+            "idempotency_key": idempotency_key,
+        }
+        path = f"/api/users/by-telegram-id/{telegram_id}/credits"
+        return User.model_validate(await self._json("POST", path, json=body))
+
+    # -- presets ----------------------------------------------------------------------------
+
+    async def presets(self, *, available_only: bool = False) -> list[Preset]:
+        params = {"available": "true"} if available_only else None
+        rows = await self._json("GET", "/api/presets", params=params)
+        return [Preset.model_validate(row) for row in rows]
+
+    async def preset(self, slug: str) -> PresetDetail:
+        return PresetDetail.model_validate(await self._json("GET", f"/api/presets/{slug}"))
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    async def create_job(
+        self,
+        telegram_id: int,
+        preset: str,
+        image: bytes,
+        filename: str,
+        *,
+        prompt: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> tuple[Job, bool]:
+        """Create (or replay) a job; returns (job, replayed)."""
+        data = {"telegram_id": str(telegram_id), "preset": preset}
+        if prompt is not None:
+            data["prompt"] = prompt
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        response = await self._call(
+            "POST",
+            "/api/jobs/create",
+            data=data,
+            files={"image": (filename, image)},
+            headers=headers,
+        )
+        replayed = response.headers.get("Idempotent-Replayed") == "true"
+        return Job.model_validate(response.json()), replayed
+
+    async def jobs(self, telegram_id: int, *, limit: int = 10) -> list[Job]:
+        rows = await self._json(
+            "GET", "/api/jobs", params={"telegram_id": telegram_id, "limit": limit}
+        )
+        return [Job.model_validate(row) for row in rows]
+
+    async def job(self, job_id: str) -> Job:
+        return Job.model_validate(await self._json("GET", f"/api/jobs/{job_id}"))
+
+    async def set_status(
+        self, job_id: str, status: str, *, error: str | None = None, worker: str | None = None
+    ) -> Job:
+        body = {"status": status, "error": error, "worker": worker}
+        return Job.model_validate(await self._json("POST", f"/api/jobs/{job_id}/status", json=body))
+
+    async def refund(self, job_id: str) -> Refund:
+        return Refund.model_validate(await self._json("POST", f"/api/jobs/{job_id}/refund"))
+
+    async def job_input(self, job_id: str) -> tuple[bytes, str]:
+        """The user's photo and its content type."""
+        response = await self._call("GET", f"/api/jobs/{job_id}/input")
+        return response.content, response.headers.get("content-type", "")
+
+    async def put_result(self, job_id: str, data: bytes, filename: str) -> Job:
+        response = await self._call(
+            "PUT", f"/api/jobs/{job_id}/result", files={"image": (filename, data)}
+        )
+        return Job.model_validate(response.json())
+
+    async def job_result(self, job_id: str) -> tuple[bytes, str]:
+        response = await self._call("GET", f"/api/jobs/{job_id}/result")
+        return response.content, response.headers.get("content-type", "")
+
+    async def record_delivery(self, job_id: str, status: str, error: str | None = None) -> Job:
+        body = {"status": status, "error": error}
+        return Job.model_validate(
+            await self._json("POST", f"/api/jobs/{job_id}/delivery", json=body)
+        )
+
+    async def record_status_message(self, job_id: str, chat_id: int, message_id: int) -> Job:
+        body = {"chat_id": chat_id, "message_id": message_id}
+        return Job.model_validate(
+            await self._json("POST", f"/api/jobs/{job_id}/status-message", json=body)
+        )
+
+    # -- payments ---------------------------------------------------------------------------
+
+    async def create_payment(self, telegram_id: int, package: str) -> Invoice:
+        body = {"telegram_id": telegram_id, "package": package}
+        return Invoice.model_validate(await self._json("POST", "/api/payments/create", json=body))
+
+    async def precheck_payment(self, payload: str, total_amount: int, currency: str) -> Payment:
+        body = {"payload": payload, "total_amount": total_amount, "currency": currency}
+        return Payment.model_validate(await self._json("POST", "/api/payments/precheck", json=body))
+
+    async def confirm_payment(
+        self, payload: str, total_amount: int, currency: str, telegram_payment_charge_id: str
+    ) -> Payment:
+        body = {
+            "payload": payload,
+            "total_amount": total_amount,
+            "currency": currency,
+            "telegram_payment_charge_id": telegram_payment_charge_id,
+        }
+        return Payment.model_validate(await self._json("POST", "/api/payments/confirm", json=body))
+
+    # -- workers ----------------------------------------------------------------------------
+
+    async def worker_heartbeat(
+        self,
+        name: str,
+        *,
+        comfyui_url: str,
+        healthy: bool,
+        runnable: list[str],
+        problems: dict[str, str],
+        ttl_seconds: float,
+    ) -> None:
+        """Tell the backend this worker is alive and which presets its ComfyUI can run."""
+        body = {
+            "comfyui_url": comfyui_url,
+            "healthy": healthy,
+            "runnable": runnable,
+            "problems": problems,
+            "ttl_seconds": ttl_seconds,
+        }
+        await self._call("PUT", f"/api/workers/{name}", json=body)
