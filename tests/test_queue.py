@@ -180,3 +180,29 @@ async def test_redis_password_from_settings_reaches_redis(tmp_path):
         await client.aclose()
     finally:
         server.stop()
+
+
+async def test_deferred_job_comes_back_when_due_and_is_not_enqueued_twice(queue, redis):
+    await queue.enqueue("job-1", {"preset": "bw", "attempts": 0})
+    delivery = await queue.take("worker-a", block_ms=100)
+    await queue.defer(delivery, {"preset": "bw", "attempts": 1}, delay=0.3)
+    assert await redis.xlen(queue.stream) == 0
+    assert await queue.contains("job-1")  # still counted as queued: the reconciler keeps off
+    assert not await queue.enqueue("job-1", {"preset": "bw", "attempts": 1})
+    assert await queue.take("worker-a", block_ms=50) is None  # not due yet
+    await asyncio.sleep(0.35)
+    again = await queue.take("worker-b", block_ms=100)
+    assert again is not None and again.job_id == "job-1"
+    assert again.payload["attempts"] == 1
+    await queue.ack(again)
+    assert await queue.length() == 0
+
+
+async def test_defer_with_no_delay_hands_a_job_back_at_once(queue):
+    await queue.enqueue("job-1", {"preset": "bw"})
+    delivery = await queue.take("worker-a", block_ms=100)
+    await queue.defer(delivery, delivery.payload, delay=0)
+    again = await queue.take("worker-b", block_ms=100)
+    assert again is not None and again.job_id == "job-1"
+    # The first worker's hold is gone: it can no longer renew the job's lease.
+    assert not await queue.renew("worker-a", delivery)

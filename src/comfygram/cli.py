@@ -40,6 +40,12 @@ def _migrate(settings: Settings, _args: argparse.Namespace) -> None:
     print(f"database migrated to revision {asyncio.run(run())}")
 
 
+def _worker(settings: Settings, _args: argparse.Namespace) -> None:
+    from comfygram.worker.main import run_worker
+
+    asyncio.run(run_worker(settings))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="comfygram", description="A paid AI photo-editing service on Telegram."
@@ -50,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     backend.add_argument("--host", help="default: BACKEND_HOST or 127.0.0.1")
     backend.add_argument("--port", type=int, help="default: BACKEND_PORT or 8000")
     backend.set_defaults(handler=_backend)
+
+    worker = commands.add_parser("worker", help="run jobs on one ComfyUI (COMFYUI_URL)")
+    worker.set_defaults(handler=_worker)
 
     migrate = commands.add_parser("migrate", help="apply database migrations and exit")
     migrate.set_defaults(handler=_migrate)

@@ -42,8 +42,34 @@ return 1
 """
 
 
-def connect_redis(settings: Settings) -> Redis:
-    return Redis.from_url(settings.redis_dsn, decode_responses=True)
+# Move a job from the stream to the delayed set (a retry after backoff, or a hand-back).
+_DEFER = """
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[3], 'delayed')
+redis.call('HSET', KEYS[4], ARGV[3], ARGV[4])
+redis.call('ZADD', KEYS[3], ARGV[5], ARGV[3])
+return 1
+"""
+
+# Put delayed jobs whose time has come back on the stream.
+_PROMOTE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[1], 'LIMIT', 0, 100)
+for _, job in ipairs(due) do
+  local body = redis.call('HGET', KEYS[4], job)
+  redis.call('ZREM', KEYS[3], job)
+  redis.call('HDEL', KEYS[4], job)
+  if body then
+    local id = redis.call('XADD', KEYS[1], '*', 'job', body)
+    redis.call('HSET', KEYS[2], job, id)
+  end
+end
+return #due
+"""
+
+
+def connect_redis(settings: Settings, *, decode_responses: bool = True) -> Redis:
+    return Redis.from_url(settings.redis_dsn, decode_responses=decode_responses)
 
 
 @dataclass(frozen=True)
@@ -60,10 +86,14 @@ class JobQueue:
         self.redis = redis
         self.stream = f"{prefix}:jobs"
         self.index = f"{prefix}:jobs:index"
+        self.delayed = f"{prefix}:jobs:delayed"
+        self.delayed_bodies = f"{prefix}:jobs:delayed:bodies"
         self.group = group
         self._enqueue = redis.register_script(_ENQUEUE)
         self._renew = redis.register_script(_RENEW)
         self._ack = redis.register_script(_ACK)
+        self._defer = redis.register_script(_DEFER)
+        self._promote = redis.register_script(_PROMOTE)
 
     # -- producer side -------------------------------------------------------------------
 
@@ -90,6 +120,7 @@ class JobQueue:
 
     async def take(self, consumer: str, block_ms: int = 5000) -> Delivery | None:
         """Wait up to block_ms for a new job; recreates the group if Redis lost it."""
+        await self.promote_due()
         try:
             reply = await self.redis.xreadgroup(
                 self.group, consumer, {self.stream: ">"}, count=1, block=block_ms
@@ -129,6 +160,30 @@ class JobQueue:
         await self._ack(
             keys=[self.stream, self.index], args=[self.group, delivery.message_id, delivery.job_id]
         )
+
+    async def defer(self, delivery: Delivery, payload: dict[str, Any], delay: float) -> None:
+        """Hand the job back to run again in ``delay`` seconds (0: as soon as a worker is free).
+
+        Atomic: the job is never both on the stream and delayed, and never on neither.
+        """
+        body = json.dumps({**payload, "id": delivery.job_id}, separators=(",", ":"))
+        due_ms = await self._now_ms() + int(delay * 1000)
+        await self._defer(
+            keys=self._keys(),
+            args=[self.group, delivery.message_id, delivery.job_id, body, due_ms],
+        )
+
+    async def promote_due(self) -> int:
+        """Move delayed jobs that are due onto the stream; returns how many."""
+        return int(await self._promote(keys=self._keys(), args=[await self._now_ms()]))
+
+    def _keys(self) -> list[str]:
+        return [self.stream, self.index, self.delayed, self.delayed_bodies]
+
+    async def _now_ms(self) -> int:
+        # Redis's clock, so workers on machines with skewed clocks agree on what is due.
+        seconds, micros = await self.redis.time()
+        return int(seconds) * 1000 + int(micros) // 1000
 
 
 def _delivery(message_id: str, fields: dict[str, str]) -> Delivery:

@@ -15,8 +15,9 @@ from comfygram.backend import db, reconcile
 from comfygram.backend.deps import has_api_token
 from comfygram.backend.errors import error_response, install_error_handlers
 from comfygram.backend.presets import sync_presets
-from comfygram.backend.routes import health, jobs, payments, presets, users, webhook
+from comfygram.backend.routes import health, jobs, payments, presets, users, webhook, workers
 from comfygram.backend.storage import MediaStore
+from comfygram.backend.workers import WorkerRegistry
 from comfygram.presets import load_presets
 from comfygram.queue import JobQueue, connect_redis
 from comfygram.settings import Settings
@@ -46,6 +47,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.redis = redis
         app.state.queue = queue
         app.state.store = MediaStore(settings.media_dir)
+        app.state.workers = WorkerRegistry(redis, settings.redis_prefix)
         reconciler = asyncio.create_task(
             reconcile.reconcile_forever(sessions, queue, settings.reconcile_interval_seconds),
             name="queue-reconcile",
@@ -99,6 +101,6 @@ def create_app(settings: Settings) -> FastAPI:
             return error_response(413, "file_too_large", "The request body is too large.")
         return await call_next(request)
 
-    for module in (users, presets, jobs, payments, health, webhook):
+    for module in (users, presets, jobs, payments, workers, health, webhook):
         app.include_router(module.router)
     return app

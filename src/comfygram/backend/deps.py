@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from comfygram.backend.storage import MediaStore
+from comfygram.backend.workers import WorkerRegistry
 from comfygram.queue import JobQueue
 from comfygram.settings import Settings
 
@@ -37,7 +38,12 @@ def _store(request: Request) -> MediaStore:
     return request.app.state.store
 
 
+def _workers(request: Request) -> WorkerRegistry:
+    return request.app.state.workers
+
+
 SessionDep = Annotated[AsyncSession, Depends(_session)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 QueueDep = Annotated[JobQueue, Depends(_queue)]
 StoreDep = Annotated[MediaStore, Depends(_store)]
+WorkersDep = Annotated[WorkerRegistry, Depends(_workers)]

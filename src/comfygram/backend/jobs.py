@@ -248,6 +248,12 @@ async def record_delivery(
         )
     if job.delivery_status == DeliveryStatus.DELIVERED:
         return job
+    if status is DeliveryStatus.SENDING and job.delivery_status != DeliveryStatus.PENDING:
+        raise ApiError(
+            409,
+            "delivery_claimed",
+            f"Job {job.id}: delivery already {job.delivery_status}; it is not sent twice.",
+        )
     job.delivery_status = status
     job.delivery_error = error[:4000] if error else None
     if status is DeliveryStatus.DELIVERED:
@@ -258,8 +264,7 @@ async def record_delivery(
     return job
 
 
-async def list_for_user(session: AsyncSession, telegram_id: int, limit: int) -> list[Job]:
-    user = await accounts.get_user(session, telegram_id)
+async def list_for_user(session: AsyncSession, user: User, limit: int) -> list[Job]:
     rows = await session.scalars(
         select(Job).where(Job.user_id == user.id).order_by(Job.created_at.desc()).limit(limit)
     )

@@ -82,6 +82,13 @@ class CreditAdjustment(Strict):
         return value
 
 
+class UserUpdate(Strict):
+    """What the bot may change on a user: the /lang choice, and whether they blocked the bot."""
+
+    language_code: str | None = Field(default=None, pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})?$")
+    blocked_bot: bool | None = Field(default=None, strict=True)
+
+
 class ModelFileOut(BaseModel):
     folder: str
     name: str
@@ -94,10 +101,13 @@ class PresetOut(BaseModel):
     price: int
     takes_prompt: bool
     models: list[ModelFileOut]
+    # False when live workers report that none of their ComfyUIs can run it.
+    available: bool = True
 
     @classmethod
-    def of(cls, preset: models.Preset) -> PresetOut:
+    def of(cls, preset: models.Preset, available: bool = True) -> PresetOut:
         return cls(
+            available=available,
             slug=preset.slug,
             title={"en": preset.title_en, "ru": preset.title_ru},
             description={"en": preset.description_en, "ru": preset.description_ru},
@@ -113,9 +123,9 @@ class PresetDetail(PresetOut):
     workflow: dict[str, Any]
 
     @classmethod
-    def of(cls, preset: models.Preset) -> PresetDetail:
+    def of(cls, preset: models.Preset, available: bool = True) -> PresetDetail:
         return cls(
-            **PresetOut.of(preset).model_dump(),
+            **PresetOut.of(preset, available).model_dump(),
             enabled=preset.enabled,
             manifest=preset.manifest,
             workflow=preset.workflow,
@@ -125,6 +135,7 @@ class PresetDetail(PresetOut):
 class JobOut(BaseModel):
     id: str
     telegram_id: int
+    language: str | None
     preset: str
     prompt: str | None
     status: JobStatus
@@ -145,10 +156,11 @@ class JobOut(BaseModel):
     delivered_at: datetime | None
 
     @classmethod
-    def of(cls, job: models.Job, telegram_id: int, position: int = 0) -> JobOut:
+    def of(cls, job: models.Job, user: models.User, position: int = 0) -> JobOut:
         return cls(
             id=job.id,
-            telegram_id=telegram_id,
+            telegram_id=user.telegram_id,
+            language=user.language_code,
             preset=job.preset_slug,
             prompt=job.prompt,
             status=JobStatus(job.status),
@@ -183,6 +195,8 @@ class RefundOut(BaseModel):
 
 
 class DeliveryReport(Strict):
+    """``sending`` claims the delivery before the message goes out (at most one sender)."""
+
     status: DeliveryStatus
     error: str | None = Field(default=None, max_length=4000)
 
@@ -190,7 +204,7 @@ class DeliveryReport(Strict):
     @classmethod
     def _not_pending(cls, value: DeliveryStatus) -> DeliveryStatus:
         if value is DeliveryStatus.PENDING:
-            raise ValueError("report delivered, failed or blocked")
+            raise ValueError("report sending, delivered, failed or blocked")
         return value
 
 
@@ -248,3 +262,39 @@ class PaymentOut(BaseModel):
             credited=credited,
             balance=balance,
         )
+
+
+class WorkerReport(Strict):
+    comfyui_url: str = Field(min_length=1, max_length=500)
+    healthy: bool
+    runnable: list[str] = Field(max_length=1000)
+    problems: dict[str, str] = Field(default_factory=dict, max_length=1000)
+    ttl_seconds: float = Field(gt=0, le=3600)
+
+
+class WorkerOut(WorkerReport):
+    name: str
+    seen_at: datetime
+
+
+class StatsOut(BaseModel):
+    """For operators: users, today's jobs by status, the queue, Stars revenue."""
+
+    users: int
+    users_today: int
+    jobs_today: dict[str, int]
+    queued: int
+    processing: int
+    revenue_today: int
+    revenue_total: int
+    credits_sold_total: int
+    currency: str
+
+
+class RunTimesOut(BaseModel):
+    """Median seconds per run of recent successful jobs (None before the first), and how many
+    live workers share the queue: what the bot's wait estimate is made of."""
+
+    median_seconds: float | None
+    presets: dict[str, float]
+    workers: int

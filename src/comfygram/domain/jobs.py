@@ -15,6 +15,7 @@ class JobStatus(StrEnum):
 
 class DeliveryStatus(StrEnum):
     PENDING = "pending"
+    SENDING = "sending"
     DELIVERED = "delivered"
     FAILED = "failed"
     BLOCKED = "blocked"

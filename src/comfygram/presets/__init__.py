@@ -359,3 +359,62 @@ def load_presets(extra_dir: Path | None = None) -> list[Preset]:
             raise PresetError(f"{extra_dir}: presets directory does not exist")
         presets.update(_load_dir(extra_dir))
     return sorted(presets.values(), key=lambda p: p.slug)
+
+
+def preset_from_manifest(manifest: dict, workflow: dict) -> Preset:
+    """The Preset the backend serves as manifest + workflow (``GET /api/presets/{slug}``)."""
+
+    def ref(value: dict | None) -> NodeInput | None:
+        return None if value is None else NodeInput(str(value["node"]), str(value["input"]))
+
+    image_input, output = ref(manifest["image_input"]), ref(manifest["output"])
+    assert image_input is not None and output is not None
+    return Preset(
+        slug=manifest["slug"],
+        title=dict(manifest["title"]),
+        description=dict(manifest["description"]),
+        price=int(manifest["price"]),
+        enabled=bool(manifest["enabled"]),
+        image_input=image_input,
+        prompt_input=ref(manifest.get("prompt_input")),
+        seed_inputs=tuple(ref(s) for s in manifest.get("seed_inputs") or ()),  # type: ignore[misc]
+        seed_mode=SeedMode(manifest.get("seed_mode", "random")),
+        output=output,
+        timeout_seconds=int(manifest["timeout_seconds"]),
+        send_document=bool(manifest.get("send_document", False)),
+        workflow=workflow,
+        models=derive_models(workflow),
+    )
+
+
+def compatibility_problems(preset: Preset, object_info: dict) -> list[str]:
+    """Why ``preset`` cannot run on a ComfyUI with this ``/object_info`` (empty: it can).
+
+    Names every missing node type, and every model file (or other listed value) the
+    workflow asks for that the server does not list, with what it does list.
+    """
+    problems: list[str] = []
+    for node_id, node in preset.workflow.items():
+        class_type = node.get("class_type")
+        info = object_info.get(class_type)
+        if info is None:
+            problems.append(f"node type {class_type} (node {node_id}) is not installed")
+            continue
+        spec = {
+            **(info.get("input", {}).get("required") or {}),
+            **(info.get("input", {}).get("optional") or {}),
+        }
+        for name, value in (node.get("inputs") or {}).items():
+            if (node_id, name) == (preset.image_input.node, preset.image_input.input):
+                continue  # the user's photo is uploaded per job
+            choices = spec.get(name, [None])[0]
+            if isinstance(value, str) and isinstance(choices, list) and value not in choices:
+                folder = _MODEL_INPUTS_BY_CLASS.get((class_type, name)) or _MODEL_INPUTS.get(name)
+                what = f"model file {folder}/{value}" if folder else f"{name} value {value!r}"
+                listed = ", ".join(map(str, choices[:10])) or "nothing"
+                more = f" and {len(choices) - 10} more" if len(choices) > 10 else ""
+                problems.append(
+                    f"{what} (node {node_id}, {class_type}) is missing; "
+                    f"the server has: {listed}{more}"
+                )
+    return problems

@@ -9,7 +9,7 @@ from fastapi.responses import FileResponse
 from pydantic import AfterValidator
 from redis.exceptions import RedisError
 
-from comfygram.backend import jobs
+from comfygram.backend import accounts, jobs
 from comfygram.backend.deps import QueueDep, SessionDep, SettingsDep, StoreDep
 from comfygram.backend.errors import ApiError
 from comfygram.backend.models import User
@@ -53,7 +53,7 @@ async def _read_image(
 async def _job_out(session: SessionDep, job_id: str) -> JobOut:
     job = await jobs.get_job(session, job_id)
     user = await session.get(User, job.user_id)
-    return JobOut.of(job, user.telegram_id, await jobs.queue_position(session, job))
+    return JobOut.of(job, user, await jobs.queue_position(session, job))
 
 
 @router.post("/create", status_code=201, response_model=JobOut)
@@ -90,7 +90,7 @@ async def create_job(
         except (RedisError, OSError) as exc:
             # The job is safe in the database; the reconciler queues it when Redis is back.
             log.warning("job %s not queued yet, Redis unreachable: %s", job.id, type(exc).__name__)
-    return JobOut.of(job, telegram_id, created.position)
+    return JobOut.of(job, await session.get(User, job.user_id), created.position)
 
 
 @router.get("", response_model=list[JobOut])
@@ -100,8 +100,9 @@ async def list_jobs(
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
 ) -> list[JobOut]:
     """A user's latest jobs, newest first."""
-    rows = await jobs.list_for_user(session, telegram_id, limit)
-    return [JobOut.of(job, telegram_id, await jobs.queue_position(session, job)) for job in rows]
+    user = await accounts.get_user(session, telegram_id)
+    rows = await jobs.list_for_user(session, user, limit)
+    return [JobOut.of(job, user, await jobs.queue_position(session, job)) for job in rows]
 
 
 @router.get("/{job_id}", response_model=JobOut)
@@ -126,7 +127,7 @@ async def refund_job(job_id: str, session: SessionDep) -> RefundOut:
     job, refunded = await jobs.refund(session, job_id)
     await session.commit()
     user = await session.get(User, job.user_id)
-    return RefundOut(job=JobOut.of(job, user.telegram_id), refunded=refunded, balance=user.balance)
+    return RefundOut(job=JobOut.of(job, user), refunded=refunded, balance=user.balance)
 
 
 @router.get("/{job_id}/input", response_class=FileResponse)

@@ -4,7 +4,8 @@ from fastapi import APIRouter, Path, Response
 
 from comfygram.backend import accounts
 from comfygram.backend.deps import SessionDep, SettingsDep
-from comfygram.backend.schemas import CreditAdjustment, RegisterRequest, UserOut
+from comfygram.backend.errors import ApiError
+from comfygram.backend.schemas import CreditAdjustment, RegisterRequest, UserOut, UserUpdate
 from comfygram.domain import ledger
 from comfygram.domain.ledger import Reason
 
@@ -51,5 +52,22 @@ async def adjust_credits(
         actor=body.actor,
         note=body.reason,
     )
+    await session.commit()
+    return UserOut.of(user)
+
+
+@router.patch("/by-telegram-id/{telegram_id}", response_model=UserOut)
+async def update_user(
+    body: UserUpdate, session: SessionDep, telegram_id: int = TelegramIdPath
+) -> UserOut:
+    """Store the language the user chose with /lang, or that they blocked (or unblocked) the bot."""
+    changes = body.model_dump(exclude_unset=True)
+    if not changes or None in changes.values():
+        raise ApiError(
+            422, "invalid_request", "Send language_code and/or blocked_bot, neither of them null."
+        )
+    user = await accounts.lock_user(session, telegram_id)
+    for field, value in changes.items():
+        setattr(user, field, value)
     await session.commit()
     return UserOut.of(user)

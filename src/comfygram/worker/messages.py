@@ -1,0 +1,190 @@
+"""What the worker tells the user in Telegram: progress, the result, or an apology.
+
+Each job's final message is sent at most once, across crashes: the worker first claims the
+delivery on the job (``sending``) through the backend, and only the claimant sends. A worker
+killed between the claim and recording the outcome leaves the job ``sending``; the next one
+records it as failed instead of sending a second copy (Telegram has no idempotent send).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+
+from aiogram.exceptions import TelegramAPIError
+from aiogram.methods import DeleteMessage, EditMessageText, SendDocument, SendMessage, SendPhoto
+from aiogram.types import BufferedInputFile, InlineKeyboardButton, InlineKeyboardMarkup
+from PIL import Image
+
+from comfygram.api import BackendClient, BackendError, Job
+from comfygram.i18n import t
+from comfygram.presets import Preset
+from comfygram.telegram import MessageGone, TelegramSender, TelegramUnavailable, UserBlocked
+from comfygram.worker.failures import FailureKind
+
+log = logging.getLogger(__name__)
+
+# sendPhoto limits (Bot API): bigger results go as a document only.
+_PHOTO_MAX_BYTES = 10 * 1024 * 1024
+_PHOTO_MAX_SIDES = 10_000
+_PHOTO_MAX_RATIO = 20
+_BAR_CELLS = 10
+
+
+def progress_bar(percent: int) -> str:
+    filled = max(0, min(_BAR_CELLS, round(percent * _BAR_CELLS / 100)))
+    return "▰" * filled + "▱" * (_BAR_CELLS - filled)
+
+
+def fits_photo(data: bytes) -> bool:
+    if len(data) > _PHOTO_MAX_BYTES:
+        return False
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+    except Exception:
+        return False
+    return width + height <= _PHOTO_MAX_SIDES and max(width, height) <= _PHOTO_MAX_RATIO * min(
+        width, height
+    )
+
+
+def _title(preset: Preset, language: str | None) -> str:
+    return preset.title.get(language or "en") or preset.title.get("en") or preset.slug
+
+
+class UserMessages:
+    def __init__(self, backend: BackendClient, sender: TelegramSender) -> None:
+        self.backend = backend
+        self.sender = sender
+
+    async def show_progress(self, job: Job, preset: Preset, percent: int) -> None:
+        """Edit the job's status message, when the shared rate budget allows it now."""
+        if job.status_chat_id is None or job.status_message_id is None:
+            return
+        text = t(
+            job.language,
+            "worker.processing",
+            title=_title(preset, job.language),
+            bar=progress_bar(percent),
+            percent=percent,
+        )
+        method = EditMessageText(
+            chat_id=job.status_chat_id, message_id=job.status_message_id, text=text
+        )
+        try:
+            await self.sender.edit_progress(method, chat_id=job.status_chat_id)
+        except (MessageGone, UserBlocked, TelegramUnavailable) as exc:
+            log.info("job %s: progress not shown: %s", job.id, type(exc).__name__)
+
+    async def show_retrying(self, job: Job, preset: Preset, max_attempts: int) -> None:
+        if job.status_chat_id is None or job.status_message_id is None:
+            return
+        text = t(
+            job.language, "worker.retrying", attempt=job.attempts + 1, max_attempts=max_attempts
+        )
+        method = EditMessageText(
+            chat_id=job.status_chat_id, message_id=job.status_message_id, text=text
+        )
+        try:
+            await self.sender.call(method, chat_id=job.status_chat_id, edit=True)
+        except (MessageGone, UserBlocked, TelegramUnavailable) as exc:
+            log.info("job %s: retry notice not shown: %s", job.id, type(exc).__name__)
+
+    async def deliver_result(self, job: Job, preset: Preset, data: bytes, filename: str) -> None:
+        """Send the result (photo, and the file when the preset asks), once."""
+        if not await self._claim(job):
+            return
+        language = job.language
+        title = _title(preset, language)
+        markup = InlineKeyboardMarkup(
+            inline_keyboard=[
+                [
+                    InlineKeyboardButton(
+                        text=t(language, "worker.button_again"), callback_data=f"again:{job.id}"
+                    ),
+                    InlineKeyboardButton(
+                        text=t(language, "worker.button_top_up"), callback_data="buy"
+                    ),
+                ]
+            ]
+        )
+        as_photo = fits_photo(data)
+        chat = job.telegram_id
+        sends = []
+        if as_photo:
+            sends.append(
+                SendPhoto(
+                    chat_id=chat,
+                    photo=BufferedInputFile(data, filename),
+                    caption=t(language, "worker.result_caption", title=title),
+                    reply_markup=None if preset.send_document else markup,
+                )
+            )
+        if preset.send_document or not as_photo:
+            sends.append(
+                SendDocument(
+                    chat_id=chat,
+                    document=BufferedInputFile(data, filename),
+                    caption=t(language, "worker.document_caption", title=title),
+                    reply_markup=markup,
+                )
+            )
+        await self._send_final(job, sends)
+
+    async def deliver_apology(
+        self, job: Job, preset: Preset | None, kind: FailureKind | None
+    ) -> None:
+        """Tell the user the job failed, why, and that the credits are back; once."""
+        if not await self._claim(job):
+            return
+        language = job.language
+        reason_key = f"worker.failed.{kind.value}" if kind else "worker.failed.execution"
+        if kind is FailureKind.UNAVAILABLE:
+            reason_key = "worker.failed.execution"
+        text = t(
+            language,
+            "worker.failed.intro",
+            title=_title(preset, language) if preset else job.preset,
+            reason=t(language, reason_key),
+            price=job.price,
+        )
+        await self._send_final(job, [SendMessage(chat_id=job.telegram_id, text=text)])
+
+    async def _claim(self, job: Job) -> bool:
+        if job.delivery_status != "pending":
+            if job.delivery_status == "sending":
+                # A worker died mid-send: it may have arrived, so it is not sent again.
+                await self.backend.record_delivery(
+                    job.id, "failed", "the worker stopped while sending; not sent again"
+                )
+            return False
+        try:
+            await self.backend.record_delivery(job.id, "sending")
+        except BackendError as exc:
+            if exc.code == "delivery_claimed":
+                return False
+            raise
+        return True
+
+    async def _send_final(self, job: Job, sends: list) -> None:
+        try:
+            for method in sends:
+                await self.sender.call(method, chat_id=job.telegram_id)
+        except UserBlocked:
+            await self.backend.record_delivery(job.id, "blocked", "the user blocked the bot")
+            return
+        except (TelegramUnavailable, MessageGone, TelegramAPIError) as exc:
+            await self.backend.record_delivery(job.id, "failed", f"Telegram: {exc}"[:4000])
+            return
+        await self.backend.record_delivery(job.id, "delivered")
+        await self._remove_status_message(job)
+
+    async def _remove_status_message(self, job: Job) -> None:
+        if job.status_chat_id is None or job.status_message_id is None:
+            return
+        method = DeleteMessage(chat_id=job.status_chat_id, message_id=job.status_message_id)
+        # The result is there; a leftover status line is harmless.
+        with contextlib.suppress(MessageGone, UserBlocked, TelegramUnavailable):
+            await self.sender.call(method, chat_id=job.status_chat_id, edit=True)

@@ -1,0 +1,529 @@
+"""The worker: takes jobs from the queue and runs them on one ComfyUI, one at a time.
+
+The flow of one job (DESIGN.md): take it from the stream, mark it ``processing`` through the
+backend, upload the photo, submit the preset's workflow under a prompt id derived from the job
+and attempt, wait for it, download the result, store it through the backend, mark it
+``succeeded``, send it to the user, and only then acknowledge it on the stream. A worker
+killed anywhere leaves the job pending on the stream; after its lease another worker (or this
+one, restarted) takes it and picks up where the record says it stopped, re-attaching to the
+prompt in ComfyUI when it is still there.
+
+To keep the GPU busy, the next job is prepared and submitted while the current one runs, so
+ComfyUI starts it the moment the current one ends; storing and delivering results run in the
+background, off the GPU's critical path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import mimetypes
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from redis.exceptions import RedisError
+
+from comfygram.api import BackendClient, BackendError, BackendUnavailable, Job
+from comfygram.comfyui import (
+    ComfyUIClient,
+    ComfyUIError,
+    ComfyUIUnavailable,
+    PromptRejected,
+    PromptTimeout,
+)
+from comfygram.livestatus import LiveStatus
+from comfygram.presets import Preset, compatibility_problems, preset_from_manifest
+from comfygram.queue import Delivery, JobQueue
+from comfygram.worker import workflow
+from comfygram.worker.failures import (
+    Action,
+    FailureKind,
+    StaleOutput,
+    classify,
+    decide,
+    describe,
+    error_kind,
+)
+from comfygram.worker.gpu_lock import GpuLock
+from comfygram.worker.messages import UserMessages
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    name: str
+    comfyui_url: str
+    lease_seconds: float = 30.0
+    grace_seconds: float = 30.0
+    max_attempts: int = 3
+    backoff_seconds: float = 5.0
+    result_cache_seconds: int = 3600
+    # How long to wait between checks while ComfyUI is down or the GPU lock is taken.
+    idle_poll_seconds: float = 1.0
+    # Quiet WebSocket time after which the client asks /history and /queue.
+    quiet_poll_seconds: float = 2.0
+
+
+@dataclass
+class Run:
+    """A job this worker holds: prepared (submitted to ComfyUI) or being finished."""
+
+    delivery: Delivery
+    job: Job
+    preset: Preset
+    prompt_id: str
+    attempt: int
+    started: float = field(default_factory=time.monotonic)
+
+
+class Worker:
+    def __init__(
+        self,
+        config: WorkerConfig,
+        *,
+        backend: BackendClient,
+        comfy: ComfyUIClient,
+        queue: JobQueue,
+        live: LiveStatus,
+        lock: GpuLock,
+        messages: UserMessages,
+    ) -> None:
+        self.config = config
+        self.backend = backend
+        self.comfy = comfy
+        self.queue = queue
+        self.live = live
+        self.lock = lock
+        self.messages = messages
+        self.healthy = asyncio.Event()
+        self.runnable: list[str] = []
+        self.problems: dict[str, str] = {}
+        self._held: dict[str, Delivery] = {}  # message id -> job we must renew the lease of
+        self._background: set[asyncio.Task[None]] = set()
+        self._presets: dict[str, tuple[float, Preset]] = {}
+        self._stopping = asyncio.Event()
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Work until ``stop`` is set, then hand back what is unfinished and release the GPU."""
+        await self.queue.ensure_group()
+        keepers = [
+            asyncio.create_task(self._keep_leases(), name="worker-leases"),
+            asyncio.create_task(self._watch_comfyui(), name="worker-health"),
+        ]
+        work = asyncio.create_task(self._work(), name="worker-loop")
+        stopper = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({work, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if work.done():
+                work.result()  # a crash of the loop is a crash of the worker
+            self._stopping.set()
+            log.info("worker %s stopping: finishing the current job", self.config.name)
+            try:
+                await asyncio.wait_for(asyncio.shield(work), self.config.grace_seconds)
+            except TimeoutError:
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await work
+            if self._background:
+                await asyncio.wait(self._background, timeout=self.config.grace_seconds)
+            await self._hand_back_all()
+        finally:
+            stopper.cancel()
+            for task in keepers:
+                task.cancel()
+            for task in [*keepers, stopper]:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            with contextlib.suppress(RedisError, OSError):
+                await self.lock.release()
+
+    async def _hand_back_all(self) -> None:
+        """Jobs still held go back to the queue now, for the next worker to re-attach to."""
+        for delivery in list(self._held.values()):
+            with contextlib.suppress(RedisError, OSError):
+                await self.queue.defer(delivery, delivery.payload, 0)
+                log.info("job %s handed back to the queue", delivery.job_id)
+            self._held.pop(delivery.message_id, None)
+
+    # -- the loop -------------------------------------------------------------------------
+
+    async def _work(self) -> None:
+        current: Run | None = None
+        while not self._stopping.is_set():
+            if current is None:
+                await self._ready()
+                if self._stopping.is_set():
+                    return
+                current = await self._next()
+                continue
+            # Prepare and submit the next job while ComfyUI runs the current one.
+            upcoming = asyncio.create_task(self._next_when_ready())
+            try:
+                await self._execute(current)
+            finally:
+                if self._stopping.is_set() and not upcoming.done():
+                    upcoming.cancel()
+                try:
+                    current = await upcoming
+                except asyncio.CancelledError:
+                    current = None
+                    if not self._stopping.is_set():
+                        raise
+
+    async def _ready(self) -> None:
+        """Wait until ComfyUI answers and the GPU lock is ours (or we are stopping)."""
+        while not self._stopping.is_set():
+            if self.healthy.is_set():
+                try:
+                    if await self.lock.acquire():
+                        return
+                except (RedisError, OSError) as exc:
+                    log.warning("GPU lock unavailable, Redis: %s", type(exc).__name__)
+            await self._pause(self.config.idle_poll_seconds)
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def _next_when_ready(self) -> Run | None:
+        if not self.healthy.is_set() or self._stopping.is_set():
+            return None
+        return await self._next()
+
+    async def _next(self) -> Run | None:
+        """Take one job (a stale one first) and get it running in ComfyUI."""
+        consumer = self.config.name
+        try:
+            stale = await self.queue.claim_stale(consumer, int(self.config.lease_seconds * 1000))
+            for extra in stale[1:]:  # one at a time; the others go back to the line
+                await self.queue.defer(extra, extra.payload, 0)
+            delivery = stale[0] if stale else await self.queue.take(consumer, block_ms=1000)
+        except (RedisError, OSError) as exc:
+            log.warning("queue unreachable: %s", type(exc).__name__)
+            await self._pause(self.config.idle_poll_seconds)
+            return None
+        if delivery is None:
+            return None
+        self._held[delivery.message_id] = delivery
+        try:
+            return await self._prepare(delivery)
+        except Exception:
+            log.exception(
+                "job %s: could not be prepared; it goes back to the queue", delivery.job_id
+            )
+            await self._hand_back(delivery, delay=self.config.idle_poll_seconds)
+            return None
+
+    async def _prepare(self, delivery: Delivery) -> Run | None:
+        """Bring the job to a submitted prompt, or settle it when it needs no run."""
+        try:
+            job = await self.backend.job(delivery.job_id)
+        except BackendError as exc:
+            if exc.status == 404:
+                log.warning("job %s is unknown to the backend; dropped", delivery.job_id)
+                await self._ack(delivery)
+                return None
+            raise
+        if job.status == "cancelled":
+            await self._ack(delivery)
+            return None
+        if job.status in ("succeeded", "failed"):
+            # A worker died between the record and the user's message: finish that part.
+            self._spawn(self._finish_settled(delivery, job))
+            return None
+        preset = await self._preset(job.preset)
+        if job.status == "queued":
+            job = await self.backend.set_status(job.id, "processing", worker=self.config.name)
+        attempt = job.attempts
+        run = Run(delivery, job, preset, workflow.prompt_id_for(job.id, attempt), attempt)
+        await self.live.set(job.id, "processing", worker=self.config.name)
+        try:
+            if not await self._in_comfyui(run.prompt_id):
+                await self._submit(run)
+        except Exception as exc:
+            await self._settle_failure(run, exc)
+            return None
+        return run
+
+    async def _in_comfyui(self, prompt_id: str) -> bool:
+        """Whether ComfyUI already has this prompt (queued, running or finished)."""
+        if await self.comfy.history(prompt_id) is not None:
+            return True
+        running, pending = await self.comfy.queue()
+        return prompt_id in running or prompt_id in pending
+
+    async def _submit(self, run: Run) -> None:
+        job = run.job
+        try:
+            data, content_type = await self.backend.job_input(job.id)
+        except BackendError as exc:
+            raise _InputMissing(f"the photo could not be read: {exc.message}") from exc
+        extension = mimetypes.guess_extension(content_type.split(";")[0].strip()) or ".png"
+        name = await self.comfy.upload_image(
+            data, workflow.input_name(job.id, run.attempt, extension), overwrite=True
+        )
+        prompt = workflow.build_workflow(
+            run.preset, image=name, prompt=job.prompt, job_id=job.id, attempt=run.attempt
+        )
+        if not await self.lock.held():
+            raise ComfyUIUnavailable("the GPU lock was lost to another worker")
+        await self.comfy.submit(prompt, run.prompt_id)
+        log.info("job %s: submitted as prompt %s", job.id, run.prompt_id)
+
+    async def _execute(self, run: Run) -> None:
+        """Wait for the run's prompt; hand the result or the failure on. Never raises."""
+        run.started = time.monotonic()
+        deadline = run.started + run.preset.timeout_seconds
+
+        async def on_progress(percent: int) -> None:
+            with contextlib.suppress(RedisError, OSError):
+                await self.live.set(
+                    run.job.id, "processing", progress=percent, worker=self.config.name
+                )
+            await self.messages.show_progress(run.job, run.preset, percent)
+
+        while True:
+            try:
+                outputs = await self.comfy.wait(
+                    run.prompt_id,
+                    deadline=deadline,
+                    on_progress=on_progress,
+                    quiet_poll=self.config.quiet_poll_seconds,
+                )
+                image = workflow.our_output(outputs, run.job.id, run.attempt)
+                if image is None:
+                    raise StaleOutput(
+                        f"ComfyUI returned {[o.filename for o in outputs]}, not this attempt's file"
+                    )
+                data = await self.comfy.download(image)
+            except ComfyUIUnavailable as exc:
+                log.warning("job %s: ComfyUI unreachable (%s); waiting for it", run.job.id, exc)
+                if not await self._resume_after_outage(run):
+                    return
+                deadline = time.monotonic() + run.preset.timeout_seconds
+                continue
+            except Exception as exc:
+                if isinstance(exc, PromptTimeout):
+                    await self._stop_prompt(run.prompt_id)
+                await self._settle_failure(run, exc)
+                return
+            self._spawn(self._finish_success(run, data, image.filename))
+            return
+
+    async def _resume_after_outage(self, run: Run) -> bool:
+        """Once ComfyUI is back, re-attach to the prompt or submit it again; no attempt used."""
+        self.healthy.clear()
+        while not self.healthy.is_set():
+            if self._stopping.is_set():
+                return False
+            await self._pause(self.config.idle_poll_seconds)
+        try:
+            if not await self._in_comfyui(run.prompt_id):
+                await self._submit(run)
+        except ComfyUIUnavailable:
+            return await self._resume_after_outage(run)
+        except Exception as exc:
+            await self._settle_failure(run, exc)
+            return False
+        return True
+
+    async def _stop_prompt(self, prompt_id: str) -> None:
+        """Interrupt exactly our prompt (and drop it if it is still queued)."""
+        with contextlib.suppress(ComfyUIError):
+            await self.comfy.interrupt(prompt_id)
+            await self.comfy.delete_queued([prompt_id])
+
+    # -- outcomes -------------------------------------------------------------------------
+
+    async def _settle_failure(self, run: Run, exc: BaseException) -> None:
+        if isinstance(exc, _InputMissing):
+            kind = FailureKind.INPUT
+        elif isinstance(exc, StaleOutput):
+            kind = FailureKind.EXECUTION
+        else:
+            kind = classify(exc)
+        message = exc.message if isinstance(exc, PromptRejected) else str(exc) or type(exc).__name__
+        job = run.job
+        if kind is FailureKind.UNAVAILABLE:
+            # Not the job's fault: it waits in the queue, no attempt used.
+            log.warning("job %s: ComfyUI unavailable (%s); back to the queue", job.id, message)
+            self.healthy.clear()
+            await self._hand_back(run.delivery, delay=self.config.idle_poll_seconds)
+            return
+        decision = decide(
+            kind,
+            attempts_used=job.attempts,
+            max_attempts=self.config.max_attempts,
+            backoff_base=self.config.backoff_seconds,
+            previous_error=job.error,
+        )
+        if decision.free_memory:
+            with contextlib.suppress(ComfyUIError):
+                await self.comfy.free()
+        error = describe(kind, message)
+        if decision.action is Action.RETRY:
+            log.warning(
+                "job %s: attempt %d failed (%s); retrying in %.0fs",
+                job.id, job.attempts + 1, error, decision.delay,
+            )  # fmt: skip
+            job = await self.backend.set_status(job.id, "queued", error=error)
+            await self.queue.defer(
+                run.delivery, {**run.delivery.payload, "attempts": job.attempts}, decision.delay
+            )
+            self._held.pop(run.delivery.message_id, None)
+            await self.live.set(job.id, "queued")
+            await self.messages.show_retrying(job, run.preset, self.config.max_attempts)
+            return
+        log.error("job %s: failed for good after %d run(s): %s", job.id, job.attempts + 1, error)
+        job = await self.backend.set_status(job.id, "failed", error=error)
+        await self.live.set(job.id, "failed")
+        self._spawn(self._finish_failed(run.delivery, job, run.preset, kind))
+
+    async def _finish_success(self, run: Run, data: bytes, filename: str) -> None:
+        job = run.job
+        await _retrying(lambda: self.backend.put_result(job.id, data, filename))
+        with contextlib.suppress(RedisError, OSError):
+            await self.live.cache_result(job.id, data, self.config.result_cache_seconds)
+        job = await _retrying(lambda: self.backend.set_status(job.id, "succeeded"))
+        with contextlib.suppress(RedisError, OSError):
+            await self.live.set(job.id, "succeeded", progress=100, worker=self.config.name)
+        log.info("job %s: succeeded in %.1fs", job.id, time.monotonic() - run.started)
+        await self.messages.deliver_result(job, run.preset, data, filename)
+        await self._ack(run.delivery)
+
+    async def _finish_failed(
+        self, delivery: Delivery, job: Job, preset: Preset | None, kind: FailureKind | None
+    ) -> None:
+        await self.messages.deliver_apology(job, preset, kind)
+        await self._ack(delivery)
+
+    async def _finish_settled(self, delivery: Delivery, job: Job) -> None:
+        """A redelivered job that is already decided: make sure the user heard about it."""
+        preset = await self._preset(job.preset)
+        if job.status == "failed":
+            await self._finish_failed(delivery, job, preset, error_kind(job.error))
+            return
+        data = await self.live.cached_result(job.id)
+        if data is None:
+            data, _ = await _retrying(lambda: self.backend.job_result(job.id))
+        await self.messages.deliver_result(job, preset, data, f"{job.id}.png")
+        await self._ack(delivery)
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        async def guarded() -> None:
+            try:
+                await work
+            except Exception:
+                # The job stays unacknowledged: after its lease it is taken up again.
+                log.exception("finishing a job failed; it will be retried after its lease")
+
+        task = asyncio.create_task(guarded())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _ack(self, delivery: Delivery) -> None:
+        await self.queue.ack(delivery)
+        self._held.pop(delivery.message_id, None)
+
+    async def _hand_back(self, delivery: Delivery, delay: float) -> None:
+        with contextlib.suppress(RedisError, OSError):
+            await self.queue.defer(delivery, delivery.payload, delay)
+        self._held.pop(delivery.message_id, None)
+
+    async def _preset(self, slug: str) -> Preset:
+        cached = self._presets.get(slug)
+        if cached and time.monotonic() - cached[0] < 60:
+            return cached[1]
+        detail = await self.backend.preset(slug)
+        preset = preset_from_manifest(detail.manifest, detail.workflow)
+        self._presets[slug] = (time.monotonic(), preset)
+        return preset
+
+    async def _keep_leases(self) -> None:
+        """Renew the leases of held jobs and the GPU lock, well within their expiry."""
+        interval = self.config.lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                if self.lock.token is not None and not await self.lock.renew():
+                    log.error("GPU lock lost; no new jobs until it is ours again")
+                for delivery in list(self._held.values()):
+                    if not await self.queue.renew(self.config.name, delivery):
+                        log.warning("job %s: lease lost to another worker", delivery.job_id)
+                        self._held.pop(delivery.message_id, None)
+            except (RedisError, OSError) as exc:
+                log.warning("lease renewal failed, Redis: %s", type(exc).__name__)
+
+    async def _watch_comfyui(self) -> None:
+        """Track ComfyUI's health; on start and whenever it comes back, check the presets."""
+        ttl = max(3 * self.config.idle_poll_seconds, self.config.lease_seconds)
+        checked = False
+        while True:
+            try:
+                await self.comfy.system_stats()
+                if not checked or not self.healthy.is_set():
+                    await self._check_presets()
+                    checked = True
+                self.healthy.set()
+            except ComfyUIError as exc:
+                if self.healthy.is_set():
+                    log.warning("ComfyUI at %s is unreachable: %s", self.config.comfyui_url, exc)
+                self.healthy.clear()
+            try:
+                await self.backend.worker_heartbeat(
+                    self.config.name,
+                    comfyui_url=self.config.comfyui_url,
+                    healthy=self.healthy.is_set(),
+                    runnable=self.runnable,
+                    problems=self.problems,
+                    ttl_seconds=ttl,
+                )
+            except (BackendError, BackendUnavailable) as exc:
+                log.warning("heartbeat to the backend failed: %s", exc)
+            await asyncio.sleep(self.config.idle_poll_seconds)
+
+    async def _check_presets(self) -> None:
+        object_info = await self.comfy.object_info()
+        try:
+            listed = await self.backend.presets()
+        except (BackendError, BackendUnavailable) as exc:
+            log.warning("presets not checked, backend: %s", exc)
+            return
+        runnable: list[str] = []
+        problems: dict[str, str] = {}
+        for summary in listed:
+            preset = await self._preset(summary.slug)
+            found = compatibility_problems(preset, object_info)
+            if found:
+                problems[preset.slug] = "; ".join(found)
+                log.warning("preset %s cannot run here: %s", preset.slug, problems[preset.slug])
+            else:
+                runnable.append(preset.slug)
+        self.runnable, self.problems = runnable, problems
+        log.info("ComfyUI can run %d preset(s): %s", len(runnable), ", ".join(runnable) or "none")
+
+
+class _InputMissing(Exception):
+    """The job's photo cannot be fetched or used: no retry will help."""
+
+
+async def _retrying(call: Callable[[], Awaitable[T]], attempts: int = 5) -> T:
+    """Backend calls on the way out: a short outage should not cost a finished result."""
+    for attempt in range(attempts):
+        try:
+            return await call()
+        except BackendUnavailable:
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(min(10.0, 0.5 * 2**attempt) * (0.5 + random.random()))
+    raise AssertionError("unreachable")

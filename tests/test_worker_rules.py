@@ -1,0 +1,135 @@
+"""The worker's pure rules: failure decisions, prompt ids, workflows, preset checks."""
+
+import random
+
+import pytest
+
+from comfygram.comfyui import (
+    ComfyUIUnavailable,
+    ExecutionFailed,
+    OutputImage,
+    PromptRejected,
+    PromptTimeout,
+)
+from comfygram.presets import compatibility_problems, load_presets, preset_from_manifest
+from comfygram.worker import workflow
+from comfygram.worker.failures import (
+    Action,
+    FailureKind,
+    backoff,
+    classify,
+    decide,
+    describe,
+    error_kind,
+)
+
+PRESETS = {p.slug: p for p in load_presets(None)}
+
+
+def rules(kind, used, previous=None, max_attempts=3):
+    return decide(
+        kind,
+        attempts_used=used,
+        max_attempts=max_attempts,
+        backoff_base=5.0,
+        previous_error=previous,
+    )
+
+
+def test_failures_are_classified():
+    oom = ExecutionFailed.from_message(
+        {
+            "prompt_id": "p",
+            "node_id": "3",
+            "node_type": "KSampler",
+            "exception_type": "torch.OutOfMemoryError",
+            "exception_message": "Allocation on device 0 would exceed allowed memory.",
+        }
+    )
+    assert classify(ComfyUIUnavailable("down")) is FailureKind.UNAVAILABLE
+    assert classify(PromptRejected("bad", {})) is FailureKind.VALIDATION
+    assert classify(PromptTimeout("slow")) is FailureKind.TIMEOUT
+    assert classify(oom) is FailureKind.OUT_OF_MEMORY
+    assert classify(RuntimeError("boom")) is FailureKind.EXECUTION
+
+
+def test_unreachable_comfyui_waits_and_validation_fails_at_once():
+    assert rules(FailureKind.UNAVAILABLE, 2).action is Action.WAIT
+    assert rules(FailureKind.VALIDATION, 0).action is Action.FAIL
+    assert rules(FailureKind.INPUT, 0).action is Action.FAIL
+
+
+def test_execution_errors_retry_with_exponential_backoff_until_max_attempts():
+    assert rules(FailureKind.EXECUTION, 0) == rules(FailureKind.TIMEOUT, 0)
+    delays = [rules(FailureKind.EXECUTION, used).delay for used in (0, 1)]
+    assert delays == [5.0, 10.0]
+    assert rules(FailureKind.EXECUTION, 2).action is Action.FAIL
+    assert rules(FailureKind.EXECUTION, 0, max_attempts=1).action is Action.FAIL
+    assert backoff(30, 5.0) == 600.0  # capped
+
+
+def test_out_of_memory_frees_and_retries_once():
+    first = rules(FailureKind.OUT_OF_MEMORY, 0)
+    assert first.action is Action.RETRY and first.free_memory and first.delay == 0
+    previous = describe(FailureKind.OUT_OF_MEMORY, "Allocation on device")
+    assert error_kind(previous) is FailureKind.OUT_OF_MEMORY
+    second = rules(FailureKind.OUT_OF_MEMORY, 1, previous=previous, max_attempts=5)
+    assert second.action is Action.FAIL and second.free_memory
+    assert error_kind("something else: x") is None and error_kind(None) is None
+
+
+def test_prompt_ids_are_stable_per_attempt_and_differ_between_attempts():
+    assert workflow.prompt_id_for("job", 0) == workflow.prompt_id_for("job", 0)
+    assert workflow.prompt_id_for("job", 0) != workflow.prompt_id_for("job", 1)
+    assert workflow.prompt_id_for("job", 0) != workflow.prompt_id_for("other", 0)
+
+
+def test_workflow_gets_image_prompt_seed_and_a_per_attempt_output_prefix():
+    preset = PRESETS["edit"]
+    built = workflow.build_workflow(
+        preset,
+        image="in.png",
+        prompt="make it snow",
+        job_id="j1",
+        attempt=2,
+        rng=random.Random(7),
+    )
+    assert built[preset.image_input.node]["inputs"][preset.image_input.input] == "in.png"
+    assert built[preset.prompt_input.node]["inputs"][preset.prompt_input.input] == "make it snow"
+    seed = preset.seed_inputs[0]
+    assert built[seed.node]["inputs"][seed.input] == random.Random(7).randint(0, 2**53 - 1)
+    assert built[preset.output.node]["inputs"]["filename_prefix"] == "comfygram/j1-2"
+    # The preset itself is untouched.
+    assert preset.workflow[preset.output.node]["inputs"]["filename_prefix"] != "comfygram/j1-2"
+
+
+def test_only_this_attempts_file_counts_as_the_output():
+    ours = OutputImage("j1-2_00001_.png", "comfygram", "output")
+    cached = OutputImage("j1-1_00001_.png", "comfygram", "output")
+    other_job = OutputImage("j1-20_00001_.png", "comfygram", "output")
+    assert workflow.our_output([cached, ours], "j1", 2) == ours
+    assert workflow.our_output([cached, other_job], "j1", 2) is None
+
+
+def test_manifest_round_trip_gives_the_same_preset():
+    for preset in PRESETS.values():
+        assert preset_from_manifest(preset.to_manifest(), preset.workflow) == preset
+
+
+@pytest.mark.parametrize("slug", ["invert", "oil"])
+def test_compatibility_names_missing_nodes_and_model_files(slug):
+    preset = PRESETS[slug]
+    everything = {
+        node["class_type"]: {"input": {"required": {}}} for node in preset.workflow.values()
+    }
+    assert compatibility_problems(preset, everything) == []
+    missing_node = dict(everything)
+    missing_node.pop("SaveImage")
+    assert any("SaveImage" in p for p in compatibility_problems(preset, missing_node))
+    if slug == "oil":
+        with_models = dict(everything)
+        with_models["CheckpointLoaderSimple"] = {
+            "input": {"required": {"ckpt_name": [["other.safetensors"], {}]}}
+        }
+        (problem,) = compatibility_problems(preset, with_models)
+        assert "checkpoints/" in problem and "other.safetensors" in problem
