@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     redis_password: SecretStr | None = None
     redis_prefix: str = Field(default="comfygram", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     reconcile_interval_seconds: float = Field(default=30.0, gt=0)
+    # A job processing this long with no trace in Redis (its worker died and Redis lost the
+    # queue) is queued again; longer than any preset's timeout.
+    stale_processing_seconds: float = Field(default=900.0, gt=0)
 
     # ComfyUI and Telegram
     comfyui_url: str = "http://127.0.0.1:8188"

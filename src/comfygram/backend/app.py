@@ -49,7 +49,12 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.store = MediaStore(settings.media_dir)
         app.state.workers = WorkerRegistry(redis, settings.redis_prefix)
         reconciler = asyncio.create_task(
-            reconcile.reconcile_forever(sessions, queue, settings.reconcile_interval_seconds),
+            reconcile.reconcile_forever(
+                sessions,
+                queue,
+                settings.reconcile_interval_seconds,
+                settings.stale_processing_seconds,
+            ),
             name="queue-reconcile",
         )
         log.info(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -275,6 +276,16 @@ async def queued(session: AsyncSession) -> list[Job]:
     """Every queued job, oldest first: what Redis must hold."""
     rows = await session.scalars(
         select(Job).where(Job.status == JobStatus.QUEUED).order_by(Job.created_at)
+    )
+    return list(rows)
+
+
+async def processing_since(session: AsyncSession, before: datetime) -> list[Job]:
+    """Jobs processing with no update since ``before``: candidates for a lost worker."""
+    rows = await session.scalars(
+        select(Job)
+        .where(Job.status == JobStatus.PROCESSING, Job.updated_at < before)
+        .order_by(Job.created_at)
     )
     return list(rows)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import UTC, datetime, timedelta
 
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import async_sessionmaker
@@ -14,12 +15,19 @@ from comfygram.queue import JobQueue
 log = logging.getLogger(__name__)
 
 
-async def reconcile_once(sessions: async_sessionmaker, queue: JobQueue) -> int:
-    """Enqueue every job the database says is queued but Redis does not hold; returns how many."""
+async def reconcile_once(
+    sessions: async_sessionmaker, queue: JobQueue, stale_after: float = 900.0
+) -> int:
+    """Enqueue every job the database says is pending but Redis does not hold; returns how many.
+
+    Pending means queued, or processing with no update for ``stale_after`` seconds: its
+    worker died and Redis lost the stream entry that would have let another take it over.
+    """
+    before = datetime.now(UTC) - timedelta(seconds=stale_after)
     async with sessions() as session:
-        queued = await jobs.queued(session)
+        pending = await jobs.queued(session) + await jobs.processing_since(session, before)
     added = 0
-    for job in queued:
+    for job in pending:
         if await queue.enqueue(job.id, jobs.queue_payload(job)):
             added += 1
     if added:
@@ -27,10 +35,12 @@ async def reconcile_once(sessions: async_sessionmaker, queue: JobQueue) -> int:
     return added
 
 
-async def reconcile_forever(sessions: async_sessionmaker, queue: JobQueue, interval: float) -> None:
+async def reconcile_forever(
+    sessions: async_sessionmaker, queue: JobQueue, interval: float, stale_after: float
+) -> None:
     while True:
         try:
-            await reconcile_once(sessions, queue)
+            await reconcile_once(sessions, queue, stale_after)
         except (RedisError, OSError) as exc:
             log.warning("queue reconcile skipped, Redis unreachable: %s", type(exc).__name__)
         except Exception:
