@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import cached_property
 from pathlib import Path
 from urllib.parse import quote
 
@@ -122,7 +121,7 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
-    @cached_property
+    @property
     def redis_dsn(self) -> str:
         """REDIS_URL when given, else one built from REDIS_HOST/PORT/DB/PASSWORD."""
         if self.redis_url:
@@ -132,7 +131,7 @@ class Settings(BaseSettings):
             auth = f":{quote(self.redis_password.get_secret_value(), safe='')}@"
         return f"redis://{auth}{self.redis_host}:{self.redis_port}/{self.redis_db}"
 
-    @cached_property
+    @property
     def database_dsn(self) -> str:
         """DATABASE_URL with the async driver filled in for plain postgres:// or sqlite:// URLs."""
         url = self.database_url

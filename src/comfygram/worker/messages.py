@@ -178,8 +178,8 @@ class UserMessages:
         except (TelegramUnavailable, MessageGone, TelegramAPIError) as exc:
             await self.backend.record_delivery(job.id, "failed", f"Telegram: {exc}"[:4000])
             return
-        await self.backend.record_delivery(job.id, "delivered")
         await self._remove_status_message(job)
+        await self.backend.record_delivery(job.id, "delivered")
 
     async def _remove_status_message(self, job: Job) -> None:
         if job.status_chat_id is None or job.status_message_id is None:
