@@ -2,36 +2,75 @@
 
 Shapes, status codes and content types are copied from the recording in
 /work/shared/reference/comfyui-0.3.64-api.json (hard-coded here, nothing is read at run
-time). It runs LoadImage, ImageInvert, ImageScaleBy, SaveImage and PreviewImage for real
-with Pillow, one prompt at a time, and sends the recorded WebSocket sequence to the socket
-whose clientId is the prompt's client_id.
+time); what the recording lacks (loader nodes, the OOM text) follows ComfyUI's nodes.py and
+execution.py of that release. It runs LoadImage, ImageInvert, ImageScaleBy, ImageBlur,
+ImageSharpen, SaveImage and PreviewImage for real with Pillow, one prompt at a time, and sends
+the recorded WebSocket sequence (``progress_state`` included) to the socket whose clientId is
+the prompt's client_id. ``POST /prompt`` validates like ComfyUI: unknown nodes, missing or
+out-of-range inputs, values not in a combo list (model files too), broken links.
 
-Knobs for fault tests: ``execution_delay`` (seconds per node, reported as ``progress``
-steps), ``drop_websocket_messages`` (silent socket), ``history_write_delay`` (gap between
-``execution_success`` and the history write), ``fail_next_with(...)`` (runtime
-``execution_error``), ``stop()``/``start()`` on the same port (ComfyUI down; a restart loses
-queue and history as the real server does).
+Knobs (attributes and methods; all of them may change while the server runs):
+
+- ``execution_delay`` seconds per node, reported as four ``progress`` steps.
+- ``drop_websocket_messages``: the socket stays open but says nothing.
+- ``history_write_delay``: gap between ``execution_success`` and the history write.
+- ``http_delay``: seconds of silence before every HTTP answer (a slow ComfyUI).
+- ``drop_http(times=1, paths=None)``: the next ``times`` HTTP requests (only those whose
+  path is, or is under, one of ``paths``) get no answer: the TCP connection is aborted, so a
+  client sees ``httpx.RemoteProtocolError``/``ReadError``. WebSocket upgrades are not dropped.
+- ``fail_next_with(exception_type, message)``: the next executed prompt fails with an
+  ``execution_error``; ``fail_times(n, exception_type, message)`` the next ``n`` prompts;
+  ``fail_always(exception_type, message)`` every prompt until ``fail_always(None)``. Counted
+  failures come first. ``message`` is sent verbatim as ``exception_message``. The failing node
+  is the last non-output node that actually runs (the save node if every other is cached;
+  a fully cached prompt re-runs its save node to fail there).
+- ``out_of_memory_next()``: the next prompt fails the way ComfyUI reports a CUDA OOM
+  (``torch.OutOfMemoryError``, ``OOM_MESSAGE``). ``POST /free`` bodies land in ``free_calls``.
+- ``models``: folder -> file names (``{"checkpoints": ["v1-5-pruned-emaonly.safetensors"]}``),
+  listed by the loader nodes in ``/object_info`` (CheckpointLoaderSimple, UNETLoader,
+  VAELoader, CLIPLoader, DualCLIPLoader; ``unet``/``clip`` are merged into
+  ``diffusion_models``/``text_encoders`` as ComfyUI does). A name not listed is refused with
+  ``value_not_in_list``. VAEEncode and VAEDecode are there too, so that a loader can be
+  linked to an image workflow and validated. These nodes are only listed and validated: a
+  prompt that runs one fails at run time.
+- ``hide_node(class_type)``: that node type is gone (a missing custom node); the names are in
+  ``hidden_nodes``, which may be edited.
+- ``cache_enabled`` (default True): ComfyUI's output cache. A node whose inputs (and, for
+  LoadImage, the file's bytes) and ancestors match one from the most recent prompt is not run
+  again: ``execution_cached`` lists it and a cached SaveImage repeats the earlier file names
+  without writing a file. Like ComfyUI's default cache only the latest prompt's nodes are kept.
+  Putting the job id into ``filename_prefix`` defeats it for the save node.
+- ``pause()``/``resume()`` hold and release queued prompts; ``stop()``/``start()`` on the same
+  port (ComfyUI down; a restart loses queue, history and cache as the real server does).
+
+Logs: ``prompts_received`` (POST /prompt bodies as sent), ``free_calls``,
+``executed_prompt_ids`` (in the order they started), ``timeline`` (``(time.monotonic(),
+"start" | "end", prompt_id, client_id)`` for every executed prompt) and ``dropped_requests``
+(paths of the dropped HTTP requests). Logs survive a restart.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import io
 import json
 import os
 import socket
 import time
 import uuid
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import uvicorn
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 JSON = "application/json; charset=utf-8"
@@ -108,6 +147,45 @@ NODE_INFO: dict[str, dict[str, Any]] = {
         "category": "image",
         "output_node": True,
     },
+    "ImageBlur": {
+        "input": {
+            "required": {
+                "image": ["IMAGE"],
+                "blur_radius": ["INT", {"default": 1, "min": 1, "max": 31, "step": 1}],
+                "sigma": ["FLOAT", {"default": 1.0, "min": 0.1, "max": 10.0, "step": 0.1}],
+            }
+        },
+        "input_order": {"required": ["image", "blur_radius", "sigma"]},
+        "output": ["IMAGE"],
+        "output_is_list": [False],
+        "output_name": ["IMAGE"],
+        "name": "ImageBlur",
+        "display_name": "Image Blur",
+        "description": "",
+        "python_module": "comfy_extras.nodes_post_processing",
+        "category": "image/postprocessing",
+        "output_node": False,
+    },
+    "ImageSharpen": {
+        "input": {
+            "required": {
+                "image": ["IMAGE"],
+                "sharpen_radius": ["INT", {"default": 1, "min": 1, "max": 31, "step": 1}],
+                "sigma": ["FLOAT", {"default": 1.0, "min": 0.1, "max": 10.0, "step": 0.01}],
+                "alpha": ["FLOAT", {"default": 1.0, "min": 0.0, "max": 5.0, "step": 0.01}],
+            }
+        },
+        "input_order": {"required": ["image", "sharpen_radius", "sigma", "alpha"]},
+        "output": ["IMAGE"],
+        "output_is_list": [False],
+        "output_name": ["IMAGE"],
+        "name": "ImageSharpen",
+        "display_name": "Image Sharpen",
+        "description": "",
+        "python_module": "comfy_extras.nodes_post_processing",
+        "category": "image/postprocessing",
+        "output_node": False,
+    },
 }
 SYSTEM_STATS: dict[str, Any] = {
     "system": {
@@ -137,6 +215,173 @@ SYSTEM_STATS: dict[str, Any] = {
 }
 
 
+# ComfyUI's execution.py appends these tips to str(torch.OutOfMemoryError); with its default
+# cudaMallocAsync backend that str is "Allocation on device " (trailing space included).
+OOM_TIPS = (
+    "This error means you ran out of memory on your GPU.\n\nTIPS: If the workflow worked "
+    "before you might have accidentally set the batch_size to a large number."
+)
+OOM_MESSAGE = f"Allocation on device \n{OOM_TIPS}"
+TRACEBACK = ["<traceback lines omitted>"]
+WEIGHT_DTYPES = ["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"]
+CLIP_TYPES = [
+    "stable_diffusion",
+    "stable_cascade",
+    "sd3",
+    "stable_audio",
+    "mochi",
+    "ltxv",
+    "pixart",
+    "cosmos",
+    "lumina2",
+    "wan",
+    "hidream",
+    "chroma",
+    "ace",
+    "omnigen2",
+    "qwen_image",
+    "hunyuan_image",
+]
+DUAL_CLIP_TYPES = ["sdxl", "sd3", "flux", "hunyuan_video", "hidream", "hunyuan_image"]
+CLIP_RECIPES = (
+    "[Recipes]\n\nstable_diffusion: clip-l\nstable_cascade: clip-g\nsd3: t5 xxl/ clip-g / "
+    "clip-l\nstable_audio: t5 base\nmochi: t5 xxl\ncosmos: old t5 xxl\nlumina2: gemma 2 2B\n"
+    "wan: umt5 xxl\n hidream: llama-3.1 (Recommend) or t5\nomnigen2: qwen vl 2.5 3B"
+)
+DUAL_CLIP_RECIPES = (
+    "[Recipes]\n\nsdxl: clip-l, clip-g\nsd3: clip-l, clip-g / clip-l, t5 / clip-g, t5\n"
+    "flux: clip-l, t5\nhidream: at least one of t5 or llama, recommended t5 and llama\n"
+    "hunyuan_image: qwen2.5vl 7b and byt5 small"
+)
+
+
+def _node(
+    name: str,
+    display_name: str,
+    inputs: dict[str, dict[str, list[Any]]],
+    output: list[str],
+    category: str,
+    description: str = "",
+) -> dict[str, Any]:
+    """A V1 ``/object_info`` entry, keys in ComfyUI's order."""
+    return {
+        "input": inputs,
+        "input_order": {section: list(spec) for section, spec in inputs.items()},
+        "output": output,
+        "output_is_list": [False] * len(output),
+        "output_name": output,
+        "name": name,
+        "display_name": display_name,
+        "description": description,
+        "python_module": "nodes",
+        "category": category,
+        "output_node": False,
+    }
+
+
+def _model_nodes(models: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
+    """ComfyUI 0.3.64's model loaders (listing the files in ``models``) and VAE nodes."""
+
+    def files(*folders: str) -> list[str]:
+        return sorted({name for folder in folders for name in models.get(folder, [])})
+
+    approx = files("vae_approx")
+    vaes = files("vae")
+    for kind in ("taesd", "taesdxl", "taesd3", "taef1"):
+        prefixes = (f"{kind}_encoder.", f"{kind}_decoder.")
+        if all(any(a.startswith(p) for a in approx) for p in prefixes):
+            vaes.append(kind)
+    vaes.append("pixel_space")
+    encoders = files("text_encoders", "clip")
+    device = ["default", "cpu"], {"advanced": True}
+    checkpoint = _node(
+        "CheckpointLoaderSimple",
+        "Load Checkpoint",
+        {
+            "required": {
+                "ckpt_name": [
+                    files("checkpoints"),
+                    {"tooltip": "The name of the checkpoint (model) to load."},
+                ]
+            }
+        },
+        ["MODEL", "CLIP", "VAE"],
+        "loaders",
+        "Loads a diffusion model checkpoint, diffusion models are used to denoise latents.",
+    )
+    checkpoint["output_tooltips"] = [
+        "The model used for denoising latents.",
+        "The CLIP model used for encoding text prompts.",
+        "The VAE model used for encoding and decoding images to and from latent space.",
+    ]
+    decode = _node(
+        "VAEDecode",
+        "VAE Decode",
+        {
+            "required": {
+                "samples": ["LATENT", {"tooltip": "The latent to be decoded."}],
+                "vae": ["VAE", {"tooltip": "The VAE model used for decoding the latent."}],
+            }
+        },
+        ["IMAGE"],
+        "latent",
+        "Decodes latent images back into pixel space images.",
+    )
+    decode["output_tooltips"] = ["The decoded image."]
+    return {
+        "CheckpointLoaderSimple": checkpoint,
+        "UNETLoader": _node(
+            "UNETLoader",
+            "Load Diffusion Model",
+            {
+                "required": {
+                    "unet_name": [files("diffusion_models", "unet")],
+                    "weight_dtype": [WEIGHT_DTYPES],
+                }
+            },
+            ["MODEL"],
+            "advanced/loaders",
+        ),
+        "VAELoader": _node(
+            "VAELoader", "Load VAE", {"required": {"vae_name": [vaes]}}, ["VAE"], "loaders"
+        ),
+        "CLIPLoader": _node(
+            "CLIPLoader",
+            "Load CLIP",
+            {
+                "required": {"clip_name": [encoders], "type": [CLIP_TYPES]},
+                "optional": {"device": list(device)},
+            },
+            ["CLIP"],
+            "advanced/loaders",
+            CLIP_RECIPES,
+        ),
+        "DualCLIPLoader": _node(
+            "DualCLIPLoader",
+            "DualCLIPLoader",
+            {
+                "required": {
+                    "clip_name1": [encoders],
+                    "clip_name2": [encoders],
+                    "type": [DUAL_CLIP_TYPES],
+                },
+                "optional": {"device": list(device)},
+            },
+            ["CLIP"],
+            "advanced/loaders",
+            DUAL_CLIP_RECIPES,
+        ),
+        "VAEEncode": _node(
+            "VAEEncode",
+            "VAE Encode",
+            {"required": {"pixels": ["IMAGE"], "vae": ["VAE"]}},
+            ["LATENT"],
+            "latent",
+        ),
+        "VAEDecode": decode,
+    }
+
+
 def _json(body: Any, status: int = 200) -> Response:
     return Response(json.dumps(body), status_code=status, media_type=JSON)
 
@@ -161,6 +406,35 @@ def _safe_join(root: Path, *parts: str) -> Path | None:
     return path
 
 
+def _type_name(exc: BaseException) -> str:
+    """``execution.full_type_name``: builtins go bare, others with their module."""
+    kind = type(exc)
+    return (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
+
+
+def _types_match(received: Any, expected: Any) -> bool:
+    """``execution.validate_node_input`` (non-strict) for a link into an input."""
+    if isinstance(expected, list):  # a combo fed by a link
+        return received in ("COMBO", "*")
+    if received == expected or "*" in (received, expected):
+        return True
+    if not isinstance(received, str) or not isinstance(expected, str):
+        return False
+    got = {t.strip() for t in received.split(",")}
+    want = {t.strip() for t in expected.split(",")}
+    return bool(got & want)
+
+
+def _matches(path: str, prefixes: set[str] | None) -> bool:
+    if prefixes is None:
+        return True
+    return any(path == p or path.startswith(p.rstrip("/") + "/") for p in prefixes)
+
+
 class _NodeFailed(Exception):
     def __init__(self, exception_type: str, message: str) -> None:
         super().__init__(message)
@@ -170,6 +444,10 @@ class _NodeFailed(Exception):
 
 class _Interrupted(Exception):
     pass
+
+
+Emit = Callable[..., Awaitable[None]]
+Progress = Callable[[str, float, float, str], Awaitable[None]]
 
 
 class ComfyUIDouble:
@@ -184,9 +462,19 @@ class ComfyUIDouble:
         self.execution_delay = 0.0
         self.drop_websocket_messages = False
         self.history_write_delay = 0.0
+        self.http_delay = 0.0
+        self.cache_enabled = True
+        self.models: dict[str, list[str]] = {}
+        self.hidden_nodes: set[str] = set()
         self.free_calls: list[dict[str, Any]] = []
         self.prompts_received: list[dict[str, Any]] = []
-        self._fail_next: tuple[str, str] | None = None
+        self.executed_prompt_ids: list[str] = []
+        self.timeline: list[tuple[float, str, str, str | None]] = []
+        self.dropped_requests: list[str] = []
+        self._failures: list[tuple[str, str]] = []
+        self._fail_always: tuple[str, str] | None = None
+        self._drops_left = 0
+        self._drop_paths: set[str] | None = None
         self._resumed = asyncio.Event()
         self._resumed.set()
         self._server: uvicorn.Server | None = None
@@ -203,6 +491,8 @@ class ComfyUIDouble:
         self._wakeup = asyncio.Event()
         self._sockets: dict[str, WebSocket] = {}
         self._socket_changed = asyncio.Event()
+        # cache key -> (node's image or None, its UI output or None)
+        self._cache: dict[str, tuple[Image.Image | None, dict[str, Any] | None]] = {}
 
     @property
     def url(self) -> str:
@@ -212,7 +502,28 @@ class ComfyUIDouble:
 
     def fail_next_with(self, exception_type: str, message: str) -> None:
         """Make the next executed prompt fail with an ``execution_error``."""
-        self._fail_next = (exception_type, message)
+        self.fail_times(1, exception_type, message)
+
+    def fail_times(self, n: int, exception_type: str, message: str) -> None:
+        """Make the next ``n`` executed prompts fail (replaces pending counted failures)."""
+        self._failures = [(exception_type, message)] * n
+
+    def fail_always(self, exception_type: str | None, message: str = "") -> None:
+        """Make every executed prompt fail; ``fail_always(None)`` stops it."""
+        self._fail_always = None if exception_type is None else (exception_type, message)
+
+    def out_of_memory_next(self) -> None:
+        """Make the next executed prompt fail with ComfyUI's CUDA out-of-memory error."""
+        self.fail_times(1, "torch.OutOfMemoryError", OOM_MESSAGE)
+
+    def drop_http(self, times: int = 1, paths: Iterable[str] | None = None) -> None:
+        """Abort the connection of the next ``times`` HTTP requests (under ``paths``, if given)."""
+        self._drops_left = times
+        self._drop_paths = None if paths is None else set(paths)
+
+    def hide_node(self, class_type: str) -> None:
+        """Remove a node type from ``/object_info`` and from what ``POST /prompt`` accepts."""
+        self.hidden_nodes.add(class_type)
 
     def pause(self) -> None:
         """Hold queued prompts (the running one finishes); ``resume()`` lets them run."""
@@ -227,10 +538,16 @@ class ComfyUIDouble:
             await self._socket_changed.wait()
             self._socket_changed.clear()
 
+    def _take_failure(self) -> tuple[str, str] | None:
+        if self._failures:
+            return self._failures.pop(0)
+        return self._fail_always
+
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP, so asyncio sets TCP_NODELAY on each connection (no 40 ms Nagle stalls)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", self.port))
         sock.listen(128)
@@ -253,16 +570,20 @@ class ComfyUIDouble:
         self._executor_task = asyncio.create_task(self._executor())
 
     async def stop(self, *, lose_state: bool = True) -> None:
-        """Shut the server down (connections refused); a restart forgets queue and history."""
+        """Shut the server down (connections refused); a restart forgets queue and history.
+
+        HTTP goes first: while it winds down the running prompt is still reported running,
+        never gone from a live server.
+        """
+        if self._server is not None and self._server_task is not None:
+            self._server.should_exit = True
+            await self._server_task
+            self._server = self._server_task = None
         if self._executor_task is not None:
             self._executor_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._executor_task
             self._executor_task = None
-        if self._server is not None and self._server_task is not None:
-            self._server.should_exit = True
-            await self._server_task
-            self._server = self._server_task = None
         if lose_state:
             self._reset_state()
 
@@ -275,8 +596,8 @@ class ComfyUIDouble:
 
     # -- app ----------------------------------------------------------------------------------
 
-    def _app(self) -> Starlette:
-        return Starlette(
+    def _app(self) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+        app = Starlette(
             routes=[
                 Route("/system_stats", self._system_stats),
                 Route("/object_info", self._object_info),
@@ -294,6 +615,38 @@ class ComfyUIDouble:
                 WebSocketRoute("/ws", self._ws),
             ]
         )
+
+        async def faults(scope: Scope, receive: Receive, send: Send) -> None:
+            """HTTP faults in front of the routes: a delay, or no answer at all."""
+            if scope["type"] == "http":
+                if self.http_delay > 0:
+                    await asyncio.sleep(self.http_delay)
+                if self._drops_left > 0 and _matches(scope["path"], self._drop_paths):
+                    self._drops_left -= 1
+                    self.dropped_requests.append(scope["path"])
+                    await self._abort_connection(receive)
+                    return
+            await app(scope, receive, send)
+
+        return faults
+
+    @staticmethod
+    async def _abort_connection(receive: Receive) -> None:
+        """Close the TCP connection without a byte of answer.
+
+        uvicorn answers 500 to an app that returns without a response, unless the client is
+        gone; so reach the connection's transport (the receive callable belongs to uvicorn's
+        request cycle), abort it and let uvicorn notice the disconnect.
+        """
+        cycle = getattr(receive, "__self__", None)
+        transport = getattr(cycle, "transport", None)
+        if transport is None:
+            raise RuntimeError("drop_http: cannot reach the connection's transport")
+        transport.abort()
+        for _ in range(10):
+            if getattr(cycle, "disconnected", True):
+                break
+            await asyncio.sleep(0)
 
     async def _system_stats(self, request: Request) -> Response:
         return _json(SYSTEM_STATS)
@@ -318,6 +671,9 @@ class ComfyUIDouble:
             "category": "image",
             "output_node": False,
         }
+        info.update(_model_nodes(self.models))
+        for name in self.hidden_nodes:
+            info.pop(name, None)
         return info
 
     async def _object_info(self, request: Request) -> Response:
@@ -360,37 +716,39 @@ class ComfyUIDouble:
         return len(self.pending) + (1 if self.running is not None else 0)
 
     async def _post_prompt(self, request: Request) -> Response:
+        raw = await request.body()
         try:
-            body = json.loads(await request.body())
+            body = json.loads(raw)
         except ValueError:
             return Response(
                 "500 Internal Server Error\n\nServer got itself in trouble",
                 status_code=500,
                 media_type="text/plain; charset=utf-8",
             )
-        self.prompts_received.append(body)
+        self.prompts_received.append(json.loads(raw))  # as sent: validation converts values
         if not isinstance(body, dict) or "prompt" not in body:
             return _rejection("no_prompt", "No prompt provided", "No prompt provided")
         prompt = body["prompt"]
         if not isinstance(prompt, dict):
             return _rejection("prompt_no_outputs", "Prompt has no outputs")
-        rejected = self._validate(prompt)
-        if rejected is not None:
-            return rejected
+        checked = self._validate(prompt)
+        if isinstance(checked, Response):
+            return checked
+        outputs, node_errors = checked
         prompt_id = str(body.get("prompt_id") or uuid.uuid4())
         number = body["number"] if isinstance(body.get("number"), int | float) else self._number
         self._number = max(self._number, int(number)) + 1
         extra = dict(body.get("extra_data") or {})
         if body.get("client_id"):
             extra["client_id"] = body["client_id"]
-        outputs = [k for k, v in prompt.items() if v["class_type"] in OUTPUT_NODES]
         self.pending.append([number, prompt_id, prompt, extra, outputs])
         self._wakeup.set()
         await self._broadcast_status()
-        return _json({"prompt_id": prompt_id, "number": number, "node_errors": {}})
+        return _json({"prompt_id": prompt_id, "number": number, "node_errors": node_errors})
 
-    def _validate(self, prompt: dict[str, Any]) -> Response | None:
-        known = set(NODE_INFO) | {"LoadImage"}
+    def _validate(self, prompt: dict[str, Any]) -> Response | tuple[list[str], dict[str, Any]]:
+        """``execution.validate_prompt``: a 400 answer, or (outputs to run, node_errors)."""
+        info = self._node_info()
         for node_id, node in prompt.items():
             if not isinstance(node, dict) or "class_type" not in node:
                 return _rejection(
@@ -398,54 +756,118 @@ class ComfyUIDouble:
                     "Cannot execute because a node is missing the class_type property.",
                     f"Node ID '#{node_id}'",
                 )
-            if node["class_type"] not in known:
+            if node["class_type"] not in info:
                 return _rejection(
                     "invalid_prompt",
                     f"Cannot execute because node {node['class_type']} does not exist.",
                     f"Node ID '#{node_id}'",
                 )
-        outputs = [k for k, v in prompt.items() if v["class_type"] in OUTPUT_NODES]
+        outputs = [k for k, v in prompt.items() if info[v["class_type"]]["output_node"]]
         if not outputs:
             return _rejection("prompt_no_outputs", "Prompt has no outputs")
+        validated: dict[str, tuple[bool, list[dict[str, Any]]]] = {}
         node_errors: dict[str, Any] = {}
-        for node_id, node in prompt.items():
-            errors = self._node_errors(node)
-            if errors:
-                node_errors[node_id] = {
-                    "errors": errors,
-                    "dependent_outputs": outputs,
-                    "class_type": node["class_type"],
-                }
-        if node_errors:
+        good: list[str] = []
+        output_reasons: list[dict[str, Any]] = []
+        for output in outputs:
+            try:
+                valid, reasons = self._validate_node(prompt, output, validated, info)
+            except Exception as exc:
+                valid, reasons = (
+                    False,
+                    [
+                        {
+                            "type": "exception_during_validation",
+                            "message": "Exception when validating node",
+                            "details": str(exc),
+                            "extra_info": {
+                                "exception_type": _type_name(exc),
+                                "traceback": TRACEBACK,
+                            },
+                        }
+                    ],
+                )
+                validated[output] = (False, reasons)
+            if valid:
+                good.append(output)
+                continue
+            output_reasons += reasons
+            for node_id, (ok, why) in validated.items():
+                if not ok and why:
+                    entry = node_errors.setdefault(
+                        node_id,
+                        {
+                            "errors": why,
+                            "dependent_outputs": [],
+                            "class_type": prompt[node_id]["class_type"],
+                        },
+                    )
+                    if output not in entry["dependent_outputs"]:
+                        entry["dependent_outputs"].append(output)
+        if not good:
+            details = "\n".join(f"{r['message']}: {r['details']}" for r in output_reasons)
             return _rejection(
                 "prompt_outputs_failed_validation",
                 "Prompt outputs failed validation",
-                node_errors=node_errors,
+                details,
+                node_errors,
             )
-        return None
+        return good, node_errors
 
-    def _node_errors(self, node: dict[str, Any]) -> list[dict[str, Any]]:
-        inputs = node.get("inputs") or {}
+    def _validate_node(
+        self,
+        prompt: dict[str, Any],
+        node_id: str,
+        validated: dict[str, tuple[bool, list[dict[str, Any]]]],
+        info: dict[str, Any],
+    ) -> tuple[bool, list[dict[str, Any]]]:
+        """``execution.validate_inputs`` for one node and, through its links, its ancestors.
+
+        A link to a missing node (KeyError) or output slot (IndexError) raises, as in ComfyUI,
+        and is reported by the node that linked to this one.
+        """
+        if node_id in validated:
+            return validated[node_id]
+        validated[node_id] = (True, [])  # a cycle ends here
+        node = prompt[node_id]
         kind = node["class_type"]
-        required = {
-            "LoadImage": ["image"],
-            **{k: v["input_order"]["required"] for k, v in NODE_INFO.items()},
-        }
+        inputs = node.get("inputs") or {}
+        sections = info[kind]["input"]
         errors: list[dict[str, Any]] = []
-        for name in required[kind]:
-            if name not in inputs:
-                errors.append(
-                    {
-                        "type": "required_input_missing",
-                        "message": "Required input is missing",
-                        "details": name,
-                        "extra_info": {"input_name": name},
-                    }
-                )
-        if errors:
-            return errors
-        if kind == "LoadImage":
-            image = str(inputs["image"])
+        valid = True
+        for category in ("required", "optional"):
+            for name, spec in (sections.get(category) or {}).items():
+                input_type = spec[0]
+                extra = spec[1] if len(spec) > 1 else {}
+                config = [input_type, extra]
+                if name not in inputs:
+                    if category == "required":
+                        errors.append(
+                            {
+                                "type": "required_input_missing",
+                                "message": "Required input is missing",
+                                "details": name,
+                                "extra_info": {"input_name": name},
+                            }
+                        )
+                    continue
+                value = inputs[name]
+                if isinstance(value, list):
+                    error = self._check_link(prompt, name, value, config, validated, info)
+                    if error == "invalid":
+                        valid = False
+                    elif error is not None:
+                        errors.append(error)
+                    continue
+                if kind == "LoadImage" and name == "image":
+                    continue  # LoadImage.VALIDATE_INPUTS replaces the list check, below
+                error, value = self._check_value(name, value, config)
+                if error is not None:
+                    errors.append(error)
+                else:
+                    inputs[name] = value
+        if kind == "LoadImage" and isinstance(inputs.get("image"), str):
+            image = inputs["image"]
             path = _safe_join(self.dirs["input"], image)
             if path is None or not path.is_file():
                 errors.append(
@@ -456,21 +878,121 @@ class ComfyUIDouble:
                         "extra_info": {"input_name": "image"},
                     }
                 )
-        if kind == "ImageScaleBy" and inputs["upscale_method"] not in UPSCALE_METHODS:
-            value = inputs["upscale_method"]
-            errors.append(
-                {
-                    "type": "value_not_in_list",
-                    "message": "Value not in list",
-                    "details": f"upscale_method: '{value}' not in {UPSCALE_METHODS}",
-                    "extra_info": {
-                        "input_name": "upscale_method",
-                        "input_config": [UPSCALE_METHODS, {}],
-                        "received_value": value,
-                    },
-                }
+        result = (valid and not errors, errors)
+        validated[node_id] = result
+        return result
+
+    def _check_link(
+        self,
+        prompt: dict[str, Any],
+        name: str,
+        link: list[Any],
+        config: list[Any],
+        validated: dict[str, tuple[bool, list[dict[str, Any]]]],
+        info: dict[str, Any],
+    ) -> dict[str, Any] | str | None:
+        """None if the linked input is fine, "invalid" if its source is, else the error."""
+        if len(link) != 2:
+            return {
+                "type": "bad_linked_input",
+                "message": "Bad linked input, must be a length-2 list of [node_id, slot_index]",
+                "details": name,
+                "extra_info": {"input_name": name, "input_config": config, "received_value": link},
+            }
+        source_id, slot = link
+        returns = info[prompt[source_id]["class_type"]]["output"]
+        if not isinstance(slot, int) or not 0 <= slot < len(returns):
+            raise IndexError("tuple index out of range")
+        received = returns[slot]
+        if not _types_match(received, config[0]):
+            return {
+                "type": "return_type_mismatch",
+                "message": "Return type mismatch between linked nodes",
+                "details": f"{name}, received_type({received}) mismatch input_type({config[0]})",
+                "extra_info": {
+                    "input_name": name,
+                    "input_config": config,
+                    "received_type": received,
+                    "linked_node": link,
+                },
+            }
+        try:
+            valid, _ = self._validate_node(prompt, source_id, validated, info)
+        except Exception as exc:
+            validated[source_id] = (
+                False,
+                [
+                    {
+                        "type": "exception_during_inner_validation",
+                        "message": "Exception when validating inner node",
+                        "details": str(exc),
+                        "extra_info": {
+                            "input_name": name,
+                            "input_config": config,
+                            "exception_message": str(exc),
+                            "exception_type": _type_name(exc),
+                            "traceback": TRACEBACK,
+                            "linked_node": link,
+                        },
+                    }
+                ],
             )
-        return errors
+            return "invalid"
+        return None if valid else "invalid"
+
+    @staticmethod
+    def _check_value(name: str, value: Any, config: list[Any]) -> tuple[dict[str, Any] | None, Any]:
+        """Convert and range- or list-check a widget value: (error or None, converted value)."""
+        input_type, extra = config
+        converters: dict[str, Callable[[Any], Any]] = {
+            "INT": int,
+            "FLOAT": float,
+            "STRING": str,
+            "BOOLEAN": bool,
+        }
+        convert = converters.get(input_type) if isinstance(input_type, str) else None
+        if convert is not None:
+            try:
+                value = convert(value)
+            except Exception as exc:
+                return {
+                    "type": "invalid_input_type",
+                    "message": f"Failed to convert an input value to a {input_type} value",
+                    "details": f"{name}, {value}, {exc}",
+                    "extra_info": {
+                        "input_name": name,
+                        "input_config": config,
+                        "received_value": value,
+                        "exception_message": str(exc),
+                    },
+                }, value
+        limit = None
+        if "min" in extra and value < extra["min"]:
+            limit = ("value_smaller_than_min", f"Value {value} smaller than min of {extra['min']}")
+        elif "max" in extra and value > extra["max"]:
+            limit = ("value_bigger_than_max", f"Value {value} bigger than max of {extra['max']}")
+        if limit is not None:
+            return {
+                "type": limit[0],
+                "message": limit[1],
+                "details": name,
+                "extra_info": {"input_name": name, "input_config": config, "received_value": value},
+            }, value
+        if isinstance(input_type, list) and value not in input_type:
+            # ComfyUI does not send back long lists (lots of scanned model files).
+            long = len(input_type) > 20
+            listed = f"(list of length {len(input_type)})" if long else str(input_type)
+            return {
+                "type": "value_not_in_list",
+                "message": "Value not in list",
+                "details": f"{name}: '{value}' not in {listed}",
+                "extra_info": {
+                    "input_name": name,
+                    "input_config": None if long else config,
+                    "received_value": value,
+                },
+            }, value
+        return None, value
 
     async def _history_all(self, request: Request) -> Response:
         items = list(self.history.items())
@@ -581,6 +1103,7 @@ class ComfyUIDouble:
             self.running = self.pending.pop(0)
             self._interrupt = False
             try:
+                await self._broadcast_status()  # ComfyUI's queue reports when a prompt is taken
                 await self._execute(*self.running)
             finally:
                 self.running = None
@@ -594,40 +1117,114 @@ class ComfyUIDouble:
         outputs: list[str],
     ) -> None:
         client = extra.get("client_id")
+        self.executed_prompt_ids.append(prompt_id)
+        self.timeline.append((time.monotonic(), "start", prompt_id, client))
+        try:
+            await self._run_prompt(number, prompt_id, prompt, extra, outputs)
+        finally:
+            self.timeline.append((time.monotonic(), "end", prompt_id, client))
+
+    async def _run_prompt(
+        self,
+        number: Any,
+        prompt_id: str,
+        prompt: dict[str, Any],
+        extra: dict[str, Any],
+        outputs: list[str],
+    ) -> None:
+        client = extra.get("client_id")
         messages: list[list[Any]] = []
+        states: dict[str, dict[str, Any]] = {}
 
         async def emit(kind: str, data: dict[str, Any], keep: bool = False) -> None:
             if keep:
                 messages.append([kind, data])
+            if client is None and kind == "execution_interrupted":  # ComfyUI broadcasts it
+                for ws in list(self._sockets.values()):
+                    await self._send(ws, kind, data)
+                return
             await self._to_client(client, kind, data)
 
+        async def progress(node_id: str, value: float, maximum: float, state: str) -> None:
+            states[node_id] = {
+                "value": value,
+                "max": maximum,
+                "state": state,
+                "node_id": node_id,
+                "prompt_id": prompt_id,
+                "display_node_id": node_id,
+                "parent_node_id": None,
+                "real_node_id": node_id,
+            }
+            await emit("progress_state", {"prompt_id": prompt_id, "nodes": states})
+
         await emit("execution_start", {"prompt_id": prompt_id, "timestamp": _now_ms()}, True)
+        keys = self._cache_keys(prompt)
+        if self.cache_enabled:  # like ComfyUI's classic cache: keep only this prompt's nodes
+            live = set(keys.values())
+            self._cache = {k: v for k, v in self._cache.items() if k in live}
+        else:
+            self._cache.clear()
+        cached = {n for n in prompt if keys[n] in self._cache}
+        fail = self._take_failure()
+        fail_at: str | None = None
+        if fail is not None:
+            runs = [n for n in self._order(prompt, outputs, cached) if n not in cached]
+            if not runs:  # all cached: the save node runs again, to fail
+                cached -= set(outputs)
+                runs = self._order(prompt, outputs, cached)
+            fail_at = next(
+                (n for n in reversed(runs) if prompt[n]["class_type"] not in OUTPUT_NODES), runs[0]
+            )
+        order = self._order(prompt, outputs, cached)
         await emit(
-            "execution_cached", {"nodes": [], "prompt_id": prompt_id, "timestamp": _now_ms()}, True
-        )
-        order = self._order(prompt)
-        fail = self._fail_next
-        self._fail_next = None
-        fail_at = next(
-            (n for n in reversed(order) if prompt[n]["class_type"] not in OUTPUT_NODES), order[0]
+            "execution_cached",
+            {
+                "nodes": [n for n in prompt if n in cached],
+                "prompt_id": prompt_id,
+                "timestamp": _now_ms(),
+            },
+            True,
         )
         values: dict[str, Image.Image] = {}
+        for n in cached:
+            image = self._cache[keys[n]][0]
+            if image is not None:
+                values[n] = image
         results: dict[str, Any] = {}
         executed: list[str] = []
         node_id = order[0]
         status_str = "success"
         try:
             for node_id in order:
-                if self._interrupt:
-                    raise _Interrupted
+                if node_id in cached:  # only output nodes get here when cached
+                    output = self._cache[keys[node_id]][1]
+                    await emit(
+                        "executed",
+                        {
+                            "node": node_id,
+                            "display_node": node_id,
+                            "output": output,
+                            "prompt_id": prompt_id,
+                        },
+                    )
+                    if output is not None:
+                        results[node_id] = output
+                    await progress(node_id, 1, 1, "finished")
+                    continue
+                await progress(node_id, 0.0, 1.0, "running")
                 await emit(
                     "executing", {"node": node_id, "display_node": node_id, "prompt_id": prompt_id}
                 )
-                await self._delay(emit, prompt_id, node_id)
+                if self._interrupt:
+                    raise _Interrupted
+                await self._delay(progress, emit, prompt_id, node_id)
                 if fail is not None and node_id == fail_at:
                     raise _NodeFailed(*fail)
                 output = self._run_node(prompt[node_id], values, node_id)
                 executed.append(node_id)
+                if self.cache_enabled:
+                    self._cache[keys[node_id]] = (values.get(node_id), output)
                 if output is not None:
                     results[node_id] = output
                     await emit(
@@ -639,6 +1236,8 @@ class ComfyUIDouble:
                             "prompt_id": prompt_id,
                         },
                     )
+                done = states[node_id]["max"]
+                await progress(node_id, done, done, "finished")
             await emit("execution_success", {"prompt_id": prompt_id, "timestamp": _now_ms()}, True)
         except _Interrupted:
             status_str = "error"
@@ -659,9 +1258,9 @@ class ComfyUIDouble:
                 "executed": executed,
                 "exception_message": exc.message,
                 "exception_type": exc.exception_type,
-                "traceback": ["<traceback lines omitted>"],
-                "current_inputs": {},
-                "current_outputs": list(order),
+                "traceback": TRACEBACK,
+                "current_inputs": self._current_inputs(prompt[node_id]),
+                "current_outputs": list(prompt),
                 "timestamp": _now_ms(),
             }
             await emit("execution_error", data, True)
@@ -686,12 +1285,13 @@ class ComfyUIDouble:
         await self._broadcast_status()
         await emit("executing", {"node": None, "prompt_id": prompt_id})
 
-    async def _delay(self, emit: Any, prompt_id: str, node_id: str) -> None:
+    async def _delay(self, progress: Progress, emit: Emit, prompt_id: str, node_id: str) -> None:
         if self.execution_delay <= 0:
             return
         steps = 4
         for step in range(1, steps + 1):
             await asyncio.sleep(self.execution_delay / steps)
+            await progress(node_id, step, steps, "running")
             await emit(
                 "progress", {"value": step, "max": steps, "prompt_id": prompt_id, "node": node_id}
             )
@@ -699,20 +1299,73 @@ class ComfyUIDouble:
                 raise _Interrupted
 
     @staticmethod
-    def _order(prompt: dict[str, Any]) -> list[str]:
-        order: list[str] = []
+    def _current_inputs(node: dict[str, Any]) -> dict[str, list[Any]]:
+        """The failing node's inputs as ComfyUI formats them (a linked image is a tensor)."""
+        return {
+            name: ["tensor(<image omitted>)"] if isinstance(value, list) else [value]
+            for name, value in (node.get("inputs") or {}).items()
+        }
 
-        def visit(node_id: str) -> None:
-            if node_id in order:
-                return
-            for value in (prompt[node_id].get("inputs") or {}).values():
-                if isinstance(value, list) and len(value) == 2 and str(value[0]) in prompt:
-                    visit(str(value[0]))
-            order.append(node_id)
+    def _cache_keys(self, prompt: dict[str, Any]) -> dict[str, str]:
+        """Each node's cache key: its class, its inputs and its ancestors' keys.
+
+        LoadImage's key includes the file's hash (its IS_CHANGED); node ids are not part of it.
+        """
+        keys: dict[str, str] = {}
+
+        def key(node_id: str, path: frozenset[str]) -> str:
+            if node_id in keys:
+                return keys[node_id]
+            node = prompt[node_id]
+            parts: list[Any] = []
+            for name, value in sorted((node.get("inputs") or {}).items()):
+                if (
+                    isinstance(value, list)
+                    and len(value) == 2
+                    and str(value[0]) in prompt
+                    and str(value[0]) not in path
+                ):
+                    parts.append([name, key(str(value[0]), path | {node_id}), value[1]])
+                else:
+                    parts.append([name, value])
+            changed = self._file_hash(node) if node["class_type"] == "LoadImage" else None
+            text = json.dumps([node["class_type"], changed, parts], sort_keys=True, default=str)
+            keys[node_id] = hashlib.sha256(text.encode()).hexdigest()
+            return keys[node_id]
 
         for node_id in prompt:
-            if prompt[node_id]["class_type"] in OUTPUT_NODES:
-                visit(node_id)
+            key(node_id, frozenset())
+        return keys
+
+    def _file_hash(self, node: dict[str, Any]) -> str:
+        path = _safe_join(self.dirs["input"], str((node.get("inputs") or {}).get("image", "")))
+        if path is None or not path.is_file():
+            return ""
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    @staticmethod
+    def _order(
+        prompt: dict[str, Any], outputs: list[str], cached: set[str] | None = None
+    ) -> list[str]:
+        """Nodes to visit, inputs first; a cached node's inputs are not needed."""
+        cached = cached or set()
+        order: list[str] = []
+        visiting: set[str] = set()
+
+        def visit(node_id: str) -> None:
+            if node_id in order or node_id in visiting:
+                return
+            visiting.add(node_id)
+            if node_id not in cached:
+                for value in (prompt[node_id].get("inputs") or {}).values():
+                    if isinstance(value, list) and len(value) == 2:
+                        source = str(value[0])
+                        if source in prompt and source not in cached:
+                            visit(source)
+            order.append(node_id)
+
+        for node_id in outputs:
+            visit(node_id)
         return order
 
     def _run_node(
@@ -740,6 +1393,18 @@ class ComfyUIDouble:
             scale = float(inputs["scale_by"])
             size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
             values[node_id] = image.resize(size, Image.Resampling.LANCZOS)
+        elif kind == "ImageBlur":
+            blur = ImageFilter.GaussianBlur(radius=int(inputs["blur_radius"]))
+            values[node_id] = linked("image").filter(blur)
+        elif kind == "ImageSharpen":
+            # ComfyUI: x + 10 * alpha * (x - gaussian(x)), the Gaussian's sigma being
+            # sigma * sharpen_radius pixels; UnsharpMask's percent is that factor.
+            sharpen = ImageFilter.UnsharpMask(
+                radius=int(inputs["sharpen_radius"]) * float(inputs["sigma"]),
+                percent=round(float(inputs["alpha"]) * 1000),
+                threshold=0,
+            )
+            values[node_id] = linked("image").filter(sharpen)
         elif kind in OUTPUT_NODES:
             kind_dir = "output" if kind == "SaveImage" else "temp"
             prefix = (
@@ -763,4 +1428,6 @@ class ComfyUIDouble:
             linked("images").save(buffer, "PNG")
             (folder / name).write_bytes(buffer.getvalue())
             return {"images": [{"filename": name, "subfolder": subfolder, "type": kind_dir}]}
+        else:  # model loaders and VAE nodes are listed and validated only
+            raise _NodeFailed("RuntimeError", f"ComfyUIDouble does not run {kind}\n")
         return None

@@ -1,0 +1,553 @@
+"""ComfyUIDouble's nodes and fault knobs, driven over real HTTP and WebSocket."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import io
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import websockets
+from PIL import Image, ImageFilter
+
+from comfygram.comfyui import (
+    ComfyUIClient,
+    ComfyUIUnavailable,
+    ExecutionFailed,
+    OutputImage,
+    PromptRejected,
+    explain_rejection,
+)
+from comfygram.presets import compatibility_problems, load_preset
+from tests.doubles.comfyui import OOM_MESSAGE, ComfyUIDouble
+
+BUILTIN = Path(__file__).parent.parent / "src" / "comfygram" / "presets" / "builtin"
+CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
+MODELS = {
+    "checkpoints": [CHECKPOINT],
+    "diffusion_models": ["flux1-dev-kontext_fp8_scaled.safetensors"],
+    "unet": ["qwen_image_edit_fp8_e4m3fn.safetensors"],  # merged into diffusion_models
+    "vae": ["ae.safetensors"],
+    "text_encoders": ["clip_l.safetensors"],
+    "clip": ["t5xxl_fp8_e4m3fn_scaled.safetensors"],  # merged into text_encoders
+}
+
+
+@pytest.fixture
+async def comfy(tmp_path: Path) -> AsyncIterator[ComfyUIDouble]:
+    double = ComfyUIDouble(tmp_path / "comfyui")
+    await double.start()
+    yield double
+    await double.stop()
+
+
+@pytest.fixture
+async def client(comfy: ComfyUIDouble) -> AsyncIterator[ComfyUIClient]:
+    async with ComfyUIClient(comfy.url, uuid.uuid4().hex, timeout=5.0) as c:
+        yield c
+
+
+def noise_png(size: tuple[int, int] = (32, 24)) -> bytes:
+    buffer = io.BytesIO()
+    Image.effect_noise(size, 60).convert("RGB").save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def workflow(image: str, middle: dict[str, Any], prefix: str = "jobs/out") -> dict[str, Any]:
+    """LoadImage (1) -> one node (2) -> SaveImage (3)."""
+    return {
+        "1": {"class_type": "LoadImage", "inputs": {"image": image}},
+        "2": {**middle, "inputs": {"image": ["1", 0], **middle.get("inputs", {})}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": prefix}},
+    }
+
+
+INVERT = {"class_type": "ImageInvert"}
+
+
+def soon() -> float:
+    return time.monotonic() + 5.0
+
+
+async def run(client: ComfyUIClient, prompt: dict[str, Any]) -> tuple[str, list[OutputImage]]:
+    prompt_id = str(uuid.uuid4())
+    await client.submit(prompt, prompt_id)
+    return prompt_id, await client.wait(prompt_id, deadline=soon())
+
+
+async def fails(client: ComfyUIClient, prompt: dict[str, Any]) -> ExecutionFailed:
+    prompt_id = str(uuid.uuid4())
+    await client.submit(prompt, prompt_id)
+    with pytest.raises(ExecutionFailed) as caught:
+        await client.wait(prompt_id, deadline=soon())
+    return caught.value
+
+
+async def rejected(client: ComfyUIClient, prompt: dict[str, Any]) -> PromptRejected:
+    with pytest.raises(PromptRejected) as caught:
+        await client.submit(prompt, str(uuid.uuid4()))
+    return caught.value
+
+
+async def upload(client: ComfyUIClient, data: bytes | None = None) -> str:
+    return await client.upload_image(data or noise_png(), f"{uuid.uuid4().hex}.png")
+
+
+def cached_nodes(entry: dict[str, Any]) -> list[str]:
+    messages = dict((kind, data) for kind, data in entry["status"]["messages"])
+    return messages["execution_cached"]["nodes"]
+
+
+# -- nodes --------------------------------------------------------------------------------------
+
+
+async def test_blur_matches_pillow_gaussian_blur(client: ComfyUIClient) -> None:
+    data = noise_png()
+    name = await upload(client, data)
+    blur = {"class_type": "ImageBlur", "inputs": {"blur_radius": 2, "sigma": 1.0}}
+    _, images = await run(client, workflow(name, blur))
+    result = Image.open(io.BytesIO(await client.download(images[0]))).convert("RGB")
+    original = Image.open(io.BytesIO(data)).convert("RGB")
+    assert result.tobytes() != original.tobytes()
+    assert result.tobytes() == original.filter(ImageFilter.GaussianBlur(radius=2)).tobytes()
+
+
+async def test_blur_inputs_are_listed_and_checked(client: ComfyUIClient) -> None:
+    info = (await client.object_info("ImageBlur"))["ImageBlur"]
+    assert info["input"]["required"] == {
+        "image": ["IMAGE"],
+        "blur_radius": ["INT", {"default": 1, "min": 1, "max": 31, "step": 1}],
+        "sigma": ["FLOAT", {"default": 1.0, "min": 0.1, "max": 10.0, "step": 0.1}],
+    }
+    assert info["category"] == "image/postprocessing"
+    name = await upload(client)
+    too_big = {"class_type": "ImageBlur", "inputs": {"blur_radius": 40, "sigma": 1.0}}
+    error = (await rejected(client, workflow(name, too_big))).body["node_errors"]["2"]
+    assert error["errors"][0]["type"] == "value_bigger_than_max"
+    assert error["errors"][0]["message"] == "Value 40 bigger than max of 31"
+    assert error["dependent_outputs"] == ["3"]
+    not_a_number = {"class_type": "ImageBlur", "inputs": {"blur_radius": 2, "sigma": "abc"}}
+    error = (await rejected(client, workflow(name, not_a_number))).body["node_errors"]["2"]
+    assert error["errors"][0]["details"] == "sigma, abc, could not convert string to float: 'abc'"
+
+
+async def test_sharpen_preset_is_compatible_and_runs(client: ComfyUIClient) -> None:
+    preset = load_preset(BUILTIN / "sharpen")
+    assert compatibility_problems(preset, await client.object_info()) == []
+    data = noise_png()
+    prompt = copy.deepcopy(preset.workflow)
+    prompt[preset.image_input.node]["inputs"][preset.image_input.input] = await upload(client, data)
+    prompt[preset.output.node]["inputs"]["filename_prefix"] = f"jobs/{uuid.uuid4().hex}"
+    _, images = await run(client, prompt)
+    result = Image.open(io.BytesIO(await client.download(images[0]))).convert("RGB")
+    assert result.size == (32, 24)
+    assert result.tobytes() != Image.open(io.BytesIO(data)).convert("RGB").tobytes()
+
+
+# -- models and node types ----------------------------------------------------------------------
+
+
+async def test_loaders_list_the_model_files(comfy: ComfyUIDouble, client: ComfyUIClient) -> None:
+    comfy.models = MODELS
+    info = await client.object_info()
+    assert info["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"] == [
+        [CHECKPOINT],
+        {"tooltip": "The name of the checkpoint (model) to load."},
+    ]
+    assert info["CheckpointLoaderSimple"]["output"] == ["MODEL", "CLIP", "VAE"]
+    unet = info["UNETLoader"]["input"]["required"]
+    assert unet["unet_name"] == [
+        ["flux1-dev-kontext_fp8_scaled.safetensors", "qwen_image_edit_fp8_e4m3fn.safetensors"]
+    ]
+    assert unet["weight_dtype"] == [["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"]]
+    assert info["VAELoader"]["input"]["required"]["vae_name"] == [["ae.safetensors", "pixel_space"]]
+    encoders = ["clip_l.safetensors", "t5xxl_fp8_e4m3fn_scaled.safetensors"]
+    clip = info["CLIPLoader"]["input"]
+    assert clip["required"]["clip_name"] == [encoders]
+    assert "qwen_image" in clip["required"]["type"][0]
+    assert clip["optional"]["device"] == [["default", "cpu"], {"advanced": True}]
+    assert info["CLIPLoader"]["input_order"] == {
+        "required": ["clip_name", "type"],
+        "optional": ["device"],
+    }
+    dual = info["DualCLIPLoader"]["input"]["required"]
+    assert dual["clip_name1"] == dual["clip_name2"] == [encoders]
+    assert "flux" in dual["type"][0]
+    # The kontext preset finds all its model files; only its sampling nodes are missing here.
+    problems = compatibility_problems(load_preset(BUILTIN / "kontext"), info)
+    assert problems and all(p.startswith("node type ") for p in problems)
+    comfy.models = {**MODELS, "vae": []}
+    problems = compatibility_problems(load_preset(BUILTIN / "kontext"), await client.object_info())
+    assert any("ae.safetensors" in p for p in problems)
+
+
+def vae_roundtrip(image: str, ckpt_name: str) -> dict[str, Any]:
+    """Load a checkpoint, and pass the image through its VAE: the loader is validated."""
+    return {
+        "1": {"class_type": "LoadImage", "inputs": {"image": image}},
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt_name}},
+        "5": {"class_type": "VAEEncode", "inputs": {"pixels": ["1", 0], "vae": ["4", 2]}},
+        "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["4", 2]}},
+        "9": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "x"}},
+    }
+
+
+async def test_missing_model_is_value_not_in_list(
+    comfy: ComfyUIDouble, client: ComfyUIClient
+) -> None:
+    comfy.models = MODELS
+    name = await upload(client)
+    caught = await rejected(client, vae_roundtrip(name, "flux-kontext.safetensors"))
+    assert caught.body["node_errors"] == {
+        "4": {
+            "errors": [
+                {
+                    "type": "value_not_in_list",
+                    "message": "Value not in list",
+                    "details": f"ckpt_name: 'flux-kontext.safetensors' not in ['{CHECKPOINT}']",
+                    "extra_info": {
+                        "input_name": "ckpt_name",
+                        "input_config": [
+                            [CHECKPOINT],
+                            {"tooltip": "The name of the checkpoint (model) to load."},
+                        ],
+                        "received_value": "flux-kontext.safetensors",
+                    },
+                }
+            ],
+            "dependent_outputs": ["9"],
+            "class_type": "CheckpointLoaderSimple",
+        }
+    }
+    assert caught.body["error"]["type"] == "prompt_outputs_failed_validation"
+    assert explain_rejection(caught.body) == (
+        "ComfyUI rejected the workflow: node 4 (CheckpointLoaderSimple) needs the model file "
+        "'flux-kontext.safetensors' (ckpt_name), which is not installed; "
+        f"installed: '{CHECKPOINT}'."
+    )
+    # With the file listed the prompt is taken; the double does not run model nodes.
+    failure = await fails(client, vae_roundtrip(name, CHECKPOINT))
+    assert failure.node_type == "CheckpointLoaderSimple"
+
+
+async def test_long_model_list_is_not_sent_back(
+    comfy: ComfyUIDouble, client: ComfyUIClient
+) -> None:
+    comfy.models = {"checkpoints": [f"model-{i:02}.safetensors" for i in range(25)]}
+    caught = await rejected(client, vae_roundtrip(await upload(client), "missing.safetensors"))
+    error = caught.body["node_errors"]["4"]["errors"][0]
+    assert error["details"] == "ckpt_name: 'missing.safetensors' not in (list of length 25)"
+    assert error["extra_info"]["input_config"] is None
+    assert "not among the 25 installed files" in explain_rejection(caught.body)
+
+
+async def test_hidden_node_is_gone(comfy: ComfyUIDouble, client: ComfyUIClient) -> None:
+    comfy.hide_node("ImageInvert")
+    assert "ImageInvert" not in await client.object_info()
+    assert await client.object_info("ImageInvert") == {}
+    caught = await rejected(client, workflow(await upload(client), INVERT))
+    assert caught.body["error"] == {
+        "type": "invalid_prompt",
+        "message": "Cannot execute because node ImageInvert does not exist.",
+        "details": "Node ID '#2'",
+        "extra_info": {},
+    }
+    comfy.hidden_nodes.clear()
+    assert "ImageInvert" in await client.object_info()
+
+
+# -- runtime faults -----------------------------------------------------------------------------
+
+
+async def test_fail_times_fails_the_next_n_prompts(
+    comfy: ComfyUIDouble, client: ComfyUIClient
+) -> None:
+    comfy.fail_times(2, "RuntimeError", "boom\n")
+    for _ in range(2):
+        failure = await fails(client, workflow(await upload(client), INVERT))
+        assert (failure.exception_type, failure.exception_message) == ("RuntimeError", "boom")
+        assert (failure.node_id, failure.node_type) == ("2", "ImageInvert")
+    prompt_id, images = await run(client, workflow(await upload(client), INVERT))
+    assert len(images) == 1
+    assert len(comfy.executed_prompt_ids) == 3 and comfy.executed_prompt_ids[-1] == prompt_id
+
+
+async def test_fail_always_until_switched_off(comfy: ComfyUIDouble, client: ComfyUIClient) -> None:
+    comfy.fail_always("RuntimeError", "broken card")
+    for _ in range(2):
+        failure = await fails(client, workflow(await upload(client), INVERT))
+        assert failure.exception_message == "broken card"
+    comfy.fail_always(None)
+    assert len((await run(client, workflow(await upload(client), INVERT)))[1]) == 1
+
+
+async def test_out_of_memory_then_free_and_retry(
+    comfy: ComfyUIDouble, client: ComfyUIClient
+) -> None:
+    comfy.out_of_memory_next()
+    prompt = workflow(await upload(client), INVERT, prefix=f"jobs/{uuid.uuid4().hex}")
+    failure = await fails(client, prompt)
+    assert failure.out_of_memory
+    assert failure.exception_type == "torch.OutOfMemoryError"
+    assert failure.exception_message == OOM_MESSAGE.strip()
+    assert failure.exception_message.startswith("Allocation on device \nThis error means")
+    await client.free(unload_models=True, free_memory=True)
+    assert comfy.free_calls == [{"unload_models": True, "free_memory": True}]
+    # The same prompt again: the node before the failure is cached, the rest runs.
+    prompt_id, images = await run(client, prompt)
+    assert len(images) == 1
+    assert cached_nodes(await client.history(prompt_id) or {}) == ["1"]
+
+
+# -- HTTP faults --------------------------------------------------------------------------------
+
+
+async def test_dropped_request_gets_no_answer(comfy: ComfyUIDouble) -> None:
+    comfy.drop_http(times=1)
+    async with httpx.AsyncClient(timeout=5.0) as http:
+        with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
+            await http.get(f"{comfy.url}/system_stats")
+        assert (await http.get(f"{comfy.url}/system_stats")).status_code == 200
+    assert comfy.dropped_requests == ["/system_stats"]
+
+
+async def test_dropped_paths_make_the_client_see_unavailable(
+    comfy: ComfyUIDouble, client: ComfyUIClient
+) -> None:
+    comfy.drop_http(times=2, paths=["/prompt", "/history"])
+    assert (await client.system_stats()).version == "0.3.64"  # not a dropped path
+    with pytest.raises(ComfyUIUnavailable):
+        await client.submit(workflow(await upload(client), INVERT), str(uuid.uuid4()))
+    assert comfy.prompts_received == []  # the request never reached the route
+    with pytest.raises(ComfyUIUnavailable):
+        await client.history("some-id")
+    assert comfy.dropped_requests == ["/prompt", "/history/some-id"]
+    assert len((await run(client, workflow(await upload(client), INVERT)))[1]) == 1
+
+
+async def test_http_delay_slows_every_answer(comfy: ComfyUIDouble, client: ComfyUIClient) -> None:
+    comfy.http_delay = 0.1
+    started = time.monotonic()
+    await client.system_stats()
+    await client.queue()
+    assert time.monotonic() - started >= 0.2
+    comfy.http_delay = 0.0
+    started = time.monotonic()
+    await client.system_stats()
+    assert time.monotonic() - started < 0.1
+
+
+# -- output cache and occupancy -----------------------------------------------------------------
+
+
+def output_files(comfy: ComfyUIDouble) -> list[str]:
+    return sorted(p.name for p in comfy.dirs["output"].rglob("*.png"))
+
+
+async def test_identical_prompt_is_cached(comfy: ComfyUIDouble, client: ComfyUIClient) -> None:
+    name = await upload(client)
+    first_id, first = await run(client, workflow(name, INVERT, prefix="jobs/a"))
+    assert first == [OutputImage("a_00001_.png", "jobs", "output")]
+    assert cached_nodes(await client.history(first_id) or {}) == []
+
+    again_id, again = await run(client, workflow(name, INVERT, prefix="jobs/a"))
+    assert again == first  # the earlier file, not a new one
+    assert output_files(comfy) == ["a_00001_.png"]
+    entry = await client.history(again_id) or {}
+    assert cached_nodes(entry) == ["1", "2", "3"]
+    assert entry["outputs"] == {
+        "3": {"images": [{"filename": "a_00001_.png", "subfolder": "jobs", "type": "output"}]}
+    }
+
+    other_id, other = await run(client, workflow(name, INVERT, prefix="jobs/b"))
+    assert other == [OutputImage("b_00001_.png", "jobs", "output")]
+    assert cached_nodes(await client.history(other_id) or {}) == ["1", "2"]
+
+    comfy.cache_enabled = False
+    _, uncached = await run(client, workflow(name, INVERT, prefix="jobs/b"))
+    assert uncached == [OutputImage("b_00002_.png", "jobs", "output")]
+
+
+async def test_new_image_bytes_under_the_same_name_are_not_cached(client: ComfyUIClient) -> None:
+    await client.upload_image(noise_png(), "same.png")
+    await run(client, workflow("same.png", INVERT, prefix="jobs/c"))
+    await client.upload_image(noise_png(), "same.png")  # overwrite: new bytes
+    prompt_id, images = await run(client, workflow("same.png", INVERT, prefix="jobs/c"))
+    assert images == [OutputImage("c_00002_.png", "jobs", "output")]
+    assert cached_nodes(await client.history(prompt_id) or {}) == []
+
+
+async def test_timeline_records_each_prompt(comfy: ComfyUIDouble, client: ComfyUIClient) -> None:
+    first, _ = await run(client, workflow(await upload(client), INVERT))
+    second, _ = await run(client, workflow(await upload(client), INVERT))
+    assert comfy.executed_prompt_ids == [first, second]
+    assert [(event, pid, cid) for _, event, pid, cid in comfy.timeline] == [
+        ("start", first, client.client_id),
+        ("end", first, client.client_id),
+        ("start", second, client.client_id),
+        ("end", second, client.client_id),
+    ]
+    times = [t for t, *_ in comfy.timeline]
+    assert times == sorted(times)
+
+
+# -- WebSocket sequences, as recorded -----------------------------------------------------------
+
+RECORDED_FIRST_RUN = [
+    ("status", None),
+    ("status", None),
+    ("execution_start", None),
+    ("execution_cached", None),
+    ("progress_state", None),
+    ("executing", "1"),
+    ("progress_state", None),
+    ("progress_state", None),
+    ("executing", "2"),
+    ("progress_state", None),
+    ("progress_state", None),
+    ("executing", "3"),
+    ("executed", "3"),
+    ("progress_state", None),
+    ("execution_success", None),
+    ("status", None),
+    ("executing", None),
+]
+RECORDED_CACHED = [
+    ("execution_start", None),
+    ("execution_cached", None),
+    ("executed", "3"),
+    ("progress_state", None),
+    ("execution_success", None),
+    ("executing", None),
+]
+RECORDED_PREFIX_ESCAPES = [  # the error is raised by SaveImage (node 3)
+    ("execution_start", None),
+    ("execution_cached", None),
+    ("progress_state", None),
+    ("executing", "1"),
+    ("progress_state", None),
+    ("progress_state", None),
+    ("executing", "2"),
+    ("progress_state", None),
+    ("progress_state", None),
+    ("executing", "3"),
+    ("execution_error", None),
+    ("executing", None),
+]
+
+
+def kinds(messages: list[dict[str, Any]], prompt_only: bool = False) -> list[tuple[str, Any]]:
+    """(type, node) pairs; ``prompt_only`` keeps the messages that name a prompt."""
+    return [
+        (m["type"], m["data"].get("node") if m["type"] in ("executing", "executed") else None)
+        for m in messages
+        if not prompt_only or "prompt_id" in m["data"]
+    ]
+
+
+async def listen(
+    comfy: ComfyUIDouble,
+    client_id: str,
+    action: Callable[[websockets.ClientConnection], Awaitable[None]],
+) -> list[dict[str, Any]]:
+    """Messages on ``client_id``'s socket from ``action`` until a prompt ends."""
+    async with websockets.connect(f"ws://127.0.0.1:{comfy.port}/ws?clientId={client_id}") as ws:
+        assert [json.loads(await ws.recv())["type"] for _ in range(2)] == [
+            "status",
+            "feature_flags",
+        ]
+        await action(ws)
+        messages: list[dict[str, Any]] = []
+        async with asyncio.timeout(5):
+            while (
+                not messages or messages[-1]["type"] != "executing" or messages[-1]["data"]["node"]
+            ):
+                messages.append(json.loads(await ws.recv()))
+        return messages
+
+
+async def test_success_and_cached_sequences(comfy: ComfyUIDouble, client: ComfyUIClient) -> None:
+    prompt = workflow(await upload(client), INVERT)
+
+    async def submit(ws: websockets.ClientConnection) -> None:
+        await client.submit(prompt, str(uuid.uuid4()))
+
+    first = await listen(comfy, client.client_id, submit)
+    assert kinds(first) == RECORDED_FIRST_RUN
+    states = [m["data"]["nodes"] for m in first if m["type"] == "progress_state"]
+    assert states[0] == {
+        "1": {
+            "value": 0.0,
+            "max": 1.0,
+            "state": "running",
+            "node_id": "1",
+            "prompt_id": first[2]["data"]["prompt_id"],
+            "display_node_id": "1",
+            "parent_node_id": None,
+            "real_node_id": "1",
+        }
+    }
+    assert [n["state"] for n in states[-1].values()] == ["finished"] * 3
+    again = await listen(comfy, client.client_id, submit)
+    assert kinds(again, prompt_only=True) == RECORDED_CACHED
+    again_id = next(m["data"]["prompt_id"] for m in again if "prompt_id" in m["data"])
+    state = next(m["data"] for m in again if m["type"] == "progress_state")
+    assert state == {
+        "prompt_id": again_id,
+        "nodes": {
+            "3": {
+                **states[-1]["3"],
+                "value": 1,
+                "max": 1,
+                "prompt_id": again_id,
+            }
+        },
+    }
+
+
+async def test_error_sequence(client: ComfyUIClient, comfy: ComfyUIDouble) -> None:
+    prompt = workflow(await upload(client), INVERT, prefix="../escape")
+
+    async def submit(ws: websockets.ClientConnection) -> None:
+        await client.submit(prompt, str(uuid.uuid4()))
+
+    messages = await listen(comfy, client.client_id, submit)
+    assert kinds(messages, prompt_only=True) == RECORDED_PREFIX_ESCAPES
+    error = next(m["data"] for m in messages if m["type"] == "execution_error")
+    assert (error["node_id"], error["node_type"], error["executed"]) == (
+        "3",
+        "SaveImage",
+        ["1", "2"],
+    )
+    assert error["current_inputs"]["filename_prefix"] == ["../escape"]
+
+
+async def test_interrupt_sequence(client: ComfyUIClient, comfy: ComfyUIDouble) -> None:
+    comfy.execution_delay = 0.1
+    prompt = workflow(await upload(client), INVERT)
+    prompt_id = str(uuid.uuid4())
+
+    async def submit_then_interrupt(ws: websockets.ClientConnection) -> None:
+        await client.submit(prompt, prompt_id)
+        async with asyncio.timeout(5):
+            while True:
+                message = json.loads(await ws.recv())
+                if message["type"] == "executing" and message["data"]["node"] == "2":
+                    break
+        await client.interrupt(prompt_id)
+
+    messages = await listen(comfy, client.client_id, submit_then_interrupt)
+    assert kinds(messages, prompt_only=True)[-2:] == [
+        ("execution_interrupted", None),
+        ("executing", None),
+    ]
+    interrupted = next(m["data"] for m in messages if m["type"] == "execution_interrupted")
+    assert (interrupted["node_id"], interrupted["node_type"]) == ("2", "ImageInvert")
+    assert interrupted["executed"] == ["1"]
