@@ -124,6 +124,30 @@ class Payment(BaseModel):
     balance: int
 
 
+class Stats(BaseModel):
+    users: int
+    users_today: int
+    jobs_today: dict[str, int]
+    queued: int
+    processing: int
+    revenue_today: int
+    revenue_total: int
+    credits_sold_total: int
+    currency: str
+
+
+class QueuedJob(BaseModel):
+    id: str
+    preset: str
+    position: int
+
+
+class RunTimes(BaseModel):
+    median_seconds: float | None
+    presets: dict[str, float]
+    workers: int
+
+
 class BackendClient:
     """``base_url`` is BACKEND_URL (bot) or BACKEND_API_URL (worker)."""
 
@@ -332,3 +356,32 @@ class BackendClient:
             "ttl_seconds": ttl_seconds,
         }
         await self._call("PUT", f"/api/workers/{name}", json=body)
+
+    # -- bot: profile changes and operator numbers -------------------------------------------
+
+    async def update_user(
+        self,
+        telegram_id: int,
+        *,
+        language_code: str | None = None,
+        blocked_bot: bool | None = None,
+    ) -> User:
+        """Store the /lang choice and/or whether the user blocked the bot (None: unchanged)."""
+        body: dict[str, Any] = {}
+        if language_code is not None:
+            body["language_code"] = language_code
+        if blocked_bot is not None:
+            body["blocked_bot"] = blocked_bot
+        path = f"/api/users/by-telegram-id/{telegram_id}"
+        return User.model_validate(await self._json("PATCH", path, json=body))
+
+    async def stats(self) -> Stats:
+        return Stats.model_validate(await self._json("GET", "/api/stats"))
+
+    async def run_times(self) -> RunTimes:
+        return RunTimes.model_validate(await self._json("GET", "/api/stats/run-times"))
+
+    async def queue(self) -> list[QueuedJob]:
+        """Every queued job with its position (1 = next to run)."""
+        body = await self._json("GET", "/api/stats/queue")
+        return [QueuedJob.model_validate(row) for row in body["jobs"]]

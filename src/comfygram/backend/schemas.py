@@ -298,3 +298,15 @@ class RunTimesOut(BaseModel):
     median_seconds: float | None
     presets: dict[str, float]
     workers: int
+
+
+class QueuedJobOut(BaseModel):
+    id: str
+    preset: str
+    position: int
+
+
+class QueueOut(BaseModel):
+    """Every queued job in the order workers take them (1 = next), for live positions."""
+
+    jobs: list[QueuedJobOut]

@@ -6,10 +6,10 @@ from dataclasses import asdict
 
 from fastapi import APIRouter
 
-from comfygram.backend import stats
+from comfygram.backend import jobs, stats
 from comfygram.backend.deps import SessionDep, WorkersDep
 from comfygram.backend.payments import CURRENCY
-from comfygram.backend.schemas import RunTimesOut, StatsOut
+from comfygram.backend.schemas import QueuedJobOut, QueueOut, RunTimesOut, StatsOut
 
 router = APIRouter(prefix="/api/stats", tags=["stats"])
 
@@ -27,3 +27,15 @@ async def run_times(session: SessionDep, workers: WorkersDep) -> RunTimesOut:
     overall, presets = await stats.median_run_seconds(session)
     live = [w for w in await workers.live() if w.healthy]
     return RunTimesOut(median_seconds=overall, presets=presets, workers=len(live))
+
+
+@router.get("/queue", response_model=QueueOut)
+async def queue(session: SessionDep) -> QueueOut:
+    """Every queued job with its position, in one query: what the bot's status messages show."""
+    rows = await jobs.queued(session)
+    return QueueOut(
+        jobs=[
+            QueuedJobOut(id=job.id, preset=job.preset_slug, position=number)
+            for number, job in enumerate(rows, start=1)
+        ]
+    )
