@@ -46,6 +46,21 @@ def _worker(settings: Settings, _args: argparse.Namespace) -> None:
     asyncio.run(run_worker(settings))
 
 
+def _bot(settings: Settings, _args: argparse.Namespace) -> None:
+    from comfygram.bot import BotRuntime
+
+    if settings.webhook_url:
+        raise ConfigError(
+            "WEBHOOK_URL is set: the backend receives the updates (comfygram backend); "
+            "unset it to run the bot with long polling"
+        )
+
+    async def poll() -> None:
+        await BotRuntime(settings).run_polling()
+
+    asyncio.run(poll())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="comfygram", description="A paid AI photo-editing service on Telegram."
@@ -59,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = commands.add_parser("worker", help="run jobs on one ComfyUI (COMFYUI_URL)")
     worker.set_defaults(handler=_worker)
+
+    bot = commands.add_parser("bot", help="run the Telegram bot with long polling")
+    bot.set_defaults(handler=_bot)
 
     migrate = commands.add_parser("migrate", help="apply database migrations and exit")
     migrate.set_defaults(handler=_migrate)

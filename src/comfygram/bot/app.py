@@ -1,0 +1,293 @@
+"""Assembling the bot: the dispatcher with its routers and middlewares, and a runtime that
+receives updates by long polling (``comfygram bot``) or from the backend's ``POST /webhook``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from aiogram import Bot, Dispatcher, F, Router
+from aiogram.enums import ChatType
+from aiogram.exceptions import TelegramAPIError
+from aiogram.fsm.storage.base import DefaultKeyBuilder
+from aiogram.fsm.storage.redis import RedisStorage
+from aiogram.types import BotCommand, BotCommandScopeChat, BotCommandScopeDefault, Update
+from redis.asyncio import Redis
+
+from comfygram.api import BackendClient
+from comfygram.bot.catalog import PresetCatalog
+from comfygram.bot.keys import bot_key
+from comfygram.bot.languages import LanguageStore
+from comfygram.bot.middlewares import (
+    BackendMiddleware,
+    DedupeMiddleware,
+    LanguageMiddleware,
+    ThrottlingMiddleware,
+)
+from comfygram.bot.orders import Orders
+from comfygram.bot.pending import PendingPayments
+from comfygram.bot.routers import account, admin, errors, fallback, jobs, payments, photos, start
+from comfygram.bot.sources import SourceStore
+from comfygram.bot.status import Eta, QueueTracker
+from comfygram.i18n import t
+from comfygram.queue import connect_redis
+from comfygram.settings import Settings
+from comfygram.telegram import RateBudget, TelegramSender, create_bot
+
+log = logging.getLogger(__name__)
+
+# The command menu (setMyCommands), in this order; admins see ADMIN_COMMANDS as well.
+COMMANDS = (
+    "start",
+    "presets",
+    "balance",
+    "buy",
+    "history",
+    "cancel",
+    "lang",
+    "help",
+    "terms",
+    "paysupport",
+)
+ADMIN_COMMANDS = ("stats", "user", "grant")
+# Abandoned conversations (a preset chosen, the photo never sent) expire after a week.
+FSM_TTL_SECONDS = 7 * 24 * 3600
+# Flood control per user: a burst of this many messages, then one per second (or 2 presses).
+MESSAGE_BURST, MESSAGE_RATE = 5, 1.0
+PRESS_BURST, PRESS_RATE = 8, 2.0
+# Webhook updates handled at once per process; more wait (Telegram already has its 200).
+WEBHOOK_CONCURRENCY = 64
+
+
+def create_dispatcher(
+    settings: Settings,
+    redis: Redis,
+    *,
+    bot: Bot,
+    backend: BackendClient,
+    tg: TelegramSender,
+    storage_redis: Redis | None = None,
+    status_interval: float = 5.0,
+    payments_interval: float = 10.0,
+) -> Dispatcher:
+    """The dispatcher with every router and middleware; its state lives in Redis.
+
+    ``storage_redis`` is the FSM storage's own connection (closed with the dispatcher);
+    ``redis`` serves the middlewares and stores and is left to the caller to close.
+    """
+    prefix = settings.redis_prefix
+    storage = RedisStorage(
+        storage_redis or connect_redis(settings),
+        key_builder=DefaultKeyBuilder(prefix=bot_key(prefix, "fsm")),
+        state_ttl=FSM_TTL_SECONDS,
+        data_ttl=FSM_TTL_SECONDS,
+    )
+    eta = Eta(backend)
+    tracker = QueueTracker(redis, prefix, backend, tg, eta, interval=status_interval)
+    languages = LanguageStore(redis, prefix, backend)
+    dispatcher = Dispatcher(
+        storage=storage,
+        settings=settings,
+        tg=tg,
+        languages=languages,
+        catalog=PresetCatalog(backend),
+        sources=SourceStore(redis, prefix),
+        tracker=tracker,
+        pending=PendingPayments(redis, prefix, backend, tg, interval=payments_interval),
+        orders=Orders(bot, backend, tg, redis, prefix, settings, tracker, eta),
+    )
+    dispatcher.update.outer_middleware(DedupeMiddleware(redis, prefix))
+    dispatcher.update.outer_middleware(BackendMiddleware(backend))
+    dispatcher.update.outer_middleware(LanguageMiddleware(languages))
+    dispatcher.message.outer_middleware(
+        ThrottlingMiddleware(redis, prefix, "message", MESSAGE_BURST, MESSAGE_RATE)
+    )
+    dispatcher.callback_query.outer_middleware(
+        ThrottlingMiddleware(redis, prefix, "press", PRESS_BURST, PRESS_RATE)
+    )
+
+    # The bot is a private-chat bot: messages in groups it was added to are ignored.
+    private = Router(name="private")
+    private.message.filter(F.chat.type == ChatType.PRIVATE)
+    private.include_routers(
+        start.create_router(),
+        admin.create_router(settings.admin_telegram_ids),
+        account.create_router(),
+        payments.create_router(),
+        jobs.create_router(),
+        photos.create_router(),
+        fallback.create_router(),
+    )
+    dispatcher.include_routers(errors.create_router(), private)
+    return dispatcher
+
+
+class BotRuntime:
+    """One process's bot: Bot, Dispatcher, backend client and the background loops.
+
+    ``run_polling()`` for ``comfygram bot``; ``start_webhook()``, ``feed()`` and ``close()``
+    for the backend, which receives updates at ``POST /webhook``.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        backend: BackendClient | None = None,
+        status_interval: float = 5.0,
+        payments_interval: float = 10.0,
+    ) -> None:
+        settings.require("bot_token", "api_token")
+        assert settings.api_token is not None
+        self.settings = settings
+        self.redis = connect_redis(settings)
+        self.bot = create_bot(settings)
+        self.backend = backend or BackendClient(
+            settings.backend_url, settings.api_token.get_secret_value()
+        )
+        budget = RateBudget(
+            self.redis,
+            settings.redis_prefix,
+            edit_interval=settings.telegram_edit_interval,
+            global_rate=settings.telegram_global_rate,
+        )
+        self.tg = TelegramSender(self.bot, budget)
+        self.dispatcher = create_dispatcher(
+            settings,
+            self.redis,
+            bot=self.bot,
+            backend=self.backend,
+            tg=self.tg,
+            status_interval=status_interval,
+            payments_interval=payments_interval,
+        )
+        self._loops: list[asyncio.Task[Any]] = []
+        self._updates: set[asyncio.Task[Any]] = set()
+        self._slots = asyncio.Semaphore(WEBHOOK_CONCURRENCY)
+
+    @property
+    def allowed_updates(self) -> list[str]:
+        """Exactly the update types some handler takes."""
+        return self.dispatcher.resolve_used_update_types()
+
+    # -- both modes -----------------------------------------------------------------------
+
+    async def set_commands(self) -> None:
+        """The command menu in English (the default) and Russian; admins get theirs too."""
+        for code in (None, "ru"):
+            await self.bot.set_my_commands(
+                self._commands(code or "en", COMMANDS),
+                scope=BotCommandScopeDefault(),
+                language_code=code,
+            )
+        for admin_id in self.settings.admin_telegram_ids:
+            for code in (None, "ru"):
+                # Fails for an admin who never opened the bot; the commands work regardless.
+                with contextlib.suppress(TelegramAPIError):
+                    await self.bot.set_my_commands(
+                        self._commands(code or "en", COMMANDS + ADMIN_COMMANDS),
+                        scope=BotCommandScopeChat(chat_id=admin_id),
+                        language_code=code,
+                    )
+
+    @staticmethod
+    def _commands(lang: str, names: tuple[str, ...]) -> list[BotCommand]:
+        return [
+            BotCommand(command=name, description=t(lang, f"bot.commands.{name}")) for name in names
+        ]
+
+    def start_loops(self) -> None:
+        """Queue positions on status messages, and payments waiting for the backend."""
+        if self._loops:
+            return
+        tracker: QueueTracker = self.dispatcher["tracker"]
+        pending: PendingPayments = self.dispatcher["pending"]
+        self._loops = [
+            asyncio.create_task(tracker.run(), name="bot-status"),
+            asyncio.create_task(pending.run(), name="bot-pending-payments"),
+        ]
+
+    async def close(self) -> None:
+        for task in self._loops:
+            task.cancel()
+        for task in self._loops:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._loops = []
+        if self._updates:
+            # Let updates in flight finish (their effects are idempotent, but half-told is rude).
+            await asyncio.wait(list(self._updates), timeout=10)
+        await self.dispatcher.storage.close()
+        await self.backend.aclose()
+        await self.bot.session.close()
+        await self.redis.aclose()
+
+    # -- long polling -----------------------------------------------------------------------
+
+    async def run_polling(self, *, handle_signals: bool = True) -> None:
+        """Until SIGINT/SIGTERM (or ``stop()``). Polling and a webhook exclude each other, so
+        the webhook is deleted first."""
+        await self.bot.delete_webhook(drop_pending_updates=False)
+        await self.set_commands()
+        self.start_loops()
+        try:
+            await self.dispatcher.start_polling(
+                self.bot,
+                allowed_updates=self.allowed_updates,
+                tasks_concurrency_limit=WEBHOOK_CONCURRENCY,
+                handle_signals=handle_signals,
+                close_bot_session=False,
+            )
+        finally:
+            await self.close()
+
+    async def stop(self) -> None:
+        """End ``run_polling()``."""
+        await self.dispatcher.stop_polling()
+
+    # -- webhook ----------------------------------------------------------------------------
+
+    async def start_webhook(self) -> None:
+        """Point Telegram at WEBHOOK_URL with the secret; retried in the background until
+        Telegram answers, so the backend starts even when Telegram is unreachable."""
+        self.settings.require("webhook_url", "webhook_secret")
+        self.start_loops()
+        self._loops.append(asyncio.create_task(self._set_webhook(), name="bot-set-webhook"))
+
+    async def _set_webhook(self) -> None:
+        assert self.settings.webhook_url is not None and self.settings.webhook_secret is not None
+        delay = 1.0
+        while True:
+            try:
+                await self.bot.set_webhook(
+                    self.settings.webhook_url,
+                    secret_token=self.settings.webhook_secret.get_secret_value(),
+                    allowed_updates=self.allowed_updates,
+                )
+                await self.set_commands()
+            except (TelegramAPIError, OSError, TimeoutError) as exc:
+                log.warning("setWebhook failed (%s); retrying in %.0f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 60.0)
+                continue
+            log.info("webhook set; receiving %s", ", ".join(self.allowed_updates))
+            return
+
+    def parse(self, raw: dict[str, Any]) -> Update:
+        """The update as aiogram's model (raises pydantic's ValidationError when malformed)."""
+        return Update.model_validate(raw, context={"bot": self.bot})
+
+    def feed(self, update: Update) -> None:
+        """Handle the update in the background: the webhook answers Telegram at once."""
+        task = asyncio.create_task(self._handle(update), name=f"update-{update.update_id}")
+        self._updates.add(task)
+        task.add_done_callback(self._updates.discard)
+
+    async def _handle(self, update: Update) -> None:
+        async with self._slots:
+            try:
+                await self.dispatcher.feed_update(self.bot, update)
+            except Exception:
+                log.exception("update %s failed", update.update_id)

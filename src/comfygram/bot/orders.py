@@ -1,0 +1,157 @@
+"""Turning a photo and a preset into a job, and the one status message that follows it.
+
+The idempotency key comes from the Telegram update that asked for the job (the keyboard, photo
+or prompt message), so a retried update, a double tap or a retry after a backend timeout
+replays the same job instead of charging again.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from aiogram import Bot
+from aiogram.types import User
+from redis.asyncio import Redis
+
+from comfygram.api import BackendClient, BackendError, Job, Preset
+from comfygram.bot import keyboards
+from comfygram.bot.keys import bot_key
+from comfygram.bot.replies import not_enough_credits, send
+from comfygram.bot.sources import (
+    TELEGRAM_DOWNLOAD_LIMIT,
+    ImageTooLarge,
+    ImageUnavailable,
+    PhotoSource,
+    load_image,
+)
+from comfygram.bot.status import Eta, QueueTracker, queued_text
+from comfygram.i18n import t
+from comfygram.settings import Settings
+from comfygram.telegram import TelegramSender
+
+log = logging.getLogger(__name__)
+
+STATUS_CLAIM_SECONDS = 24 * 3600
+
+# Backend refusals a person can act on, by error code.
+_REFUSALS = {
+    "too_many_active_jobs": "bot.order.too_many_active",
+    "file_too_large": "bot.photo.too_large",
+    "unsupported_image": "bot.photo.unsupported",
+    "bad_image": "bot.photo.unreadable",
+    "preset_not_found": "bot.order.preset_gone",
+    "prompt_required": "bot.order.prompt_required",
+    "idempotency_key_reused": "bot.order.already_done",
+    "job_not_found": "bot.photo.gone",
+}
+
+
+def image_limit(settings: Settings) -> int:
+    """The largest photo worth downloading: what Telegram serves and the backend takes."""
+    return min(TELEGRAM_DOWNLOAD_LIMIT, settings.max_upload_bytes)
+
+
+def idempotency_key(chat_id: int, message_id: int, preset: str) -> str:
+    return f"tg:{chat_id}:{message_id}:{preset}"
+
+
+@dataclass
+class Orders:
+    bot: Bot
+    backend: BackendClient
+    tg: TelegramSender
+    redis: Redis
+    prefix: str
+    settings: Settings
+    tracker: QueueTracker
+    eta: Eta
+
+    async def place(
+        self,
+        user: User,
+        chat_id: int,
+        lang: str,
+        source: PhotoSource,
+        preset: Preset,
+        key: str,
+        prompt: str | None = None,
+    ) -> Job | None:
+        """Create the job and report it; every refusal is told to the user. None if refused."""
+        try:
+            image, filename = await load_image(
+                source, self.bot, self.backend, image_limit(self.settings)
+            )
+        except ImageTooLarge:
+            await self._say(chat_id, lang, "bot.photo.too_large")
+            return None
+        except ImageUnavailable:
+            await self._say(chat_id, lang, "bot.photo.gone")
+            return None
+        except BackendError as exc:
+            await self._refused(chat_id, lang, exc)
+            return None
+        try:
+            job, replayed = await self._create(user, preset, image, filename, prompt, key)
+        except BackendError as exc:
+            await self._refused(chat_id, lang, exc)
+            return None
+        if replayed:
+            log.info("job %s replayed for key %s", job.id, key)
+        await self.report(job, chat_id, lang)
+        return job
+
+    async def _create(
+        self,
+        user: User,
+        preset: Preset,
+        image: bytes,
+        filename: str,
+        prompt: str | None,
+        key: str,
+    ) -> tuple[Job, bool]:
+        try:
+            return await self.backend.create_job(
+                user.id, preset.slug, image, filename, prompt=prompt, idempotency_key=key
+            )
+        except BackendError as exc:
+            if exc.code != "user_not_found":
+                raise
+        # Someone who never sent /start (or a wiped database): register, then try again.
+        await self.backend.register(
+            user.id,
+            username=user.username,
+            first_name=user.first_name,
+            language_code=user.language_code,
+        )
+        return await self.backend.create_job(
+            user.id, preset.slug, image, filename, prompt=prompt, idempotency_key=key
+        )
+
+    async def report(self, job: Job, chat_id: int, lang: str) -> None:
+        """Send the job's one status message, unless it has one (a replay, a double tap)."""
+        if job.status != "queued" or job.status_message_id is not None:
+            return
+        claim = bot_key(self.prefix, "status-claim", job.id)
+        if not await self.redis.set(claim, "1", nx=True, ex=STATUS_CLAIM_SECONDS):
+            return
+        await self.eta.refresh()
+        text = queued_text(lang, job.position, self.eta.seconds(job.position))
+        message = await send(self.tg, chat_id, text, keyboards.status_markup(job.id, lang))
+        if message is None:
+            return
+        await self.backend.record_status_message(job.id, chat_id, message.message_id)
+        await self.tracker.track(job, chat_id, message.message_id, lang, text)
+
+    async def _refused(self, chat_id: int, lang: str, error: BackendError) -> None:
+        if error.code == "insufficient_credits":
+            await not_enough_credits(self.tg, chat_id, lang, self.settings, error)
+            return
+        key = _REFUSALS.get(error.code)
+        if key is None:
+            log.warning("job refused: %s", error)
+            key = "bot.order.refused"
+        await self._say(chat_id, lang, key)
+
+    async def _say(self, chat_id: int, lang: str, key: str) -> None:
+        await send(self.tg, chat_id, t(lang, key))
