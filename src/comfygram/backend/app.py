@@ -15,7 +15,16 @@ from comfygram.backend import db, reconcile
 from comfygram.backend.deps import has_api_token
 from comfygram.backend.errors import error_response, install_error_handlers
 from comfygram.backend.presets import sync_presets
-from comfygram.backend.routes import health, jobs, payments, presets, users, webhook, workers
+from comfygram.backend.routes import (
+    health,
+    jobs,
+    payments,
+    presets,
+    stats,
+    users,
+    webhook,
+    workers,
+)
 from comfygram.backend.storage import MediaStore
 from comfygram.backend.workers import WorkerRegistry
 from comfygram.presets import load_presets
@@ -57,12 +66,21 @@ def create_app(settings: Settings) -> FastAPI:
             ),
             name="queue-reconcile",
         )
+        app.state.bot = None
+        if settings.webhook_url and settings.bot_token:
+            # Webhook mode: Telegram posts to /webhook here, and the bot's dispatcher runs here.
+            from comfygram.bot import BotRuntime
+
+            app.state.bot = BotRuntime(settings)
+            await app.state.bot.start_webhook()
         log.info(
             "backend ready: %d presets, database %s", len(presets_on_disk), engine.dialect.name
         )
         try:
             yield
         finally:
+            if app.state.bot is not None:
+                await app.state.bot.close()
             reconciler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reconciler
@@ -106,6 +124,6 @@ def create_app(settings: Settings) -> FastAPI:
             return error_response(413, "file_too_large", "The request body is too large.")
         return await call_next(request)
 
-    for module in (users, presets, jobs, payments, workers, health, webhook):
+    for module in (users, presets, jobs, payments, workers, stats, health, webhook):
         app.include_router(module.router)
     return app
