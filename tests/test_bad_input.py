@@ -295,6 +295,10 @@ API_ROUTES: list[tuple[str, str, Build]] = [
     ("POST", "/api/payments/create", payment_body()),
     ("POST", "/api/payments/precheck", precheck_body()),
     ("POST", "/api/payments/confirm", confirm_body()),
+    ("PATCH", "/api/users/by-telegram-id/{telegram_id}", body(language_code="ru")),
+    ("GET", "/api/stats", nothing),
+    ("GET", "/api/stats/run-times", nothing),
+    ("GET", "/api/stats/queue", nothing),
 ]
 
 BAD_AUTHORIZATION: list[str | None] = [
@@ -419,6 +423,29 @@ CASES = [
         "POST",
         "/api/users/by-telegram-id/abc/credits",
         ("credits-user-id-abc", credits_body(), 422, INVALID),
+    ),
+    *route(
+        "PATCH",
+        "/api/users/by-telegram-id/{telegram_id}",
+        ("patch-user-empty-body", body(), 422, INVALID),
+        ("patch-user-language-null", body(language_code=None), 422, INVALID),
+        ("patch-user-blocked-null", body(blocked_bot=None), 422, INVALID),
+        ("patch-user-language-word", body(language_code="english"), 422, INVALID),
+        ("patch-user-language-nul", body(language_code="r\x00u"), 422, INVALID),
+        ("patch-user-language-17-chars", body(language_code="en-" + "x" * 14), 422, INVALID),
+        ("patch-user-blocked-string", body(blocked_bot="yes"), 422, INVALID),
+        ("patch-user-unknown-field", body(balance=100), 422, INVALID),
+        ("patch-user-not-json", raw(b"blocked_bot=true", FORM_ENCODED), 422, INVALID),
+    ),
+    *route(
+        "PATCH",
+        "/api/users/by-telegram-id/999",
+        ("patch-user-unknown", body(blocked_bot=True), 404, "user_not_found"),
+    ),
+    *route(
+        "PATCH",
+        "/api/users/by-telegram-id/0",
+        ("patch-user-id-0", body(blocked_bot=True), 422, INVALID),
     ),
     # ---- presets
     *route("GET", "/api/presets/nope", ("preset-unknown", nothing, 404, "preset_not_found")),
