@@ -64,6 +64,7 @@ class Stack:
     backend: BackendClient
     comfyui: ComfyUIDouble
     telegram: TelegramDouble
+    log_dir: Path
     workers: dict[str, tuple[asyncio.Task[None], asyncio.Event]] = field(default_factory=dict)
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
@@ -81,15 +82,16 @@ class Stack:
         await asyncio.wait_for(task, timeout)
 
     def spawn_worker(self, name: str) -> subprocess.Popen[bytes]:
-        """`comfygram worker` as a real process, for kill -9 tests."""
+        """`comfygram worker` as a real process, for kill -9 tests; logs go to ``log_dir``."""
         env = {**os.environ, **self.environment(), "WORKER_NAME": name}
-        process = subprocess.Popen(
-            [sys.executable, "-m", "comfygram", "worker"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        with (self.log_dir / f"worker-{name}.log").open("ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "comfygram", "worker"],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         self.processes.append(process)
         return process
 
@@ -108,7 +110,7 @@ class Stack:
             "RETRY_BACKOFF_SECONDS": str(s.retry_backoff_seconds),
             "MAX_ATTEMPTS": str(s.max_attempts),
             "TELEGRAM_EDIT_INTERVAL": str(s.telegram_edit_interval),
-            "LOG_LEVEL": "WARNING",
+            "LOG_LEVEL": "INFO",
         }
 
     @staticmethod
@@ -198,7 +200,7 @@ async def running_stack(settings: Settings, root: Path, **overrides: Any) -> Asy
         async with serve(app) as url:
             stack_settings = base.model_copy(update={"backend_api_url": url, "backend_url": url})
             async with BackendClient(url, API_TOKEN) as backend:
-                stack = Stack(stack_settings, backend, comfyui, telegram)
+                stack = Stack(stack_settings, backend, comfyui, telegram, root)
                 try:
                     yield stack
                 finally:

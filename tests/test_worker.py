@@ -199,7 +199,7 @@ async def test_the_next_job_is_in_comfyui_before_the_current_one_ends(stack: Sta
         assert (await stack.settled(job_id, timeout=30)).status == "succeeded"
     ends = {pid: at for at, kind, pid, _ in stack.comfyui.timeline if kind == "end"}
     order = [pid for _, kind, pid, _ in stack.comfyui.timeline if kind == "start"]
-    received = {body["prompt_id"]: at for at, body in stack.comfyui.received_at}
+    received = stack.comfyui.queued_at
     # Prefetch: each next prompt reached ComfyUI while the one before it was still running.
     for previous, following in itertools.pairwise(order):
         assert received[following] < ends[previous]

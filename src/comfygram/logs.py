@@ -74,6 +74,9 @@ def setup_logging(level: str, as_json: bool, secrets: Iterable[str]) -> None:
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     logging.getLogger("aiosqlite").setLevel(logging.INFO)
     logging.getLogger("PIL").setLevel(logging.INFO)
+    # One line per HTTP request drowns what matters; their failures surface as our errors.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
