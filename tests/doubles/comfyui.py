@@ -43,7 +43,8 @@ Knobs (attributes and methods; all of them may change while the server runs):
 - ``pause()``/``resume()`` hold and release queued prompts; ``stop()``/``start()`` on the same
   port (ComfyUI down; a restart loses queue, history and cache as the real server does).
 
-Logs: ``prompts_received`` (POST /prompt bodies as sent), ``free_calls``,
+Logs: ``prompts_received`` (POST /prompt bodies as sent), ``queued_at`` (prompt id -> when it
+was accepted), ``free_calls``,
 ``executed_prompt_ids`` (in the order they started), ``timeline`` (``(time.monotonic(),
 "start" | "end", prompt_id, client_id)`` for every executed prompt) and ``dropped_requests``
 (paths of the dropped HTTP requests). Logs survive a restart.
@@ -468,6 +469,7 @@ class ComfyUIDouble:
         self.hidden_nodes: set[str] = set()
         self.free_calls: list[dict[str, Any]] = []
         self.prompts_received: list[dict[str, Any]] = []
+        self.queued_at: dict[str, float] = {}  # prompt id -> time.monotonic() it was accepted
         self.executed_prompt_ids: list[str] = []
         self.timeline: list[tuple[float, str, str, str | None]] = []
         self.dropped_requests: list[str] = []
@@ -742,6 +744,7 @@ class ComfyUIDouble:
         if body.get("client_id"):
             extra["client_id"] = body["client_id"]
         self.pending.append([number, prompt_id, prompt, extra, outputs])
+        self.queued_at[prompt_id] = time.monotonic()
         self._wakeup.set()
         await self._broadcast_status()
         return _json({"prompt_id": prompt_id, "number": number, "node_errors": node_errors})
