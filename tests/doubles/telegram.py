@@ -1,0 +1,1480 @@
+"""TelegramDouble: a loopback Telegram Bot API server, and drivers that act as Telegram users.
+
+It serves ``/bot<token>/<method>`` and ``/file/bot<token>/<path>`` the way api.telegram.org
+does: GET or POST, parameters in the query string, JSON, urlencoded or multipart bodies
+(JSON-typed parameters such as ``reply_markup`` arrive as JSON strings in form fields), and
+``{"ok": ...}`` answers with Telegram's status codes and descriptions. Point a bot at it with
+``TELEGRAM_API_URL=<double.url>`` and ``BOT_TOKEN=TEST_BOT_TOKEN``.
+
+Implemented methods: getMe, getUpdates (offset, long-poll timeout, allowed_updates, 409 while a
+webhook is set or when a newer getUpdates supersedes a waiting one), setWebhook,
+deleteWebhook, getWebhookInfo, sendMessage, editMessageText, editMessageReplyMarkup,
+editMessageCaption, deleteMessage, sendPhoto, sendDocument, getFile, answerCallbackQuery,
+sendInvoice, answerPreCheckoutQuery, refundStarPayment, setMyCommands, getMyCommands,
+deleteMyCommands, sendChatAction. Anything else answers 404 like Telegram.
+
+Simplifications: chats are private chats of users created with ``user()``; HTML is parsed
+into entities (unsupported or unbalanced tags answer 400 like Telegram), Markdown is stored
+as sent; webhook updates go out one at a time, each retried ``webhook_attempts`` times and
+then dropped (recorded in ``webhook_dropped``); http:// webhook URLs are accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import html
+import io
+import json
+import mimetypes
+import re
+import secrets
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import uvicorn
+from PIL import Image, UnidentifiedImageError
+from starlette.applications import Starlette
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+TEST_BOT_TOKEN = "123456:TEST-double-token"
+BOT_USERNAME = "comfygram_test_bot"
+
+# Parameters Telegram reads as JSON when they arrive as strings (form fields, query string).
+JSON_FIELDS = {
+    "allowed_updates",
+    "caption_entities",
+    "commands",
+    "entities",
+    "link_preview_options",
+    "media",
+    "prices",
+    "reply_markup",
+    "reply_parameters",
+    "scope",
+    "suggested_tip_amounts",
+}
+INT_FIELDS = {
+    "chat_id",
+    "user_id",
+    "message_id",
+    "message_thread_id",
+    "offset",
+    "limit",
+    "timeout",
+    "max_connections",
+    "cache_time",
+    "max_tip_amount",
+}
+BOOL_FIELDS = {
+    "drop_pending_updates",
+    "ok",
+    "show_alert",
+    "disable_notification",
+    "protect_content",
+    "has_spoiler",
+    "show_caption_above_media",
+    "disable_content_type_detection",
+    "allow_sending_without_reply",
+    "need_name",
+    "need_email",
+    "need_phone_number",
+    "need_shipping_address",
+    "is_flexible",
+}
+DEFAULT_ALLOWED_UPDATES = [
+    "message",
+    "edited_message",
+    "channel_post",
+    "edited_channel_post",
+    "business_connection",
+    "business_message",
+    "edited_business_message",
+    "deleted_business_messages",
+    "inline_query",
+    "chosen_inline_result",
+    "callback_query",
+    "shipping_query",
+    "pre_checkout_query",
+    "purchased_paid_media",
+    "poll",
+    "poll_answer",
+    "my_chat_member",
+    "chat_join_request",
+    "chat_boost",
+    "removed_chat_boost",
+]
+CHAT_ACTIONS = {
+    "typing",
+    "upload_photo",
+    "record_video",
+    "upload_video",
+    "record_voice",
+    "upload_voice",
+    "upload_document",
+    "choose_sticker",
+    "find_location",
+    "record_video_note",
+    "upload_video_note",
+}
+HTML_TAGS = {
+    "b": "bold",
+    "strong": "bold",
+    "i": "italic",
+    "em": "italic",
+    "u": "underline",
+    "ins": "underline",
+    "s": "strikethrough",
+    "strike": "strikethrough",
+    "del": "strikethrough",
+    "tg-spoiler": "spoiler",
+    "span": "spoiler",
+    "a": "text_link",
+    "code": "code",
+    "pre": "pre",
+    "blockquote": "blockquote",
+    "tg-emoji": "custom_emoji",
+}
+PHOTO_LIMITS = (90, 320, 800, 1280)  # thumbnail sides Telegram makes below the full size
+MAX_PHOTO_SIDE = 2560
+MB = 1024 * 1024
+QUERY_TOO_OLD = "Bad Request: query is too old and response timeout expired or query ID is invalid"
+NOT_MODIFIED = (
+    "Bad Request: message is not modified: specified new message content and reply markup "
+    "are exactly the same as a current content and reply markup of the message"
+)
+
+
+class ApiError(Exception):
+    """An error answer: raised inside method handlers, turned into Telegram's JSON."""
+
+    def __init__(self, code: int, description: str, retry_after: int | None = None) -> None:
+        super().__init__(description)
+        self.code = code
+        self.description = description
+        self.retry_after = retry_after
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "ok": False,
+            "error_code": self.code,
+            "description": self.description,
+        }
+        if self.retry_after is not None:
+            body["parameters"] = {"retry_after": self.retry_after}
+        return body
+
+
+@dataclass
+class Call:
+    """One request the bot made; ``status`` is 0 until answered (and when dropped)."""
+
+    method: str
+    params: dict[str, Any]
+    files: dict[str, bytes]
+    at: float
+    status: int = 0
+    response: dict[str, Any] | None = None
+    dropped: bool = False  # the connection was closed without an answer
+
+    @property
+    def done(self) -> bool:
+        return self.status != 0 or self.dropped
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200
+
+    @property
+    def result(self) -> Any:
+        return (self.response or {}).get("result")
+
+    @property
+    def chat_id(self) -> Any:
+        return self.params.get("chat_id")
+
+
+@dataclass
+class MessageState:
+    """A message as it stands now in a chat (edits applied, deletion flagged)."""
+
+    chat_id: int
+    message_id: int
+    from_bot: bool
+    sender: dict[str, Any]
+    chat: dict[str, Any]
+    date: int
+    text: str | None = None
+    entities: list[dict[str, Any]] | None = None
+    caption: str | None = None
+    caption_entities: list[dict[str, Any]] | None = None
+    media: dict[str, Any] = field(default_factory=dict)  # "photo": [...], "document": {...}
+    photo: bytes | None = None  # the photo bytes as uploaded
+    document: bytes | None = None
+    reply_markup: dict[str, Any] | None = None
+    deleted: bool = False
+    edit_date: int | None = None
+    edits: int = 0
+
+    @property
+    def callback_data(self) -> list[str]:
+        """The callback_data of every inline button, row by row."""
+        rows = (self.reply_markup or {}).get("inline_keyboard") or []
+        return [b["callback_data"] for row in rows for b in row if "callback_data" in b]
+
+    def as_dict(self) -> dict[str, Any]:
+        """The Telegram Message object."""
+        message: dict[str, Any] = {
+            "message_id": self.message_id,
+            "from": self.sender,
+            "chat": self.chat,
+            "date": self.date,
+        }
+        if self.edit_date is not None:
+            message["edit_date"] = self.edit_date
+        if self.text is not None:
+            message["text"] = self.text
+            if self.entities:
+                message["entities"] = self.entities
+        message.update(self.media)
+        if self.caption is not None:
+            message["caption"] = self.caption
+            if self.caption_entities:
+                message["caption_entities"] = self.caption_entities
+        if self.reply_markup and "inline_keyboard" in self.reply_markup:
+            message["reply_markup"] = self.reply_markup
+        return message
+
+
+@dataclass
+class StoredFile:
+    file_id: str
+    file_unique_id: str
+    data: bytes
+    file_path: str
+
+
+@dataclass
+class WebhookDelivery:
+    update_id: int
+    at: float
+    status: int | None  # None: no HTTP answer
+    error: str | None = None
+
+
+@dataclass
+class _Fault:
+    method: str
+    error_code: int
+    description: str
+    retry_after: int | None
+    times: int
+    chat_id: int | None
+
+
+@dataclass
+class _Upload:
+    filename: str
+    content_type: str | None
+    data: bytes
+
+
+class _Signal:
+    """Wakes every waiter on notify(); a waiter takes the current event before checking."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def notify(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def wait(self, timeout: float | None) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), timeout)
+
+
+class _Params:
+    """A request's parameters, with Telegram's coercions and error texts."""
+
+    def __init__(self, values: dict[str, Any], uploads: dict[str, _Upload]) -> None:
+        self.values = values
+        self.uploads = uploads
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self.values.get(name, default)
+
+    def string(self, name: str, *, empty: str | None = None) -> str:
+        value = self.values.get(name)
+        if value is None or value == "":
+            raise ApiError(400, empty or f"Bad Request: {name} is empty")
+        return str(value)
+
+    def integer(self, name: str, default: int | None = None) -> int:
+        value = self.values.get(name, default)
+        if value is None or value == "":
+            raise ApiError(400, f"Bad Request: {name} is empty")
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ApiError(400, f"Bad Request: invalid {name} specified")
+        return value
+
+    def flag(self, name: str) -> bool:
+        return bool(self.values.get(name, False))
+
+    def file(self, name: str) -> _Upload | str:
+        """An uploaded file (multipart, direct or attach://) or a file_id string."""
+        if name in self.uploads:
+            return self.uploads[name]
+        return self.string(name, empty=f"Bad Request: there is no {name} in the request")
+
+
+def _coerce(name: str, value: Any) -> Any:
+    if isinstance(value, str):
+        if name in JSON_FIELDS:
+            try:
+                return json.loads(value)
+            except ValueError:
+                raise ApiError(400, f"Bad Request: can't parse {name} JSON object") from None
+        if name in INT_FIELDS and re.fullmatch(r"-?\d+", value.strip()):
+            return int(value)
+        if name in BOOL_FIELDS:
+            return value.strip().lower() in ("true", "1")
+    return value
+
+
+def _utf16_len(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
+
+
+_ATTRIBUTE = re.compile(r"""([\w-]+)\s*(?:=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'>]+)))?""")
+
+
+def parse_html(source: str) -> tuple[str, list[dict[str, Any]]]:
+    """Telegram's HTML parse mode: plain text plus entities; ApiError on bad markup."""
+    parts: list[str] = []
+    length = 0
+    stack: list[tuple[str, int, dict[str, str]]] = []
+    entities: list[dict[str, Any]] = []
+    position = 0
+    while position < len(source):
+        lt = source.find("<", position)
+        chunk = source[position : lt if lt != -1 else len(source)]
+        if chunk:
+            plain = html.unescape(chunk)
+            parts.append(plain)
+            length += _utf16_len(plain)
+        if lt == -1:
+            break
+        offset = len(source[:lt].encode())
+        gt = source.find(">", lt)
+        if gt == -1:
+            raise _entities_error(f"Unclosed start tag at byte offset {offset}")
+        inner = source[lt + 1 : gt].strip()
+        if inner.startswith("/"):
+            name = inner[1:].strip().lower()
+            if not stack:
+                raise _entities_error(f"Unexpected end tag at byte offset {offset}")
+            tag, start, attributes = stack.pop()
+            if name and name != tag:
+                raise _entities_error(
+                    f'Unmatched end tag at byte offset {offset}, expected "</{tag}>", '
+                    f'found "</{name}>"'
+                )
+            if length > start:
+                entities.append(_entity(tag, attributes, start, length - start))
+        else:
+            name, _, rest = inner.partition(" ")
+            name = name.lower()
+            attributes = {
+                m.group(1).lower(): html.unescape(m.group(2) or m.group(3) or m.group(4) or "")
+                for m in _ATTRIBUTE.finditer(rest)
+            }
+            if name not in HTML_TAGS or (
+                name == "span" and attributes.get("class") != "tg-spoiler"
+            ):
+                raise _entities_error(f'Unsupported start tag "{name}" at byte offset {offset}')
+            stack.append((name, length, attributes))
+        position = gt + 1
+    if stack:
+        raise _entities_error(f'Can\'t find end tag corresponding to start tag "{stack[-1][0]}"')
+    entities.sort(key=lambda e: (e["offset"], -e["length"]))
+    return "".join(parts), entities
+
+
+def _entities_error(detail: str) -> ApiError:
+    return ApiError(400, f"Bad Request: can't parse entities: {detail}")
+
+
+def _entity(tag: str, attributes: dict[str, str], offset: int, length: int) -> dict[str, Any]:
+    entity: dict[str, Any] = {"type": HTML_TAGS[tag], "offset": offset, "length": length}
+    if tag == "a":
+        entity["url"] = attributes.get("href", "")
+    elif tag == "blockquote" and "expandable" in attributes:
+        entity["type"] = "expandable_blockquote"
+    elif tag == "tg-emoji":
+        entity["custom_emoji_id"] = attributes.get("emoji-id", "")
+    return entity
+
+
+def _image_size(data: bytes) -> tuple[int, int, str | None]:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            return image.width, image.height, image.format
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        raise ApiError(400, "Bad Request: IMAGE_PROCESS_FAILED") from None
+
+
+def _jpeg(data: bytes, max_side: int) -> tuple[bytes, int, int]:
+    with Image.open(io.BytesIO(data)) as image:
+        picture = image.convert("RGB")
+    picture.thumbnail((max_side, max_side))
+    buffer = io.BytesIO()
+    picture.save(buffer, "JPEG", quality=87)
+    return buffer.getvalue(), picture.width, picture.height
+
+
+class TelegramDouble:
+    """A fake api.telegram.org on 127.0.0.1 for one bot token; ``url`` is valid after start()."""
+
+    def __init__(
+        self,
+        *,
+        token: str = TEST_BOT_TOKEN,
+        port: int = 0,
+        recompress_photos: bool = True,
+        webhook_attempts: int = 4,
+        webhook_retry_delay: float = 0.05,
+        delivery_timeout: float = 10.0,
+    ) -> None:
+        self.token = token
+        self.port = port
+        # Telegram re-encodes photos as JPEG; False keeps the largest size byte-identical.
+        self.recompress_photos = recompress_photos
+        self.webhook_attempts = webhook_attempts
+        self.webhook_retry_delay = webhook_retry_delay
+        # How long a user driver waits for its update's first webhook delivery attempt.
+        self.delivery_timeout = delivery_timeout
+        self.bot_user: dict[str, Any] = {
+            "id": int(token.split(":", 1)[0]),
+            "is_bot": True,
+            "first_name": "Comfygram Test",
+            "username": BOT_USERNAME,
+            "can_join_groups": True,
+            "can_read_all_group_messages": False,
+            "supports_inline_queries": False,
+            "can_connect_to_business": False,
+            "has_main_web_app": False,
+        }
+        self.calls: list[Call] = []
+        self.webhook_deliveries: list[WebhookDelivery] = []
+        self.webhook_dropped: list[dict[str, Any]] = []
+        self.callback_answers: dict[str, dict[str, Any]] = {}
+        self.pre_checkout_answers: dict[str, dict[str, Any]] = {}
+        self.refunded: set[str] = set()
+        self._users: dict[int, dict[str, Any]] = {}
+        self._messages: dict[int, dict[int, MessageState]] = {}
+        self._files: dict[str, StoredFile] = {}
+        self._files_by_path: dict[str, StoredFile] = {}
+        self._photo_groups: dict[str, list[dict[str, Any]]] = {}
+        self._updates: list[dict[str, Any]] = []
+        self._resent: list[dict[str, Any]] = []
+        self._next_update_id = 10_000
+        self._allowed_updates: list[str] = list(DEFAULT_ALLOWED_UPDATES)
+        self._webhook: dict[str, Any] | None = None
+        self._webhook_error: tuple[int, str] | None = None
+        self._first_attempts: dict[int, asyncio.Future[None]] = {}
+        self._poll_generation = 0
+        self._queries: dict[str, float] = {}  # callback/pre-checkout query id -> created at
+        self._charges: dict[str, int] = {}  # telegram_payment_charge_id -> user id
+        self._commands: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        self._faults: list[_Fault] = []
+        self._drops: dict[str, int] = {}
+        self._blocked: set[int] = set()
+        self._calls_changed = _Signal()
+        self._updates_changed = _Signal()
+        self._closing = False
+        self._server: uvicorn.Server | None = None
+        self._server_task: asyncio.Task[None] | None = None
+        self._webhook_task: asyncio.Task[None] | None = None
+        self._handlers: dict[str, tuple[str, Callable[[_Params], Awaitable[Any]]]] = {
+            name.lower(): (name, handler)
+            for name, handler in {
+                "getMe": self._get_me,
+                "getUpdates": self._get_updates,
+                "setWebhook": self._set_webhook,
+                "deleteWebhook": self._delete_webhook,
+                "getWebhookInfo": self._get_webhook_info,
+                "sendMessage": self._send_message,
+                "editMessageText": self._edit_message_text,
+                "editMessageReplyMarkup": self._edit_message_reply_markup,
+                "editMessageCaption": self._edit_message_caption,
+                "deleteMessage": self._delete_message,
+                "sendPhoto": self._send_photo,
+                "sendDocument": self._send_document,
+                "getFile": self._get_file,
+                "answerCallbackQuery": self._answer_callback_query,
+                "sendInvoice": self._send_invoice,
+                "answerPreCheckoutQuery": self._answer_pre_checkout_query,
+                "refundStarPayment": self._refund_star_payment,
+                "setMyCommands": self._set_my_commands,
+                "getMyCommands": self._get_my_commands,
+                "deleteMyCommands": self._delete_my_commands,
+                "sendChatAction": self._send_chat_action,
+            }.items()
+        }
+
+    @property
+    def url(self) -> str:
+        """The base URL for TELEGRAM_API_URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Accepted sockets inherit it: without it, headers and body written apart wait on
+        # the client's delayed ACK (about 40 ms a request).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind(("127.0.0.1", self.port))
+        sock.listen(128)
+        sock.setblocking(False)
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self._app(),
+            log_level="warning",
+            lifespan="off",
+            access_log=False,
+            timeout_graceful_shutdown=1,
+        )
+        self._closing = False
+        self._server = uvicorn.Server(config)
+        self._server_task = asyncio.create_task(self._server._serve([sock]))
+        while not self._server.started:
+            if self._server_task.done():
+                await self._server_task
+            await asyncio.sleep(0.005)
+        self._webhook_task = asyncio.create_task(self._webhook_loop())
+
+    async def stop(self) -> None:
+        self._closing = True
+        self._updates_changed.notify()  # long polls answer at once
+        for attempt in self._first_attempts.values():
+            if not attempt.done():
+                attempt.set_result(None)
+        if self._webhook_task is not None:
+            self._webhook_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._webhook_task
+            self._webhook_task = None
+        if self._server is not None and self._server_task is not None:
+            self._server.should_exit = True
+            await self._server_task
+            self._server = self._server_task = None
+
+    async def __aenter__(self) -> TelegramDouble:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    # -- fault switches -----------------------------------------------------------------------
+
+    def fail(
+        self,
+        method: str,
+        error_code: int,
+        description: str,
+        *,
+        retry_after: int | None = None,
+        times: int = 1,
+        chat_id: int | None = None,
+    ) -> None:
+        """Answer the next `times` calls of `method` ("*": any) with this error."""
+        self._faults.append(_Fault(method, error_code, description, retry_after, times, chat_id))
+
+    def block(self, chat_id: int) -> None:
+        """The user blocked the bot: sends and edits to the chat answer 403."""
+        self._blocked.add(chat_id)
+
+    def unblock(self, chat_id: int) -> None:
+        self._blocked.discard(chat_id)
+
+    def drop_connections(self, method: str, times: int = 1) -> None:
+        """Close the connection without an answer on the next `times` calls of `method`."""
+        self._drops[method] = self._drops.get(method, 0) + times
+
+    # -- inspection ---------------------------------------------------------------------------
+
+    def sent(self, method: str | None = None, chat_id: int | None = None) -> list[Call]:
+        return [
+            c
+            for c in self.calls
+            if (method is None or c.method == method)
+            and (chat_id is None or c.params.get("chat_id") == chat_id)
+        ]
+
+    def messages(self, chat_id: int) -> list[MessageState]:
+        """Every message of the chat (user's and bot's, deleted ones flagged), oldest first."""
+        chat = self._messages.get(chat_id, {})
+        return [chat[message_id] for message_id in sorted(chat)]
+
+    def message(self, chat_id: int, message_id: int) -> MessageState:
+        return self._messages[chat_id][message_id]
+
+    def commands(
+        self, scope: dict[str, Any] | None = None, language_code: str = ""
+    ) -> list[dict[str, Any]]:
+        return self._commands.get(self._commands_key(scope, language_code), [])
+
+    def file_bytes(self, file_id: str) -> bytes:
+        return self._files[file_id].data
+
+    @property
+    def webhook(self) -> dict[str, Any] | None:
+        """The webhook set by the bot: url, secret_token, allowed_updates, max_connections."""
+        return self._webhook
+
+    @property
+    def pending_updates(self) -> list[dict[str, Any]]:
+        return list(self._updates)
+
+    async def wait_for(
+        self,
+        method: str,
+        *,
+        chat_id: int | None = None,
+        count: int = 1,
+        timeout: float = 10,
+        predicate: Callable[[Call], bool] | None = None,
+        since: int = 0,
+    ) -> list[Call]:
+        """Wait until `count` finished calls match (counting from calls[since]); return them."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [
+                c
+                for c in self.calls[since:]
+                if c.method == method
+                and c.done
+                and (chat_id is None or c.params.get("chat_id") == chat_id)
+                and (predicate is None or predicate(c))
+            ]
+            if len(found) >= count:
+                return found
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                seen = [(c.method, c.status, c.params.get("chat_id")) for c in self.calls[-20:]]
+                raise AssertionError(
+                    f"waited {timeout}s for {count} {method} call(s), saw {len(found)}; "
+                    f"last calls: {seen}"
+                )
+            await self._calls_changed.wait(remaining)
+
+    # -- users --------------------------------------------------------------------------------
+
+    def user(
+        self,
+        telegram_id: int,
+        first_name: str = "Test",
+        language_code: str = "en",
+        username: str | None = None,
+    ) -> UserDriver:
+        """A Telegram user who has a private chat with the bot (chat id == user id)."""
+        user: dict[str, Any] = {
+            "id": telegram_id,
+            "is_bot": False,
+            "first_name": first_name,
+            "language_code": language_code,
+        }
+        if username:
+            user["username"] = username
+        self._users[telegram_id] = user
+        self._messages.setdefault(telegram_id, {})
+        return UserDriver(self, telegram_id)
+
+    def _chat_dict(self, chat_id: int) -> dict[str, Any]:
+        user = self._users[chat_id]
+        chat = {"id": chat_id, "type": "private", "first_name": user["first_name"]}
+        if "username" in user:
+            chat["username"] = user["username"]
+        return chat
+
+    def _new_message(self, chat_id: int, *, from_bot: bool, **fields: Any) -> MessageState:
+        chat = self._messages[chat_id]
+        message_id = max(chat, default=0) + 1
+        state = MessageState(
+            chat_id=chat_id,
+            message_id=message_id,
+            from_bot=from_bot,
+            sender=self.bot_user if from_bot else self._users[chat_id],
+            chat=self._chat_dict(chat_id),
+            date=int(time.time()),
+            **fields,
+        )
+        chat[message_id] = state
+        return state
+
+    # -- updates ------------------------------------------------------------------------------
+
+    async def push_update(self, kind: str, payload: dict[str, Any]) -> dict[str, Any] | None:
+        """Queue an update (dropped when the bot did not subscribe to `kind`), deliver it in
+        webhook mode, and return it."""
+        if kind not in self._allowed_updates:
+            return None
+        self._next_update_id += 1
+        update = {"update_id": self._next_update_id, kind: payload}
+        self._updates.append(update)
+        await self._after_enqueue(update)
+        return update
+
+    async def resend(self, update: dict[str, Any]) -> None:
+        """Deliver the same update (same update_id) once more, as Telegram does after a
+        webhook failed to answer 2xx or a poller did not confirm it."""
+        self._resent.append(update)
+        await self._after_enqueue(update)
+
+    async def _after_enqueue(self, update: dict[str, Any]) -> None:
+        if self._webhook is None:
+            self._updates_changed.notify()
+            return
+        attempt = asyncio.get_running_loop().create_future()
+        self._first_attempts[id(update)] = attempt
+        self._updates_changed.notify()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(attempt), self.delivery_timeout)
+
+    async def _webhook_loop(self) -> None:
+        async with httpx.AsyncClient(timeout=10) as client:
+            while True:
+                webhook = self._webhook
+                queue = self._resent or self._updates
+                if webhook is None or not queue:
+                    await self._updates_changed.wait(None)
+                    continue
+                update = queue[0]
+                delivered = await self._deliver(client, webhook, update)
+                if delivered is None:
+                    continue  # the webhook was removed meanwhile: the update stays pending
+                if queue and queue[0] is update:
+                    queue.pop(0)
+                if not delivered:
+                    self.webhook_dropped.append(update)
+
+    async def _deliver(
+        self, client: httpx.AsyncClient, webhook: dict[str, Any], update: dict[str, Any]
+    ) -> bool | None:
+        headers = {"Content-Type": "application/json"}
+        if webhook.get("secret_token"):
+            headers["X-Telegram-Bot-Api-Secret-Token"] = webhook["secret_token"]
+        body = json.dumps(update, ensure_ascii=False).encode()
+        for attempt in range(self.webhook_attempts):
+            if self._webhook is not webhook:
+                return None
+            if attempt:
+                await asyncio.sleep(self.webhook_retry_delay * 2 ** (attempt - 1))
+            status: int | None = None
+            error: str | None = None
+            try:
+                response = await client.post(webhook["url"], content=body, headers=headers)
+                status = response.status_code
+                if not 200 <= status < 300:
+                    error = f"Wrong response from the webhook: {status} {response.reason_phrase}"
+            except httpx.HTTPError as exc:
+                error = f"Connection failed: {type(exc).__name__}"
+            self.webhook_deliveries.append(
+                WebhookDelivery(update["update_id"], time.monotonic(), status, error)
+            )
+            first = self._first_attempts.pop(id(update), None)
+            if first is not None and not first.done():
+                first.set_result(None)
+            if error is None:
+                return True
+            self._webhook_error = (int(time.time()), error)
+        return False
+
+    # -- HTTP ---------------------------------------------------------------------------------
+
+    def _app(self) -> Starlette:
+        return Starlette(
+            routes=[
+                Route("/bot{token}/{method}", self._api, methods=["GET", "POST"]),
+                Route("/file/bot{token}/{path:path}", self._download, methods=["GET"]),
+            ]
+        )
+
+    async def _api(self, request: Request) -> Response:
+        call = Call(request.path_params["method"], {}, {}, time.monotonic())
+        self.calls.append(call)
+        try:
+            params = await self._read_params(request)
+            call.params = params.values
+            call.files = {name: upload.data for name, upload in params.uploads.items()}
+            if request.path_params["token"] != self.token:
+                raise ApiError(401, "Unauthorized")
+            known = self._handlers.get(call.method.lower())
+            if known is None:
+                raise ApiError(404, "Not Found")
+            call.method, handler = known
+            if self._drops.get(call.method, 0) > 0:
+                self._drops[call.method] -= 1
+                self._abort(request)
+                call.dropped = True
+                self._calls_changed.notify()
+                return Response(status_code=500)  # never reaches the client
+            self._apply_fault(call)
+            body = {"ok": True, "result": await handler(params)}
+            status = 200
+        except ApiError as exc:
+            body, status = exc.body(), exc.code
+        call.status, call.response = status, body
+        self._calls_changed.notify()
+        return Response(
+            json.dumps(body, ensure_ascii=False), status_code=status, media_type="application/json"
+        )
+
+    async def _read_params(self, request: Request) -> _Params:
+        values: dict[str, Any] = dict(request.query_params)
+        uploads: dict[str, _Upload] = {}
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type == "application/json":
+            try:
+                body = json.loads(await request.body() or b"{}")
+            except ValueError:
+                raise ApiError(400, "Bad Request: can't parse JSON object") from None
+            if not isinstance(body, dict):
+                raise ApiError(400, "Bad Request: JSON object expected")
+            values.update(body)
+        elif content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+            form = await request.form(max_part_size=50 * MB)
+            parts: dict[str, _Upload] = {}
+            for name, value in form.multi_items():
+                if isinstance(value, UploadFile):
+                    data = await value.read()
+                    parts[name] = _Upload(value.filename or name, value.content_type, data)
+                else:
+                    values[name] = value
+            for name, value in list(values.items()):
+                if isinstance(value, str) and value.startswith("attach://"):
+                    key = value.removeprefix("attach://")
+                    if key in parts:
+                        uploads[name] = parts.pop(key)
+            uploads.update(parts)  # a file sent directly in the field it belongs to
+        return _Params({k: _coerce(k, v) for k, v in values.items()}, uploads)
+
+    def _abort(self, request: Request) -> None:
+        """Close the request's TCP connection at once, so the client gets no answer."""
+        assert self._server is not None
+        client = request.scope.get("client")
+        for connection in list(self._server.server_state.connections):
+            if getattr(connection, "client", None) == (tuple(client) if client else None):
+                connection.transport.abort()  # type: ignore[union-attr]
+
+    def _apply_fault(self, call: Call) -> None:
+        for fault in self._faults:
+            if fault.method not in ("*", call.method):
+                continue
+            if fault.chat_id is not None and call.params.get("chat_id") != fault.chat_id:
+                continue
+            fault.times -= 1
+            if fault.times <= 0:
+                self._faults.remove(fault)
+            raise ApiError(fault.error_code, fault.description, fault.retry_after)
+
+    async def _download(self, request: Request) -> Response:
+        stored = self._files_by_path.get(request.path_params["path"])
+        if request.path_params["token"] != self.token or stored is None:
+            body = {"ok": False, "error_code": 404, "description": "Not Found"}
+            return Response(json.dumps(body), status_code=404, media_type="application/json")
+        return Response(stored.data, media_type="application/octet-stream")
+
+    # -- shared checks ------------------------------------------------------------------------
+
+    def _chat(self, params: _Params) -> int:
+        value = params.get("chat_id")
+        if value is None or value == "":
+            raise ApiError(400, "Bad Request: chat_id is empty")
+        if not isinstance(value, int) or value not in self._users:
+            raise ApiError(400, "Bad Request: chat not found")
+        if value in self._blocked:
+            raise ApiError(403, "Forbidden: bot was blocked by the user")
+        return value
+
+    def _text(
+        self, params: _Params, name: str, limit: int, *, required: bool
+    ) -> tuple[str | None, list[dict[str, Any]] | None]:
+        raw = params.get(name)
+        if raw is None or raw == "":
+            if required:
+                raise ApiError(400, "Bad Request: message text is empty")
+            return None, None
+        raw = str(raw)
+        entity_field = "entities" if name == "text" else "caption_entities"
+        mode = str(params.get("parse_mode") or "").lower()
+        if mode == "html":
+            text, entities = parse_html(raw)
+        else:
+            text, entities = raw, params.get(entity_field) or []
+        if required and not text.strip():
+            raise ApiError(400, "Bad Request: message text is empty")
+        if len(text) > limit:
+            kind = "message" if name == "text" else "message caption"
+            raise ApiError(400, f"Bad Request: {kind} is too long")
+        return text, entities or None
+
+    @staticmethod
+    def _markup(params: _Params) -> dict[str, Any] | None:
+        markup = params.get("reply_markup")
+        if markup is None:
+            return None
+        if not isinstance(markup, dict):
+            raise ApiError(400, "Bad Request: can't parse reply keyboard markup JSON object")
+        rows = markup.get("inline_keyboard")
+        if rows is not None:
+            if sum(len(row) for row in rows) > 100:
+                raise ApiError(400, "Bad Request: reply markup is too long")
+            for row in rows:
+                for button in row:
+                    if not button.get("text"):
+                        raise ApiError(400, "Bad Request: text buttons are unallowed")
+                    data = button.get("callback_data")
+                    if data is not None and not 1 <= len(str(data).encode()) <= 64:
+                        raise ApiError(400, "Bad Request: BUTTON_DATA_INVALID")
+        return markup
+
+    def _target(self, params: _Params, *, deleting: bool = False) -> MessageState:
+        if params.get("inline_message_id"):
+            raise ApiError(400, "Bad Request: MESSAGE_ID_INVALID")
+        chat_id = self._chat(params)
+        message_id = params.integer("message_id")
+        state = self._messages[chat_id].get(message_id)
+        if state is None or state.deleted:
+            verb = "delete" if deleting else "edit"
+            raise ApiError(400, f"Bad Request: message to {verb} not found")
+        if not deleting and not state.from_bot:
+            raise ApiError(400, "Bad Request: message can't be edited")
+        return state
+
+    @staticmethod
+    def _edited(state: MessageState, changes: dict[str, Any]) -> dict[str, Any]:
+        if all(getattr(state, name) == value for name, value in changes.items()):
+            raise ApiError(400, NOT_MODIFIED)
+        for name, value in changes.items():
+            setattr(state, name, value)
+        state.edit_date = int(time.time())
+        state.edits += 1
+        return state.as_dict()
+
+    def _store_file(self, data: bytes, folder: str, suffix: str) -> StoredFile:
+        unique = "AQAD" + secrets.token_urlsafe(9)
+        stored = StoredFile(
+            file_id="AgACAgIAAxkBAA" + secrets.token_urlsafe(24),
+            file_unique_id=unique,
+            data=data,
+            file_path=f"{folder}/file_{len(self._files)}{suffix}",
+        )
+        self._files[stored.file_id] = stored
+        self._files_by_path[stored.file_path] = stored
+        return stored
+
+    def _photo(self, data: bytes) -> list[dict[str, Any]]:
+        """Store a photo the way Telegram does: thumbnails, then the full size (JPEG)."""
+        if len(data) > 10 * MB:
+            raise ApiError(400, "Bad Request: PHOTO_SAVE_FILE_INVALID")
+        width, height, kind = _image_size(data)
+        if width + height > 10000 or max(width, height) > 20 * min(width, height):
+            raise ApiError(400, "Bad Request: PHOTO_INVALID_DIMENSIONS")
+        side = max(width, height)
+        sizes: list[dict[str, Any]] = []
+        for limit in (*(x for x in PHOTO_LIMITS if x < side), min(side, MAX_PHOTO_SIDE)):
+            full = limit == min(side, MAX_PHOTO_SIDE)
+            if full and side <= MAX_PHOTO_SIDE and (kind == "JPEG" or not self.recompress_photos):
+                payload, w, h = data, width, height
+            else:
+                payload, w, h = _jpeg(data, limit)
+            stored = self._store_file(payload, "photos", ".jpg")
+            sizes.append(
+                {
+                    "file_id": stored.file_id,
+                    "file_unique_id": stored.file_unique_id,
+                    "file_size": len(payload),
+                    "width": w,
+                    "height": h,
+                }
+            )
+        for size in sizes:
+            self._photo_groups[size["file_id"]] = sizes
+        return sizes
+
+    def _document(self, data: bytes, filename: str, mime_type: str | None) -> dict[str, Any]:
+        suffix = "." + filename.rsplit(".", 1)[1] if "." in filename else ""
+        stored = self._store_file(data, "documents", suffix)
+        return {
+            "file_id": stored.file_id,
+            "file_unique_id": stored.file_unique_id,
+            "file_name": filename,
+            "mime_type": mime_type
+            or mimetypes.guess_type(filename)[0]
+            or "application/octet-stream",
+            "file_size": len(data),
+        }
+
+    def _query_alive(self, query_id: str) -> None:
+        created = self._queries.pop(query_id, None)
+        if created is None or time.monotonic() - created > 10:
+            raise ApiError(400, QUERY_TOO_OLD)
+
+    @staticmethod
+    def _commands_key(scope: dict[str, Any] | None, language_code: str) -> tuple[str, str]:
+        return json.dumps(scope or {"type": "default"}, sort_keys=True), language_code or ""
+
+    # -- methods ------------------------------------------------------------------------------
+
+    async def _get_me(self, params: _Params) -> Any:
+        return self.bot_user
+
+    async def _get_updates(self, params: _Params) -> Any:
+        if self._webhook is not None:
+            raise ApiError(
+                409,
+                "Conflict: can't use getUpdates method while webhook is active; "
+                "use deleteWebhook to delete the webhook first",
+            )
+        offset = params.get("offset")
+        if isinstance(offset, int) and offset > 0:
+            self._updates = [u for u in self._updates if u["update_id"] >= offset]
+        elif isinstance(offset, int) and offset < 0:
+            self._updates = self._updates[offset:]
+        limit = params.get("limit") or 100
+        timeout = params.get("timeout") or 0
+        if params.get("allowed_updates"):
+            self._allowed_updates = list(params.get("allowed_updates"))
+        elif params.get("allowed_updates") == []:
+            self._allowed_updates = list(DEFAULT_ALLOWED_UPDATES)
+        # A newer getUpdates ends a waiting one, as Telegram does with two pollers.
+        self._poll_generation += 1
+        generation = self._poll_generation
+        self._updates_changed.notify()
+        deadline = time.monotonic() + float(timeout)
+        while True:
+            if generation != self._poll_generation:
+                raise ApiError(
+                    409,
+                    "Conflict: terminated by other getUpdates request; make sure that only "
+                    "one bot instance is running",
+                )
+            batch = (self._resent + self._updates)[: int(limit)]
+            remaining = deadline - time.monotonic()
+            if batch or remaining <= 0 or self._closing or self._webhook is not None:
+                self._resent = [u for u in self._resent if u not in batch]
+                return batch
+            await self._updates_changed.wait(remaining)
+
+    async def _set_webhook(self, params: _Params) -> Any:
+        url = str(params.get("url") or "")
+        if not url:
+            return await self._delete_webhook(params)
+        if not url.startswith(("https://", "http://")):
+            raise ApiError(400, "Bad Request: bad webhook: An HTTPS URL must be provided")
+        secret = params.get("secret_token")
+        if secret is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,256}", str(secret)):
+            raise ApiError(400, "Bad Request: secret token contains unallowed characters")
+        if params.flag("drop_pending_updates"):
+            self._updates.clear()
+        if params.get("allowed_updates"):
+            self._allowed_updates = list(params.get("allowed_updates"))
+        self._webhook = {
+            "url": url,
+            "secret_token": secret,
+            "max_connections": params.get("max_connections") or 40,
+            "allowed_updates": params.get("allowed_updates"),
+        }
+        self._webhook_error = None
+        self._updates_changed.notify()
+        return True
+
+    async def _delete_webhook(self, params: _Params) -> Any:
+        self._webhook = None
+        if params.flag("drop_pending_updates"):
+            self._updates.clear()
+        self._updates_changed.notify()
+        return True
+
+    async def _get_webhook_info(self, params: _Params) -> Any:
+        info: dict[str, Any] = {
+            "url": "",
+            "has_custom_certificate": False,
+            "pending_update_count": len(self._updates),
+        }
+        if self._webhook is not None:
+            info["url"] = self._webhook["url"]
+            info["ip_address"] = "127.0.0.1"
+            info["max_connections"] = self._webhook["max_connections"]
+            info["allowed_updates"] = self._allowed_updates
+            if self._webhook_error is not None:
+                info["last_error_date"], info["last_error_message"] = self._webhook_error
+        return info
+
+    async def _send_message(self, params: _Params) -> Any:
+        chat_id = self._chat(params)
+        text, entities = self._text(params, "text", 4096, required=True)
+        markup = self._markup(params)
+        state = self._new_message(
+            chat_id, from_bot=True, text=text, entities=entities, reply_markup=markup
+        )
+        return state.as_dict()
+
+    async def _edit_message_text(self, params: _Params) -> Any:
+        state = self._target(params)
+        if state.text is None:
+            raise ApiError(400, "Bad Request: there is no text in the message to edit")
+        text, entities = self._text(params, "text", 4096, required=True)
+        # Without reply_markup Telegram removes the inline keyboard.
+        changes = {"text": text, "entities": entities, "reply_markup": self._markup(params)}
+        return self._edited(state, changes)
+
+    async def _edit_message_reply_markup(self, params: _Params) -> Any:
+        state = self._target(params)
+        return self._edited(state, {"reply_markup": self._markup(params)})
+
+    async def _edit_message_caption(self, params: _Params) -> Any:
+        state = self._target(params)
+        if not state.media or "invoice" in state.media:
+            raise ApiError(400, "Bad Request: there is no caption in the message to edit")
+        caption, entities = self._text(params, "caption", 1024, required=False)
+        changes = {
+            "caption": caption,
+            "caption_entities": entities,
+            "reply_markup": self._markup(params),
+        }
+        return self._edited(state, changes)
+
+    async def _delete_message(self, params: _Params) -> Any:
+        state = self._target(params, deleting=True)
+        state.deleted = True
+        return True
+
+    async def _send_photo(self, params: _Params) -> Any:
+        chat_id = self._chat(params)
+        source = params.file("photo")
+        if isinstance(source, _Upload):
+            data, sizes = source.data, self._photo(source.data)
+        else:
+            sizes = self._photo_groups.get(source)
+            if sizes is None:
+                raise ApiError(400, "Bad Request: wrong file identifier/HTTP URL specified")
+            data = self._files[sizes[-1]["file_id"]].data
+        caption, entities = self._text(params, "caption", 1024, required=False)
+        state = self._new_message(
+            chat_id,
+            from_bot=True,
+            media={"photo": sizes},
+            photo=data,
+            caption=caption,
+            caption_entities=entities,
+            reply_markup=self._markup(params),
+        )
+        return state.as_dict()
+
+    async def _send_document(self, params: _Params) -> Any:
+        chat_id = self._chat(params)
+        source = params.file("document")
+        if isinstance(source, _Upload):
+            if len(source.data) > 50 * MB:
+                raise ApiError(413, "Request Entity Too Large")
+            document = self._document(source.data, source.filename, source.content_type)
+            data = source.data
+        else:
+            stored = self._files.get(source)
+            if stored is None:
+                raise ApiError(400, "Bad Request: wrong file identifier/HTTP URL specified")
+            document = {"file_id": stored.file_id, "file_unique_id": stored.file_unique_id}
+            data = stored.data
+        caption, entities = self._text(params, "caption", 1024, required=False)
+        state = self._new_message(
+            chat_id,
+            from_bot=True,
+            media={"document": document},
+            document=data,
+            caption=caption,
+            caption_entities=entities,
+            reply_markup=self._markup(params),
+        )
+        return state.as_dict()
+
+    async def _get_file(self, params: _Params) -> Any:
+        stored = self._files.get(params.string("file_id"))
+        if stored is None:
+            raise ApiError(400, "Bad Request: invalid file_id")
+        if len(stored.data) > 20 * MB:
+            raise ApiError(400, "Bad Request: file is too big")
+        return {
+            "file_id": stored.file_id,
+            "file_unique_id": stored.file_unique_id,
+            "file_size": len(stored.data),
+            "file_path": stored.file_path,
+        }
+
+    async def _answer_callback_query(self, params: _Params) -> Any:
+        query_id = params.string("callback_query_id")
+        self._query_alive(query_id)
+        self.callback_answers[query_id] = dict(params.values)
+        return True
+
+    async def _send_invoice(self, params: _Params) -> Any:
+        chat_id = self._chat(params)
+        title, description = params.string("title"), params.string("description")
+        payload, currency = params.string("payload"), params.string("currency")
+        if not 1 <= len(title) <= 32 or not 1 <= len(description) <= 255:
+            raise ApiError(400, "Bad Request: invoice title or description is invalid")
+        if not 1 <= len(payload.encode()) <= 128:
+            raise ApiError(400, "Bad Request: INVOICE_PAYLOAD_INVALID")
+        prices = params.get("prices")
+        if not isinstance(prices, list) or not prices:
+            raise ApiError(400, "Bad Request: prices must be non-empty")
+        amounts = [p.get("amount") for p in prices if isinstance(p, dict)]
+        if len(amounts) != len(prices) or not all(isinstance(a, int) for a in amounts):
+            raise ApiError(400, "Bad Request: can't parse prices JSON object")
+        if currency == "XTR":
+            if len(prices) != 1 or params.get("provider_token"):
+                raise ApiError(400, "Bad Request: STARS_INVOICE_INVALID")
+        elif not params.get("provider_token"):
+            raise ApiError(400, "Bad Request: PAYMENT_PROVIDER_INVALID")
+        if sum(amounts) <= 0:
+            raise ApiError(400, "Bad Request: CURRENCY_TOTAL_AMOUNT_INVALID")
+        invoice = {
+            "title": title,
+            "description": description,
+            "start_parameter": str(params.get("start_parameter") or ""),
+            "currency": currency,
+            "total_amount": sum(amounts),
+        }
+        state = self._new_message(
+            chat_id, from_bot=True, media={"invoice": invoice}, reply_markup=self._markup(params)
+        )
+        return state.as_dict()
+
+    async def _answer_pre_checkout_query(self, params: _Params) -> Any:
+        query_id = params.string("pre_checkout_query_id")
+        if "ok" not in params.values:
+            raise ApiError(400, "Bad Request: ok is empty")
+        if not params.flag("ok") and not params.get("error_message"):
+            raise ApiError(400, "Bad Request: ERROR_MESSAGE_EMPTY")
+        self._query_alive(query_id)
+        self.pre_checkout_answers[query_id] = {
+            "ok": params.flag("ok"),
+            "error_message": params.get("error_message"),
+        }
+        return True
+
+    async def _refund_star_payment(self, params: _Params) -> Any:
+        user_id = params.integer("user_id")
+        charge_id = params.string("telegram_payment_charge_id")
+        if self._charges.get(charge_id) != user_id:
+            raise ApiError(400, "Bad Request: CHARGE_NOT_FOUND")
+        if charge_id in self.refunded:
+            raise ApiError(400, "Bad Request: CHARGE_ALREADY_REFUNDED")
+        self.refunded.add(charge_id)
+        return True
+
+    async def _set_my_commands(self, params: _Params) -> Any:
+        commands = params.get("commands")
+        if not isinstance(commands, list) or len(commands) > 100:
+            raise ApiError(400, "Bad Request: can't parse commands JSON object")
+        for command in commands:
+            if not re.fullmatch(r"[a-z0-9_]{1,32}", str(command.get("command", ""))):
+                raise ApiError(400, "Bad Request: BOT_COMMAND_INVALID")
+            if not 1 <= len(str(command.get("description", ""))) <= 256:
+                raise ApiError(400, "Bad Request: BOT_COMMAND_DESCRIPTION_INVALID")
+        language = str(params.get("language_code") or "")
+        if language and not re.fullmatch(r"[a-z]{2}", language):
+            raise ApiError(400, "Bad Request: LANG_CODE_INVALID")
+        key = self._commands_key(params.get("scope"), language)
+        self._commands[key] = [
+            {"command": c["command"], "description": c["description"]} for c in commands
+        ]
+        return True
+
+    async def _get_my_commands(self, params: _Params) -> Any:
+        key = self._commands_key(params.get("scope"), str(params.get("language_code") or ""))
+        return self._commands.get(key, [])
+
+    async def _delete_my_commands(self, params: _Params) -> Any:
+        key = self._commands_key(params.get("scope"), str(params.get("language_code") or ""))
+        self._commands.pop(key, None)
+        return True
+
+    async def _send_chat_action(self, params: _Params) -> Any:
+        self._chat(params)
+        if params.get("action") not in CHAT_ACTIONS:
+            raise ApiError(400, "Bad Request: wrong parameter action in request")
+        return True
+
+
+class UserDriver:
+    """Acts as one Telegram user talking to the bot in a private chat.
+
+    Each action creates a real-shaped update (polled by getUpdates, or POSTed to the webhook,
+    in which case the call returns after the first delivery attempt) and returns the user's
+    Message or CallbackQuery dict.
+    """
+
+    def __init__(self, double: TelegramDouble, telegram_id: int) -> None:
+        self.double = double
+        self.id = telegram_id
+        self.last_update: dict[str, Any] | None = None
+        self._chat_instance = str(secrets.randbits(62))
+
+    @property
+    def chat_id(self) -> int:
+        return self.id
+
+    @property
+    def user(self) -> dict[str, Any]:
+        return self.double._users[self.id]
+
+    async def _message(self, **fields: Any) -> dict[str, Any]:
+        state = self.double._new_message(self.id, from_bot=False, **fields)
+        message = state.as_dict()
+        self.last_update = await self.double.push_update("message", message)
+        return message
+
+    async def _extra(self, extra: dict[str, Any]) -> dict[str, Any]:
+        """A user message carrying fields MessageState has no slot for (sticker, payment...)."""
+        return await self._message(media=extra)
+
+    async def send_text(self, text: str) -> dict[str, Any]:
+        return await self._message(text=text)
+
+    async def send_command(self, command: str, args: str = "") -> dict[str, Any]:
+        command = command.lstrip("/")
+        text = f"/{command} {args}".rstrip()
+        entity = {"type": "bot_command", "offset": 0, "length": _utf16_len(f"/{command}")}
+        return await self._message(text=text, entities=[entity])
+
+    async def send_photo(self, data: bytes, caption: str | None = None) -> dict[str, Any]:
+        sizes = self.double._photo(data)
+        return await self._message(media={"photo": sizes}, photo=data, caption=caption)
+
+    async def send_document(
+        self, data: bytes, filename: str = "file.bin", mime_type: str | None = None
+    ) -> dict[str, Any]:
+        document = self.double._document(data, filename, mime_type)
+        return await self._message(media={"document": document}, document=data)
+
+    async def send_sticker(self, emoji: str = "👍") -> dict[str, Any]:
+        buffer = io.BytesIO()
+        Image.new("RGBA", (512, 512), (255, 200, 0, 255)).save(buffer, "WEBP")
+        stored = self.double._store_file(buffer.getvalue(), "stickers", ".webp")
+        sticker = {
+            "file_id": stored.file_id,
+            "file_unique_id": stored.file_unique_id,
+            "type": "regular",
+            "width": 512,
+            "height": 512,
+            "is_animated": False,
+            "is_video": False,
+            "emoji": emoji,
+            "file_size": len(stored.data),
+        }
+        return await self._extra({"sticker": sticker})
+
+    async def send_voice(self, duration: int = 2) -> dict[str, Any]:
+        stored = self.double._store_file(b"OggS\x00fake-voice", "voice", ".oga")
+        voice = {
+            "file_id": stored.file_id,
+            "file_unique_id": stored.file_unique_id,
+            "duration": duration,
+            "mime_type": "audio/ogg",
+            "file_size": len(stored.data),
+        }
+        return await self._extra({"voice": voice})
+
+    async def send_location(
+        self, latitude: float = 55.75, longitude: float = 37.62
+    ) -> dict[str, Any]:
+        return await self._extra({"location": {"latitude": latitude, "longitude": longitude}})
+
+    async def press(
+        self, message: dict[str, Any] | MessageState, callback_data: str
+    ) -> dict[str, Any]:
+        """Press an inline button of a message the bot sent; the button must be there now."""
+        if isinstance(message, MessageState):
+            chat_id, message_id = message.chat_id, message.message_id
+        else:
+            chat_id, message_id = message["chat"]["id"], message["message_id"]
+        state = self.double._messages.get(chat_id, {}).get(message_id)
+        assert state is not None and not state.deleted, f"message {message_id} is not in chat"
+        assert callback_data in state.callback_data, (
+            f"no button with callback_data {callback_data!r} on message {message_id}; "
+            f"buttons: {state.callback_data}"
+        )
+        query_id = str(secrets.randbits(62))
+        self.double._queries[query_id] = time.monotonic()
+        query = {
+            "id": query_id,
+            "from": self.user,
+            "message": state.as_dict(),
+            "chat_instance": self._chat_instance,
+            "data": callback_data,
+        }
+        self.last_update = await self.double.push_update("callback_query", query)
+        return query
+
+    async def pre_checkout(self, invoice_call: Call) -> str:
+        """Start paying the invoice the bot sent with `invoice_call`; returns the query id."""
+        assert invoice_call.method == "sendInvoice" and invoice_call.ok, "not a sent invoice"
+        query_id = str(secrets.randbits(62))
+        self.double._queries[query_id] = time.monotonic()
+        query = {
+            "id": query_id,
+            "from": self.user,
+            "currency": invoice_call.params["currency"],
+            "total_amount": sum(p["amount"] for p in invoice_call.params["prices"]),
+            "invoice_payload": invoice_call.params["payload"],
+        }
+        self.last_update = await self.double.push_update("pre_checkout_query", query)
+        return query_id
+
+    async def pre_checkout_answer(self, query_id: str, timeout: float = 10) -> dict[str, Any]:
+        """The bot's answerPreCheckoutQuery for `query_id`: {"ok": ..., "error_message": ...}."""
+        await self.double.wait_for(
+            "answerPreCheckoutQuery",
+            timeout=timeout,
+            predicate=lambda c: c.params.get("pre_checkout_query_id") == query_id,
+        )
+        return self.double.pre_checkout_answers[query_id]
+
+    async def successful_payment(self, invoice_call: Call, charge_id: str) -> dict[str, Any]:
+        """The successful_payment service message for the invoice, with `charge_id`."""
+        self.double._charges[charge_id] = self.id
+        payment = {
+            "currency": invoice_call.params["currency"],
+            "total_amount": sum(p["amount"] for p in invoice_call.params["prices"]),
+            "invoice_payload": invoice_call.params["payload"],
+            "telegram_payment_charge_id": charge_id,
+            "provider_payment_charge_id": "",
+        }
+        return await self._extra({"successful_payment": payment})
+
+    async def resend(self, update: dict[str, Any] | None = None) -> None:
+        """Deliver `update` (default: this user's last one) again with the same update_id."""
+        update = update or self.last_update
+        assert update is not None, "nothing to resend"
+        await self.double.resend(update)
+
+    def bot_messages(self, *, include_deleted: bool = False) -> list[MessageState]:
+        return [
+            m
+            for m in self.double.messages(self.id)
+            if m.from_bot and (include_deleted or not m.deleted)
+        ]
