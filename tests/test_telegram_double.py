@@ -169,10 +169,14 @@ async def test_send_edit_not_modified_and_delete(telegram: TelegramDouble, bot: 
             message_id=sent.message_id,
             reply_markup=keyboard("x"),
         )
+    await bot.edit_message_reply_markup(
+        chat_id=USER_ID, message_id=sent.message_id, reply_markup=keyboard("x", "y")
+    )
+    assert telegram.message(USER_ID, sent.message_id).callback_data == ["x", "y"]
     # An edit without reply_markup drops the keyboard, as Telegram does.
     await bot.edit_message_text("<b>Running</b>", chat_id=USER_ID, message_id=sent.message_id)
     state = telegram.message(USER_ID, sent.message_id)
-    assert (state.text, state.reply_markup, state.edits) == ("Running", None, 2)
+    assert (state.text, state.reply_markup, state.edits) == ("Running", None, 3)
 
     assert await bot.delete_message(USER_ID, sent.message_id) is True
     assert telegram.messages(USER_ID)[0].deleted
@@ -209,6 +213,17 @@ async def test_send_photo_uploads_bytes_and_download_round_trip(
     assert downloaded is not None
     with Image.open(io.BytesIO(downloaded.getvalue())) as image:
         assert (image.format, image.size) == ("JPEG", (1000, 700))  # recompressed
+
+    recaptioned = await bot.edit_message_caption(
+        chat_id=USER_ID,
+        message_id=message.message_id,
+        caption="Done!",
+        reply_markup=keyboard("more"),
+    )
+    assert isinstance(recaptioned, Message) and recaptioned.caption == "Done!"
+    assert telegram.messages(USER_ID)[0].callback_data == ["more"]
+    with pytest.raises(TelegramBadRequest, match="there is no text in the message to edit"):
+        await bot.edit_message_text("text", chat_id=USER_ID, message_id=message.message_id)
 
     again = await bot.send_photo(USER_ID, message.photo[-1].file_id)  # resend by file_id
     assert again.photo is not None and again.photo[-1].file_id == message.photo[-1].file_id

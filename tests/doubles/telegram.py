@@ -47,83 +47,38 @@ from starlette.routing import Route
 TEST_BOT_TOKEN = "123456:TEST-double-token"
 BOT_USERNAME = "comfygram_test_bot"
 
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
 # Parameters Telegram reads as JSON when they arrive as strings (form fields, query string).
-JSON_FIELDS = {
-    "allowed_updates",
-    "caption_entities",
-    "commands",
-    "entities",
-    "link_preview_options",
-    "media",
-    "prices",
-    "reply_markup",
-    "reply_parameters",
-    "scope",
-    "suggested_tip_amounts",
-}
-INT_FIELDS = {
-    "chat_id",
-    "user_id",
-    "message_id",
-    "message_thread_id",
-    "offset",
-    "limit",
-    "timeout",
-    "max_connections",
-    "cache_time",
-    "max_tip_amount",
-}
-BOOL_FIELDS = {
-    "drop_pending_updates",
-    "ok",
-    "show_alert",
-    "disable_notification",
-    "protect_content",
-    "has_spoiler",
-    "show_caption_above_media",
-    "disable_content_type_detection",
-    "allow_sending_without_reply",
-    "need_name",
-    "need_email",
-    "need_phone_number",
-    "need_shipping_address",
-    "is_flexible",
-}
-DEFAULT_ALLOWED_UPDATES = [
-    "message",
-    "edited_message",
-    "channel_post",
-    "edited_channel_post",
-    "business_connection",
-    "business_message",
-    "edited_business_message",
-    "deleted_business_messages",
-    "inline_query",
-    "chosen_inline_result",
-    "callback_query",
-    "shipping_query",
-    "pre_checkout_query",
-    "purchased_paid_media",
-    "poll",
-    "poll_answer",
-    "my_chat_member",
-    "chat_join_request",
-    "chat_boost",
-    "removed_chat_boost",
-]
-CHAT_ACTIONS = {
-    "typing",
-    "upload_photo",
-    "record_video",
-    "upload_video",
-    "record_voice",
-    "upload_voice",
-    "upload_document",
-    "choose_sticker",
-    "find_location",
-    "record_video_note",
-    "upload_video_note",
-}
+JSON_FIELDS = _words(
+    "allowed_updates caption_entities commands entities link_preview_options media prices "
+    "reply_markup reply_parameters scope suggested_tip_amounts"
+)
+INT_FIELDS = _words(
+    "chat_id user_id message_id message_thread_id offset limit timeout max_connections "
+    "cache_time max_tip_amount"
+)
+BOOL_FIELDS = _words(
+    "drop_pending_updates ok show_alert disable_notification protect_content has_spoiler "
+    "show_caption_above_media disable_content_type_detection allow_sending_without_reply "
+    "need_name need_email need_phone_number need_shipping_address is_flexible"
+)
+DEFAULT_ALLOWED_UPDATES = sorted(
+    _words(
+        "message edited_message channel_post edited_channel_post business_connection "
+        "business_message edited_business_message deleted_business_messages inline_query "
+        "chosen_inline_result callback_query shipping_query pre_checkout_query "
+        "purchased_paid_media poll poll_answer my_chat_member chat_join_request chat_boost "
+        "removed_chat_boost"
+    )
+)
+CHAT_ACTIONS = _words(
+    "typing upload_photo record_video upload_video record_voice upload_voice "
+    "upload_document choose_sticker find_location record_video_note upload_video_note"
+)
 HTML_TAGS = {
     "b": "bold",
     "strong": "bold",
@@ -492,7 +447,8 @@ class TelegramDouble:
         self._webhook_error: tuple[int, str] | None = None
         self._first_attempts: dict[int, asyncio.Future[None]] = {}
         self._poll_generation = 0
-        self._queries: dict[str, float] = {}  # callback/pre-checkout query id -> created at
+        # Open callback and pre-checkout queries: id -> (created at, seconds to answer).
+        self._queries: dict[str, tuple[float, float]] = {}
         self._charges: dict[str, int] = {}  # telegram_payment_charge_id -> user id
         self._commands: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self._faults: list[_Fault] = []
@@ -1029,8 +985,8 @@ class TelegramDouble:
         }
 
     def _query_alive(self, query_id: str) -> None:
-        created = self._queries.pop(query_id, None)
-        if created is None or time.monotonic() - created > 10:
+        created, limit = self._queries.pop(query_id, (0.0, -1.0))
+        if time.monotonic() - created > limit:
             raise ApiError(400, QUERY_TOO_OLD)
 
     @staticmethod
@@ -1419,7 +1375,8 @@ class UserDriver:
             f"buttons: {state.callback_data}"
         )
         query_id = str(secrets.randbits(62))
-        self.double._queries[query_id] = time.monotonic()
+        # Telegram stops accepting the answer after about 15 seconds.
+        self.double._queries[query_id] = (time.monotonic(), 15.0)
         query = {
             "id": query_id,
             "from": self.user,
@@ -1434,7 +1391,7 @@ class UserDriver:
         """Start paying the invoice the bot sent with `invoice_call`; returns the query id."""
         assert invoice_call.method == "sendInvoice" and invoice_call.ok, "not a sent invoice"
         query_id = str(secrets.randbits(62))
-        self.double._queries[query_id] = time.monotonic()
+        self.double._queries[query_id] = (time.monotonic(), 10.0)  # 10 s to answer, or void
         query = {
             "id": query_id,
             "from": self.user,
