@@ -9,6 +9,7 @@ import itertools
 import pytest
 from PIL import Image
 
+from comfygram.presets import BUILTIN_DIR
 from tests import images
 from tests.stack import Stack, eventually, running_stack
 
@@ -268,3 +269,36 @@ async def test_presets_this_comfyui_cannot_run_are_not_sold(stack: Stack):
     available = {p.slug for p in await stack.backend.presets(available_only=True)}
     assert "invert" in available and "upscale2x" in available
     assert "oil" not in available and "edit" not in available  # no models on the double
+
+
+@pytest.fixture
+def slow_preset_dir(tmp_path):
+    """An extra preset like invert with a 1-second deadline."""
+    folder = tmp_path / "presets" / "hasty"
+    folder.mkdir(parents=True)
+    source = BUILTIN_DIR / "invert"
+    (folder / "workflow.json").write_text((source / "workflow.json").read_text())
+    manifest = (source / "preset.toml").read_text()
+    manifest = manifest.replace('slug = "invert"', 'slug = "hasty"')
+    manifest = manifest.replace("timeout_seconds = 60", "timeout_seconds = 1")
+    (folder / "preset.toml").write_text(manifest)
+    return tmp_path / "presets"
+
+
+async def test_a_timeout_interrupts_exactly_our_prompt_and_fails_after_max_attempts(
+    settings, tmp_path, redis, slow_preset_dir
+):
+    overrides = {"presets_dir": slow_preset_dir, "max_attempts": 1}
+    async with running_stack(settings, tmp_path, **overrides) as stack:
+        await stack.new_user(USER, credits=10)
+        stack.comfyui.execution_delay = 2.0
+        job_id = await create(stack, preset="hasty")
+        stack.start_worker()
+        job = await stack.settled(job_id)
+        assert (job.status, job.attempts) == ("failed", 1)
+        assert job.error.startswith("timeout:")
+        (prompt,) = stack.comfyui.prompts_received
+        assert stack.comfyui.interrupts == [prompt["prompt_id"]]
+        assert await balance(stack) == 13
+        (apology,) = stack.telegram.sent("sendMessage", chat_id=USER)
+        assert "took too long" in apology.params["text"]

@@ -7,6 +7,8 @@ to the prompt in ComfyUI instead of running it again where it can.
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import subprocess
 from collections.abc import Awaitable, Callable
 
@@ -157,3 +159,20 @@ async def test_flushed_redis_and_a_dead_worker_lose_no_job(settings, tmp_path):
             assert len([c for c in stack.telegram.sent("sendPhoto") if c.ok]) == 1
     finally:
         server.stop()
+
+
+async def test_sigterm_finishes_the_current_job_then_releases_the_gpu(stack: Stack):
+    stack.comfyui.execution_delay = 0.5
+    process = (await _workers(stack, "a"))["a"]
+    job, _ = await stack.backend.create_job(USER, "invert", images.png(), "p.png")
+    await eventually(lambda: _processing(stack, job.id), timeout=20)
+    process.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(process.wait, 15) == 0
+    final = await stack.backend.job(job.id)
+    assert (final.status, final.delivery_status) == ("succeeded", "delivered")
+    redis = connect_redis(stack.settings)
+    try:
+        lock = GpuLock(redis, stack.settings.redis_prefix, stack.settings.comfyui_url, "", 1)
+        assert await lock.holder() is None
+    finally:
+        await redis.aclose()

@@ -470,6 +470,7 @@ class ComfyUIDouble:
         self.free_calls: list[dict[str, Any]] = []
         self.prompts_received: list[dict[str, Any]] = []
         self.queued_at: dict[str, float] = {}  # prompt id -> time.monotonic() it was accepted
+        self.interrupts: list[str | None] = []  # prompt_id of each POST /interrupt (None: any)
         self.executed_prompt_ids: list[str] = []
         self.timeline: list[tuple[float, str, str, str | None]] = []
         self.dropped_requests: list[str] = []
@@ -1027,6 +1028,7 @@ class ComfyUIDouble:
         raw = await request.body()
         body = json.loads(raw) if raw else {}
         target = body.get("prompt_id") if isinstance(body, dict) else None
+        self.interrupts.append(target)
         if self.running is not None and (target is None or target == self.running[1]):
             self._interrupt = True
         return _empty()

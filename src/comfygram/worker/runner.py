@@ -157,13 +157,16 @@ class Worker:
 
     async def _work(self) -> None:
         current: Run | None = None
-        while not self._stopping.is_set():
+        while True:
             if current is None:
                 await self._ready()
                 if self._stopping.is_set():
                     return
                 current = await self._next()
                 continue
+            if self._stopping.is_set():
+                await self._execute(current)  # finish what is in hand, take nothing new
+                return
             # Prepare and submit the next job while ComfyUI runs the current one.
             upcoming = asyncio.create_task(self._next_when_ready())
             try:
