@@ -357,6 +357,10 @@ class BackendClient:
         }
         await self._call("PUT", f"/api/workers/{name}", json=body)
 
+    async def workers(self) -> list[dict[str, Any]]:
+        """Live workers with their ComfyUI health and runnable presets."""
+        return await self._json("GET", "/api/workers")
+
     # -- bot: profile changes and operator numbers -------------------------------------------
 
     async def update_user(
