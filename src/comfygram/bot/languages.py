@@ -6,6 +6,7 @@ too) and cached in Redis for a day, so most updates cost no backend call.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from redis.asyncio import Redis
@@ -17,6 +18,7 @@ from comfygram.i18n import language_of
 
 log = logging.getLogger(__name__)
 CACHE_SECONDS = 24 * 3600
+LOOKUP_TIMEOUT_SECONDS = 2.0
 
 
 class LanguageStore:
@@ -36,8 +38,9 @@ class LanguageStore:
         if cached:
             return str(cached)
         try:
-            user = await self.backend.user(telegram_id)
-        except (BackendError, BackendUnavailable):
+            # Briefly: a pre-checkout query must be answered within Telegram's 10 seconds.
+            user = await asyncio.wait_for(self.backend.user(telegram_id), LOOKUP_TIMEOUT_SECONDS)
+        except (BackendError, BackendUnavailable, TimeoutError):
             # Not registered yet, or the backend is away: Telegram's language will do.
             return language_of(telegram_code)
         language = language_of(user.language_code or telegram_code)

@@ -14,7 +14,7 @@ from aiogram import Bot
 from aiogram.types import User
 from redis.asyncio import Redis
 
-from comfygram.api import BackendClient, BackendError, Job, Preset
+from comfygram.api import BackendClient, BackendError, BackendUnavailable, Job, Preset
 from comfygram.bot import keyboards
 from comfygram.bot.keys import bot_key
 from comfygram.bot.replies import not_enough_credits, send
@@ -140,7 +140,11 @@ class Orders:
         message = await send(self.tg, chat_id, text, keyboards.status_markup(job.id, lang))
         if message is None:
             return
-        await self.backend.record_status_message(job.id, chat_id, message.message_id)
+        try:
+            await self.backend.record_status_message(job.id, chat_id, message.message_id)
+        except BackendUnavailable as exc:
+            # The job is queued and paid for; only the worker's progress edits miss out.
+            log.warning("job %s: status message not recorded: %s", job.id, exc)
         await self.tracker.track(job, chat_id, message.message_id, lang, text)
 
     async def _refused(self, chat_id: int, lang: str, error: BackendError) -> None:
