@@ -39,6 +39,9 @@ _MULTIPART_SLACK = 64 * 1024
 
 def create_app(settings: Settings) -> FastAPI:
     settings.require("api_token")
+    if settings.webhook_url and settings.bot_token:
+        # Webhook mode: Telegram must prove each update with the secret.
+        settings.require("webhook_secret")
     presets_on_disk = load_presets(settings.presets_dir)
 
     @contextlib.asynccontextmanager
