@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 from pydantic import SecretStr
@@ -131,9 +132,35 @@ class World:
         return len(self.telegram.calls)
 
 
+class FlakyBackend(httpx.AsyncHTTPTransport):
+    """The bot's way to the backend, with faults: a call that never reaches the backend
+    (down), or one whose answer is lost after the backend did the work (a timeout)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.faults: list[list[Any]] = []  # [path, times left, lose the answer]
+
+    def down(self, path: str, times: int = 1) -> None:
+        self.faults.append([path, times, False])
+
+    def lose_answer(self, path: str, times: int = 1) -> None:
+        self.faults.append([path, times, True])
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        for fault in self.faults:
+            if fault[1] > 0 and request.url.path == fault[0]:
+                fault[1] -= 1
+                if fault[2]:
+                    response = await super().handle_async_request(request)
+                    await response.aread()
+                    raise httpx.ReadTimeout("the answer was lost", request=request)
+                raise httpx.ConnectError("the backend is down", request=request)
+        return await super().handle_async_request(request)
+
+
 @contextlib.asynccontextmanager
 async def polling_world(
-    settings: Settings, *, backend: BackendClient | None = None, **extra: Any
+    settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None, **extra: Any
 ) -> AsyncIterator[World]:
     """The backend, and the bot polling the Telegram double (as `comfygram bot` does)."""
     async with contextlib.AsyncExitStack() as stack:
@@ -143,7 +170,11 @@ async def polling_world(
         )
         current = bot_settings(settings, telegram, url, **extra)
         client = await stack.enter_async_context(BackendClient(url, API_TOKEN))
-        runtime = BotRuntime(current, backend=backend, status_interval=0.3, payments_interval=0.3)
+        # The bot's own backend client (through `transport` when a test breaks the way there).
+        bot_backend = BackendClient(url, API_TOKEN, transport=transport)
+        runtime = BotRuntime(
+            current, backend=bot_backend, status_interval=0.3, payments_interval=0.3
+        )
         task = asyncio.create_task(runtime.run_polling(handle_signals=False))
         try:
             while not telegram.sent("getUpdates"):  # polling has begun
