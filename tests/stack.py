@@ -81,9 +81,9 @@ class Stack:
         stop.set()
         await asyncio.wait_for(task, timeout)
 
-    def spawn_worker(self, name: str) -> subprocess.Popen[bytes]:
+    def spawn_worker(self, name: str, **environment: str) -> subprocess.Popen[bytes]:
         """`comfygram worker` as a real process, for kill -9 tests; logs go to ``log_dir``."""
-        env = {**os.environ, **self.environment(), "WORKER_NAME": name}
+        env = {**os.environ, **self.environment(), "WORKER_NAME": name, **environment}
         with (self.log_dir / f"worker-{name}.log").open("ab") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", "comfygram", "worker"],

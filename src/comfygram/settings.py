@@ -81,6 +81,8 @@ class Settings(BaseSettings):
     result_cache_seconds: int = Field(default=3600, ge=0)
     # Base of the exponential backoff between attempts of a job.
     retry_backoff_seconds: float = Field(default=5.0, ge=0)
+    # Upload and submit the next job while the current one runs, so the GPU never waits.
+    worker_prefetch: bool = True
     # Port of the worker's Prometheus /metrics (0 = off).
     worker_metrics_port: int = Field(default=0, ge=0, le=65535)
 

@@ -44,6 +44,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
         max_attempts=settings.max_attempts,
         backoff_seconds=settings.retry_backoff_seconds,
         result_cache_seconds=settings.result_cache_seconds,
+        prefetch=settings.worker_prefetch,
     )
     redis = connect_redis(settings)
     binary_redis = connect_redis(settings, decode_responses=False)

@@ -68,6 +68,8 @@ class WorkerConfig:
     idle_poll_seconds: float = 1.0
     # Quiet WebSocket time after which the client asks /history and /queue.
     quiet_poll_seconds: float = 2.0
+    # Submit the next job while the current one runs.
+    prefetch: bool = True
 
 
 @dataclass
@@ -197,7 +199,7 @@ class Worker:
             await asyncio.wait_for(self._stopping.wait(), seconds)
 
     async def _next_when_ready(self) -> Run | None:
-        if not self.healthy.is_set() or self._stopping.is_set():
+        if not self.config.prefetch or not self.healthy.is_set() or self._stopping.is_set():
             return None
         return await self._next()
 
