@@ -113,6 +113,7 @@ async def snapshot(app: FastAPI) -> dict[str, Any]:
         str(path.relative_to(media)) for path in media.rglob("*") if path.is_file()
     )
     state["queue"] = await app.state.queue.length()
+    state["workers"] = [w.model_dump() for w in await app.state.workers.live()]
     return state
 
 
@@ -183,6 +184,17 @@ def credits_body(**overrides: Any) -> Build:
 
 def status_body(**overrides: Any) -> Build:
     return lambda _world: {"json": _merge({"status": "processing", "worker": "w1"}, overrides)}
+
+
+def worker_body(**overrides: Any) -> Build:
+    base = {
+        "comfyui_url": "http://gpu-1:8188",
+        "healthy": True,
+        "runnable": ["bw"],
+        "problems": {},
+        "ttl_seconds": 30,
+    }
+    return lambda _world: {"json": _merge(base, overrides)}
 
 
 def status_message_body(**overrides: Any) -> Build:
@@ -297,6 +309,8 @@ API_ROUTES: list[tuple[str, str, Build]] = [
     ("POST", "/api/payments/confirm", confirm_body()),
     ("PATCH", "/api/users/by-telegram-id/{telegram_id}", body(language_code="ru")),
     ("GET", "/api/stats", nothing),
+    ("PUT", "/api/workers/{name}", worker_body()),
+    ("GET", "/api/workers", nothing),
     ("GET", "/api/stats/run-times", nothing),
     ("GET", "/api/stats/queue", nothing),
 ]
@@ -311,7 +325,7 @@ BAD_AUTHORIZATION: list[str | None] = [
 
 
 def _fill(path: str, world: World) -> str:
-    return path.format(telegram_id=world.telegram_id, slug="bw", job_id=world.job_id)
+    return path.format(telegram_id=world.telegram_id, slug="bw", job_id=world.job_id, name="gpu-1")
 
 
 def test_auth_table_lists_every_api_route(app: FastAPI) -> None:
@@ -446,6 +460,23 @@ CASES = [
         "PATCH",
         "/api/users/by-telegram-id/0",
         ("patch-user-id-0", body(blocked_bot=True), 422, INVALID),
+    ),
+    # ---- worker heartbeats
+    *route(
+        "PUT",
+        "/api/workers/gpu-1",
+        ("worker-missing-url", worker_body(comfyui_url=_DROP), 422, INVALID),
+        ("worker-healthy-string", worker_body(healthy="yes"), 422, INVALID),
+        ("worker-ttl-0", worker_body(ttl_seconds=0), 422, INVALID),
+        ("worker-ttl-a-day", worker_body(ttl_seconds=86400), 422, INVALID),
+        ("worker-runnable-not-list", worker_body(runnable="bw"), 422, INVALID),
+        ("worker-url-nul", worker_body(comfyui_url="http://gpu\x00"), 422, INVALID),
+        ("worker-unknown-field", worker_body(vram=24), 422, INVALID),
+        ("worker-not-json", raw(b"healthy=true", FORM_ENCODED), 422, INVALID),
+    ),
+    *route("PUT", "/api/workers/a%20b", ("worker-name-space", worker_body(), 422, INVALID)),
+    *route(
+        "PUT", "/api/workers/" + "w" * 101, ("worker-name-101-chars", worker_body(), 422, INVALID)
     ),
     # ---- presets
     *route("GET", "/api/presets/nope", ("preset-unknown", nothing, 404, "preset_not_found")),

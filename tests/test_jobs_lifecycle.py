@@ -1,5 +1,7 @@
 """A job's life through the routes the worker and the bot use."""
 
+import asyncio
+
 from tests import images
 from tests.helpers import backend_client, balance, create_job, register
 
@@ -172,3 +174,41 @@ async def test_health_and_readiness_need_no_token(app):
         assert (await anonymous.get("/healthz")).json() == {"status": "ok"}
         ready = await anonymous.get("/readyz")
         assert ready.status_code == 200 and ready.json()["redis"] == "ok"
+
+
+async def test_the_final_message_is_claimed_once(api):
+    await register(api)
+    job = (await create_job(api)).json()
+    await status(api, job["id"], "processing", worker="gpu-1")
+    await status(api, job["id"], "failed", error="execution: boom")
+
+    async def claim(state: str):
+        return await api.post(f"/api/jobs/{job['id']}/delivery", json={"status": state})
+
+    assert (await claim("sending")).json()["delivery_status"] == "sending"
+    second = await claim("sending")
+    assert second.status_code == 409 and second.json()["error"]["code"] == "delivery_claimed"
+    assert (await claim("delivered")).json()["delivery_status"] == "delivered"
+    assert (await claim("sending")).status_code == 409
+
+
+async def test_worker_heartbeats_decide_which_presets_are_available(api):
+    everything = {p["slug"] for p in (await api.get("/api/presets?available=true")).json()}
+    assert "oil" in everything  # no worker reports yet: nothing is hidden
+    report = {
+        "comfyui_url": "http://gpu-1:8188",
+        "healthy": True,
+        "runnable": ["bw", "invert"],
+        "problems": {"oil": "model file checkpoints/v1-5-pruned-emaonly.safetensors is missing"},
+        "ttl_seconds": 0.5,
+    }
+    assert (await api.put("/api/workers/gpu-1", json=report)).status_code == 200
+    listed = (await api.get("/api/presets")).json()
+    assert {p["slug"] for p in listed if p["available"]} == {"bw", "invert"}
+    available = (await api.get("/api/presets?available=true")).json()
+    assert {p["slug"] for p in available} == {"bw", "invert"}
+    (worker,) = (await api.get("/api/workers")).json()
+    assert worker["name"] == "gpu-1" and worker["problems"]["oil"].startswith("model file")
+    await asyncio.sleep(0.6)  # the heartbeat expires: the worker is gone
+    assert (await api.get("/api/workers")).json() == []
+    assert len((await api.get("/api/presets?available=true")).json()) == len(everything)

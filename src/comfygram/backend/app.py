@@ -60,12 +60,14 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.queue = queue
         app.state.store = MediaStore(settings.media_dir)
         app.state.workers = WorkerRegistry(redis, settings.redis_prefix)
+        stop_reconciling = asyncio.Event()
         reconciler = asyncio.create_task(
             reconcile.reconcile_forever(
                 sessions,
                 queue,
                 settings.reconcile_interval_seconds,
                 settings.stale_processing_seconds,
+                stop_reconciling,
             ),
             name="queue-reconcile",
         )
@@ -84,9 +86,12 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             if app.state.bot is not None:
                 await app.state.bot.close()
-            reconciler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reconciler
+            stop_reconciling.set()
+            try:
+                await asyncio.wait_for(reconciler, 10)
+            except TimeoutError:  # a round stuck on an unreachable Redis: cut it short
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reconciler
             await redis.aclose()
             await engine.dispose()
 

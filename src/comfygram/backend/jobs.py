@@ -247,14 +247,14 @@ async def record_delivery(
         raise ApiError(
             409, "job_active", f"Job {job.id} is still {job.status}; nothing to deliver yet."
         )
-    if job.delivery_status == DeliveryStatus.DELIVERED:
-        return job
     if status is DeliveryStatus.SENDING and job.delivery_status != DeliveryStatus.PENDING:
         raise ApiError(
             409,
             "delivery_claimed",
             f"Job {job.id}: delivery already {job.delivery_status}; it is not sent twice.",
         )
+    if job.delivery_status == DeliveryStatus.DELIVERED:
+        return job
     job.delivery_status = status
     job.delivery_error = error[:4000] if error else None
     if status is DeliveryStatus.DELIVERED:

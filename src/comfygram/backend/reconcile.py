@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from datetime import UTC, datetime, timedelta
 
@@ -36,13 +37,23 @@ async def reconcile_once(
 
 
 async def reconcile_forever(
-    sessions: async_sessionmaker, queue: JobQueue, interval: float, stale_after: float
+    sessions: async_sessionmaker,
+    queue: JobQueue,
+    interval: float,
+    stale_after: float,
+    stop: asyncio.Event,
 ) -> None:
-    while True:
+    """Reconcile every ``interval`` seconds until ``stop`` is set.
+
+    Stopping between rounds, not by cancellation: a database query cancelled halfway can leave
+    its pooled connection in a state that makes the engine's shutdown wait.
+    """
+    while not stop.is_set():
         try:
             await reconcile_once(sessions, queue, stale_after)
         except (RedisError, OSError) as exc:
             log.warning("queue reconcile skipped, Redis unreachable: %s", type(exc).__name__)
         except Exception:
             log.exception("queue reconcile failed")
-        await asyncio.sleep(interval)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)

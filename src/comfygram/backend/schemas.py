@@ -266,7 +266,7 @@ class PaymentOut(BaseModel):
 
 class WorkerReport(Strict):
     comfyui_url: str = Field(min_length=1, max_length=500)
-    healthy: bool
+    healthy: bool = Field(strict=True)
     runnable: list[str] = Field(max_length=1000)
     problems: dict[str, str] = Field(default_factory=dict, max_length=1000)
     ttl_seconds: float = Field(gt=0, le=3600)
