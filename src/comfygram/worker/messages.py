@@ -9,6 +9,7 @@ records it as failed instead of sending a second copy (Telegram has no idempoten
 from __future__ import annotations
 
 import contextlib
+import html
 import io
 import logging
 
@@ -18,7 +19,7 @@ from aiogram.types import BufferedInputFile, InlineKeyboardButton, InlineKeyboar
 from PIL import Image
 
 from comfygram.api import BackendClient, BackendError, Job
-from comfygram.i18n import t
+from comfygram.i18n import language_of, t
 from comfygram.presets import Preset
 from comfygram.telegram import MessageGone, TelegramSender, TelegramUnavailable, UserBlocked
 from comfygram.worker.failures import FailureKind
@@ -51,7 +52,9 @@ def fits_photo(data: bytes) -> bool:
 
 
 def _title(preset: Preset, language: str | None) -> str:
-    return preset.title.get(language or "en") or preset.title.get("en") or preset.slug
+    """The preset's name in the user's language, escaped: messages are sent as HTML."""
+    title = preset.title.get(language_of(language)) or preset.title.get("en") or preset.slug
+    return html.escape(title, quote=False)
 
 
 class UserMessages:
@@ -146,7 +149,7 @@ class UserMessages:
         text = t(
             language,
             "worker.failed.intro",
-            title=_title(preset, language) if preset else job.preset,
+            title=_title(preset, language) if preset else html.escape(job.preset),
             reason=t(language, reason_key),
             price=job.price,
         )
