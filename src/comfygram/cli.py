@@ -61,11 +61,22 @@ def _bot(settings: Settings, _args: argparse.Namespace) -> None:
     asyncio.run(poll())
 
 
+def _run(settings: Settings, _args: argparse.Namespace) -> None:
+    from comfygram.run import main as run_everything
+
+    run_everything(settings)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="comfygram", description="A paid AI photo-editing service on Telegram."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run", help="one machine: the backend, a worker and the bot (polling) together"
+    )
+    run.set_defaults(handler=_run)
 
     backend = commands.add_parser("backend", help="run the REST API (and Telegram webhook)")
     backend.add_argument("--host", help="default: BACKEND_HOST or 127.0.0.1")

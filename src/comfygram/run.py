@@ -1,0 +1,135 @@
+"""`comfygram run`: the backend, one worker and the bot (polling) in one process.
+
+For a one-machine install. Before starting anything it checks what the three need and says
+exactly what to do about whatever is missing; Ctrl-C (or SIGTERM) stops all three cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+
+import httpx
+import uvicorn
+from redis.asyncio import Redis
+from redis.exceptions import AuthenticationError, RedisError
+
+from comfygram.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_CHECK_TIMEOUT = 3.0
+
+
+async def preflight(settings: Settings) -> tuple[list[str], list[str]]:
+    """(problems that stop the start, warnings), each one line saying what to do."""
+    problems: list[str] = []
+    warnings: list[str] = []
+    if settings.api_token is None:
+        problems.append(
+            "API_TOKEN is not set: add API_TOKEN=<random text> to .env "
+            "(make one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+    if settings.bot_token is None:
+        problems.append(
+            "BOT_TOKEN is not set: get one from @BotFather in Telegram (/newbot) "
+            "and add BOT_TOKEN=... to .env"
+        )
+    if settings.webhook_url:
+        problems.append(
+            "WEBHOOK_URL is set, but comfygram run receives updates by polling: unset it, "
+            "or run comfygram backend/worker separately for webhook mode"
+        )
+    where = f"{settings.redis_host}:{settings.redis_port}"
+    if settings.redis_url:
+        where = settings.redis_url.rsplit("@", 1)[-1].removeprefix("redis://")
+    redis = Redis.from_url(
+        settings.redis_dsn, socket_connect_timeout=_CHECK_TIMEOUT, socket_timeout=_CHECK_TIMEOUT
+    )
+    try:
+        await redis.ping()
+    except AuthenticationError:
+        problems.append(f"Redis at {where} refused the password: check REDIS_PASSWORD")
+    except (RedisError, OSError):
+        problems.append(
+            f"Redis not reachable at {where}: install and start it "
+            "(Debian/Ubuntu: sudo apt install redis-server), or set REDIS_URL"
+        )
+    finally:
+        await redis.aclose()
+    try:
+        async with httpx.AsyncClient(timeout=_CHECK_TIMEOUT) as http:
+            (await http.get(f"{settings.comfyui_url.rstrip('/')}/system_stats")).raise_for_status()
+    except httpx.HTTPError:
+        warnings.append(
+            f"ComfyUI not reachable at {settings.comfyui_url}: jobs wait in the queue until it "
+            "answers (set COMFYUI_URL to where it runs)"
+        )
+    return problems, warnings
+
+
+async def run_all(settings: Settings) -> int:
+    """Start the three parts; returns the exit code."""
+    problems, warnings = await preflight(settings)
+    for warning in warnings:
+        print(f"comfygram: warning: {warning}", file=sys.stderr)
+    if problems:
+        for problem in problems:
+            print(f"comfygram: {problem}", file=sys.stderr)
+        return 2
+
+    from comfygram.backend.app import create_app
+    from comfygram.bot import BotRuntime
+    from comfygram.worker.main import run_worker
+
+    host, port = settings.backend_host, settings.backend_port
+    own = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    settings = settings.model_copy(update={"backend_url": own, "backend_api_url": own})
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host=host, port=port, log_config=None)
+    )
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    backend = asyncio.create_task(server.serve(), name="backend")
+    while not server.started:
+        if backend.done():
+            print(f"comfygram: the backend could not listen on {host}:{port}", file=sys.stderr)
+            return 1
+        await asyncio.sleep(0.05)
+
+    bot = BotRuntime(settings)
+    parts = {
+        backend,
+        asyncio.create_task(run_worker(settings, stop), name="worker"),
+        asyncio.create_task(bot.run_polling(handle_signals=False), name="bot"),
+    }
+    print(
+        f"comfygram is running: backend {own} (API docs {own}/docs), worker on "
+        f"{settings.comfyui_url}, bot polling Telegram. Ctrl-C stops everything.",
+        flush=True,
+    )
+    stopper = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait({stopper, *parts}, return_when=asyncio.FIRST_COMPLETED)
+    failed = [task for task in done if task is not stopper and task.exception() is not None]
+    for task in failed:
+        log.error("%s stopped: %r", task.get_name(), task.exception())
+    stop.set()
+    with contextlib.suppress(RuntimeError):  # polling may not have started yet
+        await bot.stop()
+    server.should_exit = True
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(asyncio.gather(*parts, return_exceptions=True), 60)
+    stopper.cancel()
+    print("comfygram stopped.", flush=True)
+    return 1 if failed else 0
+
+
+def main(settings: Settings) -> None:
+    raise SystemExit(asyncio.run(run_all(settings)))
