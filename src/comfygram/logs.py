@@ -2,12 +2,35 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextvars import ContextVar
 
 REDACTED = "***"
+
+# The job a line of log is about, across backend, worker and bot: set with job_context().
+JOB_ID: ContextVar[str | None] = ContextVar("job_id", default=None)
+
+
+@contextlib.contextmanager
+def job_context(job_id: str) -> Iterator[None]:
+    """Every log line written inside (tasks started inside too) carries ``job_id``."""
+    token = JOB_ID.set(job_id)
+    try:
+        yield
+    finally:
+        JOB_ID.reset(token)
+
+
+class _JobIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "job_id") and (job_id := JOB_ID.get()) is not None:
+            record.job_id = job_id
+        return True
+
 
 # Shapes of secrets that may reach a log without being known settings: bot tokens inside
 # Telegram URLs, bearer tokens, passwords inside connection URLs.
@@ -59,6 +82,8 @@ class RedactingFormatter(logging.Formatter):
             text = json.dumps(entry, ensure_ascii=False)
         else:
             text = super().format(record)
+            if hasattr(record, "job_id"):
+                text += f" [job {record.job_id}]"
         return redact(text, self.secrets)
 
 
@@ -66,6 +91,7 @@ def setup_logging(level: str, as_json: bool, secrets: Iterable[str]) -> None:
     """Route every logger (ours, uvicorn's, httpx's) through one redacting handler."""
     handler = logging.StreamHandler()
     handler.setFormatter(RedactingFormatter(secrets, as_json))
+    handler.addFilter(_JobIdFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 from aiogram import Bot
@@ -17,15 +18,20 @@ from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.enums import ParseMode
 from aiogram.exceptions import (
+    TelegramAPIError,
     TelegramBadRequest,
+    TelegramConflictError,
     TelegramEntityTooLarge,
     TelegramForbiddenError,
     TelegramNetworkError,
+    TelegramNotFound,
     TelegramRetryAfter,
     TelegramServerError,
+    TelegramUnauthorizedError,
 )
 from aiogram.methods import TelegramMethod
 
+from comfygram import metrics
 from comfygram.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -232,6 +238,32 @@ _GONE = (
 )
 
 
+# Telegram's error codes by aiogram exception, for the errors metric.
+_ERROR_CODES: tuple[tuple[type[TelegramAPIError], str], ...] = (
+    (TelegramRetryAfter, "429"),
+    (TelegramForbiddenError, "403"),
+    (TelegramEntityTooLarge, "413"),
+    (TelegramBadRequest, "400"),
+    (TelegramUnauthorizedError, "401"),
+    (TelegramConflictError, "409"),
+    (TelegramNotFound, "404"),
+    (TelegramServerError, "5xx"),
+)
+
+
+async def _counted(call: Awaitable[T]) -> T:
+    try:
+        return await call
+    except TelegramNetworkError:
+        metrics.TELEGRAM_ERRORS.labels("network").inc()
+        raise
+    except TelegramAPIError as exc:
+        if "message is not modified" not in str(exc).lower():
+            code = next((c for kind, c in _ERROR_CODES if isinstance(exc, kind)), "other")
+            metrics.TELEGRAM_ERRORS.labels(code).inc()
+        raise
+
+
 class TelegramSender:
     """Calls Telegram within the shared budget and turns its errors into a few decisions."""
 
@@ -300,7 +332,7 @@ class TelegramSender:
     async def _send(self, method: TelegramMethod[T], chat_id: int | None) -> T | None:
         """One request, with the permanent errors translated."""
         try:
-            return await self.bot(method)
+            return await _counted(self.bot(method))
         except TelegramForbiddenError as exc:
             raise UserBlocked(f"chat {chat_id}: {exc.message}") from None
         except TelegramBadRequest as exc:

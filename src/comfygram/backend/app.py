@@ -27,6 +27,7 @@ from comfygram.backend.routes import (
 )
 from comfygram.backend.storage import MediaStore
 from comfygram.backend.workers import WorkerRegistry
+from comfygram.logs import job_context
 from comfygram.presets import load_presets
 from comfygram.queue import JobQueue, connect_redis
 from comfygram.settings import Settings
@@ -112,13 +113,24 @@ def create_app(settings: Settings) -> FastAPI:
     async def require_api_token(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
-        if request.url.path.startswith("/api/") and not has_api_token(request, api_token):
+        guarded = request.url.path.startswith("/api/") or request.url.path == "/metrics"
+        if guarded and not has_api_token(request, api_token):
             return error_response(
                 401,
                 "unauthorized",
                 "Send the service token as 'Authorization: Bearer <API_TOKEN>'.",
                 headers={"WWW-Authenticate": "Bearer"},
             )
+        return await call_next(request)
+
+    @app.middleware("http")
+    async def tag_logs_with_the_job(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        parts = request.url.path.split("/")
+        if len(parts) > 3 and parts[1:3] == ["api", "jobs"] and parts[3] not in ("", "create"):
+            with job_context(parts[3]):
+                return await call_next(request)
         return await call_next(request)
 
     @app.middleware("http")

@@ -9,6 +9,8 @@ import os
 import signal
 import socket
 
+import prometheus_client
+
 from comfygram.api import BackendClient
 from comfygram.comfyui import ComfyUIClient
 from comfygram.livestatus import LiveStatus
@@ -46,6 +48,9 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
         result_cache_seconds=settings.result_cache_seconds,
         prefetch=settings.worker_prefetch,
     )
+    if settings.worker_metrics_port:
+        prometheus_client.start_http_server(settings.worker_metrics_port)
+        log.info("worker metrics on :%d/metrics", settings.worker_metrics_port)
     redis = connect_redis(settings)
     binary_redis = connect_redis(settings, decode_responses=False)
     backend = BackendClient(settings.backend_api_url, settings.api_token.get_secret_value())

@@ -27,6 +27,7 @@ from typing import TypeVar
 
 from redis.exceptions import RedisError
 
+from comfygram import metrics
 from comfygram.api import BackendClient, BackendError, BackendUnavailable, Job
 from comfygram.comfyui import (
     ComfyUIClient,
@@ -36,6 +37,7 @@ from comfygram.comfyui import (
     PromptTimeout,
 )
 from comfygram.livestatus import LiveStatus
+from comfygram.logs import job_context
 from comfygram.presets import Preset, compatibility_problems, preset_from_manifest
 from comfygram.queue import Delivery, JobQueue
 from comfygram.worker import workflow
@@ -219,7 +221,8 @@ class Worker:
             return None
         self._held[delivery.message_id] = delivery
         try:
-            return await self._prepare(delivery)
+            with job_context(delivery.job_id):
+                return await self._prepare(delivery)
         except Exception:
             log.exception(
                 "job %s: could not be prepared; it goes back to the queue", delivery.job_id
@@ -285,6 +288,10 @@ class Worker:
 
     async def _execute(self, run: Run) -> None:
         """Wait for the run's prompt; hand the result or the failure on. Never raises."""
+        with job_context(run.job.id):
+            await self._wait_for_result(run)
+
+    async def _wait_for_result(self, run: Run) -> None:
         run.started = time.monotonic()
         deadline = run.started + run.preset.timeout_seconds
 
@@ -356,6 +363,7 @@ class Worker:
         else:
             kind = classify(exc)
         message = exc.message if isinstance(exc, PromptRejected) else str(exc) or type(exc).__name__
+        metrics.COMFYUI_ERRORS.labels(kind.value).inc()
         job = run.job
         if kind is FailureKind.UNAVAILABLE:
             # Not the job's fault: it waits in the queue, no attempt used.

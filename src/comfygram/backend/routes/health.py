@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from redis.exceptions import RedisError
 from sqlalchemy import text
+
+from comfygram import metrics
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["health"])
@@ -35,3 +39,12 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse(
         {"status": "ok" if ready else "unavailable", **checks}, 200 if ready else 503
     )
+
+
+@router.get("/metrics", include_in_schema=False)
+async def prometheus_metrics(request: Request) -> Response:
+    """Prometheus text format; needs the service token (Prometheus: `authorization:`)."""
+    with contextlib.suppress(RedisError, OSError):
+        metrics.QUEUE_LENGTH.set(await request.app.state.queue.length())
+    body, content_type = metrics.exposition()
+    return Response(body, media_type=content_type)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile
@@ -9,10 +10,11 @@ from fastapi.responses import FileResponse
 from pydantic import AfterValidator
 from redis.exceptions import RedisError
 
+from comfygram import metrics
 from comfygram.backend import accounts, jobs
 from comfygram.backend.deps import QueueDep, SessionDep, SettingsDep, StoreDep
 from comfygram.backend.errors import ApiError
-from comfygram.backend.models import User
+from comfygram.backend.models import Job, User
 from comfygram.backend.schemas import (
     DeliveryReport,
     JobOut,
@@ -21,6 +23,7 @@ from comfygram.backend.schemas import (
     StatusMessage,
     no_nul,
 )
+from comfygram.domain.jobs import FINAL, REFUNDED_ON, JobStatus
 from comfygram.images import ImageInfo, ImageRejected, inspect_image
 
 log = logging.getLogger(__name__)
@@ -85,6 +88,7 @@ async def create_job(
     if created.replayed:
         response.headers["Idempotent-Replayed"] = "true"
     else:
+        metrics.JOBS_CREATED.labels(job.preset_slug).inc()
         try:
             await queue.enqueue(job.id, jobs.queue_payload(job))
         except (RedisError, OSError) as exc:
@@ -116,9 +120,32 @@ async def change_status(
 ) -> JobOut:
     """Move the job along queued -> processing -> succeeded | queued (retry) | failed,
     or queued -> cancelled. Failing and cancelling refund the charge."""
-    await jobs.transition(session, job_id, body.status, error=body.error, worker=body.worker)
+    previous = JobStatus((await jobs.get_job(session, job_id)).status)
+    job = await jobs.transition(session, job_id, body.status, error=body.error, worker=body.worker)
     await session.commit()
+    if previous is not body.status:
+        _count_transition(job, previous)
     return await _job_out(session, job_id)
+
+
+def _count_transition(job: Job, previous: JobStatus) -> None:
+    preset, status = job.preset_slug, JobStatus(job.status)
+    if status is JobStatus.PROCESSING and job.started_at:
+        wait = (_aware(job.started_at) - _aware(job.created_at)).total_seconds()
+        metrics.QUEUE_WAIT.labels(preset).observe(max(0.0, wait))
+    elif status is JobStatus.QUEUED and previous is JobStatus.PROCESSING:
+        metrics.JOB_RETRIES.labels(preset).inc()
+    if status in FINAL:
+        metrics.JOBS_FINISHED.labels(preset, status.value).inc()
+    if status is JobStatus.SUCCEEDED and job.started_at and job.finished_at:
+        run = (_aware(job.finished_at) - _aware(job.started_at)).total_seconds()
+        metrics.RUN_TIME.labels(preset).observe(max(0.0, run))
+    if status in REFUNDED_ON:
+        metrics.JOBS_REFUNDED.labels(preset).inc()
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 @router.post("/{job_id}/refund", response_model=RefundOut)

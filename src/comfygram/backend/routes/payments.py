@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from comfygram import metrics
 from comfygram.backend import payments
 from comfygram.backend.deps import SessionDep, SettingsDep
 from comfygram.backend.errors import ApiError
@@ -56,4 +57,8 @@ async def confirm_payment(body: PaymentConfirm, session: SessionDep) -> PaymentO
         session, body.payload, body.telegram_payment_charge_id, body.total_amount, body.currency
     )
     await session.commit()
+    if credited:
+        metrics.PAYMENTS.labels(payment.package).inc()
+        metrics.CREDITS_SOLD.inc(payment.credits)
+        metrics.STARS_RECEIVED.inc(payment.amount)
     return PaymentOut.of(payment, user.balance, credited)

@@ -1,0 +1,45 @@
+"""Prometheus metrics. Each process counts its own (the backend's /metrics, the worker's port);
+Prometheus adds them up across backends and workers."""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+
+# Seconds, from a quick filter to a long diffusion run or a long queue.
+_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
+
+JOBS_CREATED = Counter("comfygram_jobs_created_total", "Jobs created (charged).", ["preset"])
+JOBS_FINISHED = Counter(
+    "comfygram_jobs_finished_total",
+    "Jobs that reached a final state: succeeded, failed or cancelled.",
+    ["preset", "status"],
+)
+JOBS_REFUNDED = Counter(
+    "comfygram_jobs_refunded_total", "Jobs whose charge was refunded.", ["preset"]
+)
+JOB_RETRIES = Counter("comfygram_job_retries_total", "Runs that ended in a retry.", ["preset"])
+QUEUE_LENGTH = Gauge("comfygram_queue_length", "Jobs waiting or running, as Redis holds them.")
+QUEUE_WAIT = Histogram(
+    "comfygram_queue_wait_seconds", "From creation to processing.", ["preset"], buckets=_BUCKETS
+)
+RUN_TIME = Histogram(
+    "comfygram_run_seconds", "From processing to succeeded.", ["preset"], buckets=_BUCKETS
+)
+COMFYUI_ERRORS = Counter(
+    "comfygram_comfyui_errors_total",
+    "Failed runs by kind (unavailable, validation, out_of_memory, timeout, execution, input).",
+    ["kind"],
+)
+TELEGRAM_ERRORS = Counter(
+    "comfygram_telegram_errors_total",
+    "Telegram Bot API errors by code (429, 403, 5xx, network).",
+    ["code"],
+)
+PAYMENTS = Counter("comfygram_payments_total", "Payments credited.", ["package"])
+CREDITS_SOLD = Counter("comfygram_credits_sold_total", "Credits sold for Telegram Stars.")
+STARS_RECEIVED = Counter("comfygram_stars_received_total", "Telegram Stars received.")
+
+
+def exposition() -> tuple[bytes, str]:
+    """The text format Prometheus scrapes, and its content type."""
+    return generate_latest(), CONTENT_TYPE_LATEST
