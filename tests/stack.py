@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,8 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import uvicorn
-from fastapi import FastAPI
 from pydantic import SecretStr
 
 from comfygram.api import BackendClient, Job
@@ -28,34 +25,12 @@ from comfygram.queue import connect_redis
 from comfygram.settings import Settings
 from comfygram.telegram import create_bot
 from comfygram.worker.main import run_worker
+from tests.bot_helpers import serve
 from tests.doubles.comfyui import ComfyUIDouble
 from tests.doubles.telegram import TEST_BOT_TOKEN, TelegramDouble
 from tests.helpers import API_TOKEN
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@contextlib.asynccontextmanager
-async def serve(app: FastAPI) -> AsyncIterator[str]:
-    """Run an ASGI app with uvicorn on 127.0.0.1 (lifespan included); yields its base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    sock.setblocking(False)
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server._serve([sock]))
-    while not server.started:
-        if task.done():
-            await task
-        await asyncio.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
 
 
 @dataclass
@@ -197,7 +172,7 @@ async def running_stack(settings: Settings, root: Path, **overrides: Any) -> Asy
             }
         )
         app = create_app(base)
-        async with serve(app) as url:
+        async with serve(lambda _url: app) as url:
             stack_settings = base.model_copy(update={"backend_api_url": url, "backend_url": url})
             async with BackendClient(url, API_TOKEN) as backend:
                 stack = Stack(stack_settings, backend, comfyui, telegram, root)
