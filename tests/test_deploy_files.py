@@ -1,0 +1,150 @@
+"""Static checks of the deployment files: Dockerfile, docker-compose.yml, .env.example.
+
+No image is built. `docker compose config` runs only where docker compose is installed;
+the YAML checks need PyYAML and are skipped without it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+ENV_EXAMPLE = ROOT / ".env.example"
+APP_SERVICES = {"backend": "backend", "worker": "worker", "bot": "bot"}
+
+DUMMY_ENV = {
+    "API_TOKEN": "dummy-api-token",
+    "BOT_TOKEN": "123456:dummy",
+    "COMFYUI_URL": "http://comfyui:8188",
+    "REDIS_PASSWORD": "dummy-redis",
+    "POSTGRES_PASSWORD": "dummy-postgres",
+}
+
+
+def _compose() -> dict:
+    yaml = pytest.importorskip("yaml", reason="PyYAML not installed: YAML checks skipped")
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def _env_example_names() -> set[str]:
+    # Settings in .env.example, set or shown commented out (`# WORKER_NAME=gpu-1`).
+    return set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]*)=", ENV_EXAMPLE.read_text(), re.MULTILINE))
+
+
+def _command(service: dict) -> list[str]:
+    command = service.get("command", [])
+    return command.split() if isinstance(command, str) else list(command)
+
+
+def _cli_commands() -> set[str]:
+    out = subprocess.run(
+        [sys.executable, "-m", "comfygram", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    match = re.search(r"\{([a-z,-]+)\}", out)
+    if match:
+        return set(match.group(1).split(","))
+    return set(re.findall(r"^\s{4}([a-z][a-z-]*)\s", out, re.MULTILINE))
+
+
+def _docker_compose_available() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    try:
+        result = subprocess.run(
+            ["docker", "compose", "version"], capture_output=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return result.returncode == 0
+
+
+def test_docker_compose_config_is_valid(tmp_path: Path) -> None:
+    if not _docker_compose_available():
+        pytest.skip("docker compose is not installed: `docker compose config` not run")
+    env = {k: v for k, v in os.environ.items() if k not in DUMMY_ENV} | DUMMY_ENV
+    result = subprocess.run(
+        ["docker", "compose", "-f", str(COMPOSE), "config", "-q"],
+        cwd=tmp_path,  # no .env here: the dummy environment must be enough
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_compose_services_and_commands() -> None:
+    services = _compose()["services"]
+    assert {"postgres", "redis", "backend", "worker", "bot"} <= set(services)
+    assert str(services["postgres"]["image"]).startswith("postgres:16")
+    assert str(services["redis"]["image"]).startswith("redis:7")
+    for name in ("postgres", "redis"):
+        assert "healthcheck" in services[name], name
+    for name, command in APP_SERVICES.items():
+        service = services[name]
+        assert service.get("build") in (".", {"context": "."}), name
+        assert _command(service)[0] == command, name
+    assert _command(services["backend"])[1:] == ["--host", "0.0.0.0"]
+    assert any("8000" in str(port) for port in services["backend"]["ports"])
+    env = {name: services[name]["environment"] for name in APP_SERVICES}
+    assert env["worker"]["BACKEND_API_URL"] == "http://backend:8000"
+    assert env["bot"]["BACKEND_URL"] == "http://backend:8000"
+    assert "${COMFYUI_URL" in env["worker"]["COMFYUI_URL"]
+    for name in APP_SERVICES:
+        assert env[name]["REDIS_HOST"] == "redis"
+        assert env[name]["DATABASE_URL"].startswith("postgresql://comfygram:")
+        assert env[name]["DATABASE_URL"].endswith("@postgres:5432/comfygram")
+    depends = services["backend"]["depends_on"]
+    assert depends["postgres"]["condition"] == "service_healthy"
+    assert depends["redis"]["condition"] == "service_healthy"
+
+
+def test_compose_variables_are_known_settings() -> None:
+    known = _env_example_names()
+    used = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", COMPOSE.read_text()))
+    assert used, "expected ${VAR} references in docker-compose.yml"
+    unknown = {v for v in used if v not in known and not v.startswith("POSTGRES_")}
+    assert not unknown, f"not in .env.example: {sorted(unknown)}"
+    # And every environment key set on an app service is a setting too.
+    services = _compose()["services"]
+    for name in APP_SERVICES:
+        keys = set(services[name]["environment"])
+        assert keys <= known, (name, sorted(keys - known))
+
+
+def test_dockerfile_runs_comfygram() -> None:
+    text = DOCKERFILE.read_text()
+    assert re.search(r"^FROM python:3\.11-slim", text, re.MULTILINE)
+    assert re.search(r'^ENTRYPOINT \["comfygram"\]', text, re.MULTILINE)
+    assert re.search(r'^CMD \["backend", "--host", "0\.0\.0\.0"\]', text, re.MULTILINE)
+    assert re.search(r"^USER (?!root)\S+", text, re.MULTILINE)
+    assert "EXPOSE 8000" in text
+    assert "/healthz" in text
+    assert "MEDIA_DIR=/data/media" in text
+    assert "sqlite:////data/comfygram.db" in text
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert ".venv" in ignored and ".git" in ignored and "data" in ignored
+
+
+def test_commands_used_exist_in_cli() -> None:
+    commands = _cli_commands()
+    assert {"backend", "worker", "bot", "migrate"} <= commands
+    cmd = re.search(r"^CMD \[\"([a-z-]+)\"", DOCKERFILE.read_text(), re.MULTILINE)
+    assert cmd and cmd.group(1) in commands
+    services = _compose()["services"]
+    for name in APP_SERVICES:
+        assert _command(services[name])[0] in commands, name
