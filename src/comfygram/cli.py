@@ -67,6 +67,29 @@ def _run(settings: Settings, _args: argparse.Namespace) -> None:
     run_everything(settings)
 
 
+def _doctor(settings: Settings, _args: argparse.Namespace) -> None:
+    from comfygram import doctor
+
+    checks = asyncio.run(doctor.run_doctor(settings))
+    print(doctor.render(checks))
+    raise SystemExit(doctor.exit_code(checks))
+
+
+def _presets(settings: Settings, args: argparse.Namespace) -> None:
+    from comfygram import doctor
+    from comfygram.presets import load_presets
+
+    if args.presets_command == "list":
+        print("slug | price | enabled | takes_prompt | models")
+        for p in load_presets(settings.presets_dir):
+            models = ", ".join(f"{m.folder}/{m.name}" for m in p.models) or "-"
+            print(f"{p.slug} | {p.price} | {p.enabled} | {p.takes_prompt} | {models}")
+        return
+    checks = asyncio.run(doctor.check_comfyui(settings, only_enabled=True))
+    print(doctor.render(checks))
+    raise SystemExit(doctor.exit_code(checks))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="comfygram", description="A paid AI photo-editing service on Telegram."
@@ -91,6 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     migrate = commands.add_parser("migrate", help="apply database migrations and exit")
     migrate.set_defaults(handler=_migrate)
+
+    doctor = commands.add_parser("doctor", help="check settings, database, Redis, ComfyUI, bot")
+    doctor.set_defaults(handler=_doctor)
+
+    presets = commands.add_parser("presets", help="list presets or check them against ComfyUI")
+    presets.add_argument("presets_command", choices=["list", "check"])
+    presets.set_defaults(handler=_presets)
     return parser
 
 

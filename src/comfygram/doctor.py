@@ -1,0 +1,222 @@
+"""`comfygram doctor`: check the settings and every service the deployment depends on."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from comfygram.settings import ConfigError, Settings, load_settings
+
+OK, FAIL, WARN, SKIP = "OK", "FAIL", "WARN", "SKIP"
+TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: str
+    detail: str = ""
+
+
+async def _guard(name: str, probe: Callable[[], Awaitable[list[Check]]]) -> list[Check]:
+    """Run one probe with a timeout; any error becomes a FAIL line, never an exception."""
+    try:
+        return await asyncio.wait_for(probe(), TIMEOUT)
+    except TimeoutError:
+        return [Check(name, FAIL, f"no answer within {TIMEOUT:.0f} s")]
+    except Exception as exc:
+        return [Check(name, FAIL, f"{type(exc).__name__}: {str(exc)[:200]}")]
+
+
+def check_settings() -> tuple[Settings | None, Check]:
+    try:
+        return load_settings(), Check("settings", OK, "valid")
+    except ConfigError as exc:
+        return None, Check("settings", FAIL, str(exc).splitlines()[0])
+
+
+def _alembic_head() -> str | None:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from comfygram.backend.db import MIGRATIONS_DIR
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return ScriptDirectory.from_config(config).get_current_head()
+
+
+async def check_database(settings: Settings) -> list[Check]:
+    from comfygram.backend import db
+
+    async def probe() -> list[Check]:
+        engine = db.create_engine(settings.database_dsn)
+        try:
+            current = await db.current_revision(engine)
+        finally:
+            await engine.dispose()
+        head = _alembic_head()
+        if current != head:
+            return [
+                Check("database", FAIL, f"not migrated: run comfygram migrate ({current} < {head})")
+            ]
+        return [Check("database", OK, f"migrated to {head}")]
+
+    return await _guard("database", probe)
+
+
+async def check_redis(settings: Settings) -> list[Check]:
+    import redis.asyncio as aioredis
+    from redis.exceptions import AuthenticationError, ResponseError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    url = urlsplit(settings.redis_dsn)
+    where = f"{url.hostname}:{url.port or 6379}"
+
+    async def probe() -> list[Check]:
+        client = aioredis.from_url(settings.redis_dsn, socket_connect_timeout=TIMEOUT)
+        try:
+            await client.ping()
+        except AuthenticationError:
+            return [Check("redis", FAIL, "Redis password rejected (REDIS_PASSWORD)")]
+        except ResponseError as exc:
+            if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
+                return [Check("redis", FAIL, "Redis password rejected (REDIS_PASSWORD)")]
+            raise
+        except RedisConnectionError:
+            return [
+                Check(
+                    "redis",
+                    FAIL,
+                    f"cannot connect to {where}: start it (redis-server, or "
+                    "docker compose up -d redis)",
+                )
+            ]
+        finally:
+            await client.aclose()
+        return [Check("redis", OK, f"PONG from {where}")]
+
+    return await _guard("redis", probe)
+
+
+def _preset_checks(presets: list[Any], object_info: dict, only_enabled: bool) -> list[Check]:
+    from comfygram.presets import compatibility_problems
+
+    results: list[tuple[str, list[str]]] = []
+    for preset in presets:
+        if only_enabled and not preset.enabled:
+            continue
+        results.append((preset.slug, compatibility_problems(preset, object_info)))
+    any_runnable = any(not problems for _, problems in results)
+    checks = []
+    for slug, problems in results:
+        if not problems:
+            checks.append(Check(f"preset {slug}", OK, "runnable"))
+        else:
+            status = WARN if any_runnable else FAIL
+            checks.append(Check(f"preset {slug}", status, "; ".join(problems)))
+    if not results:
+        checks.append(Check("presets", FAIL, "no presets"))
+    return checks
+
+
+async def check_comfyui(
+    settings: Settings, *, presets: bool = True, only_enabled: bool = False
+) -> list[Check]:
+    from comfygram.comfyui import ComfyUIClient
+    from comfygram.presets import load_presets
+
+    async def probe() -> list[Check]:
+        async with ComfyUIClient(settings.comfyui_url, "doctor", timeout=TIMEOUT) as client:
+            stats = await client.system_stats()
+            checks = []
+            if stats.devices:
+                device = stats.devices[0]
+                free = device.vram_free / 1024**3
+                detail = f"{stats.version}, {device.name}, {free:.1f} GB VRAM free"
+            else:
+                detail = f"{stats.version}, no device reported"
+            checks.append(Check("comfyui", OK, detail))
+            if presets:
+                object_info = await client.object_info()
+                checks += _preset_checks(
+                    load_presets(settings.presets_dir), object_info, only_enabled
+                )
+            return checks
+
+    return await _guard("comfyui", probe)
+
+
+async def check_telegram(settings: Settings) -> list[Check]:
+    if settings.bot_token is None:
+        return [Check("telegram", FAIL, "BOT_TOKEN not set: get one from @BotFather")]
+    from aiogram.exceptions import TelegramUnauthorizedError
+
+    from comfygram.telegram import create_bot
+
+    async def probe() -> list[Check]:
+        bot = create_bot(settings)
+        try:
+            try:
+                me = await bot.get_me()
+            except TelegramUnauthorizedError:
+                return [Check("telegram", FAIL, "BOT_TOKEN rejected by Telegram")]
+            checks = [Check("telegram", OK, f"@{me.username}")]
+            info = await bot.get_webhook_info()
+            extra = f"pending {info.pending_update_count}"
+            if info.last_error_message:
+                extra += f", last error: {info.last_error_message}"
+            if settings.webhook_url:
+                if info.url != settings.webhook_url:
+                    checks.append(
+                        Check(
+                            "webhook",
+                            FAIL,
+                            f"set to {info.url or 'nothing'}, "
+                            f"expected {settings.webhook_url}; {extra}",
+                        )
+                    )
+                else:
+                    checks.append(Check("webhook", OK, f"{info.url}; {extra}"))
+            elif info.url:
+                checks.append(
+                    Check("webhook", WARN, f"polling mode but a webhook is set ({info.url})")
+                )
+            else:
+                checks.append(Check("webhook", OK, f"none (polling); {extra}"))
+            return checks
+        finally:
+            await bot.session.close()
+
+    return await _guard("telegram", probe)
+
+
+async def run_doctor(settings: Settings | None = None) -> list[Check]:
+    if settings is None:
+        settings, first = check_settings()
+    else:
+        first = Check("settings", OK, "valid")
+    if settings is None:
+        return [first] + [
+            Check(name, SKIP, "settings invalid")
+            for name in ("database", "redis", "comfyui", "telegram")
+        ]
+    # One after another: each timeout then measures only its own service.
+    checks = [first]
+    for check in (check_database, check_redis, check_comfyui, check_telegram):
+        checks += await check(settings)
+    return checks
+
+
+def render(checks: list[Check]) -> str:
+    rows = [("check", "status", "detail")] + [(c.name, c.status, c.detail) for c in checks]
+    w0 = max(len(r[0]) for r in rows)
+    w1 = max(len(r[1]) for r in rows)
+    return "\n".join(f"{a:<{w0}} | {b:<{w1}} | {c}".rstrip() for a, b, c in rows)
+
+
+def exit_code(checks: list[Check]) -> int:
+    return 1 if any(c.status == FAIL for c in checks) else 0

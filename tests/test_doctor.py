@@ -1,0 +1,131 @@
+"""comfygram doctor: each check against real Redis/SQLite and the ComfyUI/Telegram doubles."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from comfygram import doctor
+from comfygram.backend import db
+from comfygram.settings import Settings
+from tests.doubles.comfyui import ComfyUIDouble
+from tests.doubles.telegram import TEST_BOT_TOKEN, TelegramDouble
+from tests.redis_server import RedisServer
+
+REDIS_URL = "redis://127.0.0.1:6379/9"
+
+
+async def _migrated(tmp_path) -> str:
+    url = f"sqlite+aiosqlite:///{tmp_path}/doctor.db"
+    engine = db.create_engine(url)
+    try:
+        await db.migrate(engine)
+    finally:
+        await engine.dispose()
+    return url
+
+
+def _settings(**kw) -> Settings:
+    values = dict(redis_url=REDIS_URL, redis_prefix=f"cgdoc-{uuid.uuid4().hex[:8]}")
+    values.update(kw)
+    return Settings(_env_file=None, **values)
+
+
+def _by_name(checks):
+    return {c.name: c for c in checks}
+
+
+async def test_healthy_setup_is_all_ok(tmp_path):
+    async with ComfyUIDouble(tmp_path / "comfy") as comfy, TelegramDouble() as tg:
+        settings = _settings(
+            database_url=await _migrated(tmp_path),
+            comfyui_url=comfy.url,
+            telegram_api_url=tg.url,
+            bot_token=TEST_BOT_TOKEN,
+        )
+        checks = await doctor.run_doctor(settings)
+    table = doctor.render(checks)
+    # The double lacks the nodes of the GPU presets: those WARN, everything else is OK.
+    assert all(c.status == doctor.OK for c in checks if not c.name.startswith("preset")), table
+    assert _by_name(checks)["preset invert"].status == doctor.OK
+    assert doctor.exit_code(checks) == 0
+    assert table.splitlines()[0].startswith("check")
+    assert TEST_BOT_TOKEN not in table
+
+
+async def test_missing_model_file_names_preset_and_file(tmp_path):
+    async with ComfyUIDouble(tmp_path / "comfy") as comfy:
+        comfy.models = {"checkpoints": []}
+        checks = await doctor.check_comfyui(_settings(comfyui_url=comfy.url))
+    oil = _by_name(checks)["preset oil"]
+    assert oil.status in (doctor.WARN, doctor.FAIL)
+    assert ".safetensors" in oil.detail or "checkpoint" in oil.detail.lower(), oil.detail
+
+
+async def test_wrong_redis_password(tmp_path):
+    server = RedisServer(tmp_path, password="right")
+    server.start()
+    try:
+        wrong = server.url.replace("right", "wrong") if "right" in server.url else server.url
+        if "wrong" not in wrong:
+            port = server.url.rsplit(":", 1)[1].split("/")[0]
+            wrong = f"redis://:wrong@127.0.0.1:{port}/0"
+        checks = await doctor.check_redis(_settings(redis_url=wrong))
+    finally:
+        server.stop()
+    assert checks[0].status == doctor.FAIL
+    assert "password" in checks[0].detail
+    assert "wrong" not in checks[0].detail
+
+
+async def test_bad_bot_token(tmp_path):
+    async with TelegramDouble(token="999:other-token") as tg:
+        checks = await doctor.check_telegram(
+            _settings(telegram_api_url=tg.url, bot_token=TEST_BOT_TOKEN)
+        )
+    assert checks[0].status == doctor.FAIL
+    assert "BOT_TOKEN rejected" in checks[0].detail
+
+
+async def test_missing_bot_token():
+    checks = await doctor.check_telegram(_settings())
+    assert checks[0].status == doctor.FAIL and "@BotFather" in checks[0].detail
+
+
+async def test_database_not_migrated(tmp_path):
+    checks = await doctor.check_database(
+        _settings(database_url=f"sqlite+aiosqlite:///{tmp_path}/empty.db")
+    )
+    assert checks[0].status == doctor.FAIL
+    assert "comfygram migrate" in checks[0].detail
+
+
+@pytest.mark.timeout(30)
+async def test_cli_doctor_healthy(tmp_path):
+    async with ComfyUIDouble(tmp_path / "comfy") as comfy, TelegramDouble() as tg:
+        env = {
+            **os.environ,
+            "DATABASE_URL": await _migrated(tmp_path),
+            "REDIS_URL": REDIS_URL,
+            "COMFYUI_URL": comfy.url,
+            "TELEGRAM_API_URL": tg.url,
+            "BOT_TOKEN": TEST_BOT_TOKEN,
+            "WEBHOOK_URL": "",
+        }
+        proc = await __import__("asyncio").create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "comfygram",
+            "doctor",
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        out, err = await proc.communicate()
+    assert proc.returncode == 0, out.decode() + err.decode()
+    assert out.decode().splitlines()[0].startswith("check")
