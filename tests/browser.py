@@ -3,13 +3,14 @@
 Why Selenium: it is pure Python and speaks W3C WebDriver to the ``chromedriver`` that Debian
 packages beside its Chromium (``apt-get install chromium chromium-driver``, same version, the
 same way CI gets PostgreSQL and Redis — see ``scripts/browser``). The driver and the browser are
-given by path, so Selenium Manager never runs and nothing is downloaded while testing. Playwright
-would need its own browser build (``playwright install`` downloads one) or a Node.js driver,
-neither of which CI has.
+given by path, so Selenium Manager never runs and nothing is downloaded while testing.
+Playwright's Python package runs a bundled Node.js driver and expects the browser builds it
+downloads itself (``playwright install``), which CI has no internet for.
 
 Without ``/usr/bin/chromium`` the browser tests skip, saying why — unless
 ``COMFYGRAM_REQUIRE_BROWSER=1`` (``scripts/test`` sets it), where they fail instead, so CI can't
-pass by skipping them. Screenshots go to ``artifacts/screenshots/`` at the repository root.
+pass by skipping them. Screenshots go to ``artifacts/screenshots/`` at the repository root, and
+when a test fails there, the page as it was (``failed-<test>.png`` and ``.html``).
 """
 
 from __future__ import annotations
@@ -123,9 +124,17 @@ def chromium() -> Iterator[Browser]:
     ):
         options.add_argument(argument)
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    browser = Browser(driver)
     try:
         driver.set_page_load_timeout(30)
-        yield Browser(driver)
+        yield browser
+    except Exception:
+        # What the browser showed when the test failed, beside the other screenshots.
+        test = os.environ.get("PYTEST_CURRENT_TEST", "test").split(" ")[0].split("::")[-1]
+        with contextlib.suppress(Exception):
+            shot = browser.screenshot(f"failed-{test}")
+            shot.with_suffix(".html").write_text(driver.page_source, encoding="utf-8")
+        raise
     finally:
         driver.quit()
 
