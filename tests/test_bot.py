@@ -3,6 +3,7 @@ backend (uvicorn on loopback) over HTTP; real Redis. No worker runs, so jobs sta
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
@@ -10,6 +11,7 @@ import pytest
 from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup
 
 from comfygram.api import Job
+from comfygram.logs import _JobIdFilter
 from comfygram.settings import Settings
 from comfygram.telegram import create_bot
 from tests import images
@@ -398,3 +400,18 @@ async def test_a_user_who_blocked_the_bot_is_marked(world: World):
     await world.reply(user, containing="👋", since=world.mark() - 5)
     await world.settle()
     assert (await world.backend.user(5016)).blocked_bot is False
+
+
+async def test_the_bots_log_lines_about_a_job_carry_its_id(
+    world: World, caplog: pytest.LogCaptureFixture
+):
+    caplog.handler.addFilter(_JobIdFilter())
+    caplog.set_level(logging.INFO, logger="comfygram.bot")
+    user = await _started(world, 5090)
+    await user.send_photo(images.jpeg())
+    keyboard = await world.reply(user, containing="Nice photo")
+    await user.press(keyboard.result, "ps:invert")
+    await world.reply(user, containing="Queued: position")
+    (job,) = await world.backend.jobs(5090)
+    tagged = [r for r in caplog.records if getattr(r, "job_id", None) == job.id]
+    assert any(r.getMessage().endswith("created for user 5090, preset invert") for r in tagged)

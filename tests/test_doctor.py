@@ -98,10 +98,18 @@ async def test_missing_bot_token():
 
 async def test_database_not_migrated(tmp_path):
     checks = await doctor.check_database(
-        _settings(database_url=f"sqlite+aiosqlite:///{tmp_path}/empty.db")
+        _settings(database_url=f"sqlite+aiosqlite:///{tmp_path}/empty.db", auto_migrate=False)
     )
     assert checks[0].status == doctor.FAIL
     assert "comfygram migrate" in checks[0].detail
+
+
+async def test_database_not_migrated_yet_is_a_warning_when_the_backend_migrates(tmp_path):
+    checks = await doctor.check_database(
+        _settings(database_url=f"sqlite+aiosqlite:///{tmp_path}/new.db", auto_migrate=True)
+    )
+    assert checks[0].status == doctor.WARN
+    assert "migrates it when it starts" in checks[0].detail
 
 
 @pytest.mark.timeout(30)

@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 
-from tests import images
 from tests.doubles.comfyui import ComfyUIDouble
 from tests.doubles.telegram import TEST_BOT_TOKEN, TelegramDouble
 from tests.helpers import API_TOKEN
+from tests.journeys import invert_a_photo
 from tests.redis_server import free_port
 
 
@@ -59,6 +60,17 @@ def test_run_without_bot_token_points_to_botfather(tmp_path):
     assert "BOT_TOKEN is not set: get one from @BotFather" in output
 
 
+def test_run_with_its_port_taken_exits_and_says_so(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        process = start(tmp_path, BACKEND_PORT=str(port))
+        output, _ = process.communicate(timeout=60)
+    assert process.returncode == 1, output
+    assert f"the backend could not start on 127.0.0.1:{port}" in output
+
+
 async def test_run_serves_a_photo_from_start_to_result(tmp_path):
     async with ComfyUIDouble(tmp_path / "comfyui") as comfyui, TelegramDouble() as telegram:
         process = start(
@@ -68,21 +80,7 @@ async def test_run_serves_a_photo_from_start_to_result(tmp_path):
             TELEGRAM_EDIT_INTERVAL="0.2",
         )
         try:
-            await telegram.wait_for("getUpdates", timeout=60)  # the bot is polling
-            user = telegram.user(8001, first_name="Ivan")
-            await user.send_command("start")
-            await telegram.wait_for("sendMessage", chat_id=8001, timeout=20)
-            await user.send_photo(images.jpeg(160, 120))
-            [menu] = await telegram.wait_for(
-                "sendMessage",
-                chat_id=8001,
-                timeout=20,
-                predicate=lambda c: "ps:invert" in str(c.params.get("reply_markup")),
-            )
-            await user.press(menu.result, "ps:invert")
-            [result] = await telegram.wait_for("sendPhoto", chat_id=8001, timeout=30)
-            assert result.ok and "Negative" in result.params["caption"]
-            assert len(comfyui.prompts_received) == 1
+            await invert_a_photo(telegram, comfyui, chat_id=8001)
         finally:
             process.send_signal(signal.SIGINT)
             output, _ = await asyncio.to_thread(process.communicate, timeout=60)

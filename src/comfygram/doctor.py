@@ -59,6 +59,15 @@ async def check_database(settings: Settings) -> list[Check]:
         finally:
             await engine.dispose()
         head = _alembic_head()
+        if current != head and settings.auto_migrate:
+            return [
+                Check(
+                    "database",
+                    WARN,
+                    f"not migrated yet ({current} < {head}): the backend migrates it when it "
+                    "starts (AUTO_MIGRATE=true)",
+                )
+            ]
         if current != head:
             return [
                 Check("database", FAIL, f"not migrated: run comfygram migrate ({current} < {head})")

@@ -71,6 +71,13 @@ async def preflight(settings: Settings) -> tuple[list[str], list[str]]:
     return problems, warnings
 
 
+async def _serve(server: uvicorn.Server) -> None:
+    try:
+        await server.serve()
+    except SystemExit as exit:  # uvicorn's way to report a failed start or a busy port
+        raise RuntimeError(f"the backend exited with code {exit.code}") from None
+
+
 async def run_all(settings: Settings) -> int:
     """Start the three parts; returns the exit code."""
     problems, warnings = await preflight(settings)
@@ -97,10 +104,13 @@ async def run_all(settings: Settings) -> int:
         uvicorn.Config(create_app(settings), host=host, port=port, log_config=None)
     )
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    backend = asyncio.create_task(server.serve(), name="backend")
+    backend = asyncio.create_task(_serve(server), name="backend")
     while not server.started:
         if backend.done():
-            print(f"comfygram: the backend could not listen on {host}:{port}", file=sys.stderr)
+            print(
+                f"comfygram: the backend could not start on {host}:{port} (the reason is above)",
+                file=sys.stderr,
+            )
             return 1
         await asyncio.sleep(0.05)
 

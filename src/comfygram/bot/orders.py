@@ -27,6 +27,7 @@ from comfygram.bot.sources import (
 )
 from comfygram.bot.status import Eta, QueueTracker, queued_text
 from comfygram.i18n import t
+from comfygram.logs import job_context
 from comfygram.settings import Settings
 from comfygram.telegram import TelegramSender
 
@@ -96,9 +97,15 @@ class Orders:
         except BackendError as exc:
             await self._refused(chat_id, lang, exc)
             return None
-        if replayed:
-            log.info("job %s replayed for key %s", job.id, key)
-        await self.report(job, chat_id, lang)
+        with job_context(job.id):
+            log.info(
+                "job %s: %s for user %s, preset %s",
+                job.id,
+                "replayed" if replayed else "created",
+                user.id,
+                preset.slug,
+            )
+            await self.report(job, chat_id, lang)
         return job
 
     async def _create(

@@ -25,6 +25,7 @@ from comfygram.api import BackendClient, BackendError, BackendUnavailable, Job
 from comfygram.bot import keyboards
 from comfygram.bot.keys import bot_key
 from comfygram.i18n import t
+from comfygram.logs import job_context
 from comfygram.telegram import MessageGone, TelegramSender, TelegramUnavailable, UserBlocked
 
 log = logging.getLogger(__name__)
@@ -167,23 +168,24 @@ class QueueTracker:
             await self._edit(job_id, entry, t(entry.lang, "bot.status.cancelled"), False)
 
     async def _edit(self, job_id: str, entry: Tracked, text: str, keep_button: bool) -> bool:
-        markup = None
-        if keep_button:
-            markup = keyboards.status_markup(job_id, entry.lang)
-        method = EditMessageText(
-            chat_id=entry.chat_id, message_id=entry.message_id, text=text, reply_markup=markup
-        )
-        try:
-            await self.tg.call(method, chat_id=entry.chat_id, edit=True)
-        except MessageGone:
-            await self.forget(job_id)
-            return False
-        except UserBlocked:
-            await self.forget(job_id)
-            with contextlib.suppress(BackendError, BackendUnavailable):
-                await self.backend.update_user(entry.telegram_id, blocked_bot=True)
-            return False
-        except TelegramUnavailable as exc:
-            log.info("job %s: status not edited now: %s", job_id, exc)
-            return False
-        return True
+        with job_context(job_id):
+            markup = None
+            if keep_button:
+                markup = keyboards.status_markup(job_id, entry.lang)
+            method = EditMessageText(
+                chat_id=entry.chat_id, message_id=entry.message_id, text=text, reply_markup=markup
+            )
+            try:
+                await self.tg.call(method, chat_id=entry.chat_id, edit=True)
+            except MessageGone:
+                await self.forget(job_id)
+                return False
+            except UserBlocked:
+                await self.forget(job_id)
+                with contextlib.suppress(BackendError, BackendUnavailable):
+                    await self.backend.update_user(entry.telegram_id, blocked_bot=True)
+                return False
+            except TelegramUnavailable as exc:
+                log.info("job %s: status not edited now: %s", job_id, exc)
+                return False
+            return True

@@ -1,0 +1,171 @@
+"""The README's commands, run as a newcomer runs them: on a fresh copy of the repository, in order.
+
+Telegram and ComfyUI are the loopback doubles; everything else (the install into a new .venv,
+.env written on first start, doctor, `comfygram run`) is the real thing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.doubles.comfyui import ComfyUIDouble
+from tests.doubles.telegram import TEST_BOT_TOKEN, TelegramDouble
+from tests.journeys import invert_a_photo
+from tests.redis_server import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+WALKTHROUGH_TITLE = "## From nothing to a working bot"
+
+# What the walkthrough tells a newcomer to do, in order; test_walkthrough does each of them.
+WALKTHROUGH = [
+    ("sh", "./scripts/services"),
+    ("sh", "./scripts/start"),
+    ("ini", "BOT_TOKEN=123456789:AA...\nCOMFYUI_URL=http://127.0.0.1:8188"),
+    ("sh", ".venv/bin/comfygram doctor"),
+    ("sh", "./scripts/start"),
+]
+
+
+def code_blocks(markdown: str) -> list[tuple[str, str]]:
+    """(language, body) of each fenced block, comments and blank lines dropped."""
+    blocks = []
+    for language, body in re.findall(r"^ *```(\w+)\n(.*?)^ *```", markdown, re.M | re.S):
+        lines = [line.split("#", 1)[0].strip() for line in body.splitlines()]
+        blocks.append((language, "\n".join(line for line in lines if line)))
+    return blocks
+
+
+def walkthrough_section() -> str:
+    start = README.index(WALKTHROUGH_TITLE)
+    end = README.index("\n## ", start + len(WALKTHROUGH_TITLE))
+    return README[start:end]
+
+
+def test_the_walkthrough_is_what_this_file_runs():
+    assert code_blocks(walkthrough_section()) == WALKTHROUGH
+
+
+def test_every_shell_command_in_the_readme_is_run_by_a_test_or_ci():
+    walkthrough = {body for language, body in WALKTHROUGH if language == "sh"}
+    run_by_ci = {"./scripts/test"}  # .ci/run execs it, see below
+    commands = {
+        line
+        for language, body in code_blocks(README)
+        if language == "sh"
+        for line in body.splitlines()
+    }
+    assert commands == walkthrough | run_by_ci
+    assert "exec scripts/test" in (ROOT / ".ci" / "run").read_text()
+
+
+def fresh_copy(destination: Path) -> Path:
+    """The repository's tracked files as they are now, without .venv, data or .env."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
+    ).stdout.split(b"\0")
+    for name in filter(None, (item.decode() for item in listed)):
+        source = ROOT / name
+        if source.is_file():
+            target = destination / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    return destination
+
+
+def newcomer_environment(telegram: TelegramDouble) -> dict[str, str]:
+    """The shell of someone who has set nothing; Redis and the port are kept apart from other
+    test runs, and Telegram is the double."""
+    ours = ("API_TOKEN", "BOT_TOKEN", "COMFYUI", "DATABASE", "REDIS", "BACKEND", "WEBHOOK")
+    keep = {k: v for k, v in os.environ.items() if not k.startswith(ours)}
+    keep.pop("VIRTUAL_ENV", None)
+    return {
+        **keep,
+        "REDIS_URL": "redis://127.0.0.1:6379/9",
+        "REDIS_PREFIX": f"cgreadme-{os.getpid()}-{time.monotonic_ns()}",
+        "BACKEND_PORT": str(free_port()),
+        "TELEGRAM_API_URL": telegram.url,
+        "TELEGRAM_EDIT_INTERVAL": "0.2",
+        "LOG_LEVEL": "WARNING",
+    }
+
+
+def shell(command: str, cwd: Path, env: dict[str, str], timeout: float) -> tuple[int, str]:
+    done = subprocess.run(
+        shlex.split(command), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
+def launch(command: str, cwd: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        shlex.split(command),
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def configure(env_file: Path, block: str, values: dict[str, str]) -> None:
+    """Do what step 5 says: set each key of the README's block in .env (to our values)."""
+    text = env_file.read_text()
+    for line in block.splitlines():
+        key = line.split("=", 1)[0]
+        text, replaced = re.subn(rf"^#? *{key}=.*$", f"{key}={values[key]}", text, flags=re.M)
+        assert replaced == 1, f"{key} is not in .env.example"
+    env_file.write_text(text)
+
+
+@pytest.mark.timeout(400)
+async def test_walkthrough_on_a_fresh_copy(tmp_path):
+    repo = fresh_copy(tmp_path / "comfygram")
+    async with ComfyUIDouble(tmp_path / "comfyui") as comfyui, TelegramDouble() as telegram:
+        env = newcomer_environment(telegram)
+        services, start, configure_block, doctor, run = (body for _, body in WALKTHROUGH)
+
+        code, output = await asyncio.to_thread(shell, services, repo, env, 120)
+        assert code == 0, output
+
+        # First start: installs, writes .env, and says what is missing.
+        code, output = await asyncio.to_thread(shell, start, repo, env, 300)
+        assert code == 2, output
+        assert "wrote .env with a new API_TOKEN" in output
+        assert "BOT_TOKEN is not set: get one from @BotFather" in output
+        assert re.search(r"^API_TOKEN=\S{32,}$", (repo / ".env").read_text(), re.M)
+
+        configure(
+            repo / ".env",
+            configure_block,
+            {"BOT_TOKEN": TEST_BOT_TOKEN, "COMFYUI_URL": comfyui.url},
+        )
+
+        code, output = await asyncio.to_thread(shell, doctor, repo, env, 120)
+        assert code == 0, output
+        assert "FAIL" not in output
+        assert re.search(r"^telegram +\| OK", output, re.M), output
+        assert TEST_BOT_TOKEN not in output
+
+        process = launch(run, repo, env)
+        try:
+            await invert_a_photo(telegram, comfyui, chat_id=8101)
+        except BaseException:
+            process.send_signal(signal.SIGINT)
+            print(await asyncio.to_thread(process.communicate, timeout=60))
+            raise
+        process.send_signal(signal.SIGINT)  # Ctrl-C
+        output, _ = await asyncio.to_thread(process.communicate, timeout=60)
+        assert process.returncode == 0, output
+        assert "comfygram is running" in output
+        assert "comfygram stopped." in output
