@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from pathlib import Path
 from urllib.parse import quote
 
@@ -26,6 +27,9 @@ DEFAULT_PACKAGES = [
     CreditPackage(id="medium", credits=50, stars=200),
     CreditPackage(id="large", credits=150, stars=500),
 ]
+
+
+ADMIN_PASSWORD_MIN_LENGTH = 12
 
 
 class Settings(BaseSettings):
@@ -95,6 +99,10 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=40_000_000, gt=0)
     credit_packages: list[CreditPackage] = Field(default_factory=lambda: list(DEFAULT_PACKAGES))
 
+    # Operator's admin panel at /admin; mounted only when both are set.
+    admin_username: str | None = Field(default=None, max_length=64)
+    admin_password: SecretStr | None = None
+
     # Logging
     log_level: str = "INFO"
     log_json: bool = False
@@ -118,7 +126,15 @@ class Settings(BaseSettings):
             raise ValueError("must be an http(s) URL, like https://bot.example.com/webhook")
         return value
 
-    @field_validator("api_token", "bot_token", "redis_password", "webhook_secret", mode="before")
+    @field_validator(
+        "api_token",
+        "bot_token",
+        "redis_password",
+        "webhook_secret",
+        "admin_username",
+        "admin_password",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
@@ -151,7 +167,13 @@ class Settings(BaseSettings):
 
     def secrets(self) -> list[str]:
         """Every secret value, so logging can redact them."""
-        values = [self.api_token, self.bot_token, self.redis_password, self.webhook_secret]
+        values = [
+            self.api_token,
+            self.bot_token,
+            self.redis_password,
+            self.webhook_secret,
+            self.admin_password,
+        ]
         return [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
 
     def require(self, *names: str) -> None:
@@ -159,6 +181,25 @@ class Settings(BaseSettings):
         for name in names:
             if getattr(self, name) in (None, ""):
                 raise ConfigError(f"{name.upper()} is not set: add it to the environment or .env")
+
+    @property
+    def admin_enabled(self) -> bool:
+        """Whether the backend mounts the admin panel: ADMIN_USERNAME and ADMIN_PASSWORD set."""
+        return bool(self.admin_username) and self.admin_password is not None
+
+    def check_admin_password(self) -> None:
+        """Stop with one line when ADMIN_PASSWORD is too short or is the API token."""
+        if self.admin_password is None:
+            return
+        password = self.admin_password.get_secret_value()
+        if len(password) < ADMIN_PASSWORD_MIN_LENGTH:
+            raise ConfigError(
+                f"ADMIN_PASSWORD is too short: use at least {ADMIN_PASSWORD_MIN_LENGTH} "
+                "characters (python3 -c 'import secrets; print(secrets.token_urlsafe(18))')"
+            )
+        token = self.api_token.get_secret_value() if self.api_token else ""
+        if token and hmac.compare_digest(password.encode(), token.encode()):
+            raise ConfigError("ADMIN_PASSWORD must not be the API_TOKEN: give the panel its own")
 
 
 def load_settings(**overrides: object) -> Settings:

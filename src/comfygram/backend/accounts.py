@@ -30,6 +30,50 @@ async def lock_user_by_id(session: AsyncSession, user_id: int) -> User:
     return await session.scalar(select(User).where(User.id == user_id).with_for_update())
 
 
+def refuse_banned(user: User) -> None:
+    """A user an operator blocked may not start jobs or payments."""
+    if user.banned:
+        raise ApiError(
+            403,
+            "user_banned",
+            f"User {user.telegram_id} is blocked by the operator and cannot start jobs or "
+            "payments.",
+        )
+
+
+async def set_banned(session: AsyncSession, user_id: int, banned: bool) -> User:
+    """Block or unblock a user (the admin panel); the caller commits."""
+    user = await lock_user_by_id(session, user_id)
+    if user is None:
+        raise not_found("user", user_id)
+    user.banned = banned
+    await session.flush()
+    return user
+
+
+async def adjust(
+    session: AsyncSession,
+    telegram_id: int,
+    amount: int,
+    *,
+    note: str,
+    actor: str,
+    request_key: str,
+) -> tuple[User, LedgerEntry | None]:
+    """An operator's credit adjustment, with who and why; None when `request_key` was used."""
+    user = await lock_user(session, telegram_id)
+    entry = await post(
+        session,
+        user,
+        amount,
+        Reason.ADMIN_ADJUSTMENT,
+        ledger.admin_key(request_key),
+        actor=actor,
+        note=note,
+    )
+    return user, entry
+
+
 async def post(
     session: AsyncSession,
     user: User,

@@ -12,6 +12,7 @@ from starlette.responses import Response
 
 from comfygram import __version__
 from comfygram.backend import db, reconcile
+from comfygram.backend.admin import mount_admin
 from comfygram.backend.deps import has_api_token
 from comfygram.backend.errors import error_response, install_error_handlers
 from comfygram.backend.presets import sync_presets
@@ -146,4 +147,5 @@ def create_app(settings: Settings) -> FastAPI:
 
     for module in (users, presets, jobs, payments, workers, stats, health, webhook):
         app.include_router(module.router)
+    mount_admin(app, settings)  # /admin, when ADMIN_USERNAME and ADMIN_PASSWORD are set
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -76,10 +77,17 @@ async def queue_position(session: AsyncSession, job: Job) -> int:
 
 
 async def create(
-    session: AsyncSession, store: MediaStore, request: NewJob, max_active: int
+    session: AsyncSession,
+    store: MediaStore,
+    request: NewJob,
+    max_active: int,
+    *,
+    price: int | None = None,
 ) -> Created:
-    """Charge the preset's price and write the job, in one transaction the caller commits."""
+    """Charge the preset's price (or `price`: 0 for an operator's free retry) and write the
+    job, in one transaction the caller commits."""
     user = await accounts.lock_user(session, request.telegram_id)
+    accounts.refuse_banned(user)
     preset = await get_preset(session, request.preset_slug)
     if not preset.enabled:
         raise not_found("preset", request.preset_slug)
@@ -120,11 +128,12 @@ async def create(
         )
 
     job_id = new_id()
-    if preset.price:
+    charge = preset.price if price is None else price
+    if charge:
         await accounts.post(
             session,
             user,
-            -preset.price,
+            -charge,
             Reason.JOB_CHARGE,
             ledger.charge_key(job_id),
             job_id=job_id,
@@ -135,7 +144,7 @@ async def create(
         user_id=user.id,
         preset_slug=preset.slug,
         prompt=request.prompt,
-        price=preset.price,
+        price=charge,
         status=JobStatus.QUEUED,
         idempotency_key=request.idempotency_key,
         input_path=input_path,
@@ -151,11 +160,17 @@ async def create(
     return Created(job, position, replayed=False)
 
 
-async def _refund(session: AsyncSession, user: User, job: Job) -> bool:
+async def _refund(session: AsyncSession, user: User, job: Job, actor: str | None = None) -> bool:
     if not job.price:
-        return False
+        return False  # a free job (an operator's retry) has nothing to give back
     entry = await accounts.post(
-        session, user, job.price, Reason.JOB_REFUND, ledger.refund_key(job.id), job_id=job.id
+        session,
+        user,
+        job.price,
+        Reason.JOB_REFUND,
+        ledger.refund_key(job.id),
+        job_id=job.id,
+        actor=actor,
     )
     return entry is not None
 
@@ -213,14 +228,55 @@ async def transition(
     return job
 
 
-async def refund(session: AsyncSession, job_id: str) -> tuple[Job, bool]:
+async def refund(
+    session: AsyncSession, job_id: str, *, actor: str | None = None
+) -> tuple[Job, bool]:
     """Give a finished job's price back once; True when this call did it."""
     user, job = await _lock(session, job_id)
     if job.status not in FINAL:
         raise ApiError(
             409, "job_active", f"Job {job.id} is still {job.status}; cancel it or let it finish."
         )
-    return job, await _refund(session, user, job)
+    return job, await _refund(session, user, job, actor)
+
+
+def retry_key(job_id: str) -> str:
+    return f"admin-retry:{job_id}"
+
+
+async def retry_free(
+    session: AsyncSession, store: MediaStore, job_id: str, max_active: int
+) -> Created:
+    """An operator's retry of a failed job: a new job for the same user, preset, photo and
+    prompt, at no charge. Keyed on the failed job, so retrying it twice makes one job."""
+    failed = await get_job(session, job_id)
+    if failed.status != JobStatus.FAILED:
+        raise ApiError(
+            409,
+            "job_not_failed",
+            f"Job {failed.id} is {failed.status}; only failed jobs are retried.",
+        )
+    user = await session.get(User, failed.user_id)
+    path = store.path(failed.input_path)
+    try:
+        data = await asyncio.to_thread(path.read_bytes)
+    except FileNotFoundError:
+        raise ApiError(
+            404, "input_not_found", f"Job {failed.id}'s photo is no longer stored."
+        ) from None
+    extension = path.suffix.lstrip(".")
+    image = ImageInfo(
+        format=extension.upper(), mime=failed.input_mime, extension=extension, width=0, height=0
+    )
+    request = NewJob(
+        telegram_id=user.telegram_id,
+        preset_slug=failed.preset_slug,
+        prompt=failed.prompt,
+        image=data,
+        image_info=image,
+        idempotency_key=retry_key(failed.id),
+    )
+    return await create(session, store, request, max_active, price=0)
 
 
 async def attach_result(

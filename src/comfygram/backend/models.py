@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -57,6 +58,8 @@ class User(Base):
     referral: Mapped[str | None] = mapped_column(String(64))
     balance: Mapped[int] = mapped_column(Integer, default=0)
     blocked_bot: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Blocked by an operator (admin panel): may not create jobs or payments.
+    banned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
 
 
@@ -83,8 +86,12 @@ class Preset(Base):
     title_ru: Mapped[str] = mapped_column(String(128))
     description_en: Mapped[str] = mapped_column(Text, default="")
     description_ru: Mapped[str] = mapped_column(Text, default="")
+    # The effective price and switch: the preset file's, unless an operator set their own
+    # (operator_*, kept by sync_presets across restarts; None = follow the file).
     price: Mapped[int] = mapped_column(Integer)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    operator_price: Mapped[int | None] = mapped_column(Integer)
+    operator_enabled: Mapped[bool | None] = mapped_column(Boolean)
     takes_prompt: Mapped[bool] = mapped_column(Boolean, default=False)
     models: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list)
     manifest: Mapped[dict[str, Any]] = mapped_column(JSON)

@@ -19,6 +19,7 @@ CURRENCY = "XTR"
 
 async def create(session: AsyncSession, telegram_id: int, package: CreditPackage) -> Payment:
     user = await accounts.get_user(session, telegram_id)
+    accounts.refuse_banned(user)
     payment = Payment(
         user_id=user.id,
         package=package.id,
@@ -62,6 +63,10 @@ async def precheck(
     _check_amount(payment, total_amount, currency)
     if payment.status != "pending":
         raise ApiError(409, "payment_closed", "This invoice has already been paid.")
+    # Before Telegram takes the Stars; a payment already made (confirm) is always credited.
+    user = await session.get(User, payment.user_id)
+    if user is not None:
+        accounts.refuse_banned(user)
     return payment
 
 

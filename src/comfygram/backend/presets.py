@@ -20,8 +20,9 @@ async def sync_presets(session: AsyncSession, presets: list[Preset]) -> None:
         row.title_ru = preset.title["ru"]
         row.description_en = preset.description["en"]
         row.description_ru = preset.description["ru"]
-        row.price = preset.price
-        row.enabled = preset.enabled
+        # An operator's choice in the admin panel outlives the file's.
+        row.price = preset.price if row.operator_price is None else row.operator_price
+        row.enabled = preset.enabled if row.operator_enabled is None else row.operator_enabled
         row.takes_prompt = preset.takes_prompt
         row.models = [{"folder": m.folder, "name": m.name} for m in preset.models]
         row.manifest = preset.to_manifest()
@@ -30,6 +31,22 @@ async def sync_presets(session: AsyncSession, presets: list[Preset]) -> None:
     for gone in rows.values():
         gone.enabled = False
     await session.flush()
+
+
+async def set_operator_choice(
+    session: AsyncSession, slug: str, *, price: int, enabled: bool
+) -> PresetRow:
+    """An operator's price and switch for a preset (admin panel): used at once, and kept by
+    sync_presets over what the preset file says. The caller commits."""
+    if isinstance(price, bool) or not isinstance(price, int) or price < 0:
+        raise ValueError("The price must be a whole number of credits, 0 or more.")
+    preset = await get_preset(session, slug)
+    preset.operator_price = price
+    preset.operator_enabled = enabled
+    preset.price = price
+    preset.enabled = enabled
+    await session.flush()
+    return preset
 
 
 async def get_preset(session: AsyncSession, slug: str) -> PresetRow:

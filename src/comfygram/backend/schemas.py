@@ -53,6 +53,8 @@ class UserOut(BaseModel):
     language_code: str | None
     balance: int
     blocked_bot: bool
+    # Blocked by an operator: job and payment requests answer 403 user_banned.
+    banned: bool = False
     created_at: datetime
 
     @classmethod
@@ -64,6 +66,7 @@ class UserOut(BaseModel):
             language_code=user.language_code,
             balance=user.balance,
             blocked_bot=user.blocked_bot,
+            banned=bool(user.banned),
             created_at=_aware(user.created_at),
         )
 

@@ -95,3 +95,104 @@ async def median_run_seconds(session: AsyncSession) -> tuple[float | None, dict[
     every = [seconds for samples in by_preset.values() for seconds in samples]
     overall = statistics.median(every) if every else None
     return overall, {slug: statistics.median(s) for slug, s in sorted(by_preset.items())}
+
+
+# -- the admin panel's dashboard ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PresetWindow:
+    """One preset's jobs created in a window: how many, how many failed, how fast."""
+
+    slug: str
+    jobs: int
+    succeeded: int
+    failed: int
+    median_run_seconds: float | None
+
+    @property
+    def failure_rate(self) -> float | None:
+        """Failed share of the finished runs (succeeded + failed); None before the first."""
+        finished = self.succeeded + self.failed
+        return self.failed / finished if finished else None
+
+
+@dataclass(frozen=True)
+class Revenue:
+    stars_today: int
+    stars_window: int
+    stars_total: int
+    credits_sold_window: int
+    credits_sold_total: int
+    payments_window: int
+
+
+async def jobs_by_status_since(session: AsyncSession, since: datetime) -> dict[str, int]:
+    """Jobs created since `since`, per status (every status present, 0 when none)."""
+    rows = await session.execute(
+        select(Job.status, func.count()).where(Job.created_at >= since).group_by(Job.status)
+    )
+    counts = {status.value: 0 for status in JobStatus}
+    counts.update({str(status): int(count) for status, count in rows.all()})
+    return counts
+
+
+async def presets_since(session: AsyncSession, since: datetime) -> list[PresetWindow]:
+    """Per preset, jobs created since `since`: count, failures, median run (started to
+    finished) of the ones that succeeded. Presets with no jobs in the window are left out."""
+    rows = await session.execute(
+        select(Job.preset_slug, Job.status, Job.started_at, Job.finished_at).where(
+            Job.created_at >= since
+        )
+    )
+    jobs: dict[str, int] = defaultdict(int)
+    succeeded: dict[str, int] = defaultdict(int)
+    failed: dict[str, int] = defaultdict(int)
+    runs: dict[str, list[float]] = defaultdict(list)
+    for slug, status, started, finished in rows.all():
+        jobs[slug] += 1
+        if status == JobStatus.FAILED:
+            failed[slug] += 1
+        elif status == JobStatus.SUCCEEDED:
+            succeeded[slug] += 1
+            if started is not None and finished is not None:
+                runs[slug].append(max(0.0, (finished - started).total_seconds()))
+    return [
+        PresetWindow(
+            slug=slug,
+            jobs=jobs[slug],
+            succeeded=succeeded[slug],
+            failed=failed[slug],
+            median_run_seconds=statistics.median(runs[slug]) if runs[slug] else None,
+        )
+        for slug in sorted(jobs)
+    ]
+
+
+async def revenue(session: AsyncSession, since: datetime, now: datetime | None = None) -> Revenue:
+    """Stars taken today (UTC), since `since` and ever, and the credits they bought."""
+    paid = Payment.status == "paid"
+
+    async def sums(*where: object) -> tuple[int, int, int]:
+        stars, credits, count = (
+            await session.execute(
+                select(
+                    func.coalesce(func.sum(Payment.amount), 0),
+                    func.coalesce(func.sum(Payment.credits), 0),
+                    func.count(),
+                ).where(paid, *where)
+            )
+        ).one()
+        return int(stars), int(credits), int(count)
+
+    today, _, _ = await sums(Payment.paid_at >= start_of_day(now))
+    window, credits_window, payments_window = await sums(Payment.paid_at >= since)
+    total, credits_total, _ = await sums()
+    return Revenue(
+        stars_today=today,
+        stars_window=window,
+        stars_total=total,
+        credits_sold_window=credits_window,
+        credits_sold_total=credits_total,
+        payments_window=payments_window,
+    )

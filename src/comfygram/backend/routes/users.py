@@ -6,8 +6,6 @@ from comfygram.backend import accounts
 from comfygram.backend.deps import SessionDep, SettingsDep
 from comfygram.backend.errors import ApiError
 from comfygram.backend.schemas import CreditAdjustment, RegisterRequest, UserOut, UserUpdate
-from comfygram.domain import ledger
-from comfygram.domain.ledger import Reason
 
 router = APIRouter(prefix="/api/users", tags=["users"])
 TelegramIdPath = Path(gt=0, le=2**63 - 1, description="The user's Telegram id")
@@ -42,15 +40,13 @@ async def adjust_credits(
     body: CreditAdjustment, session: SessionDep, telegram_id: int = TelegramIdPath
 ) -> UserOut:
     """An operator's credit adjustment, written to the ledger with who and why."""
-    user = await accounts.lock_user(session, telegram_id)
-    await accounts.post(
+    user, _entry = await accounts.adjust(
         session,
-        user,
+        telegram_id,
         body.amount,
-        Reason.ADMIN_ADJUSTMENT,
-        ledger.admin_key(body.idempotency_key),
-        actor=body.actor,
         note=body.reason,
+        actor=body.actor,
+        request_key=body.idempotency_key,
     )
     await session.commit()
     return UserOut.of(user)

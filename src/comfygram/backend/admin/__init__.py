@@ -1,0 +1,148 @@
+"""The operator's admin panel at /admin (sqladmin): users, jobs, payments, presets, the
+ledger and a dashboard, behind a login with ADMIN_USERNAME / ADMIN_PASSWORD.
+
+Every change goes through the same business modules as the REST API (accounts, jobs,
+presets), so the same rules hold; the operator is written down as ``admin:<username>``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from redis.asyncio import Redis
+from sqladmin import Admin
+from sqladmin.authentication import login_required
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from starlette.datastructures import State
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from comfygram.backend import jobs
+from comfygram.backend.errors import ApiError
+from comfygram.backend.storage import MediaStore
+from comfygram.backend.workers import WorkerRegistry
+from comfygram.queue import JobQueue
+from comfygram.settings import Settings
+
+log = logging.getLogger(__name__)
+
+BASE_URL = "/admin"
+TEMPLATES_DIR = Path(__file__).parent / "templates"
+
+
+@dataclass
+class Panel:
+    """What the admin views need from the running backend (its app.state, once started)."""
+
+    app: FastAPI
+    settings: Settings
+    base_url: str = BASE_URL
+    templates: Any = field(default=None, repr=False)
+
+    @property
+    def state(self) -> State:
+        return self.app.state
+
+    @property
+    def sessions(self) -> async_sessionmaker:
+        return self.app.state.sessions
+
+    @property
+    def redis(self) -> Redis:
+        return self.app.state.redis
+
+    @property
+    def queue(self) -> JobQueue:
+        return self.app.state.queue
+
+    @property
+    def store(self) -> MediaStore:
+        return self.app.state.store
+
+    @property
+    def workers(self) -> WorkerRegistry:
+        return self.app.state.workers
+
+    @property
+    def actor(self) -> str:
+        return f"admin:{self.settings.admin_username}"
+
+
+class _BackendSessions(async_sessionmaker):
+    """The backend's own sessionmaker, which exists only once the app has started."""
+
+    def __init__(self, panel: Panel) -> None:
+        super().__init__(class_=AsyncSession, expire_on_commit=False)
+        self._panel = panel
+
+    def __call__(self, **local_kw: Any) -> AsyncSession:
+        local_kw.pop("autocommit", None)
+        return self._panel.sessions(**local_kw)
+
+
+class _Admin(Admin):
+    @login_required
+    async def index(self, request: Request) -> Response:
+        return RedirectResponse(f"{self.base_url}/dashboard", status_code=302)
+
+
+def _media_route(panel: Panel, admin: _Admin, kind: str) -> Route:
+    async def media(request: Request) -> Response:
+        auth = admin.authentication_backend
+        if auth is None or not await auth.authenticate(request):
+            return RedirectResponse(request.url_for("admin:login"), status_code=302)
+        async with panel.sessions() as session:
+            try:
+                job = await jobs.get_job(session, request.path_params["job_id"])
+            except ApiError:
+                raise HTTPException(404, "No such job.") from None
+        relative, mime = (
+            (job.input_path, job.input_mime)
+            if kind == "input"
+            else (job.result_path, job.result_mime)
+        )
+        path = panel.store.path(relative) if relative else None
+        if path is None or not path.is_file():
+            raise HTTPException(404, f"Job {job.id} has no {kind} image.")
+        return FileResponse(path, media_type=mime, headers={"Cache-Control": "private, no-store"})
+
+    return Route(f"/media/jobs/{{job_id}}/{kind}", media, name=f"media-{kind}")
+
+
+def mount_admin(app: FastAPI, settings: Settings) -> Admin | None:
+    """Mount the panel at /admin when ADMIN_USERNAME and ADMIN_PASSWORD are set.
+
+    Raises ConfigError for an ADMIN_PASSWORD that is too short or is the API token.
+    """
+    from comfygram.backend.admin.auth import AdminAuth, csrf_token
+    from comfygram.backend.admin.dashboard import DashboardView
+    from comfygram.backend.admin.views import VIEWS
+
+    settings.check_admin_password()
+    if not settings.admin_enabled:
+        if settings.admin_username or settings.admin_password:
+            log.warning("admin panel off: set both ADMIN_USERNAME and ADMIN_PASSWORD")
+        return None
+    panel = Panel(app=app, settings=settings)
+    admin = _Admin(
+        app,
+        session_maker=_BackendSessions(panel),
+        base_url=panel.base_url,
+        title="comfygram admin",
+        templates_dir=str(TEMPLATES_DIR),
+        authentication_backend=AdminAuth(panel),
+    )
+    panel.templates = admin.templates
+    admin.templates.env.globals["csrf_token"] = csrf_token
+    for view in (DashboardView, *VIEWS):
+        # A subclass per app: sqladmin keeps its state on the view classes.
+        admin.add_view(type(view.__name__, (view,), {"panel": panel}))
+    for kind in ("input", "result"):
+        admin.admin.router.routes.insert(0, _media_route(panel, admin, kind))
+    return admin
