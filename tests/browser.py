@@ -81,12 +81,6 @@ class Browser:
         self.wait().until(lambda d: check(d.current_url), f"{what}; the URL is {self.url}")
         return self.url
 
-    def wait_for_text(self, text: str) -> None:
-        self.wait().until(
-            lambda d: text in d.find_element("tag name", "body").text,
-            f"{text!r} is not on {self.url}",
-        )
-
     def loaded_image_width(self, image: WebElement) -> int:
         """The image's natural width once the browser has decoded it (0 means it failed)."""
         self.wait().until(
