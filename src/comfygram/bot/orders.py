@@ -45,6 +45,7 @@ _REFUSALS = {
     "prompt_required": "bot.order.prompt_required",
     "idempotency_key_reused": "bot.order.already_done",
     "job_not_found": "bot.photo.gone",
+    "user_banned": "bot.errors.banned",
 }
 
 

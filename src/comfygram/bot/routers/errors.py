@@ -15,7 +15,7 @@ from aiogram.exceptions import TelegramAPIError
 from aiogram.filters import ExceptionTypeFilter
 from aiogram.types import Chat, ErrorEvent, User
 
-from comfygram.api import BackendClient, BackendUnavailable
+from comfygram.api import BackendClient, BackendError, BackendUnavailable
 from comfygram.bot.replies import mark_blocked, send
 from comfygram.i18n import DEFAULT_LANGUAGE, t
 from comfygram.telegram import MessageGone, TelegramSender, TelegramUnavailable, UserBlocked
@@ -80,11 +80,28 @@ async def unexpected(
     await _tell(event, bot, tg, event_chat, lang, "bot.errors.unexpected")
 
 
+async def backend_refused(
+    event: ErrorEvent,
+    bot: Bot,
+    tg: TelegramSender,
+    event_chat: Chat | None = None,
+    lang: str = DEFAULT_LANGUAGE,
+) -> None:
+    """A refusal no handler expected; a user the operator blocked is told so kindly."""
+    exception = event.exception
+    if isinstance(exception, BackendError) and exception.code == "user_banned":
+        log.info("update %s: the user is blocked by the operator", event.update.update_id)
+        await _tell(event, bot, tg, event_chat, lang, "bot.errors.banned")
+        return
+    await unexpected(event, bot, tg, event_chat, lang)
+
+
 def create_router() -> Router:
     router = Router(name="errors")
     router.errors.register(backend_unavailable, ExceptionTypeFilter(BackendUnavailable))
     router.errors.register(user_blocked, ExceptionTypeFilter(UserBlocked))
     router.errors.register(message_gone, ExceptionTypeFilter(MessageGone))
     router.errors.register(telegram_unavailable, ExceptionTypeFilter(TelegramUnavailable))
+    router.errors.register(backend_refused, ExceptionTypeFilter(BackendError))
     router.errors.register(unexpected)
     return router

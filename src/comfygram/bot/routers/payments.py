@@ -31,6 +31,7 @@ _PRECHECK_REFUSALS = {
     "amount_mismatch": "bot.pay.invoice_changed",
     "currency_mismatch": "bot.pay.invoice_changed",
     "payment_not_found": "bot.pay.invoice_changed",
+    "user_banned": "bot.errors.banned",
 }
 
 

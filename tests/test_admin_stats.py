@@ -1,0 +1,158 @@
+"""The dashboard's numbers (backend/stats.py) on seeded data, and migration 0002 against the
+models. On SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import select
+
+from comfygram.backend import db, stats
+from comfygram.backend.models import Base, Job, Payment, User
+from comfygram.backend.models import Preset as PresetRow
+from comfygram.backend.presets import set_operator_choice, sync_presets
+from comfygram.presets import load_presets
+
+NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+async def sessions(empty_database):
+    engine = db.create_engine(empty_database)
+    await db.migrate(engine)
+    async with db.create_sessionmaker(engine)() as session:
+        await sync_presets(session, load_presets())
+        await session.commit()
+    yield db.create_sessionmaker(engine)
+    await engine.dispose()
+
+
+def _job(user: User, slug: str, status: str, *, hours_ago: float, run: float | None = None):
+    created = NOW - timedelta(hours=hours_ago)
+    started = created + timedelta(seconds=2) if run is not None else None
+    return Job(
+        user_id=user.id,
+        preset_slug=slug,
+        price=1,
+        status=status,
+        input_path="inputs/x.png",
+        input_mime="image/png",
+        created_at=created,
+        started_at=started,
+        finished_at=started + timedelta(seconds=run) if started else None,
+    )
+
+
+def _payment(user: User, key: str, stars: int, credits: int, paid_at: datetime | None):
+    return Payment(
+        user_id=user.id,
+        package="small",
+        credits=credits,
+        amount=stars,
+        currency="XTR",
+        status="paid" if paid_at else "pending",
+        payload=f"p-{key}",
+        telegram_payment_charge_id=f"c-{key}" if paid_at else None,
+        paid_at=paid_at,
+    )
+
+
+async def test_jobs_presets_and_revenue_in_a_window(sessions):
+    since = NOW - timedelta(hours=24)
+    async with sessions() as session:
+        user = User(telegram_id=1, balance=0)
+        session.add(user)
+        await session.flush()
+        session.add_all(
+            [
+                _job(user, "bw", "succeeded", hours_ago=1, run=4),
+                _job(user, "bw", "succeeded", hours_ago=2, run=8),
+                _job(user, "bw", "failed", hours_ago=3, run=1),
+                _job(user, "bw", "failed", hours_ago=4, run=1),
+                _job(user, "bw", "queued", hours_ago=0.5),
+                _job(user, "oil", "succeeded", hours_ago=5, run=30),
+                _job(user, "oil", "succeeded", hours_ago=25, run=300),
+                _job(user, "sharpen", "failed", hours_ago=30, run=1),
+                _payment(user, "a", 50, 10, NOW - timedelta(hours=1)),
+                _payment(user, "b", 200, 50, NOW - timedelta(hours=13)),  # yesterday, in 24 h
+                _payment(user, "c", 500, 150, NOW - timedelta(days=2)),
+                _payment(user, "d", 999, 999, None),  # never paid
+            ]
+        )
+        await session.commit()
+
+        by_status = await stats.jobs_by_status_since(session, since)
+        assert by_status == {
+            "queued": 1,
+            "processing": 0,
+            "succeeded": 3,
+            "failed": 2,
+            "cancelled": 0,
+        }
+        presets = {p.slug: p for p in await stats.presets_since(session, since)}
+        assert set(presets) == {"bw", "oil"}
+        bw = presets["bw"]
+        assert (bw.jobs, bw.succeeded, bw.failed) == (5, 2, 2)
+        assert bw.failure_rate == 0.5 and bw.median_run_seconds == 6.0
+        assert presets["oil"].failure_rate == 0.0 and presets["oil"].median_run_seconds == 30.0
+
+        revenue = await stats.revenue(session, since, NOW)
+        assert (revenue.stars_today, revenue.stars_window, revenue.stars_total) == (50, 250, 750)
+        assert (revenue.credits_sold_window, revenue.credits_sold_total) == (60, 210)
+        assert revenue.payments_window == 2
+
+
+async def test_empty_database_gives_zeros(sessions):
+    async with sessions() as session:
+        since = NOW - timedelta(hours=24)
+        assert set((await stats.jobs_by_status_since(session, since)).values()) == {0}
+        assert await stats.presets_since(session, since) == []
+        revenue = await stats.revenue(session, since, NOW)
+        assert revenue.stars_total == revenue.credits_sold_total == 0
+
+
+async def test_operator_choices_survive_sync_and_files_rule_the_rest(sessions):
+    presets = load_presets()
+    async with sessions() as session:
+        await set_operator_choice(session, "bw", price=0, enabled=False)
+        await set_operator_choice(session, "kontext", price=9, enabled=True)
+        await session.commit()
+        await sync_presets(session, presets)
+        await session.commit()
+        rows = {row.slug: row for row in await session.scalars(select(PresetRow))}
+        assert (rows["bw"].price, rows["bw"].enabled) == (0, False)
+        assert (rows["kontext"].price, rows["kontext"].enabled) == (9, True)
+        assert (rows["invert"].price, rows["invert"].enabled) == (1, True)
+        # A preset gone from disk is disabled whatever the operator chose.
+        await sync_presets(session, [p for p in presets if p.slug != "kontext"])
+        await session.commit()
+        assert (await session.get(PresetRow, "kontext")).enabled is False
+        with pytest.raises(ValueError, match="0 or more"):
+            await set_operator_choice(session, "bw", price=-1, enabled=True)
+
+
+async def test_migrations_match_the_models(empty_database):
+    engine = db.create_engine(empty_database)
+    try:
+        await db.migrate(engine)
+        assert await db.current_revision(engine) == "0002"
+
+        def differences(connection):
+            return compare_metadata(MigrationContext.configure(connection), Base.metadata)
+
+        async with engine.connect() as connection:
+            assert await connection.run_sync(differences) == []
+        # Down to 0001 and up again: the new columns come and go cleanly.
+        async with engine.begin() as connection:
+            await connection.run_sync(
+                lambda sync: command.downgrade(db._alembic_config(sync), "0001")
+            )
+        assert await db.current_revision(engine) == "0001"
+        await db.migrate(engine)
+        assert await db.current_revision(engine) == "0002"
+    finally:
+        await engine.dispose()
