@@ -228,6 +228,7 @@ def test_admin_settings_from_the_environment(monkeypatch):
         ("POST", "/admin/user/ban/1"),
         ("POST", "/admin/job/refund/00000000-0000-0000-0000-000000000000"),
         ("POST", "/admin/job/retry/00000000-0000-0000-0000-000000000000"),
+        ("POST", "/admin/preset/follow-file/bw"),
         ("GET", "/admin/media/jobs/00000000-0000-0000-0000-000000000000/input"),
         ("GET", "/admin/media/jobs/00000000-0000-0000-0000-000000000000/result"),
     ],
@@ -555,6 +556,27 @@ async def test_preset_price_and_switch_survive_a_restart(admin, api, app, settin
         )
         # The other presets still follow their files.
         assert (await session.get(PresetRow, "invert")).operator_price is None
+
+
+async def test_a_preset_can_follow_its_file_again(admin, api, app):
+    await admin.post("/admin/preset/edit/bw", data={"price": "0"})
+    details = "/admin/preset/details/bw"
+    page = await admin.get(details)
+    assert "Follow the preset file again" in page.text
+    token = await csrf(admin, details)
+    back = await admin.post("/admin/preset/follow-file/bw", data={"csrf": token})
+    assert back.status_code == 302 and back.headers["location"].endswith(details)
+    async with app.state.sessions() as session:
+        row = await session.get(PresetRow, "bw")
+        assert (row.price, row.enabled, row.operator_price, row.operator_enabled) == (
+            1,
+            True,
+            None,
+            None,
+        )
+    assert "Follow the preset file again" not in (await admin.get(details)).text
+    listed = {p["slug"]: p for p in (await api.get("/api/presets")).json()}
+    assert listed["bw"]["price"] == 1
 
 
 async def test_a_negative_preset_price_is_refused(admin, app):

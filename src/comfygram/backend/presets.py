@@ -49,6 +49,17 @@ async def set_operator_choice(
     return preset
 
 
+async def follow_file(session: AsyncSession, slug: str) -> PresetRow:
+    """Drop the operator's price and switch: the preset file's (as last synced) rule again."""
+    preset = await get_preset(session, slug)
+    preset.operator_price = None
+    preset.operator_enabled = None
+    preset.price = int(preset.manifest.get("price", preset.price))
+    preset.enabled = bool(preset.manifest.get("enabled", preset.enabled))
+    await session.flush()
+    return preset
+
+
 async def get_preset(session: AsyncSession, slug: str) -> PresetRow:
     preset = await session.get(PresetRow, slug) if SLUG.fullmatch(slug) else None
     if preset is None:

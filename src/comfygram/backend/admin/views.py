@@ -223,6 +223,8 @@ class UserAdmin(_View, model=User):
                     error = exc.message
         if error is not None:
             context["error"] = error
+            if not request_key or len(request_key) > 100:
+                context["request_key"] = str(uuid.uuid4())
             return await self.templates.TemplateResponse(
                 request, "comfygram/credit.html", context, status_code=400
             )
@@ -431,6 +433,7 @@ class PresetAdmin(_View, model=Preset):
         Preset.operator_enabled: "operator enabled",
     }
     column_default_sort = [(Preset.price, False)]
+    details_template = "comfygram/preset_details.html"
     form_columns = [Preset.price, Preset.enabled]
     form_args = {
         "price": {
@@ -460,6 +463,25 @@ class PresetAdmin(_View, model=Preset):
             self.panel.actor,
         )
         return preset
+
+    @expose("/follow-file/{pk}", methods=["POST"])
+    async def follow_file(self, request: Request) -> Response:
+        """Forget the operator's price and switch: the preset file decides again."""
+        await self._checked_form(request)
+        pk = request.path_params["pk"]
+        async with self.panel.sessions() as session:
+            try:
+                preset = await presets.follow_file(session, pk)
+            except ApiError as exc:
+                raise HTTPException(404, exc.message) from None
+            await session.commit()
+        log.info("preset %s follows its file again (%s)", pk, self.panel.actor)
+        _flash_ok(
+            request,
+            f"{pk} follows its preset file again: price {preset.price}, "
+            f"{'enabled' if preset.enabled else 'disabled'}.",
+        )
+        return self._details(request, pk)
 
 
 class LedgerAdmin(_View, model=LedgerEntry):
