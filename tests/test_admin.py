@@ -6,6 +6,7 @@ HTML forms as a browser would send them.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -333,6 +334,19 @@ async def test_credit_adjustment_posts_once_with_actor_and_note(admin, api, app)
     )
     assert taken.status_code == 302
     assert (await api.get("/api/users/by-telegram-id/1001")).json()["balance"] == 20
+
+
+async def test_concurrent_double_submits_post_once(admin, api, app):
+    await register(api, 1001)
+    pk = await user_pk(app, 1001)
+    token = await csrf(admin, f"/admin/user/credit/{pk}")
+    form = {"amount": "5", "reason": "race", "request_key": str(uuid.uuid4()), "csrf": token}
+    responses = await asyncio.gather(
+        *(admin.post(f"/admin/user/credit/{pk}", data=form) for _ in range(4))
+    )
+    assert {r.status_code for r in responses} == {302}
+    assert len(await ledger(app, reason="admin_adjustment")) == 1
+    assert (await api.get("/api/users/by-telegram-id/1001")).json()["balance"] == 8
 
 
 async def test_credit_adjustment_below_zero_is_refused_and_writes_nothing(admin, api, app):
@@ -719,3 +733,33 @@ async def test_jobs_and_users_counted_only_once(app):
         assert user["banned"] is False
     async with app.state.sessions() as session:
         assert await session.scalar(select(func.count()).select_from(User)) == 1
+
+
+async def test_every_list_and_details_page_renders(admin, api, app):
+    await register(api, 1001, username="dora")
+    job = await new_job(api, 1001)
+    await api.post("/api/payments/create", json={"telegram_id": 1001, "package": "small"})
+    async with app.state.sessions() as session:
+        payment = await session.scalar(select(Payment.id))
+        entry = await session.scalar(select(LedgerEntry.id))
+    pk = await user_pk(app, 1001)
+    pages = [
+        "/admin/user/list",
+        "/admin/job/list",
+        "/admin/payment/list",
+        "/admin/preset/list",
+        "/admin/ledger-entry/list",
+        f"/admin/user/details/{pk}",
+        f"/admin/job/details/{job['id']}",
+        f"/admin/payment/details/{payment}",
+        "/admin/preset/details/kontext",
+        f"/admin/ledger-entry/details/{entry}",
+        "/admin/preset/edit/bw",
+        f"/admin/user/credit/{pk}",
+        "/admin/dashboard",
+    ]
+    for page in pages:
+        response = await admin.get(page)
+        assert response.status_code == 200, (page, response.text[-2000:])
+    assert (await admin.get("/admin/user/details/999999")).status_code == 404
+    assert (await admin.get("/admin/user/credit/999999")).status_code == 404
