@@ -7,7 +7,10 @@ HTML forms as a browser would send them.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import subprocess
+import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -190,6 +193,34 @@ def test_the_api_token_as_admin_password_is_refused(settings):
 def test_a_short_admin_password_is_refused(settings):
     with pytest.raises(ConfigError, match="ADMIN_PASSWORD is too short"):
         create_app(with_admin(settings, admin_password=SecretStr("short-pw")))
+
+
+@pytest.mark.parametrize(
+    ("password", "message"),
+    [
+        (API_TOKEN, "comfygram: ADMIN_PASSWORD must not be the API_TOKEN: give the panel its own"),
+        ("eleven-char", "comfygram: ADMIN_PASSWORD is too short: use at least 12 characters"),
+    ],
+)
+def test_comfygram_backend_stops_with_one_line(tmp_path, password, message):
+    env = {
+        "PATH": os.environ["PATH"],
+        "API_TOKEN": API_TOKEN,
+        "ADMIN_USERNAME": "operator",
+        "ADMIN_PASSWORD": password,
+        "DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "comfygram", "backend", "--port", "1"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(message) and password not in line
 
 
 async def test_no_panel_without_both_settings(settings, redis):
