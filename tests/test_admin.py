@@ -399,6 +399,8 @@ async def test_credit_adjustment_below_zero_is_refused_and_writes_nothing(admin,
     no_reason = {"amount": "5", "reason": " ", "request_key": str(uuid.uuid4()), "csrf": token}
     response = await admin.post(f"/admin/user/credit/{pk}", data=no_reason)
     assert response.status_code == 400 and "reason" in response.text
+    nul = {"amount": "5", "reason": "a\x00b", "request_key": str(uuid.uuid4()), "csrf": token}
+    assert (await admin.post(f"/admin/user/credit/{pk}", data=nul)).status_code == 400
     assert await ledger(app, reason="admin_adjustment") == []
 
 

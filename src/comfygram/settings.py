@@ -99,8 +99,9 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=40_000_000, gt=0)
     credit_packages: list[CreditPackage] = Field(default_factory=lambda: list(DEFAULT_PACKAGES))
 
-    # Operator's admin panel at /admin; mounted only when both are set.
-    admin_username: str | None = Field(default=None, max_length=64)
+    # Operator's admin panel at /admin; mounted only when both are set. The ledger names the
+    # operator "admin:<username>" (64 characters at most).
+    admin_username: str | None = Field(default=None, max_length=58)
     admin_password: SecretStr | None = None
 
     # Logging

@@ -93,7 +93,9 @@ class AdminAuth(AuthenticationBackend):
         address = client_address(request)
         wait = await self.limiter.blocked_for(address, username)
         if wait:
-            log.warning("admin login refused for %r from %s: too many failures", username, address)
+            log.warning(
+                "admin login refused for %r from %s: too many failures", username[:64], address
+            )
             minutes = max(1, math.ceil(wait / 60))
             return await self.panel.templates.TemplateResponse(
                 request,
@@ -106,7 +108,7 @@ class AdminAuth(AuthenticationBackend):
         right_password = hmac.compare_digest(password.encode(), self._password)
         if not (right_user and right_password):
             await self.limiter.failed(address, username)
-            log.warning("admin login failed for %r from %s", username, address)
+            log.warning("admin login failed for %r from %s", username[:64], address)
             return False
         request.session.clear()
         request.session.update({"admin": username, "csrf": secrets.token_urlsafe(32)})

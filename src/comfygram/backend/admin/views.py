@@ -203,8 +203,8 @@ class UserAdmin(_View, model=User):
             error = f"The amount must not be zero, and at most {MAX_ADJUSTMENT:,} either way."
         elif error is None and not reason:
             error = "Write the reason: it is kept in the ledger."
-        elif error is None and len(reason) > 500:
-            error = "The reason is at most 500 characters."
+        elif error is None and (len(reason) > 500 or "\x00" in reason):
+            error = "The reason is at most 500 characters of text."
         elif error is None and (not request_key or len(request_key) > 100):
             error = "This form has expired: reload the page and try again."
         if error is None:
