@@ -46,6 +46,8 @@ async def test_healthy_setup_is_all_ok(tmp_path):
             comfyui_url=comfy.url,
             telegram_api_url=tg.url,
             bot_token=TEST_BOT_TOKEN,
+            admin_username="operator",
+            admin_password="correct-horse-battery",
         )
         checks = await doctor.run_doctor(settings)
     table = doctor.render(checks)
@@ -137,3 +139,32 @@ async def test_cli_doctor_healthy(tmp_path):
         out, err = await proc.communicate()
     assert proc.returncode == 0, out.decode() + err.decode()
     assert out.decode().splitlines()[0].startswith("check")
+
+
+@pytest.mark.parametrize(
+    ("values", "status", "detail"),
+    [
+        ({}, doctor.SKIP, "off (set ADMIN_USERNAME"),
+        ({"admin_username": "operator"}, doctor.WARN, "set both"),
+        (
+            {"admin_username": "operator", "admin_password": "correct-horse-battery"},
+            doctor.OK,
+            "on at /admin for operator",
+        ),
+        ({"admin_username": "operator", "admin_password": "short"}, doctor.FAIL, "too short"),
+        (
+            {
+                "admin_username": "o",
+                "admin_password": "the-api-token-1",
+                "api_token": "the-api-token-1",
+            },
+            doctor.FAIL,
+            "must not be the API_TOKEN",
+        ),
+    ],
+)
+def test_admin_panel_settings(values, status, detail):
+    [check] = doctor.check_admin(_settings(**values))
+    assert check.status == status
+    assert detail in check.detail
+    assert "correct-horse" not in check.detail

@@ -203,6 +203,18 @@ async def check_telegram(settings: Settings) -> list[Check]:
     return await _guard("telegram", probe)
 
 
+def check_admin(settings: Settings) -> list[Check]:
+    try:
+        settings.check_admin_password()
+    except ConfigError as exc:
+        return [Check("admin panel", FAIL, str(exc))]
+    if settings.admin_enabled:
+        return [Check("admin panel", OK, f"on at /admin for {settings.admin_username}")]
+    if settings.admin_username or settings.admin_password:
+        return [Check("admin panel", WARN, "off: set both ADMIN_USERNAME and ADMIN_PASSWORD")]
+    return [Check("admin panel", SKIP, "off (set ADMIN_USERNAME and ADMIN_PASSWORD to turn it on)")]
+
+
 async def run_doctor(settings: Settings | None = None) -> list[Check]:
     if settings is None:
         settings, first = check_settings()
@@ -211,10 +223,10 @@ async def run_doctor(settings: Settings | None = None) -> list[Check]:
     if settings is None:
         return [first] + [
             Check(name, SKIP, "settings invalid")
-            for name in ("database", "redis", "comfyui", "telegram")
+            for name in ("admin panel", "database", "redis", "comfyui", "telegram")
         ]
     # One after another: each timeout then measures only its own service.
-    checks = [first]
+    checks = [first, *check_admin(settings)]
     for check in (check_database, check_redis, check_comfyui, check_telegram):
         checks += await check(settings)
     return checks
