@@ -8,9 +8,12 @@ import sys
 import uuid
 
 import pytest
+from redis.asyncio import Redis
 
 from comfygram import doctor
 from comfygram.backend import db
+from comfygram.backend.schemas import WorkerReport
+from comfygram.backend.workers import WorkerRegistry
 from comfygram.settings import Settings
 from tests.doubles.comfyui import ComfyUIDouble
 from tests.doubles.telegram import TEST_BOT_TOKEN, TelegramDouble
@@ -39,8 +42,28 @@ def _by_name(checks):
     return {c.name: c for c in checks}
 
 
+async def _heartbeat(settings: Settings, name: str, comfyui_url: str, healthy: bool = True):
+    """What a worker's heartbeat leaves in Redis (PUT /api/workers/{name} in the backend)."""
+    redis = Redis.from_url(settings.redis_dsn)
+    try:
+        report = WorkerReport(
+            comfyui_url=comfyui_url,
+            healthy=healthy,
+            runnable=["invert", "bw"] if healthy else [],
+            problems={"oil": "missing model file checkpoints/v1-5-pruned-emaonly.safetensors"},
+            ttl_seconds=60,
+        )
+        await WorkerRegistry(redis, settings.redis_prefix).record(name, report)
+    finally:
+        await redis.aclose()
+
+
 async def test_healthy_setup_is_all_ok(tmp_path):
-    async with ComfyUIDouble(tmp_path / "comfy") as comfy, TelegramDouble() as tg:
+    async with (
+        ComfyUIDouble(tmp_path / "comfy") as comfy,
+        ComfyUIDouble(tmp_path / "comfy2") as second_gpu,
+        TelegramDouble() as tg,
+    ):
         settings = _settings(
             database_url=await _migrated(tmp_path),
             comfyui_url=comfy.url,
@@ -49,11 +72,17 @@ async def test_healthy_setup_is_all_ok(tmp_path):
             admin_username="operator",
             admin_password="correct-horse-battery",
         )
+        await _heartbeat(settings, "gpu-1", comfy.url)
+        await _heartbeat(settings, "gpu-2", second_gpu.url)
         checks = await doctor.run_doctor(settings)
     table = doctor.render(checks)
     # The double lacks the nodes of the GPU presets: those WARN, everything else is OK.
     assert all(c.status == doctor.OK for c in checks if not c.name.startswith("preset")), table
     assert _by_name(checks)["preset invert"].status == doctor.OK
+    # Each ComfyUI a worker drives is probed, not only COMFYUI_URL.
+    assert "0.3.64" in _by_name(checks)[f"comfyui {second_gpu.url}"].detail
+    gpu_2 = _by_name(checks)["worker gpu-2"].detail
+    assert second_gpu.url in gpu_2 and "runs invert, bw" in gpu_2 and "cannot run oil" in gpu_2
     assert doctor.exit_code(checks) == 0
     assert table.splitlines()[0].startswith("check")
     assert TEST_BOT_TOKEN not in table
@@ -168,3 +197,16 @@ def test_admin_panel_settings(values, status, detail):
     assert check.status == status
     assert detail in check.detail
     assert "correct-horse" not in check.detail
+
+
+async def test_workers_missing_or_with_their_comfyui_down(tmp_path):
+    settings = _settings()
+    checks, others = await doctor.check_workers(settings)
+    assert [(c.name, c.status) for c in checks] == [("workers", doctor.WARN)]
+    assert "comfygram worker" in checks[0].detail and others == []
+
+    await _heartbeat(settings, "gpu-9", "http://10.0.0.9:8188", healthy=False)
+    [check], others = await doctor.check_workers(settings)
+    assert (check.name, check.status) == ("worker gpu-9", doctor.FAIL)
+    assert "ComfyUI http://10.0.0.9:8188 is down" in check.detail
+    assert others == ["http://10.0.0.9:8188"]

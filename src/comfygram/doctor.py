@@ -133,13 +133,20 @@ def _preset_checks(presets: list[Any], object_info: dict, only_enabled: bool) ->
 
 
 async def check_comfyui(
-    settings: Settings, *, presets: bool = True, only_enabled: bool = False
+    settings: Settings,
+    *,
+    presets: bool = True,
+    only_enabled: bool = False,
+    comfyui_url: str | None = None,
 ) -> list[Check]:
     from comfygram.comfyui import ComfyUIClient
     from comfygram.presets import load_presets
 
+    url = comfyui_url or settings.comfyui_url
+    name = f"comfyui {url}" if comfyui_url else "comfyui"
+
     async def probe() -> list[Check]:
-        async with ComfyUIClient(settings.comfyui_url, "doctor", timeout=TIMEOUT) as client:
+        async with ComfyUIClient(url, "doctor", timeout=TIMEOUT) as client:
             stats = await client.system_stats()
             checks = []
             if stats.devices:
@@ -148,7 +155,7 @@ async def check_comfyui(
                 detail = f"{stats.version}, {device.name}, {free:.1f} GB VRAM free"
             else:
                 detail = f"{stats.version}, no device reported"
-            checks.append(Check("comfyui", OK, detail))
+            checks.append(Check(name, OK, detail))
             if presets:
                 object_info = await client.object_info()
                 checks += _preset_checks(
@@ -156,7 +163,43 @@ async def check_comfyui(
                 )
             return checks
 
-    return await _guard("comfyui", probe)
+    return await _guard(name, probe)
+
+
+async def check_workers(settings: Settings) -> tuple[list[Check], list[str]]:
+    """One line per live worker (from their heartbeats in Redis), and the ComfyUI URLs they
+    drive besides COMFYUI_URL."""
+    import redis.asyncio as aioredis
+
+    from comfygram.backend.workers import WorkerRegistry
+
+    client = aioredis.from_url(settings.redis_dsn, socket_connect_timeout=TIMEOUT)
+    try:
+        workers = await asyncio.wait_for(
+            WorkerRegistry(client, settings.redis_prefix).live(), TIMEOUT
+        )
+    except Exception:
+        return [Check("workers", SKIP, "Redis not reachable")], []
+    finally:
+        await client.aclose()
+    if not workers:
+        return [
+            Check("workers", WARN, "none reporting: start `comfygram worker` or `comfygram run`")
+        ], []
+    checks = []
+    for worker in workers:
+        if not worker.healthy:
+            checks.append(
+                Check(f"worker {worker.name}", FAIL, f"its ComfyUI {worker.comfyui_url} is down")
+            )
+            continue
+        detail = f"ComfyUI {worker.comfyui_url}; runs {', '.join(worker.runnable) or 'no preset'}"
+        if worker.problems:
+            detail += f"; cannot run {', '.join(sorted(worker.problems))}"
+        checks.append(Check(f"worker {worker.name}", OK if worker.runnable else FAIL, detail))
+    own = settings.comfyui_url.rstrip("/")
+    others = sorted({w.comfyui_url.rstrip("/") for w in workers} - {own})
+    return checks, others
 
 
 async def check_telegram(settings: Settings) -> list[Check]:
@@ -223,13 +266,16 @@ async def run_doctor(settings: Settings | None = None) -> list[Check]:
     if settings is None:
         return [first] + [
             Check(name, SKIP, "settings invalid")
-            for name in ("admin panel", "database", "redis", "comfyui", "telegram")
+            for name in ("admin panel", "database", "redis", "comfyui", "workers", "telegram")
         ]
     # One after another: each timeout then measures only its own service.
     checks = [first, *check_admin(settings)]
-    for check in (check_database, check_redis, check_comfyui, check_telegram):
+    for check in (check_database, check_redis, check_comfyui):
         checks += await check(settings)
-    return checks
+    workers, other_comfyuis = await check_workers(settings)
+    for url in other_comfyuis:
+        checks += await check_comfyui(settings, presets=False, comfyui_url=url)
+    return checks + workers + await check_telegram(settings)
 
 
 def render(checks: list[Check]) -> str:
