@@ -237,3 +237,44 @@ async def test_flood_on_a_progress_edit_pauses_the_chat(
     await asyncio.sleep(EDIT_INTERVAL)
     assert await budgets[1].try_acquire_edit(CHAT) is False
     assert await budgets[1].try_acquire_edit(OTHER_CHAT) is True
+
+
+async def test_the_worker_takes_a_status_message_after_the_bots_edit_in_flight(
+    telegram: TelegramDouble, senders: list[TelegramSender]
+) -> None:
+    bot, worker = senders  # two processes: their own connections, one Redis
+    status = await bot.call(SendMessage(chat_id=CHAT, text="Queued: position 2"), chat_id=CHAT)
+    assert status is not None
+    message_id = status.message_id
+
+    def edit(text: str) -> EditMessageText:
+        return EditMessageText(chat_id=CHAT, message_id=message_id, text=text)
+
+    async with bot.handover.bot_edit(CHAT, message_id) as ours:
+        assert ours
+        # The job starts running while the bot's "queued" edit is still on its way.
+        taking = asyncio.create_task(worker.handover.take(CHAT, message_id))
+        await asyncio.sleep(0.3)
+        assert not taking.done()  # the worker waits the bot's edit out
+        await bot.call(edit("Queued: position 1"), chat_id=CHAT, edit=True)
+    await asyncio.wait_for(taking, 5)
+    await worker.call(edit("Processing 10%"), chat_id=CHAT, edit=True)
+
+    # From now on the bot leaves the message alone.
+    async with bot.handover.bot_edit(CHAT, message_id) as ours:
+        assert not ours
+    assert telegram.message(CHAT, message_id).text == "Processing 10%"
+    # Taking it again (a retry, another worker) does not wait for anything.
+    await asyncio.wait_for(worker.handover.take(CHAT, message_id), 0.5)
+
+
+async def test_two_bot_processes_never_edit_one_status_message_at_once(
+    senders: list[TelegramSender],
+) -> None:
+    first, second = senders
+    async with first.handover.bot_edit(CHAT, 77) as ours:
+        assert ours
+        async with second.handover.bot_edit(CHAT, 77) as theirs:
+            assert not theirs  # skipped this round; the next refresh tries again
+    async with second.handover.bot_edit(CHAT, 77) as theirs:
+        assert theirs

@@ -8,8 +8,10 @@ machines agree on when a slot is free.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable
+import secrets
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
 from aiogram import Bot
@@ -42,6 +44,7 @@ T = TypeVar("T")
 MAX_RETRY_AFTER_WAITS = 10
 # A skippable edit may still wait this long for a global slot.
 _EDIT_SLOT_WAIT_MS = 1000
+_HANDOVER_POLL_SECONDS = 0.05
 
 
 def create_bot(settings: Settings) -> Bot:
@@ -146,6 +149,8 @@ class RateBudget:
     ) -> None:
         if global_rate < 1:
             raise ValueError("global_rate must be at least 1")
+        self.redis = redis
+        self.prefix = prefix
         self._base = f"{prefix}:tg:"
         self._slot_ms = 1000 / global_rate
         self._chat_ms = round(chat_interval * 1000)
@@ -217,6 +222,56 @@ class RateBudget:
         await self._pause(keys=[key], args=[seconds * 1000])
 
 
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class StatusHandover:
+    """A job's status message belongs to the bot while the job waits and to the worker once it
+    runs. The worker marks the message taken, then waits out an edit the bot has in flight, so
+    a stale "queued" edit can never land on top of the worker's progress."""
+
+    TAKEN_SECONDS = 24 * 3600
+
+    def __init__(self, redis: Any, prefix: str, *, edit_seconds: float = 30.0) -> None:
+        self.redis = redis
+        self.base = f"{prefix}:tg:status"
+        self.edit_seconds = edit_seconds
+        self._release = redis.register_script(_RELEASE)
+
+    def _keys(self, chat_id: int, message_id: int) -> tuple[str, str]:
+        return (
+            f"{self.base}:{chat_id}:{message_id}:taken",
+            f"{self.base}:{chat_id}:{message_id}:edit",
+        )
+
+    async def take(self, chat_id: int, message_id: int) -> None:
+        """The worker's, from now on; returns once no edit of the bot's is in flight."""
+        taken, editing = self._keys(chat_id, message_id)
+        if not await self.redis.set(taken, "1", nx=True, ex=self.TAKEN_SECONDS):
+            return  # taken before: by an earlier attempt, or another worker
+        # The bot's edit holds its key for at most edit_seconds; poll it out (another process).
+        for _ in range(round(self.edit_seconds / _HANDOVER_POLL_SECONDS)):
+            if not await self.redis.exists(editing):
+                return
+            await asyncio.sleep(_HANDOVER_POLL_SECONDS)
+
+    @contextlib.asynccontextmanager
+    async def bot_edit(self, chat_id: int, message_id: int) -> AsyncIterator[bool]:
+        """Yields whether the bot may edit the message now (not taken, no other edit going)."""
+        taken, editing = self._keys(chat_id, message_id)
+        token = secrets.token_hex(8)
+        if not await self.redis.set(editing, token, nx=True, px=round(self.edit_seconds * 1000)):
+            yield False
+            return
+        try:
+            yield not await self.redis.exists(taken)
+        finally:
+            await self._release(keys=[editing], args=[token])
+
+
 class UserBlocked(Exception):
     """The user blocked the bot, deleted the account, or the private chat does not exist."""
 
@@ -272,6 +327,7 @@ class TelegramSender:
     ) -> None:
         self.bot = bot
         self.budget = budget
+        self.handover = StatusHandover(budget.redis, budget.prefix)
         self.max_attempts = max_attempts
         self.backoff = backoff
 

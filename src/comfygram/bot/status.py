@@ -176,7 +176,10 @@ class QueueTracker:
                 chat_id=entry.chat_id, message_id=entry.message_id, text=text, reply_markup=markup
             )
             try:
-                await self.tg.call(method, chat_id=entry.chat_id, edit=True)
+                async with self.tg.handover.bot_edit(entry.chat_id, entry.message_id) as ours:
+                    if not ours:
+                        return False  # a worker runs the job and edits the message now
+                    await self.tg.call(method, chat_id=entry.chat_id, edit=True)
             except MessageGone:
                 await self.forget(job_id)
                 return False

@@ -17,6 +17,7 @@ from aiogram.exceptions import TelegramAPIError
 from aiogram.methods import DeleteMessage, EditMessageText, SendDocument, SendMessage, SendPhoto
 from aiogram.types import BufferedInputFile, InlineKeyboardButton, InlineKeyboardMarkup
 from PIL import Image
+from redis.exceptions import RedisError
 
 from comfygram.api import BackendClient, BackendError, Job
 from comfygram.i18n import language_of, t
@@ -77,6 +78,7 @@ class UserMessages:
             chat_id=job.status_chat_id, message_id=job.status_message_id, text=text
         )
         try:
+            await self._take_status_message(job.status_chat_id, job.status_message_id)
             await self.sender.edit_progress(method, chat_id=job.status_chat_id)
         except (MessageGone, UserBlocked, TelegramUnavailable) as exc:
             log.info("job %s: progress not shown: %s", job.id, type(exc).__name__)
@@ -91,6 +93,7 @@ class UserMessages:
             chat_id=job.status_chat_id, message_id=job.status_message_id, text=text
         )
         try:
+            await self._take_status_message(job.status_chat_id, job.status_message_id)
             await self.sender.call(method, chat_id=job.status_chat_id, edit=True)
         except (MessageGone, UserBlocked, TelegramUnavailable) as exc:
             log.info("job %s: retry notice not shown: %s", job.id, type(exc).__name__)
@@ -190,4 +193,13 @@ class UserMessages:
         method = DeleteMessage(chat_id=job.status_chat_id, message_id=job.status_message_id)
         # The result is there; a leftover status line is harmless.
         with contextlib.suppress(MessageGone, UserBlocked, TelegramUnavailable):
+            await self._take_status_message(job.status_chat_id, job.status_message_id)
             await self.sender.call(method, chat_id=job.status_chat_id, edit=True)
+
+    async def _take_status_message(self, chat_id: int, message_id: int) -> None:
+        """From here on the worker edits the message; the bot's queue updates stop."""
+        try:
+            await self.sender.handover.take(chat_id, message_id)
+        except RedisError as exc:
+            # Worst case a stale "queued" line shows until the next progress edit.
+            log.warning("status message not handed over: %s", type(exc).__name__)
