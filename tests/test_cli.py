@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import httpx
 import pytest
 
 from tests import images
+from tests.doubles.telegram import TEST_BOT_TOKEN, TelegramDouble
 from tests.redis_server import RedisServer, free_port
 
 SECRETS = {
@@ -165,3 +167,38 @@ def test_backend_listens_where_told(base_env, tmp_path):
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=20)
+
+
+async def test_bot_polls_until_sigterm(base_env, tmp_path):
+    async with TelegramDouble() as telegram:
+        env = {
+            **base_env,
+            "API_TOKEN": SECRETS["API_TOKEN"],
+            "BOT_TOKEN": TEST_BOT_TOKEN,
+            "TELEGRAM_API_URL": telegram.url,
+            "BACKEND_URL": f"http://127.0.0.1:{free_port()}",
+            "REDIS_URL": "redis://127.0.0.1:6379/9",
+            "REDIS_PREFIX": f"cgcli-{os.getpid()}-{time.monotonic_ns()}",
+        }
+        process = comfygram("bot", env=env, cwd=tmp_path)
+        try:
+            await telegram.wait_for("deleteWebhook", timeout=60)  # polling mode: no webhook
+            await telegram.wait_for("setMyCommands", timeout=20)
+            await telegram.wait_for("getUpdates", timeout=20)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            code = await asyncio.to_thread(process.wait, 30)
+    output = (tmp_path / "output.log").read_text()
+    assert code == 0, output
+    assert TEST_BOT_TOKEN not in output
+
+
+def test_bot_refuses_to_poll_in_webhook_mode(base_env, tmp_path):
+    env = {
+        **base_env,
+        **SECRETS,
+        "WEBHOOK_URL": "https://bot.example.com/webhook",
+    }
+    result = run(["bot"], env, tmp_path)
+    assert result.returncode == 2
+    assert "WEBHOOK_URL is set: the backend receives the updates" in result.stderr

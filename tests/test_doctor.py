@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -155,7 +156,7 @@ async def test_cli_doctor_healthy(tmp_path):
             "BOT_TOKEN": TEST_BOT_TOKEN,
             "WEBHOOK_URL": "",
         }
-        proc = await __import__("asyncio").create_subprocess_exec(
+        proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "comfygram",
@@ -210,3 +211,31 @@ async def test_workers_missing_or_with_their_comfyui_down(tmp_path):
     assert (check.name, check.status) == ("worker gpu-9", doctor.FAIL)
     assert "ComfyUI http://10.0.0.9:8188 is down" in check.detail
     assert others == ["http://10.0.0.9:8188"]
+
+
+def _cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "comfygram", *args],
+        env={**os.environ, "API_TOKEN": "t", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_cli_presets_list():
+    listed = _cli("presets", "list")
+    assert listed.returncode == 0, listed.stderr
+    rows = {line.split(" | ")[0]: line for line in listed.stdout.splitlines()[1:]}
+    assert {"bw", "invert", "oil", "edit"} <= set(rows)
+    assert "checkpoints/" in rows["oil"] and rows["invert"].endswith("| -")
+
+
+async def test_cli_presets_check_names_what_this_comfyui_lacks(tmp_path):
+    async with ComfyUIDouble(tmp_path / "comfy") as comfy:
+        checked = await asyncio.to_thread(_cli, "presets", "check", COMFYUI_URL=comfy.url)
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    rows = {line.split(" | ")[0].strip(): line for line in checked.stdout.splitlines()}
+    assert "| OK" in rows["preset invert"]
+    assert "safetensors" in rows["preset oil"]  # the missing model file, by name
+    assert "preset kontext" not in rows  # disabled presets are not checked

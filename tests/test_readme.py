@@ -56,17 +56,56 @@ def test_the_walkthrough_is_what_this_file_runs():
     assert code_blocks(walkthrough_section()) == WALKTHROUGH
 
 
-def test_every_shell_command_in_the_readme_is_run_by_a_test_or_ci():
-    walkthrough = {body for language, body in WALKTHROUGH if language == "sh"}
-    run_by_ci = {"./scripts/test"}  # .ci/run execs it, see below
-    commands = {
+# Every command the README names (in a code block or inline), and what runs it.
+RUN_BY = {
+    "./scripts/services": "test_readme.py::test_walkthrough_on_a_fresh_copy",
+    "./scripts/start": "test_readme.py::test_walkthrough_on_a_fresh_copy",
+    ".venv/bin/comfygram doctor": "test_readme.py::test_walkthrough_on_a_fresh_copy",
+    "./scripts/test": "CI: .ci/run",
+    "./scripts/test -k ledger -x": "CI: .ci/run (the same script; arguments go to pytest)",
+    ".venv/bin/python bench/job_create.py": (
+        "test_bench.py::test_job_create_bench_compares_the_databases"
+    ),
+    ".venv/bin/python bench/worker_pipeline.py": (
+        "test_bench.py::test_worker_pipeline_bench_reports_every_stage"
+    ),
+    "comfygram backend [--host H] [--port P]": "test_cli.py::test_backend_listens_where_told",
+    "comfygram backend": "test_cli.py::test_backend_serves_and_never_logs_a_secret",
+    "comfygram migrate": "test_cli.py::test_migrate_creates_the_schema",
+    "comfygram run": "test_run.py::test_run_serves_a_photo_from_start_to_result",
+    "comfygram worker": (
+        "test_worker_crash.py::test_sigterm_finishes_the_current_job_then_releases_the_gpu"
+    ),
+    "comfygram bot": "test_cli.py::test_bot_polls_until_sigterm",
+    "comfygram doctor": "test_doctor.py::test_cli_doctor_healthy",
+    "comfygram presets list\\|check": (
+        "test_doctor.py::test_cli_presets_list, "
+        "test_doctor.py::test_cli_presets_check_names_what_this_comfyui_lacks"
+    ),
+}
+COMMAND = re.compile(r"^(\./scripts/|\.venv/bin/|comfygram [a-z])")
+
+
+def readme_commands() -> set[str]:
+    fenced = {
         line
         for language, body in code_blocks(README)
         if language == "sh"
         for line in body.splitlines()
     }
-    assert commands == walkthrough | run_by_ci
+    inline = set(re.findall(r"`([^`\n]+)`", README))
+    return {command for command in fenced | inline if COMMAND.match(command)}
+
+
+def test_every_command_in_the_readme_is_run_by_a_test_or_ci():
+    assert readme_commands() == set(RUN_BY)
     assert "exec scripts/test" in (ROOT / ".ci" / "run").read_text()
+    for runners in RUN_BY.values():
+        if runners.startswith("CI"):
+            continue
+        for runner in runners.split(", "):
+            module, test = runner.split("::")
+            assert f"def {test}(" in (ROOT / "tests" / module).read_text(), runner
 
 
 def fresh_copy(destination: Path) -> Path:

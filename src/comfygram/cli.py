@@ -87,7 +87,8 @@ def _presets(settings: Settings, args: argparse.Namespace) -> None:
         return
     checks = asyncio.run(doctor.check_comfyui(settings, only_enabled=True))
     print(doctor.render(checks))
-    raise SystemExit(doctor.exit_code(checks))
+    # Stricter than doctor: every enabled preset must run here (usable as a deploy gate).
+    raise SystemExit(0 if all(c.status == doctor.OK for c in checks) else 1)
 
 
 def build_parser() -> argparse.ArgumentParser:
