@@ -199,12 +199,10 @@ async def test_walkthrough_on_a_fresh_copy(tmp_path):
         process = launch(run, repo, env)
         try:
             await invert_a_photo(telegram, comfyui, chat_id=8101)
-        except BaseException:
-            process.send_signal(signal.SIGINT)
-            print(await asyncio.to_thread(process.communicate, timeout=60))
-            raise
-        process.send_signal(signal.SIGINT)  # Ctrl-C
-        output, _ = await asyncio.to_thread(process.communicate, timeout=60)
+        finally:
+            process.send_signal(signal.SIGINT)  # Ctrl-C
+            output, _ = await asyncio.to_thread(process.communicate, timeout=60)
+            print(output)  # shown by pytest when the journey fails
         assert process.returncode == 0, output
         assert "comfygram is running" in output
         assert "comfygram stopped." in output
