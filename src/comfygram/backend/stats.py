@@ -45,33 +45,36 @@ async def overview(session: AsyncSession, now: datetime | None = None) -> Overvi
     users_today = await session.scalar(
         select(func.count()).select_from(User).where(User.created_at >= midnight)
     )
-    rows = await session.execute(
-        select(Job.status, func.count()).where(Job.created_at >= midnight).group_by(Job.status)
+    revenue_total, credits_total, _ = await _paid(session)
+    revenue_today, _, _ = await _paid(session, Payment.paid_at >= midnight)
+    return Overview(
+        users=int(users or 0),
+        users_today=int(users_today or 0),
+        jobs_today=await jobs_by_status_since(session, midnight),
+        queued=await _count(session, Job.status == JobStatus.QUEUED),
+        processing=await _count(session, Job.status == JobStatus.PROCESSING),
+        revenue_today=revenue_today,
+        revenue_total=revenue_total,
+        credits_sold_total=credits_total,
     )
-    jobs_today = {status.value: 0 for status in JobStatus}
-    jobs_today.update({str(status): int(count) for status, count in rows.all()})
-    paid = Payment.status == "paid"
-    revenue_total, credits_total = (
+
+
+async def _paid(session: AsyncSession, *where: object) -> tuple[int, int, int]:
+    """Stars taken, credits sold and payments made, over the paid payments matching `where`."""
+    stars, credits, count = (
         await session.execute(
             select(
                 func.coalesce(func.sum(Payment.amount), 0),
                 func.coalesce(func.sum(Payment.credits), 0),
-            ).where(paid)
+                func.count(),
+            ).where(Payment.status == "paid", *where)
         )
     ).one()
-    revenue_today = await session.scalar(
-        select(func.coalesce(func.sum(Payment.amount), 0)).where(paid, Payment.paid_at >= midnight)
-    )
-    return Overview(
-        users=int(users or 0),
-        users_today=int(users_today or 0),
-        jobs_today=jobs_today,
-        queued=await _count(session, Job.status == JobStatus.QUEUED),
-        processing=await _count(session, Job.status == JobStatus.PROCESSING),
-        revenue_today=int(revenue_today or 0),
-        revenue_total=int(revenue_total),
-        credits_sold_total=int(credits_total),
-    )
+    return int(stars), int(credits), int(count)
+
+
+def _run_seconds(started: datetime, finished: datetime) -> float:
+    return max(0.0, (finished - started).total_seconds())
 
 
 async def median_run_seconds(session: AsyncSession) -> tuple[float | None, dict[str, float]]:
@@ -91,7 +94,7 @@ async def median_run_seconds(session: AsyncSession) -> tuple[float | None, dict[
     )
     by_preset: dict[str, list[float]] = defaultdict(list)
     for slug, started, finished in rows.all():
-        by_preset[slug].append(max(0.0, (finished - started).total_seconds()))
+        by_preset[slug].append(_run_seconds(started, finished))
     every = [seconds for samples in by_preset.values() for seconds in samples]
     overall = statistics.median(every) if every else None
     return overall, {slug: statistics.median(s) for slug, s in sorted(by_preset.items())}
@@ -156,7 +159,7 @@ async def presets_since(session: AsyncSession, since: datetime) -> list[PresetWi
         elif status == JobStatus.SUCCEEDED:
             succeeded[slug] += 1
             if started is not None and finished is not None:
-                runs[slug].append(max(0.0, (finished - started).total_seconds()))
+                runs[slug].append(_run_seconds(started, finished))
     return [
         PresetWindow(
             slug=slug,
@@ -171,23 +174,9 @@ async def presets_since(session: AsyncSession, since: datetime) -> list[PresetWi
 
 async def revenue(session: AsyncSession, since: datetime, now: datetime | None = None) -> Revenue:
     """Stars taken today (UTC), since `since` and ever, and the credits they bought."""
-    paid = Payment.status == "paid"
-
-    async def sums(*where: object) -> tuple[int, int, int]:
-        stars, credits, count = (
-            await session.execute(
-                select(
-                    func.coalesce(func.sum(Payment.amount), 0),
-                    func.coalesce(func.sum(Payment.credits), 0),
-                    func.count(),
-                ).where(paid, *where)
-            )
-        ).one()
-        return int(stars), int(credits), int(count)
-
-    today, _, _ = await sums(Payment.paid_at >= start_of_day(now))
-    window, credits_window, payments_window = await sums(Payment.paid_at >= since)
-    total, credits_total, _ = await sums()
+    today, _, _ = await _paid(session, Payment.paid_at >= start_of_day(now))
+    window, credits_window, payments_window = await _paid(session, Payment.paid_at >= since)
+    total, credits_total, _ = await _paid(session)
     return Revenue(
         stars_today=today,
         stars_window=window,

@@ -445,8 +445,6 @@ class PresetAdmin(_View, model=Preset):
 
     async def update_model(self, request: Request, pk: str, data: dict) -> Any:
         price, enabled = data.get("price"), bool(data.get("enabled"))
-        if isinstance(price, bool) or not isinstance(price, int) or price < 0:
-            raise ValueError("The price must be a whole number of credits, 0 or more.")
         async with self.panel.sessions() as session:
             try:
                 preset = await presets.set_operator_choice(
