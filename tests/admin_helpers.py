@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime, timedelta
 
 import httpx
 from fastapi import FastAPI
+
+from comfygram.backend.models import Job, Payment, User
 
 ADMIN_USERNAME = "operator"
 ADMIN_PASSWORD = "correct-horse-battery-9"
@@ -36,3 +39,43 @@ def stat(html: str, name: str) -> str:
     match = re.search(rf'data-stat="{re.escape(name)}"[^>]*>\s*([^<]*?)\s*<', html)
     assert match, f"no data-stat={name} on the page"
     return match.group(1)
+
+
+def seeded_job(
+    user: User, slug: str, status: str, *, created: datetime, run: float | None = None
+) -> Job:
+    """A job row as the dashboard reads it; `run` seconds of ComfyUI starting 2 s after creation."""
+    started = created + timedelta(seconds=2) if run is not None else None
+    return Job(
+        user_id=user.id,
+        preset_slug=slug,
+        price=1,
+        status=status,
+        input_path="inputs/x.png",
+        input_mime="image/png",
+        created_at=created,
+        started_at=started,
+        finished_at=started + timedelta(seconds=run) if started else None,
+    )
+
+
+def seeded_payment(
+    user: User,
+    key: str,
+    stars: int,
+    credits: int,
+    paid_at: datetime | None,
+    package: str = "small",
+) -> Payment:
+    """A Stars payment row: paid at `paid_at`, or still pending when None."""
+    return Payment(
+        user_id=user.id,
+        package=package,
+        credits=credits,
+        amount=stars,
+        currency="XTR",
+        status="paid" if paid_at else "pending",
+        payload=f"p-{key}",
+        telegram_payment_charge_id=f"c-{key}" if paid_at else None,
+        paid_at=paid_at,
+    )

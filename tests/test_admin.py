@@ -34,6 +34,8 @@ from tests.admin_helpers import (
     csrf,
     login,
     panel_client,
+    seeded_job,
+    seeded_payment,
     stat,
 )
 from tests.helpers import API_TOKEN, backend_client, create_job, register
@@ -648,20 +650,7 @@ async def seed_dashboard(app) -> None:
         await session.flush()
 
         def job(slug: str, status: str, run: float | None = None, age_hours: float = 1) -> Job:
-            created = now - timedelta(hours=age_hours)
-            started = created + timedelta(seconds=5) if run is not None else None
-            finished = started + timedelta(seconds=run) if started is not None else None
-            return Job(
-                user_id=user.id,
-                preset_slug=slug,
-                price=1,
-                status=status,
-                input_path="inputs/x.png",
-                input_mime="image/png",
-                created_at=created,
-                started_at=started,
-                finished_at=finished,
-            )
+            return seeded_job(user, slug, status, created=now - timedelta(hours=age_hours), run=run)
 
         session.add_all(
             [
@@ -679,36 +668,9 @@ async def seed_dashboard(app) -> None:
         )
         session.add_all(
             [
-                Payment(
-                    user_id=user.id,
-                    package="small",
-                    credits=10,
-                    amount=50,
-                    currency="XTR",
-                    status="paid",
-                    payload="p1",
-                    telegram_payment_charge_id="c1",
-                    paid_at=now - timedelta(minutes=1),
-                ),
-                Payment(
-                    user_id=user.id,
-                    package="large",
-                    credits=150,
-                    amount=500,
-                    currency="XTR",
-                    status="paid",
-                    payload="p2",
-                    telegram_payment_charge_id="c2",
-                    paid_at=now - timedelta(days=3),
-                ),
-                Payment(
-                    user_id=user.id,
-                    package="medium",
-                    credits=50,
-                    amount=200,
-                    currency="XTR",
-                    payload="p3",
-                ),
+                seeded_payment(user, "1", 50, 10, now - timedelta(minutes=1)),
+                seeded_payment(user, "2", 500, 150, now - timedelta(days=3), package="large"),
+                seeded_payment(user, "3", 200, 50, None, package="medium"),
             ]
         )
         await session.commit()

@@ -12,10 +12,11 @@ from alembic.migration import MigrationContext
 from sqlalchemy import select
 
 from comfygram.backend import db, stats
-from comfygram.backend.models import Base, Job, Payment, User
+from comfygram.backend.models import Base, User
 from comfygram.backend.models import Preset as PresetRow
 from comfygram.backend.presets import set_operator_choice, sync_presets
 from comfygram.presets import load_presets
+from tests.admin_helpers import seeded_job, seeded_payment
 
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
 
@@ -31,36 +32,6 @@ async def sessions(empty_database):
     await engine.dispose()
 
 
-def _job(user: User, slug: str, status: str, *, hours_ago: float, run: float | None = None):
-    created = NOW - timedelta(hours=hours_ago)
-    started = created + timedelta(seconds=2) if run is not None else None
-    return Job(
-        user_id=user.id,
-        preset_slug=slug,
-        price=1,
-        status=status,
-        input_path="inputs/x.png",
-        input_mime="image/png",
-        created_at=created,
-        started_at=started,
-        finished_at=started + timedelta(seconds=run) if started else None,
-    )
-
-
-def _payment(user: User, key: str, stars: int, credits: int, paid_at: datetime | None):
-    return Payment(
-        user_id=user.id,
-        package="small",
-        credits=credits,
-        amount=stars,
-        currency="XTR",
-        status="paid" if paid_at else "pending",
-        payload=f"p-{key}",
-        telegram_payment_charge_id=f"c-{key}" if paid_at else None,
-        paid_at=paid_at,
-    )
-
-
 async def test_jobs_presets_and_revenue_in_a_window(sessions):
     since = NOW - timedelta(hours=24)
     async with sessions() as session:
@@ -69,18 +40,18 @@ async def test_jobs_presets_and_revenue_in_a_window(sessions):
         await session.flush()
         session.add_all(
             [
-                _job(user, "bw", "succeeded", hours_ago=1, run=4),
-                _job(user, "bw", "succeeded", hours_ago=2, run=8),
-                _job(user, "bw", "failed", hours_ago=3, run=1),
-                _job(user, "bw", "failed", hours_ago=4, run=1),
-                _job(user, "bw", "queued", hours_ago=0.5),
-                _job(user, "oil", "succeeded", hours_ago=5, run=30),
-                _job(user, "oil", "succeeded", hours_ago=25, run=300),
-                _job(user, "sharpen", "failed", hours_ago=30, run=1),
-                _payment(user, "a", 50, 10, NOW - timedelta(hours=1)),
-                _payment(user, "b", 200, 50, NOW - timedelta(hours=13)),  # yesterday, in 24 h
-                _payment(user, "c", 500, 150, NOW - timedelta(days=2)),
-                _payment(user, "d", 999, 999, None),  # never paid
+                seeded_job(user, "bw", "succeeded", created=NOW - timedelta(hours=1), run=4),
+                seeded_job(user, "bw", "succeeded", created=NOW - timedelta(hours=2), run=8),
+                seeded_job(user, "bw", "failed", created=NOW - timedelta(hours=3), run=1),
+                seeded_job(user, "bw", "failed", created=NOW - timedelta(hours=4), run=1),
+                seeded_job(user, "bw", "queued", created=NOW - timedelta(hours=0.5)),
+                seeded_job(user, "oil", "succeeded", created=NOW - timedelta(hours=5), run=30),
+                seeded_job(user, "oil", "succeeded", created=NOW - timedelta(hours=25), run=300),
+                seeded_job(user, "sharpen", "failed", created=NOW - timedelta(hours=30), run=1),
+                seeded_payment(user, "a", 50, 10, NOW - timedelta(hours=1)),
+                seeded_payment(user, "b", 200, 50, NOW - timedelta(hours=13)),  # yesterday, in 24 h
+                seeded_payment(user, "c", 500, 150, NOW - timedelta(days=2)),
+                seeded_payment(user, "d", 999, 999, None),  # never paid
             ]
         )
         await session.commit()
