@@ -27,7 +27,7 @@ from comfygram.domain.jobs import (
     counts_attempt,
 )
 from comfygram.domain.ledger import Reason
-from comfygram.images import ImageInfo
+from comfygram.images import ImageInfo, ImageRejected, inspect_image
 
 
 @dataclass(frozen=True)
@@ -245,7 +245,7 @@ def retry_key(job_id: str) -> str:
 
 
 async def retry_free(
-    session: AsyncSession, store: MediaStore, job_id: str, max_active: int
+    session: AsyncSession, store: MediaStore, job_id: str, max_active: int, max_pixels: int
 ) -> Created:
     """An operator's retry of a failed job: a new job for the same user, preset, photo and
     prompt, at no charge. Keyed on the failed job, so retrying it twice makes one job."""
@@ -264,10 +264,10 @@ async def retry_free(
         raise ApiError(
             404, "input_not_found", f"Job {failed.id}'s photo is no longer stored."
         ) from None
-    extension = path.suffix.lstrip(".")
-    image = ImageInfo(
-        format=extension.upper(), mime=failed.input_mime, extension=extension, width=0, height=0
-    )
+    try:
+        image = await asyncio.to_thread(inspect_image, data, max_pixels)
+    except ImageRejected as exc:
+        raise ApiError(422, "bad_image", exc.message) from None
     request = NewJob(
         telegram_id=user.telegram_id,
         preset_slug=failed.preset_slug,

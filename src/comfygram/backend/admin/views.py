@@ -350,7 +350,11 @@ class JobAdmin(_View, model=Job):
         async with panel.sessions() as session:
             try:
                 created = await jobs.retry_free(
-                    session, panel.store, pk, panel.settings.max_active_jobs_per_user
+                    session,
+                    panel.store,
+                    pk,
+                    panel.settings.max_active_jobs_per_user,
+                    panel.settings.max_image_pixels,
                 )
                 await session.commit()
             except ApiError as exc:
