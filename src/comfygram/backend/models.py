@@ -56,7 +56,7 @@ class User(Base):
     first_name: Mapped[str | None] = mapped_column(String(128))
     language_code: Mapped[str | None] = mapped_column(String(16))
     referral: Mapped[str | None] = mapped_column(String(64))
-    balance: Mapped[int] = mapped_column(Integer, default=0)
+    balance: Mapped[int] = mapped_column(BigInteger, default=0)
     blocked_bot: Mapped[bool] = mapped_column(Boolean, default=False)
     # Blocked by an operator (admin panel): may not create jobs or payments.
     banned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
@@ -68,7 +68,7 @@ class LedgerEntry(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
-    amount: Mapped[int] = mapped_column(Integer)
+    amount: Mapped[int] = mapped_column(BigInteger)
     reason: Mapped[str] = mapped_column(String(32))
     idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
     job_id: Mapped[str | None] = mapped_column(String(36), index=True)
@@ -127,6 +127,10 @@ class Job(Base):
     updated_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow, onupdate=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(Timestamp)
     finished_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    # Set when the retention sweep deleted this job's input and result files.
+    media_deleted_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    # Times a ComfyUI died or became unreachable while running this job.
+    comfyui_crashes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Payment(Base):
@@ -143,3 +147,6 @@ class Payment(Base):
     telegram_payment_charge_id: Mapped[str | None] = mapped_column(String(200), unique=True)
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
     paid_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    # When Telegram's pre-checkout for this invoice was approved (a second one is refused).
+    precheckout_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    refunded_at: Mapped[datetime | None] = mapped_column(Timestamp)
