@@ -56,7 +56,7 @@ def test_the_walkthrough_is_what_this_file_runs():
     assert code_blocks(walkthrough_section()) == WALKTHROUGH
 
 
-# Every command the README names (in a code block or inline), and what runs it.
+# Every command the README or a page in docs/ names (in a code block or inline), and what runs it.
 RUN_BY = {
     "./scripts/services": "test_readme.py::test_walkthrough_on_a_fresh_copy",
     "./scripts/start": "test_readme.py::test_walkthrough_on_a_fresh_copy",
@@ -86,19 +86,25 @@ RUN_BY = {
 COMMAND = re.compile(r"^(\./scripts/|\.venv/bin/|comfygram [a-z])")
 
 
-def readme_commands() -> set[str]:
+def named_commands(markdown: str) -> set[str]:
     fenced = {
         line
-        for language, body in code_blocks(README)
+        for language, body in code_blocks(markdown)
         if language == "sh"
         for line in body.splitlines()
     }
-    inline = set(re.findall(r"`([^`\n]+)`", README))
+    inline = set(re.findall(r"`([^`\n]+)`", markdown))
     return {command for command in fenced | inline if COMMAND.match(command)}
 
 
-def test_every_command_in_the_readme_is_run_by_a_test_or_ci():
-    assert readme_commands() == set(RUN_BY)
+def documented_commands() -> set[str]:
+    """The commands named by the README and by every page in docs/."""
+    pages = [README, *(page.read_text() for page in sorted((ROOT / "docs").glob("*.md")))]
+    return set().union(*(named_commands(page) for page in pages))
+
+
+def test_every_command_in_the_docs_is_run_by_a_test_or_ci():
+    assert documented_commands() == set(RUN_BY)
     assert "exec scripts/test" in (ROOT / ".ci" / "run").read_text()
     for runners in RUN_BY.values():
         if runners.startswith("CI"):

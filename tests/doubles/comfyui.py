@@ -1,13 +1,14 @@
 """ComfyUIDouble: a loopback HTTP + WebSocket server that answers like ComfyUI 0.3.64.
 
-Shapes, status codes and content types are copied from the recording in
-/work/shared/reference/comfyui-0.3.64-api.json (hard-coded here, nothing is read at run
-time); what the recording lacks (loader nodes, the OOM text) follows ComfyUI's nodes.py and
-execution.py of that release. It runs LoadImage, ImageInvert, ImageScaleBy, ImageBlur,
-ImageSharpen, SaveImage and PreviewImage for real with Pillow, one prompt at a time, and sends
-the recorded WebSocket sequence (``progress_state`` included) to the socket whose clientId is
-the prompt's client_id. ``POST /prompt`` validates like ComfyUI: unknown nodes, missing or
-out-of-range inputs, values not in a combo list (model files too), broken links.
+Shapes, status codes and content types are copied from a recording of a real ComfyUI 0.3.64's
+HTTP and WebSocket traffic (not kept in this repository: what it showed is hard-coded in this
+file and pinned by tests/test_comfyui_double.py); what the recording lacks (loader nodes, the
+OOM text) follows ComfyUI's nodes.py and execution.py of that release. It runs LoadImage,
+ImageInvert, ImageScaleBy, ImageBlur, ImageSharpen, SaveImage and PreviewImage for real with
+Pillow, one prompt at a time, and sends the recorded WebSocket sequence (``progress_state``
+included) to the socket whose clientId is the prompt's client_id. ``POST /prompt`` validates
+like ComfyUI: unknown nodes, missing or out-of-range inputs, values not in a combo list (model
+files too), broken links.
 
 Knobs (attributes and methods; all of them may change while the server runs):
 

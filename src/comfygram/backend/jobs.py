@@ -191,7 +191,7 @@ async def transition(
     error: str | None = None,
     worker: str | None = None,
 ) -> Job:
-    """Move a job to `target` if DESIGN.md allows it; failing or cancelling refunds it.
+    """Move a job to `target` if docs/architecture.md allows it; failing or cancelling refunds it.
 
     Asking for the state the job is already in changes nothing, so a retried call is harmless.
     """

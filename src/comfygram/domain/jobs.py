@@ -1,4 +1,4 @@
-"""The job state machine from DESIGN.md."""
+"""The job state machine from docs/architecture.md."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ class TransitionError(Exception):
 
 
 def check_transition(current: JobStatus, target: JobStatus) -> None:
-    """Raise TransitionError unless DESIGN.md allows current -> target."""
+    """Raise TransitionError unless docs/architecture.md allows current -> target."""
     if target not in _ALLOWED.get(current, ()):
         raise TransitionError(current, target)
 
