@@ -1361,9 +1361,18 @@ class UserDriver:
         return await self._extra({"location": {"latitude": latitude, "longitude": longitude}})
 
     async def press(
-        self, message: dict[str, Any] | MessageState, callback_data: str
+        self,
+        message: dict[str, Any] | MessageState,
+        callback_data: str,
+        *,
+        too_old: bool = False,
     ) -> dict[str, Any]:
-        """Press an inline button of a message the bot sent; the button must be there now."""
+        """Press an inline button of a message the bot sent; the button must be there now.
+
+        ``too_old``: the query is already past Telegram's answer window when the bot gets it
+        (as for presses made while the bot was down), so answerCallbackQuery answers 400
+        "query is too old".
+        """
         if isinstance(message, MessageState):
             chat_id, message_id = message.chat_id, message.message_id
         else:
@@ -1376,7 +1385,7 @@ class UserDriver:
         )
         query_id = str(secrets.randbits(62))
         # Telegram stops accepting the answer after about 15 seconds.
-        self.double._queries[query_id] = (time.monotonic(), 15.0)
+        self.double._queries[query_id] = (time.monotonic(), -1.0 if too_old else 15.0)
         query = {
             "id": query_id,
             "from": self.user,

@@ -22,6 +22,7 @@ from comfygram.bot.keys import bot_key
 from comfygram.bot.languages import LanguageStore
 from comfygram.bot.middlewares import (
     BackendMiddleware,
+    BestEffortCallbackAnswers,
     DedupeMiddleware,
     LanguageMiddleware,
     ThrottlingMiddleware,
@@ -144,6 +145,7 @@ class BotRuntime:
         self.settings = settings
         self.redis = connect_redis(settings)
         self.bot = create_bot(settings)
+        self.bot.session.middleware(BestEffortCallbackAnswers())
         self.backend = backend or BackendClient(
             settings.backend_url, settings.api_token.get_secret_value()
         )

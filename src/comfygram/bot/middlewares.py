@@ -1,4 +1,5 @@
-"""Dispatcher middlewares: duplicate updates, language, the backend client, flood control.
+"""Dispatcher middlewares: duplicate updates, language, the backend client, flood control;
+and one request middleware that makes answering a button press best effort.
 
 All their state lives in Redis under ``{prefix}:bot:``, so several bot processes (polling, or
 backend replicas receiving webhooks) share it.
@@ -11,8 +12,13 @@ import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiogram import BaseMiddleware
-from aiogram.methods import AnswerCallbackQuery, SendMessage
+from aiogram import BaseMiddleware, Bot
+from aiogram.client.session.middlewares.base import (
+    BaseRequestMiddleware,
+    NextRequestMiddlewareType,
+)
+from aiogram.exceptions import TelegramAPIError
+from aiogram.methods import AnswerCallbackQuery, SendMessage, TelegramMethod
 from aiogram.types import CallbackQuery, Message, TelegramObject, Update, User
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -147,3 +153,27 @@ class ThrottlingMiddleware(BaseMiddleware):
                 SendMessage(chat_id=event.chat.id, text=text), chat_id=event.chat.id
             )
         return None
+
+
+class BestEffortCallbackAnswers(BaseRequestMiddleware):
+    """answerCallbackQuery never fails the handler that called it.
+
+    Answering a press only stops the spinner on the button. Telegram refuses answers after
+    about 15 seconds ("query is too old"), which is what every press made while the bot was
+    restarting or catching up gets; the press itself must still be acted on. Registered on
+    the bot's session, so every caller (handlers, flood control, error replies) is covered.
+    """
+
+    async def __call__(
+        self,
+        make_request: NextRequestMiddlewareType[Any],
+        bot: Bot,
+        method: TelegramMethod[Any],
+    ) -> Any:
+        if not isinstance(method, AnswerCallbackQuery):
+            return await make_request(bot, method)
+        try:
+            return await make_request(bot, method)
+        except (TelegramAPIError, OSError, TimeoutError) as exc:
+            log.info("button press not answered (%s); acting on it anyway", exc)
+            return False

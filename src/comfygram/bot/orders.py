@@ -2,7 +2,9 @@
 
 The idempotency key comes from the Telegram update that asked for the job (the keyboard, photo
 or prompt message), so a retried update, a double tap or a retry after a backend timeout
-replays the same job instead of charging again.
+replays the same job instead of charging again. Only while that job is alive, though: once it
+has ended (cancelled, failed, succeeded), pressing the same button again is a new order, so
+the key moves on to its next generation (a counter per key in Redis).
 """
 
 from __future__ import annotations
@@ -34,6 +36,23 @@ from comfygram.telegram import TelegramSender
 log = logging.getLogger(__name__)
 
 STATUS_CLAIM_SECONDS = 24 * 3600
+# A job in one of these states is over: the same button pressed again is a new order.
+ENDED = frozenset({"succeeded", "failed", "cancelled"})
+# Longer than a preset keyboard can be used (its photo is kept for a week).
+GENERATION_SECONDS = 8 * 24 * 3600
+# Each ended job of a key costs one more round; more than this many is not a person pressing.
+MAX_GENERATIONS = 50
+
+# Move the key's generation from ARGV[1] to the next one, unless someone already did (two
+# presses racing after a job ended must agree on one new order, not make two).
+_NEXT_GENERATION = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if current == tonumber(ARGV[1]) then
+  current = current + 1
+  redis.call('SET', KEYS[1], current, 'EX', ARGV[2])
+end
+return current
+"""
 
 # Backend refusals a person can act on, by error code.
 _REFUSALS = {
@@ -94,7 +113,7 @@ class Orders:
             await self._refused(chat_id, lang, exc)
             return None
         try:
-            job, replayed = await self._create(user, preset, image, filename, prompt, key)
+            job, replayed = await self._create_fresh(user, preset, image, filename, prompt, key)
         except BackendError as exc:
             await self._refused(chat_id, lang, exc)
             return None
@@ -108,6 +127,30 @@ class Orders:
             )
             await self.report(job, chat_id, lang)
         return job
+
+    async def _create_fresh(
+        self,
+        user: User,
+        preset: Preset,
+        image: bytes,
+        filename: str,
+        prompt: str | None,
+        key: str,
+    ) -> tuple[Job, bool]:
+        """Create the job, or replay the one this key made while it is alive; a replayed job
+        that has ended makes way for a new one under the key's next generation."""
+        counter = bot_key(self.prefix, "order-generation", key)
+        generation = int(await self.redis.get(counter) or 0)
+        for _ in range(MAX_GENERATIONS):
+            keyed = key if generation == 0 else f"{key}:g{generation}"
+            job, replayed = await self._create(user, preset, image, filename, prompt, keyed)
+            if not (replayed and job.status in ENDED):
+                return job, replayed
+            log.info("job %s for key %s has ended (%s); a new order", job.id, key, job.status)
+            generation = int(
+                await self.redis.eval(_NEXT_GENERATION, 1, counter, generation, GENERATION_SECONDS)  # type: ignore[misc]
+            )
+        raise BackendError(409, "idempotency_key_reused", "too many orders for one key", {})
 
     async def _create(
         self,

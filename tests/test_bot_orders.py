@@ -1,0 +1,100 @@
+"""Orders as a person places them: a new press after a job ended is a new order, a press Telegram
+calls too old still does its work, the price is checked before the prompt is asked for, the
+queue message says when no GPU serves the queue, an album gets one keyboard, and the photo is
+downloaded once per order. The bot polls the Telegram double; real backend and Redis."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from comfygram.settings import Settings
+from tests import images
+from tests.bot_helpers import World, fast_chat_pace, polling_world  # noqa: F401
+from tests.doubles.telegram import QUERY_TOO_OLD, UserDriver
+
+pytestmark = pytest.mark.usefixtures("fast_chat_pace")
+
+
+@pytest.fixture
+def database_url(tmp_path) -> str:
+    return f"sqlite+aiosqlite:///{tmp_path}/comfygram.db"
+
+
+@pytest.fixture
+async def world(settings: Settings) -> AsyncIterator[World]:
+    async with polling_world(settings) as running:
+        yield running
+
+
+async def _started(world: World, telegram_id: int, credits: int = 0) -> UserDriver:
+    user = world.user(telegram_id)
+    await user.send_command("start")
+    await world.reply(user, containing="👋")
+    if credits:
+        await world.backend.adjust_credits(
+            telegram_id, credits, reason="tests", actor="tests", idempotency_key=f"t{telegram_id}"
+        )
+    return user
+
+
+def _queued_messages(world: World, chat_id: int) -> list[str]:
+    return [
+        c.params["text"]
+        for c in world.telegram.sent("sendMessage", chat_id)
+        if "Queued" in c.params["text"]
+    ]
+
+
+async def test_a_new_press_after_the_job_ended_is_a_new_order(world: World):
+    user = await _started(world, 6001, credits=7)  # 10 credits
+    await user.send_photo(images.jpeg())
+    keyboard = await world.reply(user, containing="Nice photo")
+    await user.press(keyboard.result, "ps:bw")
+    await world.reply(user, containing="Queued: position")
+    await world.settle()
+    (first,) = await world.backend.jobs(6001)
+    await world.backend.set_status(first.id, "cancelled")
+    # The same button on the same keyboard: a deliberate new order, charged and announced.
+    since = world.mark()
+    await user.press(keyboard.result, "ps:bw")
+    await world.reply(user, containing="Queued: position", since=since)
+    await world.settle()
+    jobs = await world.backend.jobs(6001)
+    assert len(jobs) == 2
+    second = next(j for j in jobs if j.id != first.id)
+    assert second.status == "queued" and second.status_message_id is not None
+    # A double tap while the second job is alive replays it: no third job, no second message.
+    since = world.mark()
+    await user.press(keyboard.result, "ps:bw")
+    await user.press(keyboard.result, "ps:bw")
+    await world.telegram.wait_for("answerCallbackQuery", count=2, since=since)
+    await world.settle()
+    assert len(await world.backend.jobs(6001)) == 2
+    assert len(_queued_messages(world, 6001)) == 2
+    # Ended again: the next press is a third order.
+    await world.backend.set_status(second.id, "cancelled")
+    since = world.mark()
+    await user.press(keyboard.result, "ps:bw")
+    await world.reply(user, containing="Queued: position", since=since)
+    await world.settle()
+    jobs = await world.backend.jobs(6001)
+    assert len(jobs) == 3
+    assert (await world.backend.user(6001)).balance == 10 - jobs[0].price
+
+
+async def test_a_press_telegram_calls_too_old_still_places_the_order(world: World):
+    user = await _started(world, 6002)
+    await user.send_photo(images.jpeg())
+    keyboard = await world.reply(user, containing="Nice photo")
+    since = world.mark()
+    await user.press(keyboard.result, "ps:bw", too_old=True)
+    await world.reply(user, containing="Queued: position", since=since)
+    await world.settle()
+    answers = world.telegram.sent("answerCallbackQuery")
+    assert answers[-1].status == 400 and answers[-1].response["description"] == QUERY_TOO_OLD
+    (job,) = await world.backend.jobs(6002)
+    assert job.status == "queued"
+    texts = [c.params["text"] for c in world.telegram.sent("sendMessage", 6002)[-3:]]
+    assert not [text for text in texts if "went wrong" in text or "Sorry" in text], texts
