@@ -387,6 +387,24 @@ def preset_from_manifest(manifest: dict, workflow: dict) -> Preset:
     )
 
 
+def _listed_choices(config: Any) -> list | None:
+    """The values a combo input allows, from its ``/object_info`` entry (None: not a combo).
+
+    Older nodes list them first (``[["a", "b"], {...}]``); newer-style ones (ComfyUI's V3
+    schema: ``UpscaleModelLoader``, ``ImageScaleToTotalPixels``, ...) as
+    ``["COMBO", {"options": ["a", "b"]}]``, and ComfyUI does not check those values at
+    ``POST /prompt``, so this is the only place a wrong one is caught before run time.
+    """
+    if not isinstance(config, list) or not config:
+        return None
+    if isinstance(config[0], list):
+        return config[0]
+    if config[0] == "COMBO" and len(config) > 1 and isinstance(config[1], dict):
+        options = config[1].get("options")
+        return options if isinstance(options, list) else None
+    return None
+
+
 def compatibility_problems(preset: Preset, object_info: dict) -> list[str]:
     """Why ``preset`` cannot run on a ComfyUI with this ``/object_info`` (empty: it can).
 
@@ -407,7 +425,7 @@ def compatibility_problems(preset: Preset, object_info: dict) -> list[str]:
         for name, value in (node.get("inputs") or {}).items():
             if (node_id, name) == (preset.image_input.node, preset.image_input.input):
                 continue  # the user's photo is uploaded per job
-            choices = spec.get(name, [None])[0]
+            choices = _listed_choices(spec.get(name))
             if isinstance(value, str) and isinstance(choices, list) and value not in choices:
                 folder = _MODEL_INPUTS_BY_CLASS.get((class_type, name)) or _MODEL_INPUTS.get(name)
                 what = f"model file {folder}/{value}" if folder else f"{name} value {value!r}"
