@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import ipaddress
 from pathlib import Path
 from urllib.parse import quote
 
@@ -103,6 +104,9 @@ class Settings(BaseSettings):
     # operator "admin:<username>" (64 characters at most).
     admin_username: str | None = Field(default=None, max_length=58)
     admin_password: SecretStr | None = None
+    # Addresses (IPs or CIDR ranges) from which the right admin password is accepted even while
+    # the username is locked by failed logins elsewhere: the operator's way in. Empty = none.
+    admin_trusted_ips: list[str] = Field(default_factory=lambda: ["127.0.0.0/8", "::1"])
 
     # Logging
     log_level: str = "INFO"
@@ -125,6 +129,18 @@ class Settings(BaseSettings):
             return None
         if not value.startswith(("https://", "http://")):
             raise ValueError("must be an http(s) URL, like https://bot.example.com/webhook")
+        return value
+
+    @field_validator("admin_trusted_ips")
+    @classmethod
+    def _trusted_ips_are_networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{entry!r} is not an IP address or range, like 10.0.0.5 or 10.0.0.0/8"
+                ) from None
         return value
 
     @field_validator(
