@@ -150,3 +150,32 @@ class Payment(Base):
     # When Telegram's pre-checkout for this invoice was approved (a second one is refused).
     precheckout_at: Mapped[datetime | None] = mapped_column(Timestamp)
     refunded_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+
+class ChargeRefund(Base):
+    """A Stars charge Telegram took that cannot be credited, given back with refundStarPayment.
+
+    One row per telegram_payment_charge_id, whoever reports it first; ``claimed_until`` lets one
+    caller at a time call Telegram, and ``refunded_at`` is set once (docs/payments.md).
+    """
+
+    __tablename__ = "charge_refunds"
+
+    telegram_payment_charge_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    # Who paid (refundStarPayment's user_id) and where and in which language to tell them.
+    telegram_id: Mapped[int] = mapped_column(BigInteger)
+    chat_id: Mapped[int] = mapped_column(BigInteger)
+    language: Mapped[str | None] = mapped_column(String(16))
+    payload: Mapped[str] = mapped_column(String(128))
+    payment_id: Mapped[str | None] = mapped_column(ForeignKey("payments.id"))
+    amount: Mapped[int] = mapped_column(Integer)
+    currency: Mapped[str] = mapped_column(String(8))
+    # Why it could not be credited: the backend's error code (payment_closed, ...).
+    reason: Mapped[str] = mapped_column(String(32))
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    claimed_until: Mapped[datetime | None] = mapped_column(Timestamp)
+    error: Mapped[str | None] = mapped_column(String(300))
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    refunded_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    # Telegram refused the refund for good (not a network error): an operator looks at it.
+    failed_at: Mapped[datetime | None] = mapped_column(Timestamp)
