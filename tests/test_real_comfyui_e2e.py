@@ -1,0 +1,179 @@
+"""End to end on a real ComfyUI 0.3.64: the real backend (uvicorn on loopback), real Redis, a
+real worker and the Telegram double; every model-free built-in preset, its output image checked
+pixel by pixel, and ComfyUI going down while a job waits in it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+
+import pytest
+from PIL import Image
+
+from comfygram.comfyui import ComfyUIClient
+from comfygram.presets import load_presets
+from comfygram.worker import workflow
+from tests.real_comfyui import RealComfyUI, blocker, new_prompt_id, real_comfyui, second_comfyui
+from tests.stack import Stack, running_stack
+
+__all__ = ["real_comfyui"]  # the fixture, imported for pytest
+pytestmark = pytest.mark.real_comfyui
+
+USER = 5151
+START_BALANCE = 13  # signup bonus 3 + 10 granted by new_user
+PRICES = {p.slug: p.price for p in load_presets()}
+LEFT, RIGHT = (200, 80, 40), (30, 160, 90)  # the photo: two colours meeting at x = 32
+
+
+@pytest.fixture
+def database_url(tmp_path) -> str:
+    # The database layer is tested on both engines elsewhere; here SQLite, as `comfygram run`.
+    return f"sqlite+aiosqlite:///{tmp_path}/comfygram.db"
+
+
+def photo(size: int = 64) -> bytes:
+    image = Image.new("RGB", (size, size), LEFT)
+    image.paste(RIGHT, (size // 2, 0, size, size))
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def rgb(data: bytes) -> Image.Image:
+    with Image.open(io.BytesIO(data)) as image:
+        return image.convert("RGB")
+
+
+async def run_job(stack: Stack, preset: str, image: bytes, timeout: float = 30):
+    job, _ = await stack.backend.create_job(USER, preset, image, "photo.png")
+    return await stack.settled(job.id, timeout=timeout)
+
+
+def delivered(stack: Stack, method: str) -> list:
+    return [c for c in stack.telegram.sent(method, chat_id=USER) if c.ok]
+
+
+def close(a: tuple[int, ...], b: tuple[int, ...], tolerance: int = 1) -> bool:
+    return all(abs(x - y) <= tolerance for x, y in zip(a, b, strict=True))
+
+
+def check_invert(source: Image.Image, result: Image.Image) -> None:
+    assert result.size == source.size
+    # ComfyUI computes 1 - x in float32 and truncates: 255 - x, or one less.
+    for xy in ((5, 5), (60, 60), (31, 10), (32, 10)):
+        got, want = result.getpixel(xy), tuple(255 - v for v in source.getpixel(xy))
+        assert all(0 <= w - g <= 1 for g, w in zip(got, want, strict=True)), (xy, got, want)
+
+
+def check_bw(source: Image.Image, result: Image.Image) -> None:
+    assert result.size == source.size
+    for xy in ((5, 5), (60, 60)):
+        r, g, b = source.getpixel(xy)
+        # the preset's blends: (0.34 R + 0.66 G) * 0.89 + 0.11 B
+        luma = (0.34 * r + 0.66 * g) * 0.89 + 0.11 * b
+        grey = result.getpixel(xy)
+        assert grey[0] == grey[1] == grey[2], grey
+        assert abs(grey[0] - luma) <= 2, (xy, grey, luma)
+    colours = {result.getpixel((x, y)) for x in range(64) for y in range(0, 64, 8)}
+    assert all(c[0] == c[1] == c[2] for c in colours)
+
+
+def check_sharpen(source: Image.Image, result: Image.Image) -> None:
+    assert result.size == source.size
+    # Flat areas stay as they were; at the edge the contrast grows (over- and undershoot).
+    assert close(result.getpixel((5, 30)), LEFT) and close(result.getpixel((60, 30)), RIGHT)
+    left, right = result.getpixel((31, 30)), result.getpixel((32, 30))
+    assert abs(left[1] - right[1]) > abs(LEFT[1] - RIGHT[1])
+    assert left != LEFT or right != RIGHT
+
+
+def check_upscale(source: Image.Image, result: Image.Image) -> None:
+    assert result.size == (source.width * 2, source.height * 2)
+    assert close(result.getpixel((10, 10)), LEFT, 2) and close(result.getpixel((120, 10)), RIGHT, 2)
+
+
+CHECKS = {
+    "invert": check_invert,
+    "bw": check_bw,
+    "sharpen": check_sharpen,
+    "upscale2x": check_upscale,
+}
+
+
+def test_every_model_free_builtin_preset_is_covered():
+    model_free = {p.slug for p in load_presets() if not p.models}
+    assert model_free == set(CHECKS)
+
+
+@pytest.mark.parametrize("slug", sorted(CHECKS))
+async def test_a_model_free_preset_runs_on_real_comfyui(
+    slug: str, real_comfyui: RealComfyUI, settings, tmp_path, redis
+):
+    async with running_stack(settings, tmp_path, comfyui_url=real_comfyui.url) as stack:
+        await stack.new_user(USER, credits=10)
+        stack.start_worker()
+        source = photo()
+        job = await run_job(stack, slug, source)
+        assert (job.status, job.delivery_status, job.attempts, job.progress) == (
+            "succeeded",
+            "delivered",
+            0,
+            100,
+        ), job.error
+        result, _ = await stack.backend.job_result(job.id)
+        CHECKS[slug](rgb(source), rgb(result))
+        assert (await stack.backend.user(USER)).balance == START_BALANCE - PRICES[slug]
+        [sent] = delivered(stack, "sendPhoto")
+        documents = delivered(stack, "sendDocument")
+        if slug == "upscale2x":  # send_document: the full-size file as well, once
+            [document] = documents
+            assert rgb(document.files["document"]).size == (128, 128)
+            sent = document  # the buttons go under the last message
+        else:
+            assert documents == []
+        keyboard = sent.params["reply_markup"]["inline_keyboard"]
+        assert keyboard[0][0]["callback_data"] == f"again:{job.id}"
+        assert not stack.telegram.sent("sendMessage", chat_id=USER)  # no apology
+
+
+async def test_comfyui_restarting_while_a_job_waits_in_it_costs_nothing(settings, tmp_path, redis):
+    """A second ComfyUI (the session's one is left alone): the job's prompt is queued behind a
+    blocker when ComfyUI stops, which loses its queue; once it is back, the worker submits the
+    prompt again and the job ends once: succeeded, no attempt used, delivered and charged once.
+    """
+    with second_comfyui() as comfyui:
+        async with (
+            running_stack(settings, tmp_path, comfyui_url=comfyui.url) as stack,
+            ComfyUIClient(comfyui.url, "fault-test", timeout=5) as client,
+        ):
+            await stack.new_user(USER, credits=10)
+            await client.submit(blocker(nodes=30), new_prompt_id())
+            source = photo()
+            job, _ = await stack.backend.create_job(USER, "invert", source, "photo.png")
+            prompt_id = workflow.prompt_id_for(job.id, 0)
+            stack.start_worker()
+            deadline = time.monotonic() + 20
+            while prompt_id not in (await client.queue())[1]:
+                assert time.monotonic() < deadline, "the job never reached ComfyUI's queue"
+                await asyncio.sleep(0.05)
+
+            await asyncio.to_thread(comfyui.stop)
+            await asyncio.sleep(1.5)  # the worker notices: its socket and polls fail
+            waiting = await stack.backend.job(job.id)
+            assert (waiting.status, waiting.attempts) == ("processing", 0)
+            await asyncio.to_thread(comfyui.start)
+
+            job = await stack.settled(job.id, timeout=60)
+            assert (job.status, job.attempts, job.delivery_status) == (
+                "succeeded",
+                0,
+                "delivered",
+            ), job.error
+            entry = await client.history(prompt_id)
+            assert entry is not None and entry["status"]["status_str"] == "success"
+            result, _ = await stack.backend.job_result(job.id)
+            check_invert(rgb(source), rgb(result))
+            assert len(delivered(stack, "sendPhoto")) == 1
+            assert (await stack.backend.user(USER)).balance == START_BALANCE - PRICES["invert"]
