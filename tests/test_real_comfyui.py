@@ -9,6 +9,9 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -27,7 +30,7 @@ from comfygram.comfyui import (
     PromptRejected,
 )
 from tests import images
-from tests.real_comfyui import RealComfyUI, blocker, new_prompt_id, real_comfyui
+from tests.real_comfyui import ROOT, RealComfyUI, blocker, new_prompt_id, real_comfyui
 from tests.redis_server import free_port
 
 __all__ = ["real_comfyui"]  # the fixture, imported for pytest
@@ -264,3 +267,37 @@ async def test_no_server_on_the_port_is_unavailable():
     async with ComfyUIClient(f"http://127.0.0.1:{free_port()}", "nobody", timeout=2) as client:
         with pytest.raises(ComfyUIUnavailable):
             await client.system_stats()
+
+
+@pytest.mark.parametrize(
+    ("environment", "outcome"),
+    [
+        ({}, "1 skipped"),
+        ({"COMFYGRAM_REQUIRE_COMFYUI": "1"}, "1 error"),
+        ({"CI": "true"}, "1 error"),
+    ],
+)
+def test_without_the_shared_folder_it_skips_here_and_fails_in_ci(
+    tmp_path, environment: dict[str, str], outcome: str
+):
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "COMFYGRAM_REQUIRE_COMFYUI")}
+    env.update(environment, COMFYUI_SHARED_DIR=str(tmp_path / "no-such-folder"))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-rsf",
+            f"{__file__}::test_system_stats_names_the_version_and_the_cpu",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert outcome in result.stdout, result.stdout + result.stderr
+    assert f"{tmp_path / 'no-such-folder'}/install not found" in result.stdout
