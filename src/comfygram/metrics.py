@@ -38,6 +38,10 @@ TELEGRAM_ERRORS = Counter(
 PAYMENTS = Counter("comfygram_payments_total", "Payments credited.", ["package"])
 CREDITS_SOLD = Counter("comfygram_credits_sold_total", "Credits sold for Telegram Stars.")
 STARS_RECEIVED = Counter("comfygram_stars_received_total", "Telegram Stars received.")
+STARS_REFUNDED = Counter(
+    "comfygram_stars_refunded_total",
+    "Telegram Stars given back for charges that could not be credited.",
+)
 
 
 def exposition() -> tuple[bytes, str]:

@@ -99,6 +99,9 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
     max_image_pixels: int = Field(default=40_000_000, gt=0)
     credit_packages: list[CreditPackage] = Field(default_factory=lambda: list(DEFAULT_PACKAGES))
+    # An invoice can be paid for this long after /buy made it, and only while its package is
+    # still sold at the same credits and Stars (docs/payments.md).
+    payment_invoice_ttl_seconds: float = Field(default=86400.0, gt=0)
 
     # Operator's admin panel at /admin; mounted only when both are set. The ledger names the
     # operator "admin:<username>" (64 characters at most).

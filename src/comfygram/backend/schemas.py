@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -231,14 +231,77 @@ class Invoice(BaseModel):
     credits: int
 
 
-class PaymentCheck(Strict):
+class PaymentFields(Strict):
     payload: str = Field(min_length=1, max_length=128)
     total_amount: int = Field(gt=0, le=1_000_000_000, strict=True)
     currency: str = Field(min_length=1, max_length=8)
 
 
-class PaymentConfirm(PaymentCheck):
+class PaymentCheck(PaymentFields):
+    # Who is paying (the pre_checkout_query's from): someone else's invoice is refused.
+    telegram_id: TelegramId | None = None
+
+
+class PaymentConfirm(PaymentFields):
     telegram_payment_charge_id: str = Field(min_length=1, max_length=200)
+
+
+class ChargeRefundCreate(PaymentConfirm):
+    """A successful_payment that confirm refused: the Stars must go back to who paid."""
+
+    telegram_id: TelegramId
+    chat_id: ChatId
+    language: str | None = Field(default=None, max_length=16)
+
+
+class ChargeRefundResult(Strict):
+    """What refundStarPayment answered (docs/payments.md)."""
+
+    outcome: Literal["refunded", "failed", "retry"]
+    error: str | None = Field(default=None, max_length=300)
+
+
+class ChargeRefundOut(BaseModel):
+    telegram_payment_charge_id: str
+    telegram_id: int
+    chat_id: int
+    language: str | None
+    payload: str
+    amount: int
+    currency: str
+    reason: str
+    status: str  # due, refunded or failed
+    attempts: int
+    error: str | None
+    created_at: datetime
+    refunded_at: datetime | None
+    # Whether this answer hands the caller the refund to make (it alone calls Telegram now).
+    claimed: bool = False
+    # On a result: whether this call changed it (only then is the user told).
+    changed: bool = False
+
+    @classmethod
+    def of(
+        cls, refund: models.ChargeRefund, *, claimed: bool = False, changed: bool = False
+    ) -> ChargeRefundOut:
+        status = "refunded" if refund.refunded_at else "failed" if refund.failed_at else "due"
+        return cls(
+            telegram_payment_charge_id=refund.telegram_payment_charge_id,
+            telegram_id=refund.telegram_id,
+            chat_id=refund.chat_id,
+            language=refund.language,
+            payload=refund.payload,
+            amount=refund.amount,
+            currency=refund.currency,
+            reason=refund.reason,
+            status=status,
+            attempts=refund.attempts,
+            error=refund.error,
+            created_at=_aware(refund.created_at),
+            refunded_at=_aware(refund.refunded_at),
+            claimed=claimed,
+            changed=changed,
+        )
 
 
 class PaymentOut(BaseModel):

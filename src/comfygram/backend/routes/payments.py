@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Path, Query
 
 from comfygram import metrics
 from comfygram.backend import payments
@@ -8,6 +8,9 @@ from comfygram.backend.deps import SessionDep, SettingsDep
 from comfygram.backend.errors import ApiError
 from comfygram.backend.models import User
 from comfygram.backend.schemas import (
+    ChargeRefundCreate,
+    ChargeRefundOut,
+    ChargeRefundResult,
     Invoice,
     PaymentCheck,
     PaymentConfirm,
@@ -16,6 +19,8 @@ from comfygram.backend.schemas import (
 )
 
 router = APIRouter(prefix="/api/payments", tags=["payments"])
+
+ChargeId = Path(min_length=1, max_length=200)
 
 
 @router.post("/create", status_code=201, response_model=Invoice)
@@ -43,18 +48,37 @@ async def create_payment(
 
 
 @router.post("/precheck", response_model=PaymentOut)
-async def precheck_payment(body: PaymentCheck, session: SessionDep) -> PaymentOut:
-    """Whether an invoice can still be paid, for answering pre_checkout_query."""
-    payment = await payments.precheck(session, body.payload, body.total_amount, body.currency)
+async def precheck_payment(
+    body: PaymentCheck, session: SessionDep, settings: SettingsDep
+) -> PaymentOut:
+    """Whether an invoice can be paid now, for answering pre_checkout_query; yes holds it."""
+    payment = await payments.precheck(
+        session,
+        body.payload,
+        body.total_amount,
+        body.currency,
+        telegram_id=body.telegram_id,
+        packages=settings.credit_packages,
+        ttl_seconds=settings.payment_invoice_ttl_seconds,
+    )
+    await session.commit()
     user = await session.get(User, payment.user_id)
     return PaymentOut.of(payment, user.balance, credited=False)
 
 
 @router.post("/confirm", response_model=PaymentOut)
-async def confirm_payment(body: PaymentConfirm, session: SessionDep) -> PaymentOut:
+async def confirm_payment(
+    body: PaymentConfirm, session: SessionDep, settings: SettingsDep
+) -> PaymentOut:
     """Credit a successful Stars payment once per telegram_payment_charge_id."""
     payment, user, credited = await payments.confirm(
-        session, body.payload, body.telegram_payment_charge_id, body.total_amount, body.currency
+        session,
+        body.payload,
+        body.telegram_payment_charge_id,
+        body.total_amount,
+        body.currency,
+        packages=settings.credit_packages,
+        ttl_seconds=settings.payment_invoice_ttl_seconds,
     )
     await session.commit()
     if credited:
@@ -62,3 +86,52 @@ async def confirm_payment(body: PaymentConfirm, session: SessionDep) -> PaymentO
         metrics.CREDITS_SOLD.inc(payment.credits)
         metrics.STARS_RECEIVED.inc(payment.amount)
     return PaymentOut.of(payment, user.balance, credited)
+
+
+@router.post("/refunds", response_model=ChargeRefundOut)
+async def record_refund(
+    body: ChargeRefundCreate, session: SessionDep, settings: SettingsDep
+) -> ChargeRefundOut:
+    """A charge confirm refused: record it once for a refund and hand it to the caller
+    (``claimed``) if nobody else is refunding it right now."""
+    refund, claimed = await payments.record_refund(
+        session,
+        payload=body.payload,
+        charge_id=body.telegram_payment_charge_id,
+        total_amount=body.total_amount,
+        currency=body.currency,
+        telegram_id=body.telegram_id,
+        chat_id=body.chat_id,
+        language=body.language,
+        packages=settings.credit_packages,
+        ttl_seconds=settings.payment_invoice_ttl_seconds,
+    )
+    await session.commit()
+    return ChargeRefundOut.of(refund, claimed=claimed)
+
+
+@router.get("/refunds", response_model=list[ChargeRefundOut])
+async def due_refunds(
+    session: SessionDep, limit: int = Query(default=50, ge=1, le=500)
+) -> list[ChargeRefundOut]:
+    """Refunds still to make that nobody holds now, oldest first (the bot's retry loop)."""
+    return [ChargeRefundOut.of(r) for r in await payments.due_refunds(session, limit=limit)]
+
+
+@router.post("/refunds/{charge_id}/claim", response_model=ChargeRefundOut)
+async def claim_refund(session: SessionDep, charge_id: str = ChargeId) -> ChargeRefundOut:
+    refund, claimed = await payments.claim_refund(session, charge_id)
+    await session.commit()
+    return ChargeRefundOut.of(refund, claimed=claimed)
+
+
+@router.post("/refunds/{charge_id}/result", response_model=ChargeRefundOut)
+async def refund_result(
+    body: ChargeRefundResult, session: SessionDep, charge_id: str = ChargeId
+) -> ChargeRefundOut:
+    """What refundStarPayment answered; ``changed`` tells the one caller to inform the user."""
+    refund, changed = await payments.finish_refund(session, charge_id, body.outcome, body.error)
+    await session.commit()
+    if changed and body.outcome == "refunded":
+        metrics.STARS_REFUNDED.inc(refund.amount)
+    return ChargeRefundOut.of(refund, changed=changed)
