@@ -7,17 +7,38 @@ from datetime import datetime, timedelta
 
 import httpx
 from fastapi import FastAPI
+from pydantic import SecretStr
 
 from comfygram.backend.models import Job, Payment, User
+from comfygram.settings import Settings
 
 ADMIN_USERNAME = "operator"
 ADMIN_PASSWORD = "correct-horse-battery-9"
+PANEL_URL = "http://backend.test"
+# Loopback is a trusted address (ADMIN_TRUSTED_IPS); the tests of the login limit come from
+# addresses in TEST-NET ranges, which are not.
+LOOPBACK = "127.0.0.1"
 
 
-def panel_client(app: FastAPI) -> httpx.AsyncClient:
-    """A browser-like client of the in-process backend: no API token, cookies kept."""
-    transport = httpx.ASGITransport(app=app)
-    return httpx.AsyncClient(transport=transport, base_url="http://backend.test")
+def with_admin(settings: Settings, **overrides: object) -> Settings:
+    """The test settings with the panel on."""
+    values = {
+        "admin_username": ADMIN_USERNAME,
+        "admin_password": SecretStr(ADMIN_PASSWORD),
+        **overrides,
+    }
+    return settings.model_copy(update=values)
+
+
+def panel_client(
+    app: FastAPI, address: str = LOOPBACK, *, raise_app_exceptions: bool = True
+) -> httpx.AsyncClient:
+    """A browser-like client of the in-process backend from `address`: no API token, cookies
+    kept, and the panel's own origin on every request, as a browser sends it."""
+    transport = httpx.ASGITransport(
+        app=app, client=(address, 50000), raise_app_exceptions=raise_app_exceptions
+    )
+    return httpx.AsyncClient(transport=transport, base_url=PANEL_URL, headers={"Origin": PANEL_URL})
 
 
 async def login(
@@ -26,7 +47,8 @@ async def login(
     return await client.post("/admin/login", data={"username": username, "password": password})
 
 
-async def csrf(client: httpx.AsyncClient, page: str) -> str:
+async def csrf(client: httpx.AsyncClient, page: str = "/admin/dashboard") -> str:
+    """The session's CSRF token, as the form on `page` carries it."""
     response = await client.get(page)
     assert response.status_code == 200, response.text
     match = re.search(r'name="csrf" value="([^"]+)"', response.text)

@@ -37,17 +37,9 @@ from tests.admin_helpers import (
     seeded_job,
     seeded_payment,
     stat,
+    with_admin,
 )
 from tests.helpers import API_TOKEN, backend_client, create_job, register
-
-
-def with_admin(settings: Settings, **overrides: object) -> Settings:
-    values = {
-        "admin_username": ADMIN_USERNAME,
-        "admin_password": SecretStr(ADMIN_PASSWORD),
-        **overrides,
-    }
-    return settings.model_copy(update=values)
 
 
 @pytest.fixture
@@ -128,7 +120,7 @@ async def test_login_wrong_then_right_then_logout(browser):
     dashboard = await browser.get("/admin/dashboard")
     assert dashboard.status_code == 200 and "Dashboard" in dashboard.text
 
-    out = await browser.get("/admin/logout")
+    out = await browser.post("/admin/logout", data={"csrf": await csrf(browser)})
     assert out.status_code == 302 and out.headers["location"].endswith("/admin/login")
     again = await browser.get("/admin/dashboard")
     assert again.status_code == 302 and again.headers["location"].endswith("/admin/login")
@@ -142,7 +134,8 @@ async def test_the_api_token_does_not_open_the_panel(app):
         assert refused.status_code == 400
 
 
-async def test_six_failed_logins_lock_out_even_the_right_password(browser, redis, settings):
+async def test_six_failed_logins_lock_out_even_the_right_password(app, redis, settings):
+    browser = panel_client(app, "203.0.113.99")  # not a trusted address
     for _ in range(5):
         assert (await login(browser, password="guess-guess-guess")).status_code == 400
     locked = await login(browser)
@@ -156,6 +149,7 @@ async def test_six_failed_logins_lock_out_even_the_right_password(browser, redis
     assert len(keys) == 2  # per address and per username
     for key in keys:
         assert 0 < await redis.ttl(key) <= 15 * 60
+    await browser.aclose()
 
 
 async def test_failures_below_the_limit_do_not_lock_out(browser):
@@ -572,11 +566,14 @@ async def test_payments_and_ledger_are_read_only_and_filterable(admin, api, app)
 
 
 async def test_preset_price_and_switch_survive_a_restart(admin, api, app, settings, redis):
-    edit = await admin.post("/admin/preset/edit/bw", data={"price": "7"})  # enabled unticked
-    assert edit.status_code == 302, edit.text
+    token = await csrf(admin, "/admin/preset/edit/bw")
+    edit = await admin.post("/admin/preset/edit/bw", data={"price": "7", "csrf": token})
+    assert edit.status_code == 302, edit.text  # enabled unticked
     slugs = [p["slug"] for p in (await api.get("/api/presets")).json()]
     assert "bw" not in slugs
-    edit = await admin.post("/admin/preset/edit/bw", data={"price": "7", "enabled": "y"})
+    edit = await admin.post(
+        "/admin/preset/edit/bw", data={"price": "7", "enabled": "y", "csrf": token}
+    )
     assert edit.status_code == 302
     listed = {p["slug"]: p for p in (await api.get("/api/presets")).json()}
     assert listed["bw"]["price"] == 7
@@ -608,7 +605,8 @@ async def test_preset_price_and_switch_survive_a_restart(admin, api, app, settin
 
 
 async def test_a_preset_can_follow_its_file_again(admin, api, app):
-    await admin.post("/admin/preset/edit/bw", data={"price": "0"})
+    token = await csrf(admin, "/admin/preset/edit/bw")
+    await admin.post("/admin/preset/edit/bw", data={"price": "0", "csrf": token})
     details = "/admin/preset/details/bw"
     page = await admin.get(details)
     assert "Follow the preset file again" in page.text
@@ -629,7 +627,9 @@ async def test_a_preset_can_follow_its_file_again(admin, api, app):
 
 
 async def test_a_negative_preset_price_is_refused(admin, app):
-    response = await admin.post("/admin/preset/edit/bw", data={"price": "-1", "enabled": "y"})
+    token = await csrf(admin, "/admin/preset/edit/bw")
+    form = {"price": "-1", "enabled": "y", "csrf": token}
+    response = await admin.post("/admin/preset/edit/bw", data=form)
     assert response.status_code == 400
     async with app.state.sessions() as session:
         row = await session.get(PresetRow, "bw")

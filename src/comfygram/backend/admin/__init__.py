@@ -7,13 +7,15 @@ presets), so the same rules hold; the operator is written down as ``admin:<usern
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from sqladmin import Admin
 from sqladmin.authentication import login_required
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -34,6 +36,11 @@ log = logging.getLogger(__name__)
 
 BASE_URL = "/admin"
 TEMPLATES_DIR = Path(__file__).parent / "templates"
+# The panel's own Redis connections (logins, sessions), apart from the backend's pool, so
+# unauthenticated requests cannot take the connections the API needs; a request waits at most
+# ADMIN_REDIS_WAIT_SECONDS for one, then is answered 503.
+ADMIN_REDIS_CONNECTIONS = 16
+ADMIN_REDIS_WAIT_SECONDS = 2.0
 
 
 @dataclass
@@ -44,6 +51,7 @@ class Panel:
     settings: Settings
     base_url: str = BASE_URL
     templates: Any = field(default=None, repr=False)
+    admin_redis_client: Redis | None = field(default=None, repr=False)
 
     @property
     def state(self) -> State:
@@ -56,6 +64,13 @@ class Panel:
     @property
     def redis(self) -> Redis:
         return self.app.state.redis
+
+    @property
+    def admin_redis(self) -> Redis:
+        """The panel's own small pool (logins and sessions); exists once the app has started."""
+        if self.admin_redis_client is None:
+            raise RuntimeError("the admin panel's Redis is used before the backend started")
+        return self.admin_redis_client
 
     @property
     def queue(self) -> JobQueue:
@@ -95,7 +110,10 @@ class _Admin(Admin):
 def _media_route(panel: Panel, admin: _Admin, kind: str) -> Route:
     async def media(request: Request) -> Response:
         auth = admin.authentication_backend
-        if auth is None or not await auth.authenticate(request):
+        allowed = await auth.authenticate(request) if auth is not None else False
+        if isinstance(allowed, Response):
+            return allowed
+        if not allowed:
             return RedirectResponse(request.url_for("admin:login"), status_code=302)
         async with panel.sessions() as session:
             try:
@@ -113,6 +131,51 @@ def _media_route(panel: Panel, admin: _Admin, kind: str) -> Route:
         return FileResponse(path, media_type=mime, headers={"Cache-Control": "private, no-store"})
 
     return Route(f"/media/jobs/{{job_id}}/{kind}", media, name=f"media-{kind}")
+
+
+def _logout_route(panel: Panel, admin: _Admin) -> Route:
+    """Logout is a POST carrying the CSRF token (checked by the guard); a GET (a link, an image
+    on another site) only shows the button."""
+
+    async def logout(request: Request) -> Response:
+        auth = admin.authentication_backend
+        assert auth is not None
+        if request.method == "POST":
+            return await admin.logout(request)
+        allowed = await auth.authenticate(request)
+        if isinstance(allowed, Response):
+            return allowed
+        if not allowed:
+            return RedirectResponse(request.url_for("admin:login"), status_code=302)
+        return await panel.templates.TemplateResponse(
+            request, "comfygram/logout.html", {"title": "Log out"}
+        )
+
+    return Route("/logout", logout, name="logout", methods=["GET", "POST"])
+
+
+def _with_admin_redis(app: FastAPI, panel: Panel) -> None:
+    """Open the panel's Redis pool when the app starts and close it when it stops."""
+    started = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(application: Any) -> AsyncIterator[Any]:
+        pool = BlockingConnectionPool.from_url(
+            panel.settings.redis_dsn,
+            max_connections=ADMIN_REDIS_CONNECTIONS,
+            timeout=ADMIN_REDIS_WAIT_SECONDS,
+            decode_responses=True,
+        )
+        panel.admin_redis_client = Redis(connection_pool=pool)
+        try:
+            async with started(application) as state:
+                yield state
+        finally:
+            client, panel.admin_redis_client = panel.admin_redis_client, None
+            await client.aclose()
+            await pool.aclose()
+
+    app.router.lifespan_context = lifespan
 
 
 def mount_admin(app: FastAPI, settings: Settings) -> Admin | None:
@@ -145,4 +208,8 @@ def mount_admin(app: FastAPI, settings: Settings) -> Admin | None:
         admin.add_view(type(view.__name__, (view,), {"panel": panel}))
     for kind in ("input", "result"):
         admin.admin.router.routes.insert(0, _media_route(panel, admin, kind))
+    routes = admin.admin.router.routes
+    routes[:] = [r for r in routes if getattr(r, "name", None) != "logout"]
+    routes.insert(0, _logout_route(panel, admin))
+    _with_admin_redis(app, panel)
     return admin

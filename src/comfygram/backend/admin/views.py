@@ -6,7 +6,9 @@
 from __future__ import annotations
 
 import logging
+import re
 import uuid
+from collections.abc import AsyncGenerator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -14,11 +16,12 @@ from markupsafe import Markup
 from redis.exceptions import RedisError
 from sqladmin import ModelView, expose
 from sqladmin.filters import AllUniqueStringValuesFilter, BooleanFilter, StaticValuesFilter
-from sqlalchemy import BigInteger, Select, String, cast, or_, select
+from sqladmin.helpers import Writer, get_primary_keys, secure_filename, stream_to_csv
+from sqlalchemy import BigInteger, Select, SmallInteger, String, cast, or_, select
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import RedirectResponse, Response, StreamingResponse
 from wtforms.validators import InputRequired, NumberRange
 
 from comfygram.backend import accounts, jobs, presets
@@ -35,6 +38,43 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_ADJUSTMENT = 1_000_000
+# A spreadsheet runs a cell starting with one of these as a formula (CSV injection).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_DIGITS = re.compile(r"[0-9]{1,19}")
+
+
+def _integer_limit(column: Any) -> int:
+    if isinstance(column.type, SmallInteger):
+        return 2**15 - 1
+    if isinstance(column.type, BigInteger):
+        return 2**63 - 1
+    return 2**31 - 1  # Integer: int4 on PostgreSQL
+
+
+def identifier_ok(model: type, identifier: object) -> bool:
+    """Whether `identifier` can be a primary key of `model`: digits in range for an integer key,
+    text without NUL within the column's length for a text key. Anything else is no row (404),
+    not a conversion error or a database error (500)."""
+    (column,) = get_primary_keys(model)
+    text = str(identifier)
+    try:
+        python_type = column.type.python_type
+    except NotImplementedError:
+        python_type = str
+    if python_type is int:
+        return bool(_DIGITS.fullmatch(text)) and int(text) <= _integer_limit(column)
+    length = getattr(column.type, "length", None)
+    return bool(text) and "\x00" not in text and (length is None or len(text) <= length)
+
+
+def csv_cell(value: object) -> str:
+    """A value as a CSV cell a spreadsheet shows as text: a leading ' neutralises a formula."""
+    if value is None:
+        return ""
+    text = str(value)
+    if not isinstance(value, int | float) and text.startswith(_FORMULA_START):
+        return "'" + text
+    return text
 
 
 def _flash(request: Request, message: str, category: str = "primary") -> None:
@@ -91,6 +131,44 @@ class _View(ModelView):
     can_edit = False
     page_size = 50
 
+    async def get_object_for_details(self, request: Request) -> Any:
+        if not identifier_ok(self.model, request.path_params.get("pk", "")):
+            return None
+        return await super().get_object_for_details(request)
+
+    async def get_object_for_edit(self, request: Request) -> Any:
+        if not identifier_ok(self.model, request.path_params.get("pk", "")):
+            return None
+        return await super().get_object_for_edit(request)
+
+    async def export_data(
+        self, data: list[Any], export_type: str = "csv", request: Request | None = None
+    ) -> StreamingResponse:
+        if export_type != "csv":
+            return await super().export_data(data, export_type=export_type, request=request)
+        columns = self.get_export_columns()
+
+        async def rows(writer: Writer) -> AsyncGenerator[Any, None]:
+            yield writer.writerow(columns)
+            for row in data:
+                yield writer.writerow(
+                    [csv_cell(await self.get_prop_value(row, c)) for c in columns]
+                )
+
+        filename = secure_filename(self.get_export_name(export_type="csv"))
+        return StreamingResponse(
+            content=stream_to_csv(rows),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": f"attachment;filename={filename}"},
+        )
+
+    def _pk(self, request: Request) -> str:
+        """The path's id, or 404 when it cannot be one of this view's rows."""
+        pk = request.path_params["pk"]
+        if not identifier_ok(self.model, pk):
+            raise HTTPException(404, f"No such {self.name.lower()}.")
+        return str(pk)
+
     async def _checked_form(self, request: Request) -> FormData:
         form = await request.form()
         if not csrf_ok(request, form.get("csrf")):
@@ -130,7 +208,7 @@ class UserAdmin(_View, model=User):
 
     async def details_context(self, request: Request) -> dict[str, Any]:
         pk = request.path_params["pk"]
-        if not str(pk).isdigit():
+        if not identifier_ok(User, pk):
             return {}
         async with self.panel.sessions() as session:
             ledger = await session.scalars(
@@ -148,10 +226,8 @@ class UserAdmin(_View, model=User):
     async def ban(self, request: Request) -> Response:
         """Block (banned=1) or unblock (banned=0) a user."""
         form = await self._checked_form(request)
-        pk = request.path_params["pk"]
+        pk = self._pk(request)
         banned = form.get("banned") == "1"
-        if not str(pk).isdigit():
-            raise HTTPException(404, "No such user.")
         async with self.panel.sessions() as session:
             try:
                 user = await accounts.set_banned(session, int(pk), banned)
@@ -173,9 +249,9 @@ class UserAdmin(_View, model=User):
     @expose("/credit/{pk}", methods=["GET", "POST"])
     async def credit(self, request: Request) -> Response:
         """Add or take credits, with a reason; written to the ledger with the operator's name."""
-        pk = request.path_params["pk"]
+        pk = self._pk(request)
         async with self.panel.sessions() as session:
-            user = await session.get(User, int(pk)) if str(pk).isdigit() else None
+            user = await session.get(User, int(pk))
         if user is None:
             raise HTTPException(404, "No such user.")
         context: dict[str, Any] = {
@@ -322,7 +398,7 @@ class JobAdmin(_View, model=Job):
     async def refund(self, request: Request) -> Response:
         """Give a finished job's price back, exactly once."""
         await self._checked_form(request)
-        pk = request.path_params["pk"]
+        pk = self._pk(request)
         async with self.panel.sessions() as session:
             try:
                 job, refunded = await jobs.refund(session, pk, actor=self.panel.actor)
@@ -345,7 +421,7 @@ class JobAdmin(_View, model=Job):
     async def retry(self, request: Request) -> Response:
         """Run a failed job again as a new, free job (one per failed job)."""
         await self._checked_form(request)
-        pk = request.path_params["pk"]
+        pk = self._pk(request)
         panel = self.panel
         async with panel.sessions() as session:
             try:
@@ -470,7 +546,7 @@ class PresetAdmin(_View, model=Preset):
     async def follow_file(self, request: Request) -> Response:
         """Forget the operator's price and switch: the preset file decides again."""
         await self._checked_form(request)
-        pk = request.path_params["pk"]
+        pk = self._pk(request)
         async with self.panel.sessions() as session:
             try:
                 preset = await presets.follow_file(session, pk)
