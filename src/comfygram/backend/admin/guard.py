@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from starlette._utils import get_route_path
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -64,6 +63,13 @@ def foreign_source(headers: Headers) -> str | None:
         if value is not None:
             return None if same_origin(value, host) else f"{name.title()} {value[:200]!r}"
     return None
+
+
+def route_path(scope: Scope) -> str:
+    """The path inside the panel's mount (/login for /admin/login)."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
 
 
 class TooLarge(Exception):
@@ -121,7 +127,7 @@ class AdminGuard:
             message = f"Refused: this request came from another site ({foreign})."
             await self._error(request, 403, message)(scope, receive, send)
             return
-        if get_route_path(scope) == "/login":
+        if route_path(scope) == "/login":
             await self.app(scope, receive, send)
             return
 
