@@ -89,6 +89,7 @@ class Job(BaseModel):
     status_message_id: int | None
     delivery_status: str
     delivery_error: str | None
+    comfyui_crashes: int = 0
     created_at: datetime
     updated_at: datetime
     started_at: datetime | None
@@ -308,7 +309,17 @@ class BackendClient:
             await self._json("POST", f"/api/jobs/{job_id}/delivery", json=body)
         )
 
+    async def record_comfyui_crash(self, job_id: str, *, seen: int) -> Job:
+        """ComfyUI died while running the job; ``seen`` is the count the caller knew, so a
+        retried call counts the death once."""
+        return Job.model_validate(
+            await self._json("POST", f"/api/jobs/{job_id}/comfyui-crash", json={"seen": seen})
+        )
+
     async def record_status_message(self, job_id: str, chat_id: int, message_id: int) -> Job:
+        """Record the job's status message. A job that has already ended (its final message
+        claimed, or cancelled) records nothing: the answer's ``status_message_id`` is then not
+        ``message_id``, and the caller deletes that message, which nothing would update."""
         body = {"chat_id": chat_id, "message_id": message_id}
         return Job.model_validate(
             await self._json("POST", f"/api/jobs/{job_id}/status-message", json=body)

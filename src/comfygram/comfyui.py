@@ -41,6 +41,9 @@ __all__ = [
 ]
 
 ProgressCallback = Callable[[int], Awaitable[None]]
+StartCallback = Callable[[], Awaitable[None]]
+# Socket messages that show a prompt executing ("executing" with node null is its end).
+_RUNNING_SIGNS = frozenset({"execution_start", "executing", "progress", "progress_state"})
 
 # How long wait() keeps asking /history after the completion signal before it falls back
 # to its regular polling (the history write normally precedes that signal).
@@ -294,12 +297,14 @@ class ComfyUIClient:
         deadline: float,
         on_progress: ProgressCallback | None = None,
         quiet_poll: float = 2.0,
+        on_start: StartCallback | None = None,
     ) -> list[OutputImage]:
         """Wait until ``prompt_id`` is done and return its saved images (type ``output``).
 
         Listens on the WebSocket for progress and completion; whenever the socket is quiet
         for ``quiet_poll`` seconds, drops, or cannot connect, asks ``/history`` and
-        ``/queue``. ``deadline`` is a ``time.monotonic()`` value.
+        ``/queue``. ``deadline`` is a ``time.monotonic()`` value. ``on_start`` is called once,
+        when the socket or ``/queue`` first shows the prompt executing.
 
         Raises ExecutionFailed, PromptInterrupted, ComfyUIUnavailable, PromptTimeout, or
         ComfyUIError (the prompt vanished: in neither history nor queue).
@@ -309,7 +314,7 @@ class ComfyUIClient:
             raise PromptTimeout(f"prompt {prompt_id} passed its deadline")
         try:
             async with asyncio.timeout(remaining):
-                return await self._wait(prompt_id, on_progress, quiet_poll)
+                return await self._wait(prompt_id, _Progress(on_progress, on_start), quiet_poll)
         except TimeoutError as exc:
             if isinstance(exc, PromptTimeout) or time.monotonic() < deadline:
                 raise
@@ -330,16 +335,15 @@ class ComfyUIClient:
             return None
 
     async def _wait(
-        self, prompt_id: str, on_progress: ProgressCallback | None, quiet_poll: float
+        self, prompt_id: str, progress: _Progress, quiet_poll: float
     ) -> list[OutputImage]:
-        progress = _Progress(on_progress)
         ws: ClientConnection | None = None
         try:
             while True:
                 if ws is None:
                     ws = await self._connect(open_timeout=max(quiet_poll, 1.0))
                     # Messages sent before this socket existed are lost: ask the authority.
-                    if (done := await self._poll(prompt_id)) is not None:
+                    if (done := await self._poll(prompt_id, progress)) is not None:
                         return await progress.finish(done)
                     if ws is None:  # no socket: poll, and try the socket again next round
                         await asyncio.sleep(quiet_poll)
@@ -349,7 +353,7 @@ class ComfyUIClient:
                     if ws.state is not websockets.State.OPEN:
                         ws = None
                     else:
-                        done = await self._poll(prompt_id)
+                        done = await self._poll(prompt_id, progress)
                 if done is not None:
                     return await progress.finish(done)
         finally:
@@ -379,6 +383,8 @@ class ComfyUIClient:
             if not isinstance(data, dict) or data.get("prompt_id") != prompt_id:
                 continue
             quiet_until = time.monotonic() + quiet_poll
+            if kind in _RUNNING_SIGNS and (kind != "executing" or data.get("node") is not None):
+                await progress.start()
             if kind == "progress":
                 await progress.report(data.get("value"), data.get("max"))
             elif kind == "execution_error":
@@ -396,11 +402,13 @@ class ComfyUIClient:
                     await asyncio.sleep(_HISTORY_RETRY_PAUSE)
                 return None
 
-    async def _poll(self, prompt_id: str) -> list[OutputImage] | None:
+    async def _poll(self, prompt_id: str, progress: _Progress) -> list[OutputImage] | None:
         """Ask /history, then /queue: outputs when done, None while queued or running."""
         if (entry := await self.history(prompt_id)) is not None:
             return _outcome(prompt_id, entry)
         running, pending = await self.queue()
+        if prompt_id in running:
+            await progress.start()
         if prompt_id in running or prompt_id in pending:
             return None
         # It may have finished between the two requests.
@@ -412,9 +420,19 @@ class ComfyUIClient:
 class _Progress:
     """Reports strictly increasing percentages to an optional callback."""
 
-    def __init__(self, callback: ProgressCallback | None) -> None:
+    def __init__(
+        self, callback: ProgressCallback | None, on_start: StartCallback | None = None
+    ) -> None:
         self.callback = callback
+        self.on_start = on_start
+        self.started = False
         self.last = -1
+
+    async def start(self) -> None:
+        if not self.started:
+            self.started = True
+            if self.on_start is not None:
+                await self.on_start()
 
     async def report(self, value: Any, maximum: Any) -> None:
         try:

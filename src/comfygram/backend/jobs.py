@@ -321,6 +321,40 @@ async def record_delivery(
     return job
 
 
+async def record_comfyui_crash(session: AsyncSession, job_id: str, seen: int) -> Job:
+    """Count a ComfyUI death while the job ran, once per ``seen`` (the count the worker knew)."""
+    job = await get_job(session, job_id, lock=True)
+    if job.status != JobStatus.PROCESSING:
+        raise ApiError(
+            409,
+            "job_not_processing",
+            f"Job {job.id} is {job.status}; ComfyUI deaths are counted while it runs.",
+        )
+    if (job.comfyui_crashes or 0) == seen:
+        job.comfyui_crashes = seen + 1
+        await session.flush()
+    return job
+
+
+async def record_status_message(
+    session: AsyncSession, job_id: str, chat_id: int, message_id: int
+) -> bool:
+    """Record the chat and message showing the job's progress; False when the job has already
+    ended for the user (its final message claimed, or cancelled), so nothing would ever update
+    or remove that message.
+
+    Serialized with the delivery claim on the job's row: either the message is recorded first
+    and the claimant removes it, or the claim came first and the caller removes it.
+    """
+    job = await get_job(session, job_id, lock=True)
+    if job.status == JobStatus.CANCELLED or job.delivery_status != DeliveryStatus.PENDING:
+        return False
+    job.status_chat_id = chat_id
+    job.status_message_id = message_id
+    await session.flush()
+    return True
+
+
 async def list_for_user(session: AsyncSession, user: User, limit: int) -> list[Job]:
     rows = await session.scalars(
         select(Job).where(Job.user_id == user.id).order_by(Job.created_at.desc()).limit(limit)

@@ -152,6 +152,7 @@ class JobOut(BaseModel):
     status_message_id: int | None
     delivery_status: DeliveryStatus
     delivery_error: str | None
+    comfyui_crashes: int
     created_at: datetime
     updated_at: datetime
     started_at: datetime | None
@@ -177,6 +178,7 @@ class JobOut(BaseModel):
             status_message_id=job.status_message_id,
             delivery_status=DeliveryStatus(job.delivery_status),
             delivery_error=job.delivery_error,
+            comfyui_crashes=job.comfyui_crashes or 0,
             created_at=_aware(job.created_at),
             updated_at=_aware(job.updated_at),
             started_at=_aware(job.started_at),
@@ -209,6 +211,13 @@ class DeliveryReport(Strict):
         if value is DeliveryStatus.PENDING:
             raise ValueError("report sending, delivered, failed or blocked")
         return value
+
+
+class ComfyUICrash(Strict):
+    """ComfyUI died while running the job; ``seen`` is the count the worker knew (so a retried
+    report counts once)."""
+
+    seen: int = Field(ge=0, le=1000, strict=True)
 
 
 class StatusMessage(Strict):

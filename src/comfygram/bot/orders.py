@@ -9,10 +9,12 @@ the key moves on to its next generation (a counter per key in Redis).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 
 from aiogram import Bot
+from aiogram.methods import DeleteMessage
 from aiogram.types import User
 from redis.asyncio import Redis
 
@@ -31,7 +33,7 @@ from comfygram.bot.status import Eta, QueueTracker, queued_text
 from comfygram.i18n import t
 from comfygram.logs import job_context
 from comfygram.settings import Settings
-from comfygram.telegram import TelegramSender
+from comfygram.telegram import MessageGone, TelegramSender, TelegramUnavailable, UserBlocked
 
 log = logging.getLogger(__name__)
 
@@ -192,10 +194,20 @@ class Orders:
         if message is None:
             return
         try:
-            await self.backend.record_status_message(job.id, chat_id, message.message_id)
+            recorded = await self.backend.record_status_message(job.id, chat_id, message.message_id)
         except BackendUnavailable as exc:
             # The job is queued and paid for; only the worker's progress edits miss out.
             log.warning("job %s: status message not recorded: %s", job.id, exc)
+        else:
+            if recorded.status_message_id != message.message_id:
+                # The job ended before the message was recorded: nothing would ever update it.
+                with contextlib.suppress(MessageGone, UserBlocked, TelegramUnavailable):
+                    await self.tg.call(
+                        DeleteMessage(chat_id=chat_id, message_id=message.message_id),
+                        chat_id=chat_id,
+                        edit=True,
+                    )
+                return
         await self.tracker.track(job, chat_id, message.message_id, lang, text)
 
     async def _refused(self, chat_id: int, lang: str, error: BackendError) -> None:

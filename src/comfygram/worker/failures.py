@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from comfygram.api import BackendError
 from comfygram.comfyui import (
     ComfyUIUnavailable,
     ExecutionFailed,
@@ -22,6 +23,13 @@ class FailureKind(StrEnum):
     OUT_OF_MEMORY = "out_of_memory"  # free VRAM and retry once
     TIMEOUT = "timeout"
     EXECUTION = "execution"
+    REFUSED = "refused"  # the backend refused the result (too large, a type it does not take)
+    CRASHED = "comfyui_crash"  # ComfyUI died twice while running this job: never again
+
+
+# ComfyUI dying this many times while running the same job fails it: a poison job (one that
+# exhausts memory and kills ComfyUI) must not take the GPU down again and again.
+MAX_COMFYUI_CRASHES = 2
 
 
 class StaleOutput(Exception):
@@ -44,6 +52,8 @@ class Decision:
 def classify(exc: BaseException) -> FailureKind:
     if isinstance(exc, ComfyUIUnavailable):
         return FailureKind.UNAVAILABLE
+    if isinstance(exc, BackendError):
+        return FailureKind.REFUSED
     if isinstance(exc, PromptRejected):
         return FailureKind.VALIDATION
     if isinstance(exc, PromptTimeout):
@@ -69,7 +79,12 @@ def decide(
     """``attempts_used`` counts earlier runs that ended in a retry or failure (not this one)."""
     if kind is FailureKind.UNAVAILABLE:
         return Decision(Action.WAIT)
-    if kind in (FailureKind.VALIDATION, FailureKind.INPUT):
+    if kind in (
+        FailureKind.VALIDATION,
+        FailureKind.INPUT,
+        FailureKind.REFUSED,
+        FailureKind.CRASHED,
+    ):
         return Decision(Action.FAIL)
     if attempts_used + 1 >= max_attempts:
         return Decision(Action.FAIL, free_memory=kind is FailureKind.OUT_OF_MEMORY)

@@ -52,8 +52,10 @@ def fits_photo(data: bytes) -> bool:
     )
 
 
-def _title(preset: Preset, language: str | None) -> str:
+def _title(preset: Preset | None, language: str | None, slug: str) -> str:
     """The preset's name in the user's language, escaped: messages are sent as HTML."""
+    if preset is None:  # removed since the job was made: its slug is all there is
+        return html.escape(slug, quote=False)
     title = preset.title.get(language_of(language)) or preset.title.get("en") or preset.slug
     return html.escape(title, quote=False)
 
@@ -70,7 +72,7 @@ class UserMessages:
         text = t(
             job.language,
             "worker.processing",
-            title=_title(preset, job.language),
+            title=_title(preset, job.language, job.preset),
             bar=progress_bar(percent),
             percent=percent,
         )
@@ -83,7 +85,7 @@ class UserMessages:
         except (MessageGone, UserBlocked, TelegramUnavailable) as exc:
             log.info("job %s: progress not shown: %s", job.id, type(exc).__name__)
 
-    async def show_retrying(self, job: Job, preset: Preset, max_attempts: int) -> None:
+    async def show_retrying(self, job: Job, max_attempts: int) -> None:
         if job.status_chat_id is None or job.status_message_id is None:
             return
         text = t(
@@ -98,12 +100,17 @@ class UserMessages:
         except (MessageGone, UserBlocked, TelegramUnavailable) as exc:
             log.info("job %s: retry notice not shown: %s", job.id, type(exc).__name__)
 
-    async def deliver_result(self, job: Job, preset: Preset, data: bytes, filename: str) -> None:
+    async def deliver_result(
+        self, job: Job, preset: Preset | None, data: bytes, filename: str
+    ) -> None:
         """Send the result (photo, and the file when the preset asks), once."""
-        if not await self._claim(job):
+        claimed = await self._claim(job)
+        if claimed is None:
             return
+        job = claimed
         language = job.language
-        title = _title(preset, language)
+        title = _title(preset, language, job.preset)
+        send_document = preset is not None and preset.send_document
         markup = InlineKeyboardMarkup(
             inline_keyboard=[
                 [
@@ -125,10 +132,10 @@ class UserMessages:
                     chat_id=chat,
                     photo=BufferedInputFile(data, filename),
                     caption=t(language, "worker.result_caption", title=title),
-                    reply_markup=None if preset.send_document else markup,
+                    reply_markup=None if send_document else markup,
                 )
             )
-        if preset.send_document or not as_photo:
+        if send_document or not as_photo:
             sends.append(
                 SendDocument(
                     chat_id=chat,
@@ -143,8 +150,10 @@ class UserMessages:
         self, job: Job, preset: Preset | None, kind: FailureKind | None
     ) -> None:
         """Tell the user the job failed, why, and that the credits are back; once."""
-        if not await self._claim(job):
+        claimed = await self._claim(job)
+        if claimed is None:
             return
+        job = claimed
         language = job.language
         reason_key = f"worker.failed.{kind.value}" if kind else "worker.failed.execution"
         if kind is FailureKind.UNAVAILABLE:
@@ -152,27 +161,32 @@ class UserMessages:
         text = t(
             language,
             "worker.failed.intro",
-            title=_title(preset, language) if preset else html.escape(job.preset),
+            title=_title(preset, language, job.preset),
             reason=t(language, reason_key),
             price=job.price,
         )
         await self._send_final(job, [SendMessage(chat_id=job.telegram_id, text=text)])
 
-    async def _claim(self, job: Job) -> bool:
+    async def _claim(self, job: Job) -> Job | None:
+        """Claim the job's final message; the job as claimed (None: not ours to send).
+
+        The claim and the bot's record of the status message are serialized on the job's row,
+        so the job returned carries the status message to remove, whichever came first.
+        """
         if job.delivery_status != "pending":
             if job.delivery_status == "sending":
                 # A worker died mid-send: it may have arrived, so it is not sent again.
-                await self.backend.record_delivery(
+                claimed = await self.backend.record_delivery(
                     job.id, "failed", "the worker stopped while sending; not sent again"
                 )
-            return False
+                await self._remove_status_message(claimed)
+            return None
         try:
-            await self.backend.record_delivery(job.id, "sending")
+            return await self.backend.record_delivery(job.id, "sending")
         except BackendError as exc:
             if exc.code == "delivery_claimed":
-                return False
+                return None
             raise
-        return True
 
     async def _send_final(self, job: Job, sends: list) -> None:
         try:
@@ -181,8 +195,12 @@ class UserMessages:
         except UserBlocked:
             await self.backend.record_delivery(job.id, "blocked", "the user blocked the bot")
             return
-        except (TelegramUnavailable, MessageGone, TelegramAPIError) as exc:
+        except TelegramUnavailable as exc:
             await self.backend.record_delivery(job.id, "failed", f"Telegram: {exc}"[:4000])
+            return
+        except (MessageGone, TelegramAPIError) as exc:
+            await self.backend.record_delivery(job.id, "failed", f"Telegram: {exc}"[:4000])
+            await self._remove_status_message(job)  # the job has ended all the same
             return
         await self._remove_status_message(job)
         await self.backend.record_delivery(job.id, "delivered")

@@ -11,6 +11,12 @@ prompt in ComfyUI when it is still there.
 To keep the GPU busy, the next job is prepared and submitted while the current one runs, so
 ComfyUI starts it the moment the current one ends; storing and delivering results run in the
 background, off the GPU's critical path.
+
+Every job ends (docs/worker.md, "Failures"): a job's lease is renewed only while a step of this
+worker is working on it (preparing, waiting on ComfyUI, storing or delivering). A step that
+ends without acknowledging or handing the job back, whatever the reason, stops the renewal,
+so the lease lapses and the job is taken up again from what the backend records. A refusal
+of the backend (a 4xx) is never retried: the job fails with its refund and one apology.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from comfygram.presets import Preset, compatibility_problems, preset_from_manife
 from comfygram.queue import Delivery, JobQueue
 from comfygram.worker import workflow
 from comfygram.worker.failures import (
+    MAX_COMFYUI_CRASHES,
     Action,
     FailureKind,
     StaleOutput,
@@ -84,6 +91,8 @@ class Run:
     prompt_id: str
     attempt: int
     started: float = field(default_factory=time.monotonic)
+    # ComfyUI has started executing this run's prompt (its death now counts against the job).
+    executing: bool = False
 
 
 class Worker:
@@ -112,12 +121,13 @@ class Worker:
         self._background: set[asyncio.Task[None]] = set()
         self._presets: dict[str, tuple[float, Preset]] = {}
         self._stopping = asyncio.Event()
+        self._backend_down = Outage("backend", "check BACKEND_API_URL and that the backend runs")
+        self._redis_down = Outage("Redis", "check REDIS_URL and that Redis runs")
 
     # -- lifecycle ------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
         """Work until ``stop`` is set, then hand back what is unfinished and release the GPU."""
-        await self.queue.ensure_group()
         keepers = [
             asyncio.create_task(self._keep_leases(), name="worker-leases"),
             asyncio.create_task(self._watch_comfyui(), name="worker-health"),
@@ -160,6 +170,7 @@ class Worker:
     # -- the loop -------------------------------------------------------------------------
 
     async def _work(self) -> None:
+        await self._queue_ready()
         current: Run | None = None
         while True:
             if current is None:
@@ -185,15 +196,30 @@ class Worker:
                     if not self._stopping.is_set():
                         raise
 
+    async def _queue_ready(self) -> None:
+        """Wait for Redis to answer (its consumer group is made on the way)."""
+        while not self._stopping.is_set():
+            try:
+                await self.queue.ensure_group()
+            except (RedisError, OSError) as exc:
+                self._redis_down.failed(exc)
+                await self._pause(self._redis_down.delay())
+                continue
+            self._redis_down.passed()
+            return
+
     async def _ready(self) -> None:
         """Wait until ComfyUI answers and the GPU lock is ours (or we are stopping)."""
         while not self._stopping.is_set():
             if self.healthy.is_set():
                 try:
                     if await self.lock.acquire():
+                        self._redis_down.passed()
                         return
                 except (RedisError, OSError) as exc:
-                    log.warning("GPU lock unavailable, Redis: %s", type(exc).__name__)
+                    self._redis_down.failed(exc)
+                    await self._pause(self._redis_down.delay())
+                    continue
             await self._pause(self.config.idle_poll_seconds)
 
     async def _pause(self, seconds: float) -> None:
@@ -214,21 +240,29 @@ class Worker:
                 await self.queue.defer(extra, extra.payload, 0)
             delivery = stale[0] if stale else await self.queue.take(consumer, block_ms=1000)
         except (RedisError, OSError) as exc:
-            log.warning("queue unreachable: %s", type(exc).__name__)
-            await self._pause(self.config.idle_poll_seconds)
+            self._redis_down.failed(exc)
+            await self._pause(self._redis_down.delay())
             return None
+        self._redis_down.passed()
         if delivery is None:
             return None
         self._held[delivery.message_id] = delivery
         try:
             with job_context(delivery.job_id):
-                return await self._prepare(delivery)
+                run = await self._prepare(delivery)
+        except BackendUnavailable as exc:
+            # Not the job's fault: it waits in the queue, no attempt used.
+            self._backend_down.failed(exc)
+            await self._hand_back(delivery, delay=self._backend_down.delay())
+            return None
         except Exception:
             log.exception(
                 "job %s: could not be prepared; it goes back to the queue", delivery.job_id
             )
             await self._hand_back(delivery, delay=self.config.idle_poll_seconds)
             return None
+        self._backend_down.passed()
+        return run
 
     async def _prepare(self, delivery: Delivery) -> Run | None:
         """Bring the job to a submitted prompt, or settle it when it needs no run."""
@@ -245,19 +279,27 @@ class Worker:
             return None
         if job.status in ("succeeded", "failed"):
             # A worker died between the record and the user's message: finish that part.
-            self._spawn(self._finish_settled(delivery, job))
+            self._spawn(delivery, self._finish_settled(delivery, job))
             return None
-        preset = await self._preset(job.preset)
         if job.status == "queued":
             job = await self.backend.set_status(job.id, "processing", worker=self.config.name)
+        try:
+            preset = await self._preset(job.preset)
+        except BackendError as exc:
+            # The preset is gone or refused (removed, disabled): no retry will bring it back.
+            await self._settle_failure(delivery, job, None, exc)
+            return None
         attempt = job.attempts
         run = Run(delivery, job, preset, workflow.prompt_id_for(job.id, attempt), attempt)
-        await self.live.set(job.id, "processing", worker=self.config.name)
+        with contextlib.suppress(RedisError, OSError):
+            await self.live.set(job.id, "processing", worker=self.config.name)
         try:
             if not await self._in_comfyui(run.prompt_id):
                 await self._submit(run)
+        except BackendUnavailable:
+            raise
         except Exception as exc:
-            await self._settle_failure(run, exc)
+            await self._settle_run(run, exc)
             return None
         return run
 
@@ -287,13 +329,28 @@ class Worker:
         log.info("job %s: submitted as prompt %s", job.id, run.prompt_id)
 
     async def _execute(self, run: Run) -> None:
-        """Wait for the run's prompt; hand the result or the failure on. Never raises."""
+        """Wait for the run's prompt; hand the result or the failure on. Never raises: a job
+        whose step died here is let go (its lease lapses) and taken up again later."""
         with job_context(run.job.id):
-            await self._wait_for_result(run)
+            try:
+                await self._wait_for_result(run)
+            except BackendUnavailable as exc:
+                self._backend_down.failed(exc)
+                self._release(run.delivery)
+            except Exception:
+                log.exception(
+                    "job %s: its run ended on an unexpected error; it is taken up again "
+                    "after its lease",
+                    run.job.id,
+                )
+                self._release(run.delivery)
 
     async def _wait_for_result(self, run: Run) -> None:
         run.started = time.monotonic()
         deadline = run.started + run.preset.timeout_seconds
+
+        async def on_start() -> None:
+            run.executing = True
 
         async def on_progress(percent: int) -> None:
             with contextlib.suppress(RedisError, OSError):
@@ -309,6 +366,7 @@ class Worker:
                     deadline=deadline,
                     on_progress=on_progress,
                     quiet_poll=self.config.quiet_poll_seconds,
+                    on_start=on_start,
                 )
                 image = workflow.our_output(outputs, run.job.id, run.attempt)
                 if image is None:
@@ -317,6 +375,8 @@ class Worker:
                     )
                 data = await self.comfy.download(image)
             except ComfyUIUnavailable as exc:
+                if run.executing and await self._crashed_under(run, exc):
+                    return
                 log.warning("job %s: ComfyUI unreachable (%s); waiting for it", run.job.id, exc)
                 if not await self._resume_after_outage(run):
                     return
@@ -325,10 +385,27 @@ class Worker:
             except Exception as exc:
                 if isinstance(exc, PromptTimeout):
                     await self._stop_prompt(run.prompt_id)
-                await self._settle_failure(run, exc)
+                await self._settle_run(run, exc)
                 return
-            self._spawn(self._finish_success(run, data, image.filename))
+            self._spawn(run.delivery, self._finish_success(run, data, image.filename))
             return
+
+    async def _crashed_under(self, run: Run, exc: ComfyUIUnavailable) -> bool:
+        """ComfyUI died while running this job: count it; True when the job failed for it."""
+        self.healthy.clear()
+        run.executing = False  # the next death counts only if a new run starts executing
+        seen = run.job.comfyui_crashes
+        job = await _retrying(lambda: self.backend.record_comfyui_crash(run.job.id, seen=seen))
+        run.job = job
+        log.warning(
+            "job %s: ComfyUI died while running it (%d time(s)): %s",
+            job.id, job.comfyui_crashes, exc,
+        )  # fmt: skip
+        if job.comfyui_crashes < MAX_COMFYUI_CRASHES:
+            return False
+        message = f"ComfyUI died {job.comfyui_crashes} times while running this job"
+        await self._settle_failure(run.delivery, job, run.preset, _ComfyUICrashed(message))
+        return True
 
     async def _resume_after_outage(self, run: Run) -> bool:
         """Once ComfyUI is back, re-attach to the prompt or submit it again; no attempt used."""
@@ -342,8 +419,10 @@ class Worker:
                 await self._submit(run)
         except ComfyUIUnavailable:
             return await self._resume_after_outage(run)
+        except BackendUnavailable:
+            raise
         except Exception as exc:
-            await self._settle_failure(run, exc)
+            await self._settle_run(run, exc)
             return False
         return True
 
@@ -355,21 +434,30 @@ class Worker:
 
     # -- outcomes -------------------------------------------------------------------------
 
-    async def _settle_failure(self, run: Run, exc: BaseException) -> None:
+    async def _settle_run(self, run: Run, exc: BaseException) -> None:
+        await self._settle_failure(run.delivery, run.job, run.preset, exc)
+
+    async def _settle_failure(
+        self, delivery: Delivery, job: Job, preset: Preset | None, exc: BaseException
+    ) -> None:
+        """A processing job's run went wrong: retry it, fail it for good, or (ComfyUI down)
+        hand it back without using an attempt."""
         if isinstance(exc, _InputMissing):
             kind = FailureKind.INPUT
+        elif isinstance(exc, _ComfyUICrashed):
+            kind = FailureKind.CRASHED
         elif isinstance(exc, StaleOutput):
             kind = FailureKind.EXECUTION
         else:
             kind = classify(exc)
         message = exc.message if isinstance(exc, PromptRejected) else str(exc) or type(exc).__name__
-        metrics.COMFYUI_ERRORS.labels(kind.value).inc()
-        job = run.job
+        if kind is not FailureKind.REFUSED:
+            metrics.COMFYUI_ERRORS.labels(kind.value).inc()
         if kind is FailureKind.UNAVAILABLE:
             # Not the job's fault: it waits in the queue, no attempt used.
             log.warning("job %s: ComfyUI unavailable (%s); back to the queue", job.id, message)
             self.healthy.clear()
-            await self._hand_back(run.delivery, delay=self.config.idle_poll_seconds)
+            await self._hand_back(delivery, delay=self.config.idle_poll_seconds)
             return
         decision = decide(
             kind,
@@ -387,25 +475,43 @@ class Worker:
                 "job %s: attempt %d failed (%s); retrying in %.0fs",
                 job.id, job.attempts + 1, error, decision.delay,
             )  # fmt: skip
-            job = await self.backend.set_status(job.id, "queued", error=error)
+            job = await _retrying(lambda: self.backend.set_status(job.id, "queued", error=error))
             await self.queue.defer(
-                run.delivery, {**run.delivery.payload, "attempts": job.attempts}, decision.delay
+                delivery, {**delivery.payload, "attempts": job.attempts}, decision.delay
             )
-            self._held.pop(run.delivery.message_id, None)
-            await self.live.set(job.id, "queued")
-            await self.messages.show_retrying(job, run.preset, self.config.max_attempts)
+            self._release(delivery)
+            with contextlib.suppress(RedisError, OSError):
+                await self.live.set(job.id, "queued")
+            await self.messages.show_retrying(job, self.config.max_attempts)
             return
         log.error("job %s: failed for good after %d run(s): %s", job.id, job.attempts + 1, error)
-        job = await self.backend.set_status(job.id, "failed", error=error)
-        await self.live.set(job.id, "failed")
-        self._spawn(self._finish_failed(run.delivery, job, run.preset, kind))
+        job = await _retrying(lambda: self.backend.set_status(job.id, "failed", error=error))
+        with contextlib.suppress(RedisError, OSError):
+            await self.live.set(job.id, "failed")
+        self._spawn(delivery, self._finish_failed(delivery, job, preset, kind))
 
     async def _finish_success(self, run: Run, data: bytes, filename: str) -> None:
         job = run.job
-        await _retrying(lambda: self.backend.put_result(job.id, data, filename))
-        with contextlib.suppress(RedisError, OSError):
-            await self.live.cache_result(job.id, data, self.config.result_cache_seconds)
-        job = await _retrying(lambda: self.backend.set_status(job.id, "succeeded"))
+        try:
+            await _retrying(lambda: self.backend.put_result(job.id, data, filename))
+            with contextlib.suppress(RedisError, OSError):
+                await self.live.cache_result(job.id, data, self.config.result_cache_seconds)
+            job = await _retrying(lambda: self.backend.set_status(job.id, "succeeded"))
+        except BackendUnavailable:
+            raise  # the backend is down, not the job's fault: let it go, no attempt used
+        except BackendError as exc:
+            if exc.status in (404, 409):
+                # The job is no longer ours to finish (gone, or moved on): its record decides.
+                log.warning("job %s: result not taken (%s); back to the queue", job.id, exc)
+                await self._hand_back(run.delivery, delay=0)
+                return
+            await self._settle_run(run, exc)  # refused for good: no retry can help
+            return
+        except Exception as exc:
+            # Nobody foresaw this: count it as a failed run, so it cannot repeat for ever.
+            log.exception("job %s: storing the result failed", job.id)
+            await self._settle_run(run, exc)
+            return
         with contextlib.suppress(RedisError, OSError):
             await self.live.set(job.id, "succeeded", progress=100, worker=self.config.name)
         log.info("job %s: succeeded in %.1fs", job.id, time.monotonic() - run.started)
@@ -420,7 +526,10 @@ class Worker:
 
     async def _finish_settled(self, delivery: Delivery, job: Job) -> None:
         """A redelivered job that is already decided: make sure the user heard about it."""
-        preset = await self._preset(job.preset)
+        try:
+            preset: Preset | None = await self._preset(job.preset)
+        except BackendError:
+            preset = None  # removed since: the messages name the job's preset slug instead
         if job.status == "failed":
             await self._finish_failed(delivery, job, preset, error_kind(job.error))
             return
@@ -432,13 +541,23 @@ class Worker:
 
     # -- plumbing -------------------------------------------------------------------------
 
-    def _spawn(self, work: Awaitable[None]) -> None:
+    def _spawn(self, delivery: Delivery, work: Awaitable[None]) -> None:
+        """Finish a job in the background; its lease is renewed only while this runs."""
+
         async def guarded() -> None:
-            try:
-                await work
-            except Exception:
-                # The job stays unacknowledged: after its lease it is taken up again.
-                log.exception("finishing a job failed; it will be retried after its lease")
+            with job_context(delivery.job_id):
+                try:
+                    await work
+                except BackendUnavailable as exc:
+                    self._backend_down.failed(exc)
+                except Exception:
+                    log.exception(
+                        "job %s: finishing it failed; it is taken up again after its lease",
+                        delivery.job_id,
+                    )
+                finally:
+                    # Acknowledged, handed back, or let go: no one renews its lease any more.
+                    self._release(delivery)
 
         task = asyncio.create_task(guarded())
         self._background.add(task)
@@ -446,11 +565,16 @@ class Worker:
 
     async def _ack(self, delivery: Delivery) -> None:
         await self.queue.ack(delivery)
-        self._held.pop(delivery.message_id, None)
+        self._release(delivery)
 
     async def _hand_back(self, delivery: Delivery, delay: float) -> None:
         with contextlib.suppress(RedisError, OSError):
             await self.queue.defer(delivery, delivery.payload, delay)
+        self._release(delivery)
+
+    def _release(self, delivery: Delivery) -> None:
+        """Stop renewing the job's lease: nothing is being done for it here any more. Unless
+        it was acknowledged or handed back, it is taken up again once the lease lapses."""
         self._held.pop(delivery.message_id, None)
 
     async def _preset(self, slug: str) -> Preset:
@@ -475,7 +599,7 @@ class Worker:
                         log.warning("job %s: lease lost to another worker", delivery.job_id)
                         self._held.pop(delivery.message_id, None)
             except (RedisError, OSError) as exc:
-                log.warning("lease renewal failed, Redis: %s", type(exc).__name__)
+                self._redis_down.failed(exc)
 
     async def _watch_comfyui(self) -> None:
         """Track ComfyUI's health; on start and whenever it comes back, check the presets."""
@@ -501,8 +625,14 @@ class Worker:
                     problems=self.problems,
                     ttl_seconds=ttl,
                 )
-            except (BackendError, BackendUnavailable) as exc:
-                log.warning("heartbeat to the backend failed: %s", exc)
+            except BackendUnavailable as exc:
+                self._backend_down.failed(exc)
+                await asyncio.sleep(self._backend_down.delay())
+                continue
+            except BackendError as exc:
+                log.warning("heartbeat refused by the backend: %s", exc)
+            else:
+                self._backend_down.passed()
             await asyncio.sleep(self.config.idle_poll_seconds)
 
     async def _check_presets(self) -> None:
@@ -528,6 +658,40 @@ class Worker:
 
 class _InputMissing(Exception):
     """The job's photo cannot be fetched or used: no retry will help."""
+
+
+class _ComfyUICrashed(Exception):
+    """ComfyUI died under this job too often: it is not given the job again."""
+
+
+class Outage:
+    """One line when a service goes down (what, and what to check), one when it is back, and
+    a growing pause between tries while it stays down."""
+
+    def __init__(self, service: str, hint: str, *, first: float = 1.0, cap: float = 30.0) -> None:
+        self.service = service
+        self.hint = hint
+        self.first = first
+        self.cap = cap
+        self.failures = 0
+
+    def failed(self, exc: BaseException) -> None:
+        self.failures += 1
+        if self.failures == 1:
+            reason = str(exc) or type(exc).__name__
+            log.warning(
+                "%s unreachable (%s): %s; retrying until it answers",
+                self.service, reason.splitlines()[0][:200], self.hint,
+            )  # fmt: skip
+
+    def passed(self) -> None:
+        if self.failures:
+            log.warning("%s reachable again", self.service)
+        self.failures = 0
+
+    def delay(self) -> float:
+        """Seconds to wait before the next try: doubling from ``first`` up to ``cap``."""
+        return min(self.cap, self.first * 2 ** max(0, self.failures - 1))
 
 
 async def _retrying(call: Callable[[], Awaitable[T]], attempts: int = 5) -> T:

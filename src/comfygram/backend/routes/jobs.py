@@ -16,6 +16,7 @@ from comfygram.backend.deps import QueueDep, SessionDep, SettingsDep, StoreDep
 from comfygram.backend.errors import ApiError
 from comfygram.backend.models import Job, User
 from comfygram.backend.schemas import (
+    ComfyUICrash,
     DeliveryReport,
     JobOut,
     RefundOut,
@@ -199,9 +200,20 @@ async def record_delivery(job_id: str, body: DeliveryReport, session: SessionDep
 
 @router.post("/{job_id}/status-message", response_model=JobOut)
 async def record_status_message(job_id: str, body: StatusMessage, session: SessionDep) -> JobOut:
-    """The chat and message the bot shows the job's progress in."""
-    job = await jobs.get_job(session, job_id, lock=True)
-    job.status_chat_id = body.chat_id
-    job.status_message_id = body.message_id
+    """The chat and message the bot shows the job's progress in.
+
+    A job that has already ended for the user (its result or apology claimed, or cancelled)
+    records nothing: the answer's ``status_message_id`` is then not the one sent, and the bot
+    deletes that message, which nothing would ever update.
+    """
+    await jobs.record_status_message(session, job_id, body.chat_id, body.message_id)
+    await session.commit()
+    return await _job_out(session, job_id)
+
+
+@router.post("/{job_id}/comfyui-crash", response_model=JobOut)
+async def record_comfyui_crash(job_id: str, body: ComfyUICrash, session: SessionDep) -> JobOut:
+    """ComfyUI died while running the job (the worker fails it after the second death)."""
+    await jobs.record_comfyui_crash(session, job_id, body.seen)
     await session.commit()
     return await _job_out(session, job_id)

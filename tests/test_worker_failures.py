@@ -1,0 +1,159 @@
+"""Every job ends: what the worker does when the backend refuses, a finisher dies, or ComfyUI
+dies under a job (real backend over HTTP, real Redis, the ComfyUI and Telegram doubles)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import random
+
+import pytest
+from PIL import Image
+
+from comfygram.queue import JobQueue, connect_redis
+from comfygram.worker.messages import UserMessages
+from tests import images
+from tests.stack import Stack, eventually, running_stack
+
+USER = 6161
+START_BALANCE = 13  # signup bonus 3 + 10 granted
+
+
+@pytest.fixture
+def database_url(tmp_path) -> str:
+    return f"sqlite+aiosqlite:///{tmp_path}/comfygram.db"
+
+
+@pytest.fixture
+async def stack(settings, tmp_path, redis):
+    async with running_stack(settings, tmp_path) as running:
+        await running.new_user(USER, credits=10)
+        yield running
+
+
+def noisy_jpeg(side: int = 96) -> bytes:
+    """Noise compresses badly: enlarged and saved as PNG it grows far more than 4×."""
+    rng = random.Random(7)
+    image = Image.frombytes(
+        "RGB", (side, side), bytes(rng.randrange(256) for _ in range(side**2 * 3))
+    )
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=30)
+    return buffer.getvalue()
+
+
+async def create(stack: Stack, preset: str = "invert", image: bytes | None = None) -> str:
+    job, _ = await stack.backend.create_job(USER, preset, image or images.png(), "photo.png")
+    return job.id
+
+
+async def balance(stack: Stack) -> int:
+    return (await stack.backend.user(USER)).balance
+
+
+async def queue_is_empty(stack: Stack) -> bool:
+    """Nothing pending or waiting on the queue: the job was acknowledged, not just left."""
+    redis = connect_redis(stack.settings)
+    try:
+        queue = JobQueue(redis, prefix=stack.settings.redis_prefix)
+        pending = await redis.xpending(queue.stream, queue.group)
+        return pending["pending"] == 0 and await queue.length() == 0
+    finally:
+        await redis.aclose()
+
+
+def apologies(stack: Stack) -> list:
+    return [c for c in stack.telegram.sent("sendMessage", chat_id=USER) if c.ok]
+
+
+async def test_a_result_the_backend_refuses_fails_the_job_with_one_refund_and_one_apology(
+    settings, tmp_path, redis
+):
+    photo = noisy_jpeg()
+    limit = len(photo) + 1024  # the photo is taken; its enlargement is over 4× that
+    async with running_stack(settings, tmp_path, max_upload_bytes=limit) as stack:
+        await stack.new_user(USER, credits=10)
+        job_id = await create(stack, "upscale2x", photo)
+        assert await balance(stack) == START_BALANCE - 2
+        stack.start_worker()
+        job = await stack.settled(job_id, timeout=30)
+        assert job.status == "failed" and job.error.startswith("refused:")
+        assert "413" in job.error and not job.has_result
+        assert job.delivery_status == "delivered"
+        assert await balance(stack) == START_BALANCE  # refunded, once
+        (apology,) = apologies(stack)
+        assert "could not be saved" in apology.params["text"]
+        assert not stack.telegram.sent("sendPhoto", chat_id=USER)
+        assert not stack.telegram.sent("sendDocument", chat_id=USER)
+        await eventually(lambda: queue_is_empty(stack))
+        await asyncio.sleep(2 * stack.settings.worker_lease_seconds)
+        assert await balance(stack) == START_BALANCE
+        assert len(apologies(stack)) == 1
+
+
+async def test_a_finisher_that_dies_unforeseen_lets_the_job_go_and_it_is_delivered(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+):
+    real = UserMessages.deliver_result
+    calls = 0
+
+    async def dies_once(self, *args, **kwargs):
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a bug nobody foresaw")
+        return await real(self, *args, **kwargs)
+
+    monkeypatch.setattr(UserMessages, "deliver_result", dies_once)
+    job_id = await create(stack)
+    stack.start_worker()
+    # Its lease is no longer renewed: after it lapses the job is taken up and delivered.
+    job = await stack.settled(job_id, timeout=30)
+    assert (job.status, job.delivery_status) == ("succeeded", "delivered")
+    assert calls == 2
+    assert len([c for c in stack.telegram.sent("sendPhoto", chat_id=USER) if c.ok]) == 1
+    assert len(stack.comfyui.prompts_received) == 1  # re-attached, not run again
+    await eventually(lambda: queue_is_empty(stack))
+
+
+async def test_an_unforeseen_error_storing_the_result_is_a_failed_run_that_is_retried(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+):
+    from comfygram.api import BackendClient
+
+    real = BackendClient.put_result
+    calls = 0
+
+    async def dies_once(self, *args, **kwargs):
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a bug nobody foresaw")
+        return await real(self, *args, **kwargs)
+
+    monkeypatch.setattr(BackendClient, "put_result", dies_once)
+    job_id = await create(stack)
+    stack.start_worker()
+    job = await stack.settled(job_id, timeout=30)
+    assert (job.status, job.delivery_status, job.attempts) == ("succeeded", "delivered", 1)
+    assert job.error.startswith("execution:") and "nobody foresaw" in job.error
+    assert await balance(stack) == START_BALANCE - 1  # charged once, not refunded
+    await eventually(lambda: queue_is_empty(stack))
+
+
+async def test_a_finisher_that_keeps_dying_ends_the_job_after_max_attempts(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+):
+    from comfygram.api import BackendClient
+
+    async def always_dies(self, *args, **kwargs):
+        raise RuntimeError("a bug nobody foresaw")
+
+    monkeypatch.setattr(BackendClient, "put_result", always_dies)
+    job_id = await create(stack)
+    stack.start_worker()
+    job = await stack.settled(job_id, timeout=40)
+    assert (job.status, job.attempts) == ("failed", stack.settings.max_attempts)
+    assert await balance(stack) == START_BALANCE
+    assert len(apologies(stack)) == 1
+    await eventually(lambda: queue_is_empty(stack))
