@@ -49,7 +49,7 @@ def test_run_without_redis_says_what_to_do(tmp_path):
     process = start(tmp_path, REDIS_URL=f"redis://127.0.0.1:{port}/0")
     output, _ = process.communicate(timeout=60)
     assert process.returncode == 2
-    assert f"Redis not reachable at 127.0.0.1:{port}/0: install and start it" in output
+    assert f"Redis not reachable at 127.0.0.1:{port}/0: start it or correct REDIS_URL" in output
     assert "Traceback" not in output
 
 

@@ -17,6 +17,7 @@ def _backend(settings: Settings, args: argparse.Namespace) -> None:
     from comfygram.backend.app import create_app
 
     app = create_app(settings)
+    settings.require_shared_redis("backend")
     uvicorn.run(
         app,
         host=args.host or settings.backend_host,
@@ -43,6 +44,7 @@ def _migrate(settings: Settings, _args: argparse.Namespace) -> None:
 def _worker(settings: Settings, _args: argparse.Namespace) -> None:
     from comfygram.worker.main import run_worker
 
+    settings.require_shared_redis("worker")
     asyncio.run(run_worker(settings))
 
 
@@ -54,6 +56,7 @@ def _bot(settings: Settings, _args: argparse.Namespace) -> None:
             "WEBHOOK_URL is set: the backend receives the updates (comfygram backend); "
             "unset it to run the bot with long polling"
         )
+    settings.require_shared_redis("bot")
 
     async def poll() -> None:
         await BotRuntime(settings).run_polling()

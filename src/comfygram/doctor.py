@@ -77,18 +77,51 @@ async def check_database(settings: Settings) -> list[Check]:
     return await _guard("database", probe)
 
 
+async def check_embedded_redis(settings: Settings) -> list[Check]:
+    """No Redis configured: the one `comfygram run` embeds, running or to be started."""
+    from comfygram.embedded_redis import EmbeddedRedisError, answers, find_server, socket_path
+
+    socket = socket_path(settings.embedded_redis_dir)
+    if (version := await answers(socket)) is not None:
+        return [
+            Check(
+                "redis",
+                OK,
+                f"embedded: Redis {version} on {socket}, run by comfygram run "
+                "(set REDIS_URL to use your own)",
+            )
+        ]
+    try:
+        binary = await asyncio.to_thread(find_server)
+    except EmbeddedRedisError as exc:
+        return [Check("redis", FAIL, str(exc))]
+    return [
+        Check(
+            "redis",
+            OK,
+            f"embedded: comfygram run starts Redis {binary.version} ({binary.path}) with its "
+            f"data in {settings.embedded_redis_dir} (set REDIS_URL to use your own)",
+        )
+    ]
+
+
 async def check_redis(settings: Settings) -> list[Check]:
     import redis.asyncio as aioredis
     from redis.exceptions import AuthenticationError, ResponseError
     from redis.exceptions import ConnectionError as RedisConnectionError
 
+    from comfygram.embedded_redis import MIN_VERSION
+
+    if not settings.redis_configured:
+        return await check_embedded_redis(settings)
     url = urlsplit(settings.redis_dsn)
-    where = f"{url.hostname}:{url.port or 6379}"
+    where = url.path if url.scheme == "unix" else f"{url.hostname}:{url.port or 6379}"
 
     async def probe() -> list[Check]:
         client = aioredis.from_url(settings.redis_dsn, socket_connect_timeout=TIMEOUT)
         try:
             await client.ping()
+            version = str((await client.info("server")).get("redis_version", "?"))
         except AuthenticationError:
             return [Check("redis", FAIL, "Redis password rejected (REDIS_PASSWORD)")]
         except ResponseError as exc:
@@ -106,7 +139,17 @@ async def check_redis(settings: Settings) -> list[Check]:
             ]
         finally:
             await client.aclose()
-        return [Check("redis", OK, f"PONG from {where}")]
+        numbers = tuple(int(part) for part in version.split(".")[:2] if part.isdigit())
+        if numbers < MIN_VERSION:
+            return [
+                Check(
+                    "redis",
+                    FAIL,
+                    f"configured: Redis {version} at {where} is too old: the queue needs 6.2 "
+                    "or later (XAUTOCLAIM)",
+                )
+            ]
+        return [Check("redis", OK, f"configured: Redis {version} at {where}")]
 
     return await _guard("redis", probe)
 
@@ -172,7 +215,13 @@ async def check_workers(settings: Settings) -> tuple[list[Check], list[str]]:
     import redis.asyncio as aioredis
 
     from comfygram.backend.workers import WorkerRegistry
+    from comfygram.embedded_redis import answers, socket_path, url_for
 
+    if not settings.redis_configured:
+        socket = socket_path(settings.embedded_redis_dir)
+        if await answers(socket) is None:
+            return [Check("workers", SKIP, "none: comfygram run is not running")], []
+        settings = settings.model_copy(update={"redis_url": url_for(socket)})
     client = aioredis.from_url(settings.redis_dsn, socket_connect_timeout=TIMEOUT)
     try:
         workers = await asyncio.wait_for(

@@ -17,6 +17,7 @@ import uvicorn
 from redis.asyncio import Redis
 from redis.exceptions import AuthenticationError, RedisError
 
+from comfygram.embedded_redis import EmbeddedRedis, EmbeddedRedisError
 from comfygram.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -43,23 +44,8 @@ async def preflight(settings: Settings) -> tuple[list[str], list[str]]:
             "WEBHOOK_URL is set, but comfygram run receives updates by polling: unset it, "
             "or run comfygram backend/worker separately for webhook mode"
         )
-    where = f"{settings.redis_host}:{settings.redis_port}"
-    if settings.redis_url:
-        where = settings.redis_url.rsplit("@", 1)[-1].removeprefix("redis://")
-    redis = Redis.from_url(
-        settings.redis_dsn, socket_connect_timeout=_CHECK_TIMEOUT, socket_timeout=_CHECK_TIMEOUT
-    )
-    try:
-        await redis.ping()
-    except AuthenticationError:
-        problems.append(f"Redis at {where} refused the password: check REDIS_PASSWORD")
-    except (RedisError, OSError):
-        problems.append(
-            f"Redis not reachable at {where}: install and start it "
-            "(Debian/Ubuntu: sudo apt install redis-server), or set REDIS_URL"
-        )
-    finally:
-        await redis.aclose()
+    if settings.redis_configured:  # else run_all starts an embedded one
+        problems += await _configured_redis_problems(settings)
     try:
         async with httpx.AsyncClient(timeout=_CHECK_TIMEOUT) as http:
             (await http.get(f"{settings.comfyui_url.rstrip('/')}/system_stats")).raise_for_status()
@@ -69,6 +55,28 @@ async def preflight(settings: Settings) -> tuple[list[str], list[str]]:
             "answers (set COMFYUI_URL to where it runs)"
         )
     return problems, warnings
+
+
+async def _configured_redis_problems(settings: Settings) -> list[str]:
+    """The configured Redis must answer: never a silent fall back to an embedded one."""
+    where = f"{settings.redis_host}:{settings.redis_port}"
+    if settings.redis_url:
+        where = settings.redis_url.rsplit("@", 1)[-1].removeprefix("redis://")
+    redis = Redis.from_url(
+        settings.redis_dsn, socket_connect_timeout=_CHECK_TIMEOUT, socket_timeout=_CHECK_TIMEOUT
+    )
+    try:
+        await redis.ping()
+    except AuthenticationError:
+        return [f"Redis at {where} refused the password: check REDIS_PASSWORD"]
+    except (RedisError, OSError):
+        return [
+            f"Redis not reachable at {where}: start it or correct REDIS_URL "
+            "(with no REDIS_URL/REDIS_HOST/REDIS_PORT set, comfygram run starts its own)"
+        ]
+    finally:
+        await redis.aclose()
+    return []
 
 
 async def _serve(server: uvicorn.Server) -> None:
@@ -87,7 +95,28 @@ async def run_all(settings: Settings) -> int:
         for problem in problems:
             print(f"comfygram: {problem}", file=sys.stderr)
         return 2
+    if settings.redis_configured:
+        return await _run_parts(settings)
+    embedded = EmbeddedRedis(settings.embedded_redis_dir)
+    try:
+        await embedded.start()
+    except EmbeddedRedisError as exc:
+        print(f"comfygram: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"comfygram: Redis: embedded, Redis {embedded.version} with its data in "
+        f"{settings.embedded_redis_dir} (socket {embedded.socket}); to use your own instead, "
+        "set REDIS_URL in .env",
+        flush=True,
+    )
+    try:
+        return await _run_parts(settings.model_copy(update={"redis_url": embedded.url}))
+    finally:
+        await embedded.stop()  # after everything that uses it
 
+
+async def _run_parts(settings: Settings) -> int:
+    """The backend, the worker and the bot, until a signal or one of them fails."""
     from comfygram.backend.app import create_app
     from comfygram.bot import BotRuntime
     from comfygram.worker.main import run_worker

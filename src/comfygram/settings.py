@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import re
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import SplitResult, quote, urlsplit
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 
 class ConfigError(Exception):
@@ -31,6 +32,19 @@ DEFAULT_PACKAGES = [
 
 
 ADMIN_PASSWORD_MIN_LENGTH = 12
+
+# What a malformed value should look like, for the one-line error.
+FORMATS = {
+    "database_url": "sqlite:///./data/comfygram.db or postgresql://user:password@host:5432/dbname",
+    "redis_url": "redis://[:password@]host:6379/0 (or rediss://, unix:///path/redis.sock)",
+    "admin_telegram_ids": "a JSON list of Telegram ids, like [123456789, 987654321]",
+    "credit_packages": (
+        'a JSON list like [{"id": "small", "credits": 10, "stars": 50}, '
+        '{"id": "large", "credits": 150, "stars": 500}]'
+    ),
+}
+_DATABASE_SCHEMES = ("sqlite", "sqlite+aiosqlite", "postgres", "postgresql", "postgresql+asyncpg")
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
 class Settings(BaseSettings):
@@ -61,6 +75,8 @@ class Settings(BaseSettings):
     # A job processing this long with no trace in Redis (its worker died and Redis lost the
     # queue) is queued again; longer than any preset's timeout.
     stale_processing_seconds: float = Field(default=900.0, gt=0)
+    # Where `comfygram run` keeps the Redis it starts when none is configured (its AOF, socket).
+    embedded_redis_dir: Path = Path("./data/redis")
 
     # ComfyUI and Telegram
     comfyui_url: str = "http://127.0.0.1:8188"
@@ -115,6 +131,31 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = False
 
+    @field_validator("database_url")
+    @classmethod
+    def _database_url_supported(cls, value: str) -> str:
+        scheme, separator, _ = value.partition("://")
+        if not separator:
+            raise ValueError("not a URL")
+        if scheme.lower() not in _DATABASE_SCHEMES:
+            raise ValueError(f"{scheme} is not supported")
+        _port_of(urlsplit(value))
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_supported(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        url = urlsplit(value)
+        if url.scheme.lower() not in _REDIS_SCHEMES or "://" not in value:
+            raise ValueError("no redis:// scheme")
+        _port_of(url)
+        database = url.path.strip("/") if url.scheme != "unix" else ""
+        if database and not database.isdigit():
+            raise ValueError(f"the database {database!r} is not a number (0-15)")
+        return value
+
     @field_validator("webhook_secret")
     @classmethod
     def _webhook_secret_charset(cls, value: SecretStr | None) -> SecretStr | None:
@@ -158,6 +199,23 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    @property
+    def redis_configured(self) -> bool:
+        """Whether REDIS_URL or any of REDIS_HOST/PORT/DB/PASSWORD is set (not empty). When
+        none is, `comfygram run` embeds a Redis and the components alone refuse to start."""
+        if self.redis_url or self.redis_password is not None:
+            return True
+        return bool(self.model_fields_set & {"redis_host", "redis_port", "redis_db"})
+
+    def require_shared_redis(self, command: str) -> None:
+        """Stop with one line when `command` (worker, bot, backend) has no Redis to share."""
+        if not self.redis_configured:
+            raise ConfigError(
+                f"REDIS_URL is not set: comfygram {command} shares the queue with the other "
+                "processes through one Redis; set REDIS_URL to it (only comfygram run, all on "
+                "one machine, starts a Redis of its own)"
+            )
 
     @property
     def redis_dsn(self) -> str:
@@ -223,10 +281,29 @@ class Settings(BaseSettings):
 
 
 def load_settings(**overrides: object) -> Settings:
-    """Read the settings, turning pydantic's report into one line naming the variable."""
+    """Read the settings, turning pydantic's report into one line naming the variable and,
+    where it helps, the accepted format."""
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         error = exc.errors()[0]
-        name = str(error["loc"][0]).upper() if error["loc"] else "settings"
-        raise ConfigError(f"{name} is malformed: {error['msg']}") from None
+        field = str(error["loc"][0]) if error["loc"] else ""
+        reason = error["msg"].removeprefix("Value error, ")
+        if len(error["loc"]) > 1:  # inside a JSON value: say where
+            reason = f"{'.'.join(str(part) for part in error['loc'][1:])}: {reason}"
+        raise ConfigError(_malformed(field, reason)) from None
+    except SettingsError as exc:  # a list or object setting that is not JSON
+        found = re.search(r'field "(\w+)"', str(exc))
+        raise ConfigError(_malformed(found[1] if found else "", "not JSON")) from None
+
+
+def _port_of(url: SplitResult) -> int | None:
+    try:
+        return url.port
+    except ValueError:
+        raise ValueError("the port is not a number") from None
+
+
+def _malformed(field: str, reason: str) -> str:
+    hint = f": use {FORMATS[field]}" if field in FORMATS else ""
+    return f"{field.upper() or 'a setting'} is malformed ({reason}){hint}"
