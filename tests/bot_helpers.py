@@ -101,7 +101,7 @@ class World:
         offset = polls[-1].params.get("offset") or 0
         if any(u["update_id"] >= offset for u in double._updates):
             return False
-        return not self.runtime.dispatcher._handle_update_tasks
+        return not self.runtime._updates
 
     def user(self, telegram_id: int, **kwargs: Any) -> UserDriver:
         return self.telegram.user(telegram_id, **kwargs)

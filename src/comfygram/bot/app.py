@@ -6,13 +6,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import signal
+import time
 from typing import Any
 
+import aiohttp
 from aiogram import Bot, Dispatcher, F, Router
 from aiogram.enums import ChatType
-from aiogram.exceptions import TelegramAPIError
+from aiogram.exceptions import (
+    TelegramAPIError,
+    TelegramConflictError,
+    TelegramNetworkError,
+    TelegramNotFound,
+    TelegramUnauthorizedError,
+)
 from aiogram.fsm.storage.base import DefaultKeyBuilder
 from aiogram.fsm.storage.redis import RedisStorage
+from aiogram.methods import GetMe, GetUpdates
 from aiogram.types import BotCommand, BotCommandScopeChat, BotCommandScopeDefault, Update
 from redis.asyncio import Redis
 
@@ -58,8 +69,66 @@ FSM_TTL_SECONDS = 7 * 24 * 3600
 # Flood control per user: a burst of this many messages, then one per second (or 2 presses).
 MESSAGE_BURST, MESSAGE_RATE = 5, 1.0
 PRESS_BURST, PRESS_RATE = 8, 2.0
-# Webhook updates handled at once per process; more wait (Telegram already has its 200).
+# Updates handled at once per process; more wait (polled ones are confirmed already, and a
+# webhook's have had their 200).
 WEBHOOK_CONCURRENCY = 64
+# getUpdates waits this long for an update; the other start-up calls get this long to answer.
+POLL_SECONDS = 25
+START_TIMEOUT_SECONDS = 15
+# Between attempts while Telegram is away or refuses the token: doubling up to the maximum.
+RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS = 1.0, 60.0
+# While the same fault persists, its line is repeated this seldom.
+REPEAT_SECONDS = 300.0
+POLLING_FAULTS = (TelegramAPIError, aiohttp.ClientError, OSError, TimeoutError)
+
+
+def telegram_fault(exc: BaseException, api_url: str) -> str:
+    """What is wrong, and what to check, in one line."""
+    if isinstance(exc, (TelegramUnauthorizedError, TelegramNotFound)):
+        # Telegram answers 404 to a token it does not know the shape of, 401 to a revoked one.
+        code = "401 Unauthorized" if isinstance(exc, TelegramUnauthorizedError) else "404"
+        return f"BOT_TOKEN rejected by Telegram ({code}): check BOT_TOKEN"
+    if isinstance(exc, TelegramConflictError):
+        return (
+            "Telegram refuses to let two processes poll with one BOT_TOKEN: stop the other "
+            "`comfygram bot`/`run` using it (or its webhook)"
+        )
+    if isinstance(exc, (TelegramNetworkError, aiohttp.ClientError, OSError, TimeoutError)):
+        return f"Telegram unreachable at {api_url}: check the network/proxy"
+    message = getattr(exc, "message", "") or type(exc).__name__
+    return f"Telegram answered an error ({message}); retrying"
+
+
+class TelegramHealth:
+    """Says once what keeps the bot from Telegram (and again every few minutes while it
+    lasts), waits with backoff between attempts, and says when Telegram answers again."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.api_url = settings.telegram_api_url
+        self.delay = RETRY_FIRST_SECONDS
+        self.fault: str | None = None
+        self.told_at = -math.inf
+        self.healthy = False
+
+    async def failed(self, exc: BaseException) -> None:
+        fault = telegram_fault(exc, self.api_url)
+        now = time.monotonic()
+        if fault != self.fault or now - self.told_at >= REPEAT_SECONDS:
+            log.warning("%s (retrying every %.0f s at most)", fault, RETRY_MAX_SECONDS)
+            self.told_at = now
+        log.debug("Telegram call failed: %s", type(exc).__name__)
+        self.fault = fault
+        self.healthy = False
+        await asyncio.sleep(self.delay)
+        self.delay = min(self.delay * 2, RETRY_MAX_SECONDS)
+
+    def ok(self, news: str) -> None:
+        """Telegram answered; ``news`` is logged when that is news."""
+        if not self.healthy:
+            log.info("%s", news)
+        self.fault = None
+        self.healthy = True
+        self.delay = RETRY_FIRST_SECONDS
 
 
 def create_dispatcher(
@@ -166,6 +235,8 @@ class BotRuntime:
             payments_interval=payments_interval,
         )
         self._loops: list[asyncio.Task[Any]] = []
+        self._stopping: asyncio.Event | None = None
+        self._poller: asyncio.Task[None] | None = None
         self._updates: set[asyncio.Task[Any]] = set()
         self._slots = asyncio.Semaphore(WEBHOOK_CONCURRENCY)
 
@@ -229,25 +300,67 @@ class BotRuntime:
     # -- long polling -----------------------------------------------------------------------
 
     async def run_polling(self, *, handle_signals: bool = True) -> None:
-        """Until SIGINT/SIGTERM (or ``stop()``). Polling and a webhook exclude each other, so
-        the webhook is deleted first."""
-        await self.bot.delete_webhook(drop_pending_updates=False)
-        await self.set_commands()
-        self.start_loops()
+        """Until SIGINT/SIGTERM (or ``stop()``); never raises for Telegram being away or
+        refusing the token: it says so in one log line and keeps trying with backoff, so
+        ``comfygram run`` keeps its backend and worker up. Polling and a webhook exclude each
+        other, so the webhook is deleted first."""
+        self._stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        if handle_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, self._stopping.set)
+        self._poller = asyncio.create_task(self._poll(), name="bot-polling")
+        stopping = asyncio.create_task(self._stopping.wait())
         try:
-            await self.dispatcher.start_polling(
-                self.bot,
-                allowed_updates=self.allowed_updates,
-                tasks_concurrency_limit=WEBHOOK_CONCURRENCY,
-                handle_signals=handle_signals,
-                close_bot_session=False,
-            )
+            await asyncio.wait({self._poller, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
         finally:
+            stopping.cancel()
+            if handle_signals:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(sig)
             await self.close()
 
     async def stop(self) -> None:
-        """End ``run_polling()``."""
-        await self.dispatcher.stop_polling()
+        """End ``run_polling()`` (harmless when it is not running)."""
+        if self._stopping is not None:
+            self._stopping.set()
+
+    async def _poll(self) -> None:
+        health = TelegramHealth(self.settings)
+        while True:  # start: who we are, no webhook, the command menu
+            try:
+                me = await self.bot(GetMe(), request_timeout=START_TIMEOUT_SECONDS)
+                await self.bot.delete_webhook(
+                    drop_pending_updates=False, request_timeout=START_TIMEOUT_SECONDS
+                )
+                await self.set_commands()
+            except POLLING_FAULTS as exc:
+                await health.failed(exc)
+                continue
+            break
+        health.ok(f"bot @{me.username} is polling Telegram")
+        self.start_loops()
+        offset: int | None = None
+        while True:
+            try:
+                updates = await self.bot(
+                    GetUpdates(
+                        offset=offset,
+                        timeout=POLL_SECONDS,
+                        allowed_updates=self.allowed_updates,
+                    ),
+                    request_timeout=POLL_SECONDS + START_TIMEOUT_SECONDS,
+                )
+            except POLLING_FAULTS as exc:
+                await health.failed(exc)
+                continue
+            health.ok(f"bot @{me.username} is polling Telegram again")
+            for update in updates:
+                offset = update.update_id + 1
+                self.feed(update)
 
     # -- webhook ----------------------------------------------------------------------------
 
@@ -260,21 +373,20 @@ class BotRuntime:
 
     async def _set_webhook(self) -> None:
         assert self.settings.webhook_url is not None and self.settings.webhook_secret is not None
-        delay = 1.0
+        health = TelegramHealth(self.settings)
         while True:
             try:
                 await self.bot.set_webhook(
                     self.settings.webhook_url,
                     secret_token=self.settings.webhook_secret.get_secret_value(),
                     allowed_updates=self.allowed_updates,
+                    request_timeout=START_TIMEOUT_SECONDS,
                 )
                 await self.set_commands()
-            except (TelegramAPIError, OSError, TimeoutError) as exc:
-                log.warning("setWebhook failed (%s); retrying in %.0f s", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 60.0)
+            except POLLING_FAULTS as exc:
+                await health.failed(exc)
                 continue
-            log.info("webhook set; receiving %s", ", ".join(self.allowed_updates))
+            health.ok(f"webhook set; receiving {', '.join(self.allowed_updates)}")
             return
 
     def parse(self, raw: dict[str, Any]) -> Update:

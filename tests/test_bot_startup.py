@@ -1,0 +1,137 @@
+"""`comfygram bot` as a real process when Telegram refuses the token or cannot be reached, and
+when the backend is down: it keeps running, says what is wrong in one line (no traceback, no
+token), retries, and serves as soon as Telegram answers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tests.doubles.telegram import TEST_BOT_TOKEN, TelegramDouble
+from tests.helpers import API_TOKEN
+from tests.redis_server import free_port
+
+TOKEN_LINE = "BOT_TOKEN rejected by Telegram (401 Unauthorized): check BOT_TOKEN"
+
+
+class Process:
+    """The running `comfygram bot` and everything it has printed so far."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.output = ""
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.process.stdout is not None
+        async for line in self.process.stdout:
+            self.output += line.decode(errors="replace")
+
+    async def wait_for(self, text: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.output:
+            assert self.process.returncode is None, f"the bot exited:\n{self.output}"
+            assert time.monotonic() < deadline, f"never said {text!r}:\n{self.output}"
+            await asyncio.sleep(0.1)
+
+    def lines(self, text: str) -> list[str]:
+        return [line for line in self.output.splitlines() if text in line]
+
+    async def stop(self) -> int:
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(self.process.wait(), 30)
+        await self._reader
+        return code
+
+
+@pytest.fixture
+async def bot_process(tmp_path, redis_prefix: str) -> AsyncIterator:
+    started: list[Process] = []
+
+    async def start(telegram_url: str) -> Process:
+        keep = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS", "DATABASE"))}
+        env = {
+            **keep,
+            "API_TOKEN": API_TOKEN,
+            "BOT_TOKEN": TEST_BOT_TOKEN,
+            "TELEGRAM_API_URL": telegram_url,
+            # Nothing listens there: the backend is down the whole time.
+            "BACKEND_URL": f"http://127.0.0.1:{free_port()}",
+            "REDIS_URL": "redis://127.0.0.1:6379/9",
+            "REDIS_PREFIX": redis_prefix,
+            "LOG_LEVEL": "INFO",
+        }
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "comfygram",
+            "bot",
+            cwd=tmp_path,  # no .env there
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        started.append(Process(process))
+        return started[-1]
+
+    yield start
+    for process in started:
+        await process.stop()
+
+
+async def _serves(bot: Process, telegram: TelegramDouble) -> None:
+    """Polling has begun, and a message is answered (the backend is down: "try again")."""
+    deadline = time.monotonic() + 30
+    while not telegram.sent("getUpdates"):  # a long poll is waiting
+        assert time.monotonic() < deadline, f"never polled:\n{bot.output}"
+        await asyncio.sleep(0.1)
+    user = telegram.user(8101)
+    await user.send_command("balance")
+    await telegram.wait_for(
+        "sendMessage",
+        chat_id=8101,
+        timeout=15,
+        predicate=lambda c: "try again in a minute" in c.params["text"],
+    )
+    await bot.wait_for("backend unavailable")
+    assert len(bot.lines("backend unavailable")) == 1
+
+
+async def test_a_rejected_token_is_said_once_and_the_bot_waits_for_a_good_one(bot_process):
+    async with TelegramDouble(token="999:another-bots-token") as telegram:
+        bot = await bot_process(telegram.url)
+        await bot.wait_for(TOKEN_LINE)
+        await asyncio.sleep(4)  # several retries
+        assert bot.process.returncode is None, bot.output
+        assert len(bot.lines("BOT_TOKEN")) == 1, bot.output
+        assert len(telegram.sent("getMe")) >= 2  # it did retry
+        # Telegram accepts the token now (say, the operator fixed it at BotFather's side).
+        telegram.token = TEST_BOT_TOKEN
+        await _serves(bot, telegram)
+        assert await bot.stop() == 0
+    assert "Traceback" not in bot.output
+    assert TEST_BOT_TOKEN not in bot.output and "TEST-double-token" not in bot.output
+
+
+async def test_telegram_unreachable_is_said_once_and_the_bot_starts_when_it_is_back(bot_process):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    bot = await bot_process(url)
+    line = f"Telegram unreachable at {url}: check the network/proxy"
+    await bot.wait_for(line)
+    await asyncio.sleep(3)
+    assert bot.process.returncode is None, bot.output
+    assert len(bot.lines("Telegram unreachable")) == 1, bot.output
+    async with TelegramDouble(port=port) as telegram:
+        await _serves(bot, telegram)
+        await bot.wait_for("is polling Telegram")
+        assert await bot.stop() == 0
+    assert "Traceback" not in bot.output
+    assert "TEST-double-token" not in bot.output
