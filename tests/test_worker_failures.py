@@ -157,3 +157,76 @@ async def test_a_finisher_that_keeps_dying_ends_the_job_after_max_attempts(
     assert await balance(stack) == START_BALANCE
     assert len(apologies(stack)) == 1
     await eventually(lambda: queue_is_empty(stack))
+
+
+async def _executing(stack: Stack) -> bool:
+    return stack.comfyui.running is not None
+
+
+async def _kill_comfyui_mid_run(stack: Stack) -> None:
+    """ComfyUI dies (losing its queue, as a process killed for memory does) while it runs."""
+    await eventually(lambda: _executing(stack), timeout=20)
+    await asyncio.sleep(0.3)  # the worker has seen it start
+    await stack.comfyui.stop()
+    await asyncio.sleep(1.0)
+
+
+async def test_a_job_under_which_comfyui_dies_twice_fails_with_one_refund(stack: Stack):
+    stack.comfyui.execution_delay = 3.0
+    job_id = await create(stack)
+    stack.start_worker()
+    await _kill_comfyui_mid_run(stack)
+    await stack.comfyui.start()
+    await _kill_comfyui_mid_run(stack)  # the same job, resubmitted, kills it again
+    job = await stack.settled(job_id, timeout=30)
+    assert job.status == "failed" and job.error.startswith("comfyui_crash:")
+    assert job.comfyui_crashes == 2
+    assert await balance(stack) == START_BALANCE
+    (apology,) = apologies(stack)
+    assert "could not be processed" in apology.params["text"]
+    submitted = len(stack.comfyui.prompts_received)
+    assert submitted == 2
+    await stack.comfyui.start()
+    await asyncio.sleep(1.5)
+    assert len(stack.comfyui.prompts_received) == submitted  # never given to ComfyUI again
+    assert await balance(stack) == START_BALANCE
+    await eventually(lambda: queue_is_empty(stack))
+
+
+async def test_a_job_under_which_comfyui_dies_once_succeeds_when_it_is_back(stack: Stack):
+    stack.comfyui.execution_delay = 1.5
+    job_id = await create(stack)
+    stack.start_worker()
+    await _kill_comfyui_mid_run(stack)
+    await stack.comfyui.start()
+    job = await stack.settled(job_id, timeout=30)
+    assert (job.status, job.attempts, job.comfyui_crashes) == ("succeeded", 0, 1)
+    assert await balance(stack) == START_BALANCE - 1
+
+
+async def test_a_comfyui_down_before_the_job_was_submitted_does_not_count(stack: Stack):
+    await stack.comfyui.stop()
+    job_id = await create(stack)
+    stack.start_worker()
+    await asyncio.sleep(2.0)
+    await stack.comfyui.start()
+    await asyncio.sleep(1.0)
+    await stack.comfyui.stop()  # down again, still before anything ran
+    await asyncio.sleep(1.5)
+    await stack.comfyui.start()
+    job = await stack.settled(job_id, timeout=30)
+    assert (job.status, job.attempts, job.comfyui_crashes) == ("succeeded", 0, 0)
+
+
+async def test_a_comfyui_death_reported_twice_counts_once_and_only_while_running(stack: Stack):
+    from comfygram.api import BackendError
+
+    job_id = await create(stack)
+    with pytest.raises(BackendError) as refused:  # queued: nothing ran, nothing to count
+        await stack.backend.record_comfyui_crash(job_id, seen=0)
+    assert (refused.value.status, refused.value.code) == (409, "job_not_processing")
+    await stack.backend.set_status(job_id, "processing", worker="tests")
+    first = await stack.backend.record_comfyui_crash(job_id, seen=0)
+    again = await stack.backend.record_comfyui_crash(job_id, seen=0)  # a retried report
+    assert first.comfyui_crashes == again.comfyui_crashes == 1
+    assert (await stack.backend.record_comfyui_crash(job_id, seen=1)).comfyui_crashes == 2
