@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel
@@ -17,6 +18,7 @@ __all__ = [
     "BackendClient",
     "BackendError",
     "BackendUnavailable",
+    "ChargeRefund",
     "Invoice",
     "Job",
     "Payment",
@@ -123,6 +125,24 @@ class Payment(BaseModel):
     telegram_payment_charge_id: str | None
     credited: bool
     balance: int
+
+
+class ChargeRefund(BaseModel):
+    """A Stars charge that could not be credited and is (being) given back."""
+
+    telegram_payment_charge_id: str
+    telegram_id: int
+    chat_id: int
+    language: str | None
+    payload: str
+    amount: int
+    currency: str
+    reason: str
+    status: str  # due, refunded or failed
+    attempts: int
+    error: str | None
+    claimed: bool = False
+    changed: bool = False
 
 
 class Stats(BaseModel):
@@ -331,8 +351,16 @@ class BackendClient:
         body = {"telegram_id": telegram_id, "package": package}
         return Invoice.model_validate(await self._json("POST", "/api/payments/create", json=body))
 
-    async def precheck_payment(self, payload: str, total_amount: int, currency: str) -> Payment:
-        body = {"payload": payload, "total_amount": total_amount, "currency": currency}
+    async def precheck_payment(
+        self, payload: str, total_amount: int, currency: str, *, telegram_id: int | None = None
+    ) -> Payment:
+        """May the invoice be paid now (by ``telegram_id``)? Yes holds it for a minute."""
+        body = {
+            "payload": payload,
+            "total_amount": total_amount,
+            "currency": currency,
+            "telegram_id": telegram_id,
+        }
         return Payment.model_validate(await self._json("POST", "/api/payments/precheck", json=body))
 
     async def confirm_payment(
@@ -345,6 +373,49 @@ class BackendClient:
             "telegram_payment_charge_id": telegram_payment_charge_id,
         }
         return Payment.model_validate(await self._json("POST", "/api/payments/confirm", json=body))
+
+    async def record_refund(
+        self,
+        payload: str,
+        total_amount: int,
+        currency: str,
+        telegram_payment_charge_id: str,
+        *,
+        telegram_id: int,
+        chat_id: int,
+        language: str | None,
+    ) -> ChargeRefund:
+        """Record a charge confirm refused for a refund (once per charge id); ``claimed`` says
+        whether this caller is the one to call refundStarPayment now."""
+        body = {
+            "payload": payload,
+            "total_amount": total_amount,
+            "currency": currency,
+            "telegram_payment_charge_id": telegram_payment_charge_id,
+            "telegram_id": telegram_id,
+            "chat_id": chat_id,
+            "language": language,
+        }
+        return ChargeRefund.model_validate(
+            await self._json("POST", "/api/payments/refunds", json=body)
+        )
+
+    async def due_refunds(self, *, limit: int = 50) -> list[ChargeRefund]:
+        """Refunds still to make that nobody holds now."""
+        rows = await self._json("GET", "/api/payments/refunds", params={"limit": limit})
+        return [ChargeRefund.model_validate(row) for row in rows]
+
+    async def claim_refund(self, telegram_payment_charge_id: str) -> ChargeRefund:
+        path = f"/api/payments/refunds/{quote(telegram_payment_charge_id, safe='')}/claim"
+        return ChargeRefund.model_validate(await self._json("POST", path))
+
+    async def refund_result(
+        self, telegram_payment_charge_id: str, outcome: str, error: str | None = None
+    ) -> ChargeRefund:
+        """refunded, failed (for good) or retry; ``changed`` on the one call that changed it."""
+        path = f"/api/payments/refunds/{quote(telegram_payment_charge_id, safe='')}/result"
+        body = {"outcome": outcome, "error": error}
+        return ChargeRefund.model_validate(await self._json("POST", path, json=body))
 
     # -- workers ----------------------------------------------------------------------------
 

@@ -680,6 +680,29 @@ class TelegramDouble:
         chat[message_id] = state
         return state
 
+    def forward(self, chat_id: int, message_id: int, to_chat_id: int) -> MessageState:
+        """A user forwards a bot message to another chat. A forwarded invoice keeps a Pay
+        button (anyone may pay the same invoice) unless it was sent with a start_parameter;
+        then the copy carries a URL button opening the bot with that deep link instead."""
+        original = self._messages[chat_id][message_id]
+        markup = original.reply_markup
+        invoice = original.media.get("invoice")
+        if invoice is not None:
+            stars = f"Pay ⭐️{invoice['total_amount']}"
+            if invoice["start_parameter"]:
+                link = f"https://t.me/{BOT_USERNAME}?start={invoice['start_parameter']}"
+                markup = {"inline_keyboard": [[{"text": stars, "url": link}]]}
+            else:
+                markup = {"inline_keyboard": [[{"text": stars, "pay": True}]]}
+        origin = {"type": "user", "sender_user": original.sender, "date": original.date}
+        return self._new_message(
+            to_chat_id,
+            from_bot=False,
+            text=original.text,
+            media={**original.media, "forward_origin": origin},
+            reply_markup=markup,
+        )
+
     # -- updates ------------------------------------------------------------------------------
 
     async def push_update(self, kind: str, payload: dict[str, Any]) -> dict[str, Any] | None:

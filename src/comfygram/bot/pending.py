@@ -10,6 +10,7 @@ credited thanks the user.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from aiogram.methods import SendMessage
@@ -19,6 +20,7 @@ from redis.exceptions import RedisError
 
 from comfygram.api import BackendClient, BackendError, BackendUnavailable, Payment
 from comfygram.bot.keys import bot_key
+from comfygram.bot.refunds import UNCREDITABLE, ChargeRefunds
 from comfygram.i18n import t
 from comfygram.telegram import MessageGone, TelegramSender, TelegramUnavailable, UserBlocked
 
@@ -27,6 +29,8 @@ log = logging.getLogger(__name__)
 
 class PendingPayment(BaseModel):
     chat_id: int
+    # Who paid (refundStarPayment's user_id); entries stored before it was kept: the chat.
+    telegram_id: int | None = None
     lang: str
     payload: str
     total_amount: int
@@ -52,9 +56,23 @@ class PendingPayments:
         self.tg = tg
         self.interval = interval
         self.key = bot_key(prefix, "payments", "pending")
+        # Charges that cannot be credited are given back (refundStarPayment), retried here too.
+        self.refunds = ChargeRefunds(backend, tg)
 
     async def add(self, payment: PendingPayment) -> None:
         await self.redis.hset(self.key, payment.charge_id, payment.model_dump_json())
+
+    async def give_back(self, payment: PendingPayment) -> None:
+        """Refund a charge the backend refused to credit; BackendUnavailable propagates."""
+        await self.refunds.refund(
+            payload=payment.payload,
+            total_amount=payment.total_amount,
+            currency=payment.currency,
+            charge_id=payment.charge_id,
+            telegram_id=payment.telegram_id or payment.chat_id,
+            chat_id=payment.chat_id,
+            lang=payment.lang,
+        )
 
     async def run(self) -> None:
         while True:
@@ -67,6 +85,11 @@ class PendingPayments:
             await asyncio.sleep(self.interval)
 
     async def retry(self) -> None:
+        await self._retry_confirmations()
+        with contextlib.suppress(BackendUnavailable):  # still away: next round
+            await self.refunds.retry_due()
+
+    async def _retry_confirmations(self) -> None:
         for charge_id, raw in (await self.redis.hgetall(self.key)).items():
             pending = PendingPayment.model_validate_json(raw)
             try:
@@ -76,8 +99,14 @@ class PendingPayments:
             except BackendUnavailable:
                 return  # still away; next round
             except BackendError as exc:
-                # A definite no (wrong amount, another charge): retrying cannot help.
-                log.error("payment %s cannot be credited: %s", charge_id, exc)
+                # A definite no (wrong amount, another charge): the Stars go back.
+                if exc.code in UNCREDITABLE:
+                    try:
+                        await self.give_back(pending)
+                    except BackendUnavailable:
+                        return
+                else:
+                    log.error("payment %s cannot be credited: %s", charge_id, exc)
                 await self.redis.hdel(self.key, charge_id)
                 continue
             await self.redis.hdel(self.key, charge_id)

@@ -14,6 +14,7 @@ from comfygram.api import BackendClient, BackendError, BackendUnavailable
 from comfygram.bot.callbacks import Buy, Package
 from comfygram.bot.keyboards import menu_labels
 from comfygram.bot.pending import PendingPayment, PendingPayments, thanks
+from comfygram.bot.refunds import UNCREDITABLE
 from comfygram.bot.replies import offer_packages, send
 from comfygram.i18n import t
 from comfygram.settings import Settings
@@ -24,10 +25,17 @@ log = logging.getLogger(__name__)
 # Telegram waits 10 s for the answer to a pre_checkout_query; keep well inside that.
 PRECHECK_TIMEOUT_SECONDS = 5.0
 STARS = "XTR"
+# With a start_parameter, a forwarded copy of an invoice carries a button opening the bot
+# (t.me/<bot>?start=buy) instead of Pay; without one, anyone it is forwarded to could pay the
+# same invoice again.
+INVOICE_START_PARAMETER = "buy"
 
 # Why a pre-checkout is refused, in words a person understands, by backend error code.
 _PRECHECK_REFUSALS = {
     "payment_closed": "bot.pay.already_paid",
+    "payment_in_progress": "bot.pay.in_progress",
+    "payment_expired": "bot.pay.expired",
+    "payment_not_yours": "bot.pay.not_yours",
     "amount_mismatch": "bot.pay.invoice_changed",
     "currency_mismatch": "bot.pay.invoice_changed",
     "payment_not_found": "bot.pay.invoice_changed",
@@ -74,6 +82,7 @@ async def send_invoice(
         title=title,
         description=t(lang, "bot.invoice.description", credits=invoice.credits),
         payload=invoice.payload,
+        start_parameter=INVOICE_START_PARAMETER,
         currency=STARS,
         prices=[LabeledPrice(label=title, amount=invoice.amount)],
     )
@@ -83,11 +92,17 @@ async def send_invoice(
 async def pre_checkout(
     query: PreCheckoutQuery, bot: Bot, backend: BackendClient, lang: str
 ) -> None:
-    """Answer within Telegram's 10 s: yes only if the backend says the invoice is payable."""
+    """Answer within Telegram's 10 s: yes only if the backend says the invoice is payable by
+    this user now (a yes holds it, so a second payment of it is refused)."""
     error_key: str | None = None
     try:
         await asyncio.wait_for(
-            backend.precheck_payment(query.invoice_payload, query.total_amount, query.currency),
+            backend.precheck_payment(
+                query.invoice_payload,
+                query.total_amount,
+                query.currency,
+                telegram_id=query.from_user.id,
+            ),
             timeout=PRECHECK_TIMEOUT_SECONDS,
         )
     except BackendError as exc:
@@ -121,19 +136,13 @@ async def successful_payment(
         )
     except BackendUnavailable:
         # Telegram has taken the Stars: keep the confirmation and retry until it lands.
-        await pending.add(
-            PendingPayment(
-                chat_id=chat_id,
-                lang=lang,
-                payload=paid.invoice_payload,
-                total_amount=paid.total_amount,
-                currency=paid.currency,
-                charge_id=paid.telegram_payment_charge_id,
-            )
-        )
+        await pending.add(_pending(message, lang))
         await send(tg, chat_id, t(lang, "bot.pay.delayed"))
         return
     except BackendError as exc:
+        if exc.code in UNCREDITABLE:
+            await _give_back(message, lang, pending)
+            return
         log.error("payment %s not credited: %s", paid.telegram_payment_charge_id, exc)
         await send(tg, chat_id, t(lang, "bot.pay.problem"))
         return
@@ -142,6 +151,29 @@ async def successful_payment(
     else:
         # The same successful_payment again (Telegram redelivered it): credited and thanked.
         log.info("payment %s already credited", paid.telegram_payment_charge_id)
+
+
+def _pending(message: Message, lang: str) -> PendingPayment:
+    paid = message.successful_payment
+    assert paid is not None
+    return PendingPayment(
+        chat_id=message.chat.id,
+        telegram_id=message.from_user.id if message.from_user else None,
+        lang=lang,
+        payload=paid.invoice_payload,
+        total_amount=paid.total_amount,
+        currency=paid.currency,
+        charge_id=paid.telegram_payment_charge_id,
+    )
+
+
+async def _give_back(message: Message, lang: str, pending: PendingPayments) -> None:
+    """Stars Telegram took that cannot be credited (the invoice was paid already, expired,
+    ...): refund them; if the backend cannot record that now, keep the charge for later."""
+    try:
+        await pending.give_back(_pending(message, lang))
+    except BackendUnavailable:
+        await pending.add(_pending(message, lang))
 
 
 def create_router() -> Router:
