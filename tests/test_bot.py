@@ -415,3 +415,30 @@ async def test_the_bots_log_lines_about_a_job_carry_its_id(
     (job,) = await world.backend.jobs(5090)
     tagged = [r for r in caplog.records if getattr(r, "job_id", None) == job.id]
     assert any(r.getMessage().endswith("created for user 5090, preset invert") for r in tagged)
+
+
+async def test_any_message_from_a_user_marked_blocked_clears_the_mark(world: World):
+    user = await _started(world, 5017)
+    world.telegram.block(5017)
+    await user.send_command("balance")
+    await world.telegram.wait_for("sendMessage", chat_id=5017, predicate=lambda c: c.status == 403)
+    await world.settle()
+    assert (await world.backend.user(5017)).blocked_bot is True
+    # One failed send, and then the user keeps chatting (not /start): they are reachable.
+    world.telegram.unblock(5017)
+    since = world.mark()
+    await user.send_text("hello?")
+    await world.reply(user, containing="Send me a photo", since=since)
+    await world.settle()
+    assert (await world.backend.user(5017)).blocked_bot is False
+
+
+async def test_blocking_and_unblocking_the_bot_is_heard(world: World):
+    user = await _started(world, 5018)
+    assert await user.block_bot() is not None  # the bot subscribed to my_chat_member
+    await world.settle()
+    assert (await world.backend.user(5018)).blocked_bot is True
+    assert not world.telegram.sent("sendMessage", 5018)[1:]  # nothing sent to a blocked chat
+    await user.unblock_bot()
+    await world.settle()
+    assert (await world.backend.user(5018)).blocked_bot is False

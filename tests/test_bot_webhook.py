@@ -32,7 +32,12 @@ async def test_webhook_is_set_with_the_secret_and_only_the_updates_used(world: W
     assert webhook is not None
     assert webhook["url"] == f"{world.settings.backend_url}/webhook"
     assert webhook["secret_token"] == WEBHOOK_SECRET
-    assert sorted(webhook["allowed_updates"]) == ["callback_query", "message", "pre_checkout_query"]
+    assert sorted(webhook["allowed_updates"]) == [
+        "callback_query",
+        "message",
+        "my_chat_member",
+        "pre_checkout_query",
+    ]
     await world.telegram.wait_for(
         "setMyCommands", predicate=lambda c: c.params.get("language_code") == "ru"
     )

@@ -1419,6 +1419,32 @@ class UserDriver:
         self.last_update = await self.double.push_update("callback_query", query)
         return query
 
+    async def block_bot(self) -> dict[str, Any] | None:
+        """Block the bot in Telegram: sends to the chat answer 403 from now on, and the bot
+        gets a my_chat_member update (status "kicked") if it subscribed to them."""
+        self.double.block(self.id)
+        return await self._membership("member", "kicked")
+
+    async def unblock_bot(self) -> dict[str, Any] | None:
+        """Unblock (restart) the bot: my_chat_member with status "member"."""
+        self.double.unblock(self.id)
+        return await self._membership("kicked", "member")
+
+    async def _membership(self, old: str, new: str) -> dict[str, Any] | None:
+        def member(status: str) -> dict[str, Any]:
+            state = {"user": self.double.bot_user, "status": status}
+            return {**state, "until_date": 0} if status == "kicked" else state
+
+        change = {
+            "chat": self.double._chat_dict(self.id),
+            "from": self.user,
+            "date": int(time.time()),
+            "old_chat_member": member(old),
+            "new_chat_member": member(new),
+        }
+        self.last_update = await self.double.push_update("my_chat_member", change)
+        return self.last_update
+
     async def pre_checkout(self, invoice_call: Call) -> str:
         """Start paying the invoice the bot sent with `invoice_call`; returns the query id."""
         assert invoice_call.method == "sendInvoice" and invoice_call.ok, "not a sent invoice"

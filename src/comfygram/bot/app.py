@@ -28,6 +28,8 @@ from aiogram.types import BotCommand, BotCommandScopeChat, BotCommandScopeDefaul
 from redis.asyncio import Redis
 
 from comfygram.api import BackendClient
+from comfygram.bot import blocking
+from comfygram.bot.blocking import BlockedFlags, HeardFromMiddleware
 from comfygram.bot.catalog import PresetCatalog
 from comfygram.bot.keys import bot_key
 from comfygram.bot.languages import LanguageStore
@@ -157,11 +159,13 @@ def create_dispatcher(
     eta = Eta(backend)
     tracker = QueueTracker(redis, prefix, backend, tg, eta, interval=status_interval)
     languages = LanguageStore(redis, prefix, backend)
+    blocked_flags = BlockedFlags(redis, prefix, backend)
     dispatcher = Dispatcher(
         storage=storage,
         settings=settings,
         tg=tg,
         languages=languages,
+        blocked_flags=blocked_flags,
         catalog=PresetCatalog(backend),
         sources=SourceStore(redis, prefix),
         tracker=tracker,
@@ -171,6 +175,7 @@ def create_dispatcher(
     dispatcher.update.outer_middleware(DedupeMiddleware(redis, prefix))
     dispatcher.update.outer_middleware(BackendMiddleware(backend))
     dispatcher.update.outer_middleware(LanguageMiddleware(languages))
+    dispatcher.message.outer_middleware(HeardFromMiddleware(blocked_flags))
     dispatcher.message.outer_middleware(
         ThrottlingMiddleware(redis, prefix, "message", MESSAGE_BURST, MESSAGE_RATE)
     )
@@ -190,7 +195,7 @@ def create_dispatcher(
         photos.create_router(),
         fallback.create_router(),
     )
-    dispatcher.include_routers(errors.create_router(), private)
+    dispatcher.include_routers(errors.create_router(), blocking.create_router(), private)
     return dispatcher
 
 

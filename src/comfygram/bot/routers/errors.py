@@ -15,8 +15,9 @@ from aiogram.exceptions import TelegramAPIError
 from aiogram.filters import ExceptionTypeFilter
 from aiogram.types import Chat, ErrorEvent, User
 
-from comfygram.api import BackendClient, BackendError, BackendUnavailable
-from comfygram.bot.replies import mark_blocked, send
+from comfygram.api import BackendError, BackendUnavailable
+from comfygram.bot.blocking import BlockedFlags
+from comfygram.bot.replies import send
 from comfygram.i18n import DEFAULT_LANGUAGE, t
 from comfygram.telegram import MessageGone, TelegramSender, TelegramUnavailable, UserBlocked
 
@@ -52,11 +53,10 @@ async def backend_unavailable(
 
 
 async def user_blocked(
-    event: ErrorEvent, backend: BackendClient, event_from_user: User | None = None
+    event: ErrorEvent, blocked_flags: BlockedFlags, event_from_user: User | None = None
 ) -> None:
     if event_from_user is not None:
-        log.info("user %s blocked the bot; marked", event_from_user.id)
-        await mark_blocked(backend, event_from_user.id)
+        await blocked_flags.mark(event_from_user.id, blocked=True)
 
 
 async def telegram_unavailable(event: ErrorEvent) -> None:
