@@ -20,7 +20,7 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import func, select
 
-from comfygram.backend.models import Job, LedgerEntry, Payment, User
+from comfygram.backend.models import ChargeRefund, Job, LedgerEntry, Payment, User
 from comfygram.settings import Settings
 from tests import images
 from tests.conftest import WEBHOOK_SECRET
@@ -82,7 +82,7 @@ async def snapshot(app: FastAPI) -> dict[str, Any]:
     async with app.state.sessions() as session:
         counts = {
             model.__tablename__: await session.scalar(select(func.count()).select_from(model))
-            for model in (User, Job, LedgerEntry, Payment)
+            for model in (User, Job, LedgerEntry, Payment, ChargeRefund)
         }
         users = await session.execute(
             select(User.telegram_id, User.balance, User.blocked_bot).order_by(User.telegram_id)
@@ -98,9 +98,12 @@ async def snapshot(app: FastAPI) -> dict[str, Any]:
             ).order_by(Job.id)
         )
         payments = await session.execute(
-            select(Payment.id, Payment.status, Payment.telegram_payment_charge_id).order_by(
-                Payment.id
-            )
+            select(
+                Payment.id,
+                Payment.status,
+                Payment.telegram_payment_charge_id,
+                Payment.precheckout_at,
+            ).order_by(Payment.id)
         )
         state: dict[str, Any] = {
             "counts": counts,
@@ -228,6 +231,24 @@ def confirm_body(**overrides: Any) -> Build:
     return build
 
 
+def refund_body(**overrides: Any) -> Build:
+    """A charge of the world's invoice reported for a refund by user 1001."""
+
+    def build(world: World) -> Kwargs:
+        base = {
+            "payload": world.payload,
+            "total_amount": 50,
+            "currency": "XTR",
+            "telegram_payment_charge_id": "charge-B",
+            "telegram_id": 1001,
+            "chat_id": 1001,
+            "language": "en",
+        }
+        return {"json": _merge(base, overrides)}
+
+    return build
+
+
 def oversized_png(size: int) -> bytes:
     """A real PNG's opening bytes padded to exactly `size` bytes."""
     prefix = images.png()
@@ -304,9 +325,14 @@ API_ROUTES: list[tuple[str, str, Build]] = [
     ("GET", "/api/jobs/{job_id}/result", nothing),
     ("POST", "/api/jobs/{job_id}/delivery", body(status="delivered")),
     ("POST", "/api/jobs/{job_id}/status-message", status_message_body()),
+    ("POST", "/api/jobs/{job_id}/comfyui-crash", body(seen=0)),
     ("POST", "/api/payments/create", payment_body()),
     ("POST", "/api/payments/precheck", precheck_body()),
     ("POST", "/api/payments/confirm", confirm_body()),
+    ("POST", "/api/payments/refunds", refund_body()),
+    ("GET", "/api/payments/refunds", nothing),
+    ("POST", "/api/payments/refunds/{charge_id}/claim", nothing),
+    ("POST", "/api/payments/refunds/{charge_id}/result", body(outcome="retry")),
     ("PATCH", "/api/users/by-telegram-id/{telegram_id}", body(language_code="ru")),
     ("GET", "/api/stats", nothing),
     ("PUT", "/api/workers/{name}", worker_body()),
@@ -325,7 +351,13 @@ BAD_AUTHORIZATION: list[str | None] = [
 
 
 def _fill(path: str, world: World) -> str:
-    return path.format(telegram_id=world.telegram_id, slug="bw", job_id=world.job_id, name="gpu-1")
+    return path.format(
+        telegram_id=world.telegram_id,
+        slug="bw",
+        job_id=world.job_id,
+        name="gpu-1",
+        charge_id="charge-B",
+    )
 
 
 def test_auth_table_lists_every_api_route(app: FastAPI) -> None:
@@ -660,6 +692,38 @@ CASES = [
         ("precheck-unknown-payload", precheck_body(payload="cg-unknown"), 404, "payment_not_found"),
         ("precheck-amount-string", precheck_body(total_amount="50"), 422, INVALID),
         ("precheck-payload-nul", precheck_body(payload="cg-\x00"), 422, INVALID),
+        ("precheck-someone-else", precheck_body(telegram_id=2002), 403, "payment_not_yours"),
+        ("precheck-telegram-id-0", precheck_body(telegram_id=0), 422, INVALID),
+    ),
+    *route(
+        "POST",
+        "/api/payments/refunds",
+        ("refund-creditable-invoice", refund_body(), 409, "payment_creditable"),
+        ("refund-telegram-id-0", refund_body(telegram_id=0), 422, INVALID),
+        ("refund-missing-telegram-id", refund_body(telegram_id=_DROP), 422, INVALID),
+        ("refund-missing-chat-id", refund_body(chat_id=_DROP), 422, INVALID),
+        ("refund-language-17-chars", refund_body(language="x" * 17), 422, INVALID),
+        ("refund-charge-id-nul", refund_body(telegram_payment_charge_id="c\x00"), 422, INVALID),
+        ("refund-amount-0", refund_body(total_amount=0), 422, INVALID),
+    ),
+    *route(
+        "GET",
+        "/api/payments/refunds",
+        ("refunds-limit-0", params(limit=0), 422, INVALID),
+        ("refunds-limit-x", params(limit="x"), 422, INVALID),
+    ),
+    *route(
+        "POST",
+        "/api/payments/refunds/{charge_id}/claim",
+        ("refund-claim-unknown-charge", nothing, 404, "refund_not_found"),
+    ),
+    *route(
+        "POST",
+        "/api/payments/refunds/{charge_id}/result",
+        ("refund-result-unknown-charge", body(outcome="refunded"), 404, "refund_not_found"),
+        ("refund-result-outcome-maybe", body(outcome="maybe"), 422, INVALID),
+        ("refund-result-error-nul", body(outcome="failed", error="x\x00"), 422, INVALID),
+        ("refund-result-error-301", body(outcome="failed", error="x" * 301), 422, INVALID),
     ),
     # ---- no such route or method
     *route("GET", "/api/nope", ("unknown-route", nothing, 404, "not_found")),
@@ -788,6 +852,17 @@ SETUP_CASES = [
             confirm_body(telegram_payment_charge_id="charge-A"),
             409,
             "charge_reused",
+        ),
+    ),
+    *after(
+        paid,
+        "POST",
+        "/api/payments/refunds",
+        (
+            "refund-credited-charge",
+            refund_body(telegram_payment_charge_id="charge-A"),
+            409,
+            "charge_credited",
         ),
     ),
     *after(
