@@ -98,3 +98,35 @@ async def test_a_press_telegram_calls_too_old_still_places_the_order(world: Worl
     assert job.status == "queued"
     texts = [c.params["text"] for c in world.telegram.sent("sendMessage", 6002)[-3:]]
     assert not [text for text in texts if "went wrong" in text or "Sorry" in text], texts
+
+
+async def test_the_price_is_checked_before_asking_for_the_prompt(world: World):
+    user = await _started(world, 6003)  # 3 credits; "edit" costs more
+    await user.send_photo(images.png())
+    keyboard = await world.reply(user, containing="Nice photo")
+    since = world.mark()
+    await user.press(keyboard.result, "ps:edit")
+    offer = await world.reply(user, containing="Not enough credits", since=since)
+    assert "(you have 3)" in offer.params["text"]
+    await world.settle()
+    texts = [c.params["text"] for c in world.telegram.sent("sendMessage", 6003)]
+    assert not [text for text in texts if "describe the edit" in text]
+    # No prompt is awaited: text is just text.
+    since = world.mark()
+    await user.send_text("make it snowy")
+    await world.reply(user, containing="Send me a photo", since=since)
+    assert await world.backend.jobs(6003) == []
+
+
+async def test_the_price_is_checked_before_asking_for_the_photo(world: World):
+    user = await _started(world, 6004)  # 3 credits; "oil" costs 5
+    await user.send_text("🎨 Presets")
+    keyboard = await world.reply(user, containing="then send me the photo")
+    since = world.mark()
+    await user.press(keyboard.result, "ps:oil")
+    offer = await world.reply(user, containing="Not enough credits", since=since)
+    assert "you need 2 more (you have 3)" in offer.params["text"]
+    await world.settle()
+    assert not [
+        c for c in world.telegram.calls[since:] if "Now send me" in str(c.params.get("text"))
+    ]

@@ -45,9 +45,15 @@ async def not_enough_credits(
     missing = details.get("missing")
     balance = details.get("balance")
     if isinstance(missing, int) and isinstance(balance, int):
-        intro = t(lang, "bot.credits.missing", missing=missing, balance=balance)
+        await short_of_credits(tg, chat_id, lang, settings, missing, balance)
     else:
-        intro = t(lang, "bot.credits.not_enough")
+        await offer_packages(tg, chat_id, lang, settings, t(lang, "bot.credits.not_enough"))
+
+
+async def short_of_credits(
+    tg: TelegramSender, chat_id: int, lang: str, settings: Settings, missing: int, balance: int
+) -> None:
+    intro = t(lang, "bot.credits.missing", missing=missing, balance=balance)
     await offer_packages(tg, chat_id, lang, settings, intro)
 
 

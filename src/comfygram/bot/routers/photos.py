@@ -20,7 +20,7 @@ from comfygram.bot.callbacks import Again, PresetChoice, PresetPage
 from comfygram.bot.catalog import PresetCatalog
 from comfygram.bot.keyboards import menu_labels, preset_title
 from comfygram.bot.orders import Orders, idempotency_key, image_limit
-from comfygram.bot.replies import send
+from comfygram.bot.replies import send, short_of_credits
 from comfygram.bot.sources import PhotoSource, SourceStore
 from comfygram.bot.states import Order
 from comfygram.bot.texts import text
@@ -137,12 +137,35 @@ async def _ask_prompt(
     await send(tg, chat_id, text(lang, "bot.prompt.ask", title=preset_title(preset, lang)))
 
 
+async def _can_afford(
+    user_id: int,
+    chat_id: int,
+    lang: str,
+    preset: Preset,
+    backend: BackendClient,
+    tg: TelegramSender,
+    settings: Settings,
+) -> bool:
+    """Before asking for a prompt or a photo: enough credits, or say how many are missing.
+    The job's creation checks again (and charges); this only spares a pointless question."""
+    try:
+        balance = (await backend.user(user_id)).balance
+    except BackendError:
+        return True  # not registered yet: placing the order registers them and checks
+    if balance >= preset.price:
+        return True
+    await short_of_credits(tg, chat_id, lang, settings, preset.price - balance, balance)
+    return False
+
+
 async def preset_chosen(
     query: CallbackQuery,
     callback_data: PresetChoice,
     state: FSMContext,
+    backend: BackendClient,
     tg: TelegramSender,
     lang: str,
+    settings: Settings,
     catalog: PresetCatalog,
     sources: SourceStore,
     orders: Orders,
@@ -155,6 +178,11 @@ async def preset_chosen(
     chat_id = query.message.chat.id
     keyboard_id = query.message.message_id
     source = await sources.find(chat_id, keyboard_id)
+    if (preset.takes_prompt or source is None) and not await _can_afford(
+        query.from_user.id, chat_id, lang, preset, backend, tg, settings
+    ):
+        await state.clear()
+        return
     if preset.takes_prompt:
         await _ask_prompt(chat_id, lang, tg, state, preset, source)
     elif source is not None:
