@@ -18,6 +18,7 @@ from comfygram.backend.admin.auth import MAX_FAILURES, SESSION_COOKIE, USERNAME_
 from comfygram.backend.app import create_app
 from comfygram.backend.models import Job, LedgerEntry, Payment, User
 from comfygram.backend.models import Preset as PresetRow
+from comfygram.settings import Settings
 from tests.admin_helpers import (
     ADMIN_PASSWORD,
     ADMIN_USERNAME,
@@ -27,7 +28,9 @@ from tests.admin_helpers import (
     panel_client,
     with_admin,
 )
-from tests.helpers import backend_client, create_job, register
+from tests.bot_helpers import serve
+from tests.conftest import REDIS_URL
+from tests.helpers import API_TOKEN, backend_client, create_job, register
 
 FOREIGN = "http://evil.test"
 # Addresses from the documentation ranges (RFC 5737): not loopback, so not trusted.
@@ -247,6 +250,46 @@ async def test_a_login_flood_leaves_the_api_and_redis_working(app, api):
     assert (await app.state.redis.ping()) is True
     async with panel_client(app) as operator:
         assert (await login(operator)).status_code == 302
+
+
+async def test_a_login_flood_over_real_http_gets_no_server_error(tmp_path, redis_prefix, redis):
+    # uvicorn trusts X-Forwarded-For from loopback (as `comfygram backend` does behind a local
+    # proxy), so each request can come from its own address, as a botnet's would.
+    # On SQLite only: the flood is about Redis and the HTTP server, not the database.
+    settings = Settings(
+        _env_file=None,
+        api_token=API_TOKEN,
+        database_url=f"sqlite+aiosqlite:///{tmp_path}/comfygram.db",
+        redis_url=REDIS_URL,
+        redis_prefix=redis_prefix,
+        media_dir=tmp_path / "media",
+    )
+    async with serve(lambda _url: create_app(with_admin(settings))) as url:
+        # A new connection per request: a kept-alive one may be closed by uvicorn as it is reused.
+        limits = httpx.Limits(max_connections=200, max_keepalive_connections=0)
+        async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+
+            async def guess(n: int) -> httpx.Response:
+                headers = {"X-Forwarded-For": f"198.18.{n // 250}.{n % 250 + 1}", "Origin": url}
+                form = {"username": ADMIN_USERNAME, "password": f"guess-{n}-guess"}
+                return await client.post("/admin/login", data=form, headers=headers)
+
+            async def api_call() -> httpx.Response:
+                token = {"Authorization": f"Bearer {API_TOKEN}"}
+                return await client.get("/api/workers", headers=token)
+
+            responses = await asyncio.gather(
+                *(guess(n) for n in range(400)), *(api_call() for _ in range(20))
+            )
+            statuses = Counter(r.status_code for r in responses[:400])
+            assert set(statuses) <= {400, 429, 503}, statuses
+            assert 1 <= statuses[400] <= USERNAME_MAX_FAILURES, statuses
+            assert all(r.status_code == 200 for r in responses[400:])
+            assert (await api_call()).status_code == 200
+            # The operator, from loopback (trusted), still gets in.
+            right = {"username": ADMIN_USERNAME, "password": ADMIN_PASSWORD}
+            done = await client.post("/admin/login", data=right, headers={"Origin": url})
+            assert done.status_code == 302, done.text
 
 
 # -- 4. The password in the username field --------------------------------------------------
