@@ -130,3 +130,28 @@ async def test_the_price_is_checked_before_asking_for_the_photo(world: World):
     assert not [
         c for c in world.telegram.calls[since:] if "Now send me" in str(c.params.get("text"))
     ]
+
+
+async def test_the_queue_message_says_when_no_gpu_serves_the_queue(world: World):
+    user = await _started(world, 6005)
+    await user.send_photo(images.jpeg())
+    keyboard = await world.reply(user, containing="Nice photo")
+    await user.press(keyboard.result, "ps:bw")
+    status = await world.reply(user, containing="Queued: position 1")
+    assert "No GPU is serving the queue right now" in status.params["text"]
+    assert "about" not in status.params["text"]
+    # A worker comes up: the estimate appears on the same message.
+    since = world.mark()
+    await world.backend.worker_heartbeat(
+        "gpu-1",
+        comfyui_url="http://127.0.0.1:1",
+        healthy=True,
+        runnable=["bw", "invert", "oil", "edit"],
+        problems={},
+        ttl_seconds=60,
+    )
+    edit = await world.reply(
+        user, method="editMessageText", containing="about", since=since, timeout=15
+    )
+    assert edit.params["message_id"] == status.result["message_id"]
+    assert edit.params["text"] == "⏳ Queued: position 1, about 30 s."

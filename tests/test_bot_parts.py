@@ -55,9 +55,16 @@ async def test_wait_estimate_from_median_and_workers():
         async def run_times(self) -> RunTimes:
             return self.measured
 
-    eta = Eta(Backend(RunTimes(median_seconds=None, presets={}, workers=0)))  # type: ignore[arg-type]
+    eta = Eta(Backend(RunTimes(median_seconds=None, presets={}, workers=1)))  # type: ignore[arg-type]
     await eta.refresh()
     assert eta.seconds(1) == 30  # nothing measured yet: the default
+    eta = Eta(Backend(RunTimes(median_seconds=12.0, presets={}, workers=0)))  # type: ignore[arg-type]
+    await eta.refresh()
+    assert eta.seconds(1) is None  # no GPU serves the queue: no made-up estimate
+    assert queued_text("en", 3, None) == (
+        "⏳ Queued: position 3. No GPU is serving the queue right now; "
+        "your photo will be processed as soon as one is back."
+    )
     eta = Eta(Backend(RunTimes(median_seconds=12.0, presets={}, workers=2)))  # type: ignore[arg-type]
     await eta.refresh()
     assert [eta.seconds(p) for p in (1, 2, 3, 4)] == [20, 20, 30, 30]

@@ -156,7 +156,8 @@ def create_dispatcher(
         state_ttl=FSM_TTL_SECONDS,
         data_ttl=FSM_TTL_SECONDS,
     )
-    eta = Eta(backend)
+    # Fetched about every other round of the tracker, so a GPU coming or going shows soon.
+    eta = Eta(backend, cache_seconds=2 * status_interval)
     tracker = QueueTracker(redis, prefix, backend, tg, eta, interval=status_interval)
     languages = LanguageStore(redis, prefix, backend)
     blocked_flags = BlockedFlags(redis, prefix, backend)

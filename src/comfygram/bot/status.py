@@ -37,13 +37,14 @@ ETA_STEP_SECONDS = 10
 
 
 class Eta:
-    """Estimated wait from the median measured run time and the number of live workers."""
+    """Estimated wait from the median measured run time and the number of live, healthy
+    workers; none at all means no estimate (nothing is being worked off)."""
 
-    def __init__(self, backend: BackendClient, cache_seconds: float = 30.0) -> None:
+    def __init__(self, backend: BackendClient, cache_seconds: float = 10.0) -> None:
         self.backend = backend
         self.cache_seconds = cache_seconds
         self._median = DEFAULT_RUN_SECONDS
-        self._workers = 1
+        self._workers = 1  # until the backend has told: assume the usual
         self._fetched = -math.inf
 
     async def refresh(self) -> None:
@@ -55,11 +56,14 @@ class Eta:
             log.info("run times unavailable (%s); keeping the last estimate", exc)
             return
         self._median = measured.median_seconds or DEFAULT_RUN_SECONDS
-        self._workers = max(1, measured.workers)
+        self._workers = max(0, measured.workers)
         self._fetched = time.monotonic()
 
-    def seconds(self, position: int) -> int:
-        """Until the job at ``position`` is done: the rounds of work ahead, its own included."""
+    def seconds(self, position: int) -> int | None:
+        """Until the job at ``position`` is done: the rounds of work ahead, its own included.
+        None while no GPU (worker) serves the queue: any number would be made up."""
+        if self._workers == 0:
+            return None
         rounds = math.ceil(max(1, position) / self._workers)
         return math.ceil(rounds * self._median / ETA_STEP_SECONDS) * ETA_STEP_SECONDS
 
@@ -70,7 +74,10 @@ def format_wait(lang: str, seconds: int) -> str:
     return t(lang, "bot.status.eta_minutes", minutes=math.ceil(seconds / 60))
 
 
-def queued_text(lang: str, position: int, seconds: int) -> str:
+def queued_text(lang: str, position: int, seconds: int | None) -> str:
+    """The status message of a queued job; ``seconds`` None: no GPU serves the queue now."""
+    if seconds is None:
+        return t(lang, "bot.status.queued_no_gpu", position=position)
     return t(lang, "bot.status.queued", position=position, wait=format_wait(lang, seconds))
 
 
