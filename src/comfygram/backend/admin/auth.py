@@ -179,10 +179,12 @@ def _networks(settings: Settings) -> list[ipaddress.IPv4Network | ipaddress.IPv6
     return [ipaddress.ip_network(entry, strict=False) for entry in settings.admin_trusted_ips]
 
 
-def username_for_log(username: str, key: str) -> str:
-    """How a username that is not the operator's appears in the log: a keyed hash and its
-    length, never the text (an operator may type the password there)."""
-    digest = hmac.new(key.encode(), username.encode(), hashlib.sha256).hexdigest()[:8]
+def username_for_log(username: str, key: bytes) -> str:
+    """How a username that is not the operator's appears in the log: a hash and its length,
+    never the text (an operator may type the password there). The hash is keyed with a random
+    key of this process, so the log cannot be used to check a guess of the password offline;
+    it still shows one username tried again and again."""
+    digest = hmac.new(key, username.encode(), hashlib.sha256).hexdigest()[:8]
     return f"#{digest} ({len(username)} characters)"
 
 
@@ -193,9 +195,8 @@ class AdminAuth(AuthenticationBackend):
         settings: Settings = panel.settings
         assert settings.admin_username and settings.admin_password
         password = settings.admin_password.get_secret_value()
-        self._secret = session_secret(password)
         super().__init__(
-            secret_key=self._secret,
+            secret_key=session_secret(password),
             session_cookie=SESSION_COOKIE,
             max_age=SESSION_SECONDS,
             path=panel.base_url,
@@ -208,6 +209,7 @@ class AdminAuth(AuthenticationBackend):
         self.sessions = SessionStore(panel)
         self.gate = LoginGate(LOGIN_CONCURRENCY, LOGIN_WAITING, LOGIN_WAIT_SECONDS)
         self._trusted = _networks(settings)
+        self._log_key = secrets.token_bytes(32)
         self._username = settings.admin_username.encode()
         self._password = password.encode()
 
@@ -221,7 +223,7 @@ class AdminAuth(AuthenticationBackend):
     def _who(self, username: str) -> str:
         if hmac.compare_digest(username.encode(), self._username):
             return repr(username)
-        return f"unknown username {username_for_log(username, self._secret)}"
+        return f"unknown username {username_for_log(username, self._log_key)}"
 
     async def _login_page(
         self, request: Request, error: str, status: int, headers: dict[str, str] | None = None
