@@ -48,10 +48,11 @@ class World:
     payment_id: str  # pending, package small: 10 credits for 50 XTR
     payload: str
     max_upload_bytes: int
+    sessions: Any  # the app's sessionmaker, for setups that act as the operator
 
 
 @pytest.fixture
-async def world(api: httpx.AsyncClient, settings: Settings) -> World:
+async def world(app: FastAPI, api: httpx.AsyncClient, settings: Settings) -> World:
     """User 1001 (balance 3 - 1 = 2), one queued bw job and one pending `small` payment."""
     user = await register(api, 1001)
     assert user["balance"] == 3
@@ -67,6 +68,7 @@ async def world(api: httpx.AsyncClient, settings: Settings) -> World:
         payment_id=invoice["payment_id"],
         payload=invoice["payload"],
         max_upload_bytes=settings.max_upload_bytes,
+        sessions=app.state.sessions,
     )
 
 
@@ -282,6 +284,24 @@ def truncated_jpeg(_world: World) -> bytes:
 def png_bomb(_world: World) -> bytes:
     """A 20000x20000 PNG (400 megapixels) of about 50 KB."""
     return images.png_bomb()
+
+
+def damaged_png(_world: World) -> bytes:
+    """A valid 4000x4000 PNG header over noise: only a full decode finds the damage."""
+    return images.damaged_png()
+
+
+def first_bytes(kind: str, count: int) -> Callable[[World], bytes]:
+    """The first `count` bytes of a good JPEG, PNG or WebP: a damaged header."""
+    make = {"jpeg": lambda: images.jpeg(256, 256), "png": images.png, "webp": images.webp}[kind]
+    return lambda _world: make()[:count]
+
+
+DAMAGED_HEADERS = (
+    [("jpeg", n) for n in (3, 30, 64, 100, 160, 200, 300, 346)]
+    + [("png", n) for n in (8, 16, 20, 33, 40)]
+    + [("webp", n) for n in (12, 16, 20, 26, 30, 40)]
+)
 
 
 def over_limit(extra: int) -> Callable[[World], bytes]:
@@ -540,6 +560,33 @@ CASES = [
         ),
         ("create-not-an-image", upload(NOT_AN_IMAGE), 415, "unsupported_image"),
         ("create-gif", upload(images.gif()), 415, "unsupported_image"),
+        ("create-animated-gif", upload(images.animated("GIF")), 415, "unsupported_image"),
+        ("create-multi-frame-tiff", upload(images.animated("TIFF")), 415, "unsupported_image"),
+        *(
+            (
+                f"create-{kind}-first-{count}-bytes",
+                upload(first_bytes(kind, count)),
+                422,
+                "bad_image",
+            )
+            for kind, count in DAMAGED_HEADERS
+        ),
+        ("create-damaged-png", upload(damaged_png), 422, "bad_image"),
+        # The cheap refusals come before the photo is decoded.
+        ("create-damaged-png-unknown-user", upload(damaged_png, telegram_id=999), 404, None),
+        ("create-damaged-png-unknown-preset", upload(damaged_png, preset="nope"), 404, None),
+        (
+            "create-damaged-png-prompt-for-bw",
+            upload(damaged_png, prompt="make it pop"),
+            422,
+            "prompt_not_accepted",
+        ),
+        (
+            "create-damaged-png-edit-costs-10-has-2",
+            upload(damaged_png, preset="edit", prompt="snow"),
+            402,
+            "insufficient_credits",
+        ),
         ("create-empty-file", upload(b""), 422, "bad_image"),
         ("create-truncated-jpeg", upload(truncated_jpeg), 422, "bad_image"),
         ("create-20000x20000-png-bomb", upload(png_bomb), 422, "bad_image"),
@@ -761,6 +808,15 @@ async def spent_user(api: httpx.AsyncClient, world: World) -> World:
     return replace(world, telegram_id=2002)
 
 
+async def banned_user(api: httpx.AsyncClient, world: World) -> World:
+    """User 1001, blocked by the operator (as the admin panel does)."""
+    async with world.sessions() as session:
+        user = await session.scalar(select(User).where(User.telegram_id == world.telegram_id))
+        user.banned = True
+        await session.commit()
+    return world
+
+
 async def three_active_jobs(api: httpx.AsyncClient, world: World) -> World:
     """User 1001 with credits to spare and max_active_jobs_per_user (3) jobs queued."""
     await grant(api, 1001, 10, "top-up")
@@ -824,12 +880,25 @@ SETUP_CASES = [
         "POST",
         "/api/jobs/create",
         ("create-with-0-credits", upload(), 402, "insufficient_credits"),
+        ("create-with-0-credits-damaged-png", upload(damaged_png), 402, "insufficient_credits"),
+    ),
+    *after(
+        banned_user,
+        "POST",
+        "/api/jobs/create",
+        ("create-banned-damaged-png", upload(damaged_png), 403, "user_banned"),
     ),
     *after(
         three_active_jobs,
         "POST",
         "/api/jobs/create",
         ("create-fourth-active-job", upload(), 409, "too_many_active_jobs"),
+        (
+            "create-fourth-active-job-damaged-png",
+            upload(damaged_png),
+            409,
+            "too_many_active_jobs",
+        ),
     ),
     *after(
         paid,
@@ -885,6 +954,15 @@ SETUP_CASES = [
         ("result-upload-gif-processing", upload(images.gif()), 415, "unsupported_image"),
         ("result-upload-truncated-processing", upload(truncated_jpeg), 422, "bad_image"),
         ("result-upload-empty-processing", upload(b""), 422, "bad_image"),
+        *(
+            (
+                f"result-upload-{kind}-first-{count}-bytes",
+                upload(first_bytes(kind, count)),
+                422,
+                "bad_image",
+            )
+            for kind, count in DAMAGED_HEADERS
+        ),
     ),
     *after(
         processing,

@@ -74,6 +74,18 @@ async def adjust(
     return user, entry
 
 
+def insufficient_credits(balance: int, needed: int) -> ApiError:
+    """The 402 for a balance short of what something costs."""
+    return ApiError(
+        402,
+        "insufficient_credits",
+        f"Not enough credits: this costs {needed}, the balance is {balance}; "
+        f"top up {needed - balance} more.",
+        balance=balance,
+        missing=needed - balance,
+    )
+
+
 async def post(
     session: AsyncSession,
     user: User,
@@ -96,14 +108,7 @@ async def post(
     try:
         entry, user.balance = ledger.post(user.balance, amount, reason, key)
     except ledger.InsufficientCredits as exc:
-        raise ApiError(
-            402,
-            "insufficient_credits",
-            f"Not enough credits: this costs {exc.needed}, the balance is {exc.balance}; "
-            f"top up {exc.missing} more.",
-            balance=exc.balance,
-            missing=exc.missing,
-        ) from None
+        raise insufficient_credits(exc.balance, exc.needed) from None
     row = LedgerEntry(
         user_id=user.id,
         amount=entry.amount,

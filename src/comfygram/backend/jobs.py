@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from comfygram.backend import accounts
 from comfygram.backend.errors import ApiError, not_found
 from comfygram.backend.models import Job, User, new_id, utcnow
+from comfygram.backend.models import Preset as PresetRow
 from comfygram.backend.presets import get_preset
 from comfygram.backend.storage import MediaStore
 from comfygram.domain import ledger
@@ -27,7 +28,7 @@ from comfygram.domain.jobs import (
     counts_attempt,
 )
 from comfygram.domain.ledger import Reason
-from comfygram.images import ImageInfo, ImageRejected, inspect_image
+from comfygram.images import ImageInfo, ImageRejected, prepare_input
 
 
 @dataclass(frozen=True)
@@ -76,46 +77,46 @@ async def queue_position(session: AsyncSession, job: Job) -> int:
     return int(ahead or 0) + 1
 
 
-async def create(
+async def _check_request(
     session: AsyncSession,
-    store: MediaStore,
-    request: NewJob,
+    user: User,
+    preset_slug: str,
+    prompt: str | None,
+    idempotency_key: str | None,
     max_active: int,
-    *,
-    price: int | None = None,
-) -> Created:
-    """Charge the preset's price (or `price`: 0 for an operator's free retry) and write the
-    job, in one transaction the caller commits."""
-    user = await accounts.lock_user(session, request.telegram_id)
+    price: int | None,
+) -> tuple[PresetRow, Job | None]:
+    """Every refusal that needs no image: ban, preset, prompt, replay, active jobs, balance.
+
+    Returns the preset and, for a replayed Idempotency-Key, the job it made earlier.
+    """
     accounts.refuse_banned(user)
-    preset = await get_preset(session, request.preset_slug)
+    preset = await get_preset(session, preset_slug)
     if not preset.enabled:
-        raise not_found("preset", request.preset_slug)
-    if preset.takes_prompt and not request.prompt:
+        raise not_found("preset", preset_slug)
+    if preset.takes_prompt and not prompt:
         raise ApiError(
             422,
             "prompt_required",
             f"The {preset.slug} preset needs a text prompt: describe the edit.",
         )
-    if not preset.takes_prompt and request.prompt:
+    if not preset.takes_prompt and prompt:
         raise ApiError(
             422, "prompt_not_accepted", f"The {preset.slug} preset takes no text prompt."
         )
 
-    if request.idempotency_key:
+    if idempotency_key:
         earlier = await session.scalar(
-            select(Job).where(
-                Job.user_id == user.id, Job.idempotency_key == request.idempotency_key
-            )
+            select(Job).where(Job.user_id == user.id, Job.idempotency_key == idempotency_key)
         )
         if earlier is not None:
-            if earlier.preset_slug != preset.slug or earlier.prompt != request.prompt:
+            if earlier.preset_slug != preset.slug or earlier.prompt != prompt:
                 raise ApiError(
                     409,
                     "idempotency_key_reused",
                     "This Idempotency-Key was already used for a different request.",
                 )
-            return Created(earlier, await queue_position(session, earlier), replayed=True)
+            return preset, earlier
 
     active = await session.scalar(
         select(func.count()).select_from(Job).where(Job.user_id == user.id, Job.status.in_(ACTIVE))
@@ -126,6 +127,54 @@ async def create(
             "too_many_active_jobs",
             f"You already have {active} photos in progress; wait for one to finish.",
         )
+    charge = preset.price if price is None else price
+    if user.balance < charge:
+        raise accounts.insufficient_credits(user.balance, charge)
+    return preset, None
+
+
+async def precheck(
+    session: AsyncSession,
+    telegram_id: int,
+    preset_slug: str,
+    prompt: str | None,
+    idempotency_key: str | None,
+    max_active: int,
+) -> Created | None:
+    """The cheap refusals of `create`, before the photo is decoded; the earlier job when the
+    Idempotency-Key replays one. Advisory (nothing is locked): `create` checks again."""
+    user = await accounts.get_user(session, telegram_id)
+    _, earlier = await _check_request(
+        session, user, preset_slug, prompt, idempotency_key, max_active, None
+    )
+    if earlier is None:
+        return None
+    return Created(earlier, await queue_position(session, earlier), replayed=True)
+
+
+async def create(
+    session: AsyncSession,
+    store: MediaStore,
+    request: NewJob,
+    max_active: int,
+    *,
+    price: int | None = None,
+) -> Created:
+    """Charge the preset's price (or `price`: 0 for an operator's free retry) and write the
+    job, in one transaction the caller commits. The image is already checked (and brought
+    down to one still frame: images.prepare_input)."""
+    user = await accounts.lock_user(session, request.telegram_id)
+    preset, earlier = await _check_request(
+        session,
+        user,
+        request.preset_slug,
+        request.prompt,
+        request.idempotency_key,
+        max_active,
+        price,
+    )
+    if earlier is not None:
+        return Created(earlier, await queue_position(session, earlier), replayed=True)
 
     job_id = new_id()
     charge = preset.price if price is None else price
@@ -265,7 +314,8 @@ async def retry_free(
             404, "input_not_found", f"Job {failed.id}'s photo is no longer stored."
         ) from None
     try:
-        image = await asyncio.to_thread(inspect_image, data, max_pixels)
+        # Inputs stored before inputs were brought down to one frame may still be animated.
+        data, image = await asyncio.to_thread(prepare_input, data, max_pixels)
     except ImageRejected as exc:
         raise ApiError(422, "bad_image", exc.message) from None
     request = NewJob(

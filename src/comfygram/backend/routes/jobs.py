@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile
 from fastapi.responses import FileResponse
@@ -25,7 +26,7 @@ from comfygram.backend.schemas import (
     no_nul,
 )
 from comfygram.domain.jobs import FINAL, REFUNDED_ON, JobStatus
-from comfygram.images import ImageInfo, ImageRejected, inspect_image
+from comfygram.images import ImageInfo, ImageRejected, inspect_image, prepare_input, read_header
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
@@ -33,10 +34,10 @@ router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 # Results come from our own workers (an upscale may be much larger than what users send).
 RESULT_SIZE_FACTOR = 4
 
+Checked = TypeVar("Checked")
 
-async def _read_image(
-    upload: UploadFile, max_bytes: int, max_pixels: int
-) -> tuple[bytes, ImageInfo]:
+
+async def _read_upload(upload: UploadFile, max_bytes: int) -> bytes:
     data = await upload.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise ApiError(
@@ -44,14 +45,27 @@ async def _read_image(
             "file_too_large",
             f"The file is over {max_bytes // (1024 * 1024)} MB; send a smaller one.",
         )
+    return data
+
+
+async def _check_image(
+    check: Callable[[bytes, int], Checked], data: bytes, max_pixels: int
+) -> Checked:
+    """Run one of the images checks in a thread; its refusal as the API's 415 or 422."""
     try:
-        info = await asyncio.to_thread(inspect_image, data, max_pixels)
+        return await asyncio.to_thread(check, data, max_pixels)
     except ImageRejected as exc:
         status, code = (
             (415, "unsupported_image") if exc.kind == "unsupported" else (422, "bad_image")
         )
         raise ApiError(status, code, exc.message) from None
-    return data, info
+
+
+async def _read_image(
+    upload: UploadFile, max_bytes: int, max_pixels: int
+) -> tuple[bytes, ImageInfo]:
+    data = await _read_upload(upload, max_bytes)
+    return data, await _check_image(inspect_image, data, max_pixels)
 
 
 async def _job_out(session: SessionDep, job_id: str) -> JobOut:
@@ -73,17 +87,33 @@ async def create_job(
     prompt: Annotated[str | None, Form(max_length=1000), AfterValidator(no_nul)] = None,
     idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
 ) -> JobOut:
-    """Validate and store the photo, charge the preset's price, queue the job."""
-    data, info = await _read_image(image, settings.max_upload_bytes, settings.max_image_pixels)
-    request = jobs.NewJob(
-        telegram_id=telegram_id,
-        preset_slug=preset,
-        prompt=prompt.strip() if prompt and prompt.strip() else None,
-        image=data,
-        image_info=info,
-        idempotency_key=idempotency_key or None,
-    )
-    created = await jobs.create(session, store, request, settings.max_active_jobs_per_user)
+    """Validate and store the photo, charge the preset's price, queue the job.
+
+    Cheapest refusals first: the file's size, then its header (format, pixels), then the
+    account and the preset, and only then the photo is decoded (and an animation brought down
+    to its first frame), so a refused request never costs a decode.
+    """
+    data = await _read_upload(image, settings.max_upload_bytes)
+    await _check_image(read_header, data, settings.max_image_pixels)
+    prompt = prompt.strip() if prompt and prompt.strip() else None
+    key = idempotency_key or None
+    max_active = settings.max_active_jobs_per_user
+    replay = await jobs.precheck(session, telegram_id, preset, prompt, key, max_active)
+    if replay is None:
+        # Nothing is held while the photo is decoded: no row lock, no pooled connection.
+        await session.rollback()
+        stored, info = await _check_image(prepare_input, data, settings.max_image_pixels)
+        request = jobs.NewJob(
+            telegram_id=telegram_id,
+            preset_slug=preset,
+            prompt=prompt,
+            image=stored,
+            image_info=info,
+            idempotency_key=key,
+        )
+        created = await jobs.create(session, store, request, max_active)
+    else:
+        created = replay
     await session.commit()
     job = created.job
     if created.replayed:
