@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import select
 
 from comfygram.backend.admin.auth import MAX_FAILURES, SESSION_COOKIE, USERNAME_MAX_FAILURES
+from comfygram.backend.admin.guard import same_origin
 from comfygram.backend.app import create_app
 from comfygram.backend.models import Job, LedgerEntry, Payment, User
 from comfygram.backend.models import Preset as PresetRow
@@ -491,3 +492,47 @@ async def test_valid_ids_still_open(admin, api, app):
         "/admin/preset/edit/bw",
     ):
         assert (await admin.get(page)).status_code == 200, page
+
+
+# -- the origin check's rules and Redis going away ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("source", "host", "same"),
+    [
+        ("http://backend.test", "backend.test", True),
+        ("https://admin.example.com", "admin.example.com", True),  # TLS ends at the proxy
+        ("https://admin.example.com/admin/user/list?x=1", "ADMIN.example.com", True),
+        ("http://127.0.0.1:8000", "127.0.0.1:8000", True),
+        ("http://[::1]:8000", "[::1]:8000", True),
+        ("http://backend.test:8080", "backend.test", False),
+        ("http://evil.test", "backend.test", False),
+        ("http://backend.test.evil.test", "backend.test", False),
+        ("null", "backend.test", False),
+        ("file:///etc/passwd", "backend.test", False),
+        ("http://[::1", "backend.test", False),
+        ("", "backend.test", False),
+    ],
+)
+def test_same_origin(source, host, same):
+    assert same_origin(source, host) is same
+
+
+async def test_without_redis_the_panel_answers_503_not_500(app, settings):
+    async with panel_client(app) as browser:
+        await login(browser)
+        cookie = browser.cookies[SESSION_COOKIE]
+    # The same panel where nothing listens on Redis's port: every Redis call fails at once.
+    dead = with_admin(settings, redis_url="redis://127.0.0.1:1/0")
+    application = create_app(dead)
+    async with (
+        application.router.lifespan_context(application),
+        panel_client(application, raise_app_exceptions=False) as client,
+    ):
+        response = await login(client)
+        assert response.status_code == 503
+        assert "Redis is unreachable" in response.text
+        assert SESSION_COOKIE not in client.cookies
+        client.cookies.set(SESSION_COOKIE, cookie, path="/admin")
+        page = await client.get("/admin/dashboard")
+        assert page.status_code == 503 and "needs Redis" in page.text
