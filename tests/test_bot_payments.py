@@ -10,13 +10,15 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
+from aiogram.types import LabeledPrice
 from sqlalchemy import update
 
 from comfygram.backend import db
 from comfygram.backend.models import ChargeRefund, Payment, utcnow
 from comfygram.settings import Settings
+from comfygram.telegram import create_bot
 from tests.bot_helpers import FlakyBackend, World, fast_chat_pace, polling_world  # noqa: F401
-from tests.doubles.telegram import BOT_USERNAME, Call, UserDriver
+from tests.doubles.telegram import BOT_USERNAME, TEST_BOT_TOKEN, Call, TelegramDouble, UserDriver
 
 pytestmark = pytest.mark.usefixtures("fast_chat_pace")
 
@@ -213,3 +215,25 @@ async def test_an_expired_invoice_is_refused_at_pre_checkout(world: World, setti
     query = await user.pre_checkout(invoice)
     answer = await user.pre_checkout_answer(query)
     assert answer["ok"] is False and "expired" in answer["error_message"]
+
+
+async def test_the_double_keeps_pay_on_a_forwarded_invoice_without_start_parameter():
+    """The double's model of forwarding, both ways (the Bot API's sendInvoice start_parameter)."""
+    async with TelegramDouble() as telegram:
+        telegram.user(5110)
+        telegram.user(5111)
+        bot = create_bot(
+            Settings(_env_file=None, bot_token=TEST_BOT_TOKEN, telegram_api_url=telegram.url)
+        )
+        try:
+            prices = [LabeledPrice(label="10 credits", amount=50)]
+            plain = await bot.send_invoice(5110, "10", "d", "p-1", "XTR", prices)
+            linked = await bot.send_invoice(
+                5110, "10", "d", "p-2", "XTR", prices, start_parameter="buy"
+            )
+        finally:
+            await bot.session.close()
+        (pay,) = telegram.forward(5110, plain.message_id, 5111).reply_markup["inline_keyboard"][0]
+        assert pay == {"text": "Pay ⭐️50", "pay": True}
+        (link,) = telegram.forward(5110, linked.message_id, 5111).reply_markup["inline_keyboard"][0]
+        assert link["url"] == f"https://t.me/{BOT_USERNAME}?start=buy" and "pay" not in link
