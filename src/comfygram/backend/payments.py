@@ -37,19 +37,6 @@ PRECHECKOUT_HOLD_SECONDS = 60.0
 # a charge (CHARGE_ALREADY_REFUNDED), so a takeover never refunds twice.
 REFUND_LEASE_SECONDS = 60.0
 
-# The backend's refusal codes that mean "these Stars cannot be credited": the bot asks for a
-# refund when confirm answers one of them.
-UNCREDITABLE = frozenset(
-    {
-        "payment_closed",
-        "payment_not_found",
-        "amount_mismatch",
-        "currency_mismatch",
-        "payment_expired",
-        "charge_refunded",
-    }
-)
-
 
 def _now(now: datetime | None) -> datetime:
     return now or utcnow()
