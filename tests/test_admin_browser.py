@@ -1,7 +1,8 @@
 """The admin panel in a real browser: headless Chromium against the real backend (uvicorn on
 loopback, SQLite, real Redis), with a user and a finished job made through the REST API as the
 bot and a worker make them. Login, a wrong password, the job list's search, the job's details
-with its input and result images, the image itself, the dashboard and logging out."""
+with its input and result images, the image itself, the dashboard and logging out; the preset
+edit form, and an attacker's page on another port of the same host posting that form."""
 
 from __future__ import annotations
 
@@ -180,3 +181,54 @@ def test_an_operator_finds_a_job_and_sees_its_result(backend_url: str):
         browser.open(admin + "/")
         browser.wait_for_url(lambda u: u.startswith(admin + "/login"), "still logged in")
         browser.find("input[name=password]")
+
+
+def attacker_page(target: str) -> str:
+    """A page on another origin of the same site that posts the preset edit form on load: the
+    reported attack (price 0, and a preset that ships disabled switched on)."""
+    return f"""<!doctype html><html><body>
+      <form id="attack" method="post" action="{target}" enctype="multipart/form-data">
+        <input name="price" value="0"><input name="enabled" value="y">
+        <input name="save" value="Save">
+      </form>
+      <script>document.getElementById('attack').submit();</script>
+    </body></html>"""
+
+
+def test_the_edit_form_works_and_a_same_site_page_cannot_post_it(backend_url: str):
+    from starlette.applications import Starlette
+    from starlette.responses import HTMLResponse
+    from starlette.routing import Route
+
+    admin = backend_url + "/admin"
+    target = f"{admin}/preset/edit/kontext"
+    evil = Starlette(routes=[Route("/", lambda _request: HTMLResponse(attacker_page(target)))])
+    headers = {"Authorization": f"Bearer {API_TOKEN}"}
+
+    def kontext_enabled() -> bool:
+        with httpx.Client(base_url=backend_url, headers=headers, timeout=10) as api:
+            return any(p["slug"] == "kontext" for p in api.get("/api/presets").json())
+
+    with served_in_thread(lambda: evil) as evil_url, chromium() as browser:
+        # Another port on 127.0.0.1: another origin, the same site (the cookie goes along).
+        assert evil_url.split(":")[:2] == backend_url.split(":")[:2]
+        browser.open(admin + "/login")
+        log_in(browser, ADMIN_PASSWORD)
+        browser.wait_for_url(lambda u: u == admin + "/dashboard", "the login failed")
+
+        browser.open(evil_url + "/")
+        browser.wait_for_url(lambda u: u == target, "the attacker's form was not posted")
+        assert "another site" in browser.find("body").text
+        assert not kontext_enabled()
+
+        # The operator's own edit form (sqladmin's, with the token the panel adds) works.
+        browser.open(f"{admin}/preset/edit/bw")
+        price = browser.find("input[name=price]")
+        price.clear()
+        price.send_keys("4")
+        browser.click("input[type=submit][value=Save]")
+        browser.wait_for_url(lambda u: u.startswith(f"{admin}/preset/list"), "not saved")
+        with httpx.Client(base_url=backend_url, headers=headers, timeout=10) as api:
+            listed = {p["slug"]: p for p in api.get("/api/presets").json()}
+        assert listed["bw"]["price"] == 4
+        assert not kontext_enabled()
