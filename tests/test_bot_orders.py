@@ -5,9 +5,11 @@ downloaded once per order. The bot polls the Telegram double; real backend and R
 
 from __future__ import annotations
 
+import io
 from collections.abc import AsyncIterator
 
 import pytest
+from PIL import Image
 
 from comfygram.settings import Settings
 from tests import images
@@ -155,3 +157,38 @@ async def test_the_queue_message_says_when_no_gpu_serves_the_queue(world: World)
     )
     assert edit.params["message_id"] == status.result["message_id"]
     assert edit.params["text"] == "⏳ Queued: position 1, about 30 s."
+
+
+async def test_an_album_gets_one_keyboard_and_its_first_photo_is_the_order(world: World):
+    user = await _started(world, 6006)
+    since = world.mark()
+    await user.send_album([images.jpeg(64, 48), images.jpeg(80, 60), images.jpeg(96, 72)])
+    keyboard = await world.reply(user, containing="Nice photo", since=since)
+    await world.settle()
+    sent = [c.params["text"] for c in world.telegram.calls[since:] if c.method == "sendMessage"]
+    assert len([text for text in sent if "Nice photo" in text]) == 1, sent
+    assert len([text for text in sent if "3 photos" in text]) == 1, sent
+    assert not [text for text in sent if "a lot at once" in text], sent
+    await user.press(keyboard.result, "ps:bw")
+    await world.reply(user, containing="Queued", since=since)
+    (job,) = await world.backend.jobs(6006)
+    data, _type = await world.backend.job_input(job.id)
+    assert Image.open(io.BytesIO(data)).size == (64, 48)
+
+
+async def test_an_album_after_choosing_a_preset_orders_its_first_photo_once(world: World):
+    user = await _started(world, 6007, credits=7)
+    await user.send_text("🎨 Presets")
+    keyboard = await world.reply(user, containing="then send me the photo")
+    await user.press(keyboard.result, "ps:invert")
+    await world.reply(user, containing="Now send me the photo")
+    since = world.mark()
+    await user.send_album([images.jpeg(80, 60), images.jpeg(64, 48)])
+    await world.reply(user, containing="Queued", since=since)
+    await world.settle()
+    (job,) = await world.backend.jobs(6007)
+    data, _type = await world.backend.job_input(job.id)
+    assert Image.open(io.BytesIO(data)).size == (80, 60)
+    sent = [c.params["text"] for c in world.telegram.calls[since:] if c.method == "sendMessage"]
+    assert not [text for text in sent if "Nice photo" in text], sent
+    assert len([text for text in sent if "2 photos" in text]) == 1, sent

@@ -1344,6 +1344,15 @@ class UserDriver:
         sizes = self.double._photo(data)
         return await self._message(media={"photo": sizes}, photo=data, caption=caption)
 
+    async def send_album(self, photos: list[bytes]) -> list[dict[str, Any]]:
+        """Photos sent together: one message (and update) each, sharing a media_group_id."""
+        group = str(secrets.randbits(62))
+        messages = []
+        for data in photos:
+            media = {"photo": self.double._photo(data), "media_group_id": group}
+            messages.append(await self._message(media=media, photo=data))
+        return messages
+
     async def send_document(
         self, data: bytes, filename: str = "file.bin", mime_type: str | None = None
     ) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from redis.asyncio import Redis
 
 from comfygram.api import BackendClient
 from comfygram.bot import blocking
+from comfygram.bot.albums import Albums
 from comfygram.bot.blocking import BlockedFlags, HeardFromMiddleware
 from comfygram.bot.catalog import PresetCatalog
 from comfygram.bot.keys import bot_key
@@ -169,6 +170,7 @@ def create_dispatcher(
         blocked_flags=blocked_flags,
         catalog=PresetCatalog(backend),
         sources=SourceStore(redis, prefix),
+        albums=Albums(redis, prefix),
         tracker=tracker,
         pending=PendingPayments(redis, prefix, backend, tg, interval=payments_interval),
         orders=Orders(bot, backend, tg, redis, prefix, settings, tracker, eta),

@@ -138,9 +138,21 @@ class ThrottlingMiddleware(BaseMiddleware):
         except RedisError:
             return False
 
+    async def _later_in_album(self, event: TelegramObject) -> bool:
+        """A photo of an album after its first: the album counts as one message."""
+        if not isinstance(event, Message) or event.media_group_id is None:
+            return False
+        key = bot_key(self.prefix, "throttle", "album", event.chat.id, event.media_group_id)
+        try:
+            return not await self.redis.set(key, "1", nx=True, ex=60)
+        except RedisError:
+            return False
+
     async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
         user: User | None = data.get("event_from_user")
         if user is None or (isinstance(event, Message) and event.successful_payment):
+            return await handler(event, data)
+        if await self._later_in_album(event):
             return await handler(event, data)
         if await self.allowed(user.id):
             return await handler(event, data)

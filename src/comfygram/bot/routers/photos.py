@@ -16,6 +16,7 @@ from aiogram.types import CallbackQuery, Message
 
 from comfygram.api import BackendClient, BackendError, Preset
 from comfygram.bot import keyboards
+from comfygram.bot.albums import Albums
 from comfygram.bot.callbacks import Again, PresetChoice, PresetPage
 from comfygram.bot.catalog import PresetCatalog
 from comfygram.bot.keyboards import menu_labels, preset_title
@@ -73,10 +74,20 @@ async def photo(
     catalog: PresetCatalog,
     sources: SourceStore,
     orders: Orders,
+    albums: Albums,
 ) -> None:
     assert message.from_user is not None
     source = _source(message)
     chat_id = message.chat.id
+    message_id = message.message_id
+    if message.media_group_id is not None:
+        # An album: answered once, by whichever of its messages came first, for its first photo.
+        album = await albums.collect(chat_id, message.media_group_id, message_id, source)
+        if album is None:
+            return
+        source, message_id = album.first, album.message_id
+        if album.count > 1:
+            await send(tg, chat_id, t(lang, "bot.photo.album", count=album.count))
     if source.file_size is not None and source.file_size > image_limit(settings):
         await send(tg, chat_id, t(lang, "bot.photo.too_large"))
         return
@@ -85,7 +96,7 @@ async def photo(
         await state.clear()
         preset = await catalog.find(data["preset"])
         if preset is not None:
-            key = idempotency_key(chat_id, message.message_id, preset.slug)
+            key = idempotency_key(chat_id, message_id, preset.slug)
             await orders.place(
                 message.from_user, chat_id, lang, source, preset, key, data.get("prompt")
             )
