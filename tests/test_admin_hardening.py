@@ -8,6 +8,7 @@ import asyncio
 import csv
 import io
 import logging
+import re
 from collections import Counter
 
 import httpx
@@ -182,6 +183,37 @@ async def test_every_action_refuses_a_foreign_origin_and_a_missing_token(admin, 
     after = await state(app)
     assert after != before
     assert (await user_row(app, 1001)).banned is True
+
+
+def panel_routes(app) -> list[tuple[str, str]]:
+    """(method, path) of every non-GET route the panel has, path parameters filled in."""
+    mount = next(r for r in app.routes if getattr(r, "name", None) == "admin")
+    found = []
+    for route in mount.app.router.routes:
+        for method in sorted((getattr(route, "methods", None) or set()) - {"GET", "HEAD"}):
+            path = re.sub(
+                r"\{(\w+)(:\w+)?\}", lambda m: "bw" if m[1] != "identity" else "preset", route.path
+            )
+            found.append((method, "/admin" + path))
+    return found
+
+
+async def test_every_route_that_is_not_a_get_is_guarded(admin, app):
+    routes = panel_routes(app)
+    # sqladmin's own (edit, delete, import) and the panel's (actions, logout).
+    assert {"/admin/preset/edit/bw", "/admin/preset/delete", "/admin/logout"} <= {
+        path for _, path in routes
+    }
+    assert len(routes) >= 10
+    before = await state(app)
+    for method, path in routes:
+        foreign = await admin.request(method, path, headers={"Origin": FOREIGN})
+        assert foreign.status_code == 403, (method, path)
+        if path != "/admin/login":
+            no_token = await admin.request(method, path, data={"price": "0"})
+            assert no_token.status_code == 403, (method, path, no_token.status_code)
+    assert await state(app) == before
+    assert (await admin.get("/admin/dashboard")).status_code == 200
 
 
 async def test_a_cross_origin_login_is_refused(app):
