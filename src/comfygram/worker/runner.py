@@ -30,6 +30,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 from redis.exceptions import RedisError
 
@@ -123,6 +124,10 @@ class Worker:
         self._stopping = asyncio.Event()
         self._backend_down = Outage("backend", "check BACKEND_API_URL and that the backend runs")
         self._redis_down = Outage("Redis", "check REDIS_URL and that Redis runs")
+        self._comfyui_down = Outage(
+            f"ComfyUI at {_without_credentials(config.comfyui_url)}",
+            "check COMFYUI_URL and that ComfyUI runs",
+        )
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -609,12 +614,11 @@ class Worker:
             try:
                 await self.comfy.system_stats()
                 if not checked or not self.healthy.is_set():
-                    await self._check_presets()
-                    checked = True
+                    checked = await self._check_presets()
                 self.healthy.set()
+                self._comfyui_down.passed()
             except ComfyUIError as exc:
-                if self.healthy.is_set():
-                    log.warning("ComfyUI at %s is unreachable: %s", self.config.comfyui_url, exc)
+                self._comfyui_down.failed(exc)
                 self.healthy.clear()
             try:
                 await self.backend.worker_heartbeat(
@@ -635,13 +639,18 @@ class Worker:
                 self._backend_down.passed()
             await asyncio.sleep(self.config.idle_poll_seconds)
 
-    async def _check_presets(self) -> None:
+    async def _check_presets(self) -> bool:
+        """Which presets this ComfyUI can run; False when the backend could not list them
+        (checked again on the next round)."""
         object_info = await self.comfy.object_info()
         try:
             listed = await self.backend.presets()
-        except (BackendError, BackendUnavailable) as exc:
+        except BackendUnavailable as exc:
+            self._backend_down.failed(exc)
+            return False
+        except BackendError as exc:
             log.warning("presets not checked, backend: %s", exc)
-            return
+            return False
         runnable: list[str] = []
         problems: dict[str, str] = {}
         for summary in listed:
@@ -654,6 +663,7 @@ class Worker:
                 runnable.append(preset.slug)
         self.runnable, self.problems = runnable, problems
         log.info("ComfyUI can run %d preset(s): %s", len(runnable), ", ".join(runnable) or "none")
+        return True
 
 
 class _InputMissing(Exception):
@@ -664,11 +674,21 @@ class _ComfyUICrashed(Exception):
     """ComfyUI died under this job too often: it is not given the job again."""
 
 
+def _without_credentials(url: str) -> str:
+    """The URL without a user or password, fit for a log line."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 class Outage:
     """One line when a service goes down (what, and what to check), one when it is back, and
     a growing pause between tries while it stays down."""
 
-    def __init__(self, service: str, hint: str, *, first: float = 1.0, cap: float = 30.0) -> None:
+    def __init__(self, service: str, hint: str, *, first: float = 1.0, cap: float = 15.0) -> None:
         self.service = service
         self.hint = hint
         self.first = first
@@ -678,7 +698,9 @@ class Outage:
     def failed(self, exc: BaseException) -> None:
         self.failures += 1
         if self.failures == 1:
-            reason = str(exc) or type(exc).__name__
+            # The underlying error names no URL (a URL may carry a password).
+            cause = exc.__cause__ or exc
+            reason = f"{type(cause).__name__}: {cause}" if str(cause) else type(cause).__name__
             log.warning(
                 "%s unreachable (%s): %s; retrying until it answers",
                 self.service, reason.splitlines()[0][:200], self.hint,
@@ -686,7 +708,7 @@ class Outage:
 
     def passed(self) -> None:
         if self.failures:
-            log.warning("%s reachable again", self.service)
+            log.info("%s reachable again", self.service)
         self.failures = 0
 
     def delay(self) -> float:
