@@ -7,6 +7,10 @@ import subprocess
 import time
 from pathlib import Path
 
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -46,3 +50,19 @@ class RedisServer:
             self.process.kill()
             self.process.wait()
             self.process = None
+
+
+async def machine_redis_keys(prefix: str) -> list[bytes] | None:
+    """Keys under ``prefix`` in any database of 127.0.0.1:6379 (None when nothing listens)."""
+    found: list[bytes] = []
+    for db in range(16):
+        client = Redis.from_url(f"redis://127.0.0.1:6379/{db}", socket_connect_timeout=1)
+        try:
+            found += [key async for key in client.scan_iter(f"{prefix}*")]
+        except RedisConnectionError:
+            return None if db == 0 else found
+        except ResponseError:
+            break  # fewer databases there
+        finally:
+            await client.aclose()
+    return found

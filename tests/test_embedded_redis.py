@@ -18,8 +18,6 @@ from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 
 from comfygram import doctor
 from comfygram.embedded_redis import (
@@ -37,7 +35,7 @@ from tests.doubles.comfyui import ComfyUIDouble
 from tests.doubles.telegram import TEST_BOT_TOKEN, TelegramDouble
 from tests.helpers import API_TOKEN
 from tests.journeys import invert_a_photo
-from tests.redis_server import free_port
+from tests.redis_server import free_port, machine_redis_keys
 
 OURS = ("REDIS", "DATABASE", "API_TOKEN", "BOT_TOKEN", "COMFYUI", "BACKEND", "WEBHOOK", "TELEGRAM")
 
@@ -105,22 +103,6 @@ def same_file(a: str, b: str | None) -> bool:
 
 def aof_files(folder: Path) -> list[Path]:
     return [p for p in (folder / "data" / "redis").rglob("*.aof") if p.stat().st_size > 0]
-
-
-async def machine_redis_keys(prefix: str) -> list[bytes] | None:
-    """Keys under ``prefix`` in any database of 127.0.0.1:6379 (None when nothing listens)."""
-    found: list[bytes] = []
-    for db in range(16):
-        client = Redis.from_url(f"redis://127.0.0.1:6379/{db}", socket_connect_timeout=1)
-        try:
-            found += [key async for key in client.scan_iter(f"{prefix}*")]
-        except RedisConnectionError:
-            return None if db == 0 else found
-        except ResponseError:
-            break  # fewer databases there
-        finally:
-            await client.aclose()
-    return found
 
 
 async def order_a_photo(telegram: TelegramDouble, chat_id: int) -> None:

@@ -21,7 +21,7 @@ import pytest
 from tests.doubles.comfyui import ComfyUIDouble
 from tests.doubles.telegram import TEST_BOT_TOKEN, TelegramDouble
 from tests.journeys import invert_a_photo
-from tests.redis_server import free_port
+from tests.redis_server import free_port, machine_redis_keys
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -29,7 +29,6 @@ WALKTHROUGH_TITLE = "## From nothing to a working bot"
 
 # What the walkthrough tells a newcomer to do, in order; test_walkthrough does each of them.
 WALKTHROUGH = [
-    ("sh", "./scripts/services"),
     ("sh", "./scripts/start"),
     ("ini", "BOT_TOKEN=123456789:AA...\nCOMFYUI_URL=http://127.0.0.1:8188"),
     ("sh", ".venv/bin/comfygram doctor"),
@@ -58,7 +57,6 @@ def test_the_walkthrough_is_what_this_file_runs():
 
 # Every command the README or a page in docs/ names (in a code block or inline), and what runs it.
 RUN_BY = {
-    "./scripts/services": "test_readme.py::test_walkthrough_on_a_fresh_copy",
     "./scripts/start": "test_readme.py::test_walkthrough_on_a_fresh_copy",
     ".venv/bin/comfygram doctor": "test_readme.py::test_walkthrough_on_a_fresh_copy",
     "./scripts/test": "CI: .ci/run",
@@ -129,14 +127,14 @@ def fresh_copy(destination: Path) -> Path:
 
 
 def newcomer_environment(telegram: TelegramDouble) -> dict[str, str]:
-    """The shell of someone who has set nothing; Redis and the port are kept apart from other
-    test runs, and Telegram is the double."""
+    """The shell of someone who has set nothing, no Redis either (`comfygram run` starts its
+    own); the key prefix and the port are kept apart from other test runs, and Telegram is the
+    double."""
     ours = ("API_TOKEN", "BOT_TOKEN", "COMFYUI", "DATABASE", "REDIS", "BACKEND", "WEBHOOK")
     keep = {k: v for k, v in os.environ.items() if not k.startswith(ours)}
     keep.pop("VIRTUAL_ENV", None)
     return {
         **keep,
-        "REDIS_URL": "redis://127.0.0.1:6379/9",
         "REDIS_PREFIX": f"cgreadme-{os.getpid()}-{time.monotonic_ns()}",
         "BACKEND_PORT": str(free_port()),
         "TELEGRAM_API_URL": telegram.url,
@@ -164,7 +162,7 @@ def launch(command: str, cwd: Path, env: dict[str, str]) -> subprocess.Popen[str
 
 
 def configure(env_file: Path, block: str, values: dict[str, str]) -> None:
-    """Do what step 5 says: set each key of the README's block in .env (to our values)."""
+    """Do what step 4 says: set each key of the README's block in .env (to our values)."""
     text = env_file.read_text()
     for line in block.splitlines():
         key = line.split("=", 1)[0]
@@ -178,10 +176,7 @@ async def test_walkthrough_on_a_fresh_copy(tmp_path):
     repo = fresh_copy(tmp_path / "comfygram")
     async with ComfyUIDouble(tmp_path / "comfyui") as comfyui, TelegramDouble() as telegram:
         env = newcomer_environment(telegram)
-        services, start, configure_block, doctor, run = (body for _, body in WALKTHROUGH)
-
-        code, output = await asyncio.to_thread(shell, services, repo, env, 120)
-        assert code == 0, output
+        start, configure_block, doctor, run = (body for _, body in WALKTHROUGH)
 
         # First start: installs, writes .env, and says what is missing.
         code, output = await asyncio.to_thread(shell, start, repo, env, 300)
@@ -200,6 +195,7 @@ async def test_walkthrough_on_a_fresh_copy(tmp_path):
         assert code == 0, output
         assert "FAIL" not in output
         assert re.search(r"^telegram +\| OK", output, re.M), output
+        assert re.search(r"^redis +\| OK +\| embedded: comfygram run starts Redis", output, re.M)
         assert TEST_BOT_TOKEN not in output
 
         process = launch(run, repo, env)
@@ -212,3 +208,7 @@ async def test_walkthrough_on_a_fresh_copy(tmp_path):
         assert process.returncode == 0, output
         assert "comfygram is running" in output
         assert "comfygram stopped." in output
+        # The queue was the embedded Redis's (its file in data/redis), not the machine's.
+        assert "comfygram: Redis: embedded" in output
+        assert any((repo / "data" / "redis").rglob("*.aof"))
+        assert await machine_redis_keys(env["REDIS_PREFIX"]) in (None, [])
