@@ -6,6 +6,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     MEDIA_DIR=/data/media \
     DATABASE_URL=sqlite:////data/comfygram.db \
+    EMBEDDED_REDIS_DIR=/data/redis \
     BACKEND_HOST=0.0.0.0 \
     BACKEND_PORT=8000
 
