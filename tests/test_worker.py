@@ -141,7 +141,7 @@ async def test_a_validation_error_fails_at_once_with_one_refund(stack: Stack):
     assert await balance(stack) == 13
     assert len(stack.comfyui.prompts_received) == 1  # no retry
     (apology,) = stack.telegram.sent("sendMessage", chat_id=USER)
-    assert "credits are back" in apology.params["text"]
+    assert "Your 1 credit is back" in apology.params["text"]  # invert costs 1
 
 
 async def test_a_flaky_node_is_retried_and_then_succeeds(stack: Stack):

@@ -83,6 +83,7 @@ async def test_a_result_the_backend_refuses_fails_the_job_with_one_refund_and_on
         assert await balance(stack) == START_BALANCE  # refunded, once
         (apology,) = apologies(stack)
         assert "could not be saved" in apology.params["text"]
+        assert "Your 2 credits are back" in apology.params["text"]  # upscale2x costs 2
         assert not stack.telegram.sent("sendPhoto", chat_id=USER)
         assert not stack.telegram.sent("sendDocument", chat_id=USER)
         await eventually(lambda: queue_is_empty(stack))
