@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -184,7 +185,7 @@ async def test_bot_polls_until_sigterm(base_env, tmp_path):
         try:
             await telegram.wait_for("deleteWebhook", timeout=60)  # polling mode: no webhook
             await telegram.wait_for("setMyCommands", timeout=20)
-            await telegram.wait_for("getUpdates", timeout=20)
+            await telegram.wait_for("getUpdates", timeout=45)  # a long poll: 25 s
         finally:
             process.send_signal(signal.SIGTERM)
             code = await asyncio.to_thread(process.wait, 30)
@@ -202,3 +203,278 @@ def test_bot_refuses_to_poll_in_webhook_mode(base_env, tmp_path):
     result = run(["bot"], env, tmp_path)
     assert result.returncode == 2
     assert "WEBHOOK_URL is set: the backend receives the updates" in result.stderr
+
+
+# A mistake in the environment: one actionable line on stderr, no traceback, a non-zero exit.
+
+
+def the_one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    """The single line a failed start printed on stderr (warnings aside)."""
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr, result.stderr
+    lines = [
+        line
+        for line in result.stderr.splitlines()
+        if line.strip() and not line.startswith("comfygram: warning:")
+    ]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("comfygram: "), lines[0]
+    return lines[0]
+
+
+class PostgresRejectingPasswords:
+    """Speaks just enough of PostgreSQL's wire protocol to ask for a password and refuse it,
+    as a server with `md5`/`scram` authentication does for a wrong one (28P01)."""
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:  # SSLRequest / GSSENCRequest are declined; then the StartupMessage
+                length = int.from_bytes(await reader.readexactly(4), "big")
+                body = await reader.readexactly(length - 4)
+                if int.from_bytes(body[:4], "big") not in (80877103, 80877104):
+                    break
+                writer.write(b"N")
+            writer.write(b"R" + (8).to_bytes(4, "big") + (3).to_bytes(4, "big"))  # cleartext
+            await reader.readexactly(1)  # the PasswordMessage
+            await reader.readexactly(int.from_bytes(await reader.readexactly(4), "big") - 4)
+            fields = b'SFATAL\0VFATAL\0C28P01\0Mpassword authentication failed for user "cg"\0\0'
+            writer.write(b"E" + (len(fields) + 4).to_bytes(4, "big") + fields)
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+CLOSED_PORT = free_port()
+PG = "postgresql://postgres@127.0.0.1:5432"
+MISCONFIGURED = [
+    # (command, settings, what the line must say)
+    ("migrate", {"DATABASE_URL": "mysql://u:p@localhost/db"}, ["DATABASE_URL", "postgresql://"]),
+    ("backend", {"DATABASE_URL": "mysql://u:p@localhost/db"}, ["DATABASE_URL", "sqlite:///"]),
+    ("migrate", {"DATABASE_URL": "not a url"}, ["DATABASE_URL", "postgresql://"]),
+    ("migrate", {"DATABASE_URL": "postgresql://u@db:port/x"}, ["DATABASE_URL", "port"]),
+    (
+        "migrate",
+        {"DATABASE_URL": f"postgresql://postgres@127.0.0.1:{CLOSED_PORT}/cg"},
+        ["DATABASE_URL", f"127.0.0.1:{CLOSED_PORT}", "PostgreSQL is running"],
+    ),
+    (
+        "backend",
+        {"DATABASE_URL": f"postgresql://postgres@127.0.0.1:{CLOSED_PORT}/cg"},
+        ["DATABASE_URL", f"127.0.0.1:{CLOSED_PORT}"],
+    ),
+    (
+        "run",
+        {"DATABASE_URL": f"postgresql://postgres@127.0.0.1:{CLOSED_PORT}/cg"},
+        ["DATABASE_URL", f"127.0.0.1:{CLOSED_PORT}"],
+    ),
+    (
+        "migrate",
+        {"DATABASE_URL": "postgresql://postgres@no-such-host.invalid/cg"},
+        ["DATABASE_URL", "no-such-host.invalid", "host name"],
+    ),
+    (
+        "migrate",
+        {"DATABASE_URL": "postgresql://no_such_role_cg@127.0.0.1:5432/postgres"},
+        ["DATABASE_URL", '"no_such_role_cg"', "user name"],
+    ),
+    (
+        "backend",
+        {"DATABASE_URL": f"{PG}/no_such_database_cg"},
+        ["DATABASE_URL", '"no_such_database_cg"', "createdb"],
+    ),
+    (
+        "run",
+        {"DATABASE_URL": f"{PG}/no_such_database_cg"},
+        ["DATABASE_URL", '"no_such_database_cg"'],
+    ),
+    ("backend", {"REDIS_URL": "127.0.0.1:6379"}, ["REDIS_URL", "redis://"]),
+    ("worker", {"REDIS_URL": "127.0.0.1:6379/0"}, ["REDIS_URL", "redis://"]),
+    ("backend", {"REDIS_URL": "redis://127.0.0.1:6379/x"}, ["REDIS_URL", "database"]),
+    (
+        "backend",
+        {"REDIS_URL": "redis://127.0.0.1:6379/99"},
+        ["REDIS_URL", "database 99", "out of range"],
+    ),
+    ("run", {"REDIS_URL": "redis://127.0.0.1:6379/99"}, ["REDIS_URL", "database 99"]),
+    ("backend", {"REDIS_DB": "99"}, ["REDIS_DB", "database 99", "out of range"]),
+    (
+        "migrate",
+        {"ADMIN_TELEGRAM_IDS": "123,456"},
+        ["ADMIN_TELEGRAM_IDS", "[123456789, 987654321]"],
+    ),
+    ("bot", {"ADMIN_TELEGRAM_IDS": '["me"]'}, ["ADMIN_TELEGRAM_IDS", "[123456789, 987654321]"]),
+    (
+        "backend",
+        {"CREDIT_PACKAGES": "small=10"},
+        ["CREDIT_PACKAGES", '[{"id": "small", "credits": 10, "stars": 50}'],
+    ),
+    (
+        "doctor",
+        {"CREDIT_PACKAGES": '[{"id": "small"}]'},
+        ["CREDIT_PACKAGES", '[{"id": "small", "credits": 10, "stars": 50}'],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("command", "settings", "says"),
+    MISCONFIGURED,
+    ids=[f"{c}-{'-'.join(s)}={next(iter(s.values()))}" for c, s, _ in MISCONFIGURED],
+)
+def test_a_misconfiguration_is_one_line_without_a_traceback(
+    base_env, tmp_path, command, settings, says
+):
+    env = {
+        **base_env,
+        **SECRETS,
+        "REDIS_URL": "redis://127.0.0.1:6379/9",
+        "BACKEND_PORT": str(free_port()),
+        "COMFYUI_URL": f"http://127.0.0.1:{CLOSED_PORT}",
+        **settings,
+    }
+    if "REDIS_DB" in settings:
+        del env["REDIS_URL"]
+    line = the_one_error_line(run([command], env, tmp_path))
+    for fragment in says:
+        assert fragment in line
+    assert SECRETS["API_TOKEN"] not in line and "u:p@" not in line
+
+
+async def test_a_wrong_database_password_is_named(base_env, tmp_path):
+    async with PostgresRejectingPasswords() as where:
+        env = {**base_env, "DATABASE_URL": f"postgresql://cg:wrong-pw-31@{where}/cg"}
+        result = await asyncio.to_thread(run, ["migrate"], env, tmp_path)
+    line = the_one_error_line(result)
+    assert "DATABASE_URL" in line and "password" in line and where in line
+    assert "wrong-pw-31" not in line
+
+
+def test_debug_shows_the_traceback(base_env, tmp_path):
+    env = {**base_env, "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{CLOSED_PORT}/cg"}
+    for args, extra in ((["--debug", "migrate"], {}), (["migrate"], {"LOG_LEVEL": "DEBUG"})):
+        result = run(args, {**env, **extra}, tmp_path)
+        assert result.returncode != 0
+        assert "Traceback" in result.stderr
+        assert f"127.0.0.1:{CLOSED_PORT}" in result.stderr.strip().splitlines()[-1]
+
+
+def test_backend_with_its_port_taken_is_one_line(base_env, tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {
+            **base_env,
+            **SECRETS,
+            "BACKEND_PORT": str(port),
+            "REDIS_URL": "redis://127.0.0.1:6379/9",
+        }
+        line = the_one_error_line(run(["backend"], env, tmp_path))
+    assert f"127.0.0.1:{port} is already in use" in line and "BACKEND_PORT" in line
+
+
+# Where the settings come from.
+
+
+def test_env_file_chooses_the_settings_file(base_env, tmp_path):
+    chosen = tmp_path / "conf" / "prod.env"
+    chosen.parent.mkdir()
+    chosen.write_text(f"DATABASE_URL=sqlite:///{tmp_path}/from-env-file.db\n")
+    (tmp_path / ".env").write_text("DATABASE_URL=mysql://not/this/one\n")
+    env = {k: v for k, v in base_env.items() if k != "DATABASE_URL"}
+    result = run(["--env-file", str(chosen), "migrate"], env, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "from-env-file.db").exists()
+
+
+def test_a_missing_env_file_is_an_error(base_env, tmp_path):
+    result = run(["--env-file", "nowhere.env", "migrate"], base_env, tmp_path)
+    assert result.returncode == 2
+    assert the_one_error_line(result) == "comfygram: --env-file nowhere.env: no such file"
+
+
+@pytest.mark.parametrize("with_dotenv", [True, False])
+def test_long_running_commands_say_where_the_settings_came_from(base_env, tmp_path, with_dotenv):
+    if with_dotenv:
+        (tmp_path / ".env").write_text("WEBHOOK_URL=https://bot.example.com/webhook\n")
+    env = {**base_env, **SECRETS, "REDIS_URL": "redis://127.0.0.1:6379/9"}
+    if not with_dotenv:
+        env["WEBHOOK_URL"] = "https://bot.example.com/webhook"
+    result = run(["bot"], env, tmp_path)  # stops at once: webhook mode
+    assert "WEBHOOK_URL is set" in result.stderr
+    said = [line for line in result.stdout.splitlines() if line.startswith("comfygram: settings")]
+    if with_dotenv:
+        assert said == [
+            f"comfygram: settings: {tmp_path / '.env'} and the environment (which wins)"
+        ]
+    else:
+        assert said == [f"comfygram: settings: the environment only (no .env in {tmp_path})"]
+
+
+def test_short_commands_do_not_announce_their_settings(base_env, tmp_path):
+    result = run(["migrate"], base_env, tmp_path)
+    assert result.returncode == 0 and "settings:" not in result.stdout
+
+
+# The command line itself.
+
+
+def test_version(base_env, tmp_path):
+    from comfygram import __version__
+
+    result = run(["--version"], base_env, tmp_path)
+    assert (result.returncode, result.stdout.strip()) == (0, f"comfygram {__version__}")
+
+
+def test_comfygram_alone_prints_the_help(base_env, tmp_path):
+    result = run([], base_env, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: comfygram")
+    for command in ("run", "backend", "worker", "bot", "migrate", "doctor", "presets"):
+        assert f"\n    {command} " in result.stdout
+
+
+def test_every_command_describes_itself_in_one_line(base_env, tmp_path):
+    from comfygram.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    assert len(commands) >= 7
+    for name in commands:
+        result = run([name, "--help"], base_env, tmp_path)
+        assert result.returncode == 0, name
+        # usage, a blank line, then the description: one sentence on one line
+        lines = result.stdout.splitlines()
+        description = lines[lines.index("") + 1]
+        assert description[0].isupper() and description.endswith("."), (name, description)
+        assert lines[lines.index("") + 2] == "", (name, "the description is one line")
+
+
+def test_presets_list_shows_what_an_operator_knows(base_env, tmp_path):
+    result = run(["presets", "list"], base_env, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == run(["presets"], base_env, tmp_path).stdout
+    header, *rows = result.stdout.splitlines()
+    assert [c.strip() for c in header.split("|")] == [
+        "preset",
+        "title",
+        "price",
+        "on",
+        "asks for text",
+        "model files",
+    ]
+    by_slug = {row.split("|")[0].strip(): [c.strip() for c in row.split("|")] for row in rows}
+    assert by_slug["invert"][1:5] == ["Negative", "1 credit", "yes", "no"]
+    assert by_slug["kontext"][3:5] == ["no", "yes"]
+    assert by_slug["oil"][5] == "checkpoints/v1-5-pruned-emaonly.safetensors"
+    # No Python values or internal keys (workflow node ids, field names) leak into the table.
+    for word in ("True", "False", "takes_prompt", "slug", "node", "None"):
+        assert word not in result.stdout

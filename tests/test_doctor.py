@@ -34,7 +34,11 @@ async def _migrated(tmp_path) -> str:
 
 
 def _settings(**kw) -> Settings:
-    values = dict(redis_url=REDIS_URL, redis_prefix=f"cgdoc-{uuid.uuid4().hex[:8]}")
+    values = dict(
+        redis_url=REDIS_URL,
+        redis_prefix=f"cgdoc-{uuid.uuid4().hex[:8]}",
+        api_token="doctor-api-token-1234",
+    )
     values.update(kw)
     return Settings(_env_file=None, **values)
 
@@ -154,6 +158,7 @@ async def test_cli_doctor_healthy(tmp_path):
             "COMFYUI_URL": comfy.url,
             "TELEGRAM_API_URL": tg.url,
             "BOT_TOKEN": TEST_BOT_TOKEN,
+            "API_TOKEN": "doctor-api-token-1234",
             "WEBHOOK_URL": "",
         }
         proc = await asyncio.create_subprocess_exec(
@@ -226,9 +231,9 @@ def _cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
 def test_cli_presets_list():
     listed = _cli("presets", "list")
     assert listed.returncode == 0, listed.stderr
-    rows = {line.split(" | ")[0]: line for line in listed.stdout.splitlines()[1:]}
+    rows = {line.split(" | ")[0].strip(): line for line in listed.stdout.splitlines()[1:]}
     assert {"bw", "invert", "oil", "edit"} <= set(rows)
-    assert "checkpoints/" in rows["oil"] and rows["invert"].endswith("| -")
+    assert "checkpoints/" in rows["oil"] and rows["invert"].endswith("| none")
 
 
 async def test_cli_presets_check_names_what_this_comfyui_lacks(tmp_path):
@@ -239,3 +244,34 @@ async def test_cli_presets_check_names_what_this_comfyui_lacks(tmp_path):
     assert "| OK" in rows["preset invert"]
     assert "safetensors" in rows["preset oil"]  # the missing model file, by name
     assert "preset kontext" not in rows  # disabled presets are not checked
+
+
+def _cli_in(cwd, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    ours = ("API_TOKEN", "BOT_TOKEN", "DATABASE", "REDIS", "MEDIA", "COMFYUI", "WEBHOOK")
+    keep = {k: v for k, v in os.environ.items() if not k.startswith(ours)}
+    return subprocess.run(
+        [sys.executable, "-m", "comfygram", "doctor", *args],
+        env={**keep, "REDIS_URL": REDIS_URL, "COMFYUI_URL": "http://127.0.0.1:9", **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+
+
+@pytest.mark.parametrize("api_token", ["", None])
+def test_doctor_fails_without_an_api_token(tmp_path, api_token):
+    env = {} if api_token is None else {"API_TOKEN": api_token}
+    result = _cli_in(tmp_path, **env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    rows = {line.split(" | ")[0].strip(): line for line in result.stdout.splitlines()}
+    assert "| FAIL" in rows["settings"] and "API_TOKEN is not set" in rows["settings"]
+
+
+def test_doctor_creates_nothing_where_it_runs(tmp_path):
+    """With the default SQLite file and media folder under ./data, doctor only looks."""
+    result = _cli_in(tmp_path, API_TOKEN="doctor-api-token-1234")
+    assert "Traceback" not in result.stdout + result.stderr
+    rows = {line.split(" | ")[0].strip(): line for line in result.stdout.splitlines()}
+    assert "| WARN" in rows["database"] and "no database yet" in rows["database"]
+    assert list(tmp_path.iterdir()) == []

@@ -67,8 +67,19 @@ def test_run_with_its_port_taken_exits_and_says_so(tmp_path):
         port = taken.getsockname()[1]
         process = start(tmp_path, BACKEND_PORT=str(port))
         output, _ = process.communicate(timeout=60)
-    assert process.returncode == 1, output
-    assert f"the backend could not start on 127.0.0.1:{port}" in output
+    assert process.returncode == 2, output
+    assert "Traceback" not in output
+    errors = [line for line in output.splitlines() if line.startswith("comfygram: ")]
+    errors = [
+        line
+        for line in errors
+        if not line.startswith(("comfygram: warning", "comfygram: settings"))
+    ]
+    assert errors == [
+        f"comfygram: 127.0.0.1:{port} is already in use: stop what listens there or choose "
+        "another BACKEND_PORT"
+    ], output
+    assert "ERROR" not in output  # nothing started, so nothing logged a failure
 
 
 async def test_run_serves_a_photo_from_start_to_result(tmp_path):

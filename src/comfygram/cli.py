@@ -4,33 +4,57 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
+import traceback
+from pathlib import Path
 
-from comfygram.logs import setup_logging
+from comfygram import __version__
+from comfygram.logs import redact, setup_logging
 from comfygram.presets import PresetError
 from comfygram.settings import ConfigError, Settings, load_settings
+
+# Commands that keep running: they say at start where their settings came from.
+LONG_RUNNING = ("run", "backend", "worker", "bot")
 
 
 def _backend(settings: Settings, args: argparse.Namespace) -> None:
     import uvicorn
 
+    from comfygram import startup
     from comfygram.backend.app import create_app
 
-    app = create_app(settings)
+    app = create_app(settings)  # checks the settings it needs first
     settings.require_shared_redis("backend")
+    host, port = args.host or settings.backend_host, args.port or settings.backend_port
+    startup.check_port_free(host, port, "BACKEND_PORT (or --port)")
+    asyncio.run(_backend_dependencies(settings))
     uvicorn.run(
         app,
-        host=args.host or settings.backend_host,
-        port=args.port or settings.backend_port,
+        host=host,
+        port=port,
         log_config=None,
         proxy_headers=True,
     )
 
 
+async def _backend_dependencies(settings: Settings) -> None:
+    """The database must work; Redis must be set up right but may come later (jobs are put
+    back on the queue when it does)."""
+    from comfygram import startup
+
+    await startup.check_database(settings)
+    warning = await startup.check_redis(settings)
+    if warning:
+        print(f"comfygram: warning: {warning}", file=sys.stderr)
+
+
 def _migrate(settings: Settings, _args: argparse.Namespace) -> None:
+    from comfygram import startup
     from comfygram.backend import db
 
     async def run() -> str | None:
+        await startup.check_database(settings)
         engine = db.create_engine(settings.database_dsn)
         try:
             await db.migrate(engine)
@@ -45,7 +69,18 @@ def _worker(settings: Settings, _args: argparse.Namespace) -> None:
     from comfygram.worker.main import run_worker
 
     settings.require_shared_redis("worker")
+    asyncio.run(_redis_set_up_right(settings))
     asyncio.run(run_worker(settings))
+
+
+async def _redis_set_up_right(settings: Settings) -> None:
+    """Stop on a Redis set up wrongly (password, database index); one that is down is a
+    warning: the command waits for it."""
+    from comfygram import startup
+
+    warning = await startup.check_redis(settings)
+    if warning:
+        print(f"comfygram: warning: {warning}", file=sys.stderr)
 
 
 def _bot(settings: Settings, _args: argparse.Namespace) -> None:
@@ -57,6 +92,7 @@ def _bot(settings: Settings, _args: argparse.Namespace) -> None:
             "unset it to run the bot with long polling"
         )
     settings.require_shared_redis("bot")
+    asyncio.run(_redis_set_up_right(settings))
 
     async def poll() -> None:
         await BotRuntime(settings).run_polling()
@@ -82,11 +118,20 @@ def _presets(settings: Settings, args: argparse.Namespace) -> None:
     from comfygram import doctor
     from comfygram.presets import load_presets
 
-    if args.presets_command == "list":
-        print("slug | price | enabled | takes_prompt | models")
+    if args.presets_command in (None, "list"):
+        rows = [("preset", "title", "price", "on", "asks for text", "model files")]
         for p in load_presets(settings.presets_dir):
-            models = ", ".join(f"{m.folder}/{m.name}" for m in p.models) or "-"
-            print(f"{p.slug} | {p.price} | {p.enabled} | {p.takes_prompt} | {models}")
+            rows.append(
+                (
+                    p.slug,
+                    p.title.get("en") or next(iter(p.title.values()), ""),
+                    f"{p.price} credit{'' if p.price == 1 else 's'}",
+                    "yes" if p.enabled else "no",
+                    "yes" if p.takes_prompt else "no",
+                    ", ".join(f"{m.folder}/{m.name}" for m in p.models) or "none",
+                )
+            )
+        print(_table(rows))
         return
     checks = asyncio.run(doctor.check_comfyui(settings, only_enabled=True))
     print(doctor.render(checks))
@@ -94,51 +139,113 @@ def _presets(settings: Settings, args: argparse.Namespace) -> None:
     raise SystemExit(0 if all(c.status == doctor.OK for c in checks) else 1)
 
 
+def _table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        " | ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="comfygram", description="A paid AI photo-editing service on Telegram."
+        prog="comfygram",
+        description="A paid AI photo-editing service on Telegram, rendered by ComfyUI.",
+        epilog="Settings come from the environment and .env (see docs/settings.md). "
+        "`comfygram COMMAND --help` describes each command.",
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    run = commands.add_parser(
-        "run", help="one machine: the backend, a worker and the bot (polling) together"
+    parser.add_argument("--version", action="version", version=f"comfygram {__version__}")
+    parser.add_argument(
+        "--env-file",
+        metavar="PATH",
+        type=Path,
+        help="read settings from this file instead of ./.env (the environment still wins)",
     )
-    run.set_defaults(handler=_run)
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the traceback when a command stops on an error (so does LOG_LEVEL=DEBUG)",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    backend = commands.add_parser("backend", help="run the REST API (and Telegram webhook)")
+    def command(name: str, summary: str) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name, help=summary, description=summary[0].upper() + summary[1:] + "."
+        )
+
+    command(
+        "run", "one machine: the backend, a worker and the bot (polling) in one process"
+    ).set_defaults(handler=_run)
+
+    backend = command("backend", "serve the REST API, the Telegram webhook and the admin panel")
     backend.add_argument("--host", help="default: BACKEND_HOST or 127.0.0.1")
     backend.add_argument("--port", type=int, help="default: BACKEND_PORT or 8000")
     backend.set_defaults(handler=_backend)
 
-    worker = commands.add_parser("worker", help="run jobs on one ComfyUI (COMFYUI_URL)")
-    worker.set_defaults(handler=_worker)
+    command("worker", "run jobs on one ComfyUI (COMFYUI_URL) and deliver the results").set_defaults(
+        handler=_worker
+    )
+    command("bot", "run the Telegram bot with long polling").set_defaults(handler=_bot)
+    command("migrate", "apply the database migrations and exit").set_defaults(handler=_migrate)
+    command(
+        "doctor", "check the settings, database, Redis, ComfyUI, workers and bot token"
+    ).set_defaults(handler=_doctor)
 
-    bot = commands.add_parser("bot", help="run the Telegram bot with long polling")
-    bot.set_defaults(handler=_bot)
-
-    migrate = commands.add_parser("migrate", help="apply database migrations and exit")
-    migrate.set_defaults(handler=_migrate)
-
-    doctor = commands.add_parser("doctor", help="check settings, database, Redis, ComfyUI, bot")
-    doctor.set_defaults(handler=_doctor)
-
-    presets = commands.add_parser("presets", help="list presets or check them against ComfyUI")
-    presets.add_argument("presets_command", choices=["list", "check"])
+    presets = command("presets", "list the presets, or check them against this ComfyUI")
+    presets.add_argument(
+        "presets_command",
+        nargs="?",
+        choices=["list", "check"],
+        help="list (the default): title, price, on/off, model files; check: which enabled "
+        "presets this ComfyUI can run (exit 1 if one cannot)",
+    )
     presets.set_defaults(handler=_presets)
     return parser
 
 
+def _settings_source(env_file: Path | None) -> tuple[Path | None, str]:
+    """The .env file to read (None: none) and one line saying so."""
+    if env_file is not None:
+        if not env_file.is_file():
+            raise ConfigError(f"--env-file {env_file}: no such file")
+        return env_file, f"settings: {env_file.resolve()} and the environment (which wins)"
+    default = Path(".env")
+    if default.is_file():
+        return default, f"settings: {default.resolve()} and the environment (which wins)"
+    return None, f"settings: the environment only (no .env in {Path.cwd()})"
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # `comfygram` alone: the help, which is what was asked for
+        parser.print_help()
+        raise SystemExit(0)
+    debug = args.debug or os.environ.get("LOG_LEVEL", "").upper() == "DEBUG"
+    secrets: list[str] = []
     try:
-        settings = load_settings()
+        env_file, source = _settings_source(args.env_file)
+        settings = load_settings(_env_file=env_file)
+        debug = debug or settings.log_level.upper() == "DEBUG"
+        secrets = settings.secrets()
+        if args.command in LONG_RUNNING:
+            print(f"comfygram: {source}", flush=True)
         setup_logging(settings.log_level, settings.log_json, settings.secrets())
         args.handler(settings, args)
     except (ConfigError, PresetError) as exc:
+        if debug:
+            traceback.print_exc()
         print(f"comfygram: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None
+    except Exception as exc:  # a bug or an outage nobody foresaw: still one line
+        if debug:
+            traceback.print_exc()
+        first = redact((str(exc).strip().splitlines() or [""])[0][:300], secrets)
+        hint = "" if debug else " (run with --debug for the traceback)"
+        print(f"comfygram {args.command}: {type(exc).__name__}: {first}{hint}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

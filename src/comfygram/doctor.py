@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -49,8 +50,34 @@ def _alembic_head() -> str | None:
     return ScriptDirectory.from_config(config).get_current_head()
 
 
+def _missing_sqlite_file(settings: Settings) -> Path | None:
+    """The SQLite file DATABASE_URL names, when it does not exist yet."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(settings.database_dsn)
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    path = Path(url.database)
+    return None if path.exists() else path
+
+
 async def check_database(settings: Settings) -> list[Check]:
     from comfygram.backend import db
+
+    missing = _missing_sqlite_file(settings)
+    if missing is not None:  # opening it would create it (and its folder): only look
+        return [
+            Check(
+                "database",
+                WARN if settings.auto_migrate else FAIL,
+                f"no database yet at {missing}: "
+                + (
+                    "the backend creates and migrates it when it starts"
+                    if settings.auto_migrate
+                    else "run comfygram migrate"
+                ),
+            )
+        ]
 
     async def probe() -> list[Check]:
         engine = db.create_engine(settings.database_dsn)
@@ -317,6 +344,13 @@ async def run_doctor(settings: Settings | None = None) -> list[Check]:
             Check(name, SKIP, "settings invalid")
             for name in ("admin panel", "database", "redis", "comfyui", "workers", "telegram")
         ]
+    if settings.api_token is None:
+        first = Check(
+            "settings",
+            FAIL,
+            "API_TOKEN is not set: the backend, the bot and the workers need it (make one with "
+            "python3 -c 'import secrets; print(secrets.token_urlsafe(32))')",
+        )
     # One after another: each timeout then measures only its own service.
     checks = [first, *check_admin(settings)]
     for check in (check_database, check_redis, check_comfyui):

@@ -15,10 +15,11 @@ import sys
 import httpx
 import uvicorn
 from redis.asyncio import Redis
-from redis.exceptions import AuthenticationError, RedisError
+from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
+from comfygram import startup
 from comfygram.embedded_redis import EmbeddedRedis, EmbeddedRedisError
-from comfygram.settings import Settings
+from comfygram.settings import ConfigError, Settings
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ async def preflight(settings: Settings) -> tuple[list[str], list[str]]:
         )
     if settings.redis_configured:  # else run_all starts an embedded one
         problems += await _configured_redis_problems(settings)
+    problems += await _database_and_port_problems(settings)
     try:
         async with httpx.AsyncClient(timeout=_CHECK_TIMEOUT) as http:
             (await http.get(f"{settings.comfyui_url.rstrip('/')}/system_stats")).raise_for_status()
@@ -55,6 +57,20 @@ async def preflight(settings: Settings) -> tuple[list[str], list[str]]:
             "answers (set COMFYUI_URL to where it runs)"
         )
     return problems, warnings
+
+
+async def _database_and_port_problems(settings: Settings) -> list[str]:
+    """The database must answer and the backend's port be free, before anything starts."""
+    problems = []
+    try:
+        startup.check_port_free(settings.backend_host, settings.backend_port)
+    except ConfigError as exc:
+        problems.append(str(exc))
+    try:
+        await startup.check_database(settings)
+    except ConfigError as exc:
+        problems.append(str(exc))
+    return problems
 
 
 async def _configured_redis_problems(settings: Settings) -> list[str]:
@@ -69,6 +85,12 @@ async def _configured_redis_problems(settings: Settings) -> list[str]:
         await redis.ping()
     except AuthenticationError:
         return [f"Redis at {where} refused the password: check REDIS_PASSWORD"]
+    except ResponseError as exc:  # e.g. no such database: reachable, set up wrongly
+        try:
+            await startup.check_redis(settings)
+        except ConfigError as explained:
+            return [str(explained)]
+        return [f"Redis at {where} refused us: {exc}"]
     except (RedisError, OSError):
         return [
             f"Redis not reachable at {where}: start it or correct REDIS_URL "
@@ -136,6 +158,7 @@ async def _run_parts(settings: Settings) -> int:
     backend = asyncio.create_task(_serve(server), name="backend")
     while not server.started:
         if backend.done():
+            backend.exception()  # retrieved: its traceback is not worth printing
             print(
                 f"comfygram: the backend could not start on {host}:{port} (the reason is above)",
                 file=sys.stderr,
