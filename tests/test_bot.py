@@ -279,7 +279,8 @@ async def test_cancel_refunds_a_queued_job(world: World):
     assert (await world.backend.user(5010)).balance == 3 - job.price
     await user.send_command("cancel")
     done = await world.reply(user, containing="Cancelled.")
-    assert f"{job.price} credits are back. Balance: <b>3</b>" in done.params["text"]
+    assert job.price == 1
+    assert "Cancelled. 1 credit is back. Balance: <b>3</b>" in done.params["text"]
     assert (await world.backend.job(job.id)).status == "cancelled"
     assert (await world.backend.user(5010)).balance == 3
     edited = await world.reply(user, method="editMessageText", containing="Cancelled")
