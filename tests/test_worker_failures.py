@@ -231,3 +231,16 @@ async def test_a_comfyui_death_reported_twice_counts_once_and_only_while_running
     again = await stack.backend.record_comfyui_crash(job_id, seen=0)  # a retried report
     assert first.comfyui_crashes == again.comfyui_crashes == 1
     assert (await stack.backend.record_comfyui_crash(job_id, seen=1)).comfyui_crashes == 2
+
+
+async def test_a_failed_job_removes_its_status_message_once_the_apology_is_sent(stack: Stack):
+    stack.comfyui.hide_node("ImageInvert")  # the workflow is refused: failed at once
+    job_id = await create(stack)
+    status_id = await stack.status_message(USER, "⏳ Queued: position 1")
+    await stack.backend.record_status_message(job_id, USER, status_id)
+    stack.start_worker()
+    job = await stack.settled(job_id)
+    assert (job.status, job.delivery_status) == ("failed", "delivered")
+    assert stack.telegram.message(USER, status_id).deleted
+    (left,) = [m for m in stack.telegram.messages(USER) if m.from_bot and not m.deleted]
+    assert "Sorry" in left.text  # the apology alone
