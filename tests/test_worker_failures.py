@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import random
+import sqlite3
 
 import pytest
 from PIL import Image
@@ -244,3 +245,21 @@ async def test_a_failed_job_removes_its_status_message_once_the_apology_is_sent(
     assert stack.telegram.message(USER, status_id).deleted
     (left,) = [m for m in stack.telegram.messages(USER) if m.from_bot and not m.deleted]
     assert "Sorry" in left.text  # the apology alone
+
+
+async def test_a_free_job_that_fails_says_sorry_without_promising_credits_back(
+    settings, tmp_path, redis
+):
+    async with running_stack(settings, tmp_path) as stack:
+        await stack.new_user(USER, credits=10)
+        database = str(stack.settings.database_url).split(":///", 1)[1]
+        with sqlite3.connect(database) as db:  # as an operator who made the preset free
+            db.execute("UPDATE presets SET price = 0 WHERE slug = 'invert'")
+        stack.comfyui.hide_node("ImageInvert")
+        job_id = await create(stack)
+        stack.start_worker()
+        job = await stack.settled(job_id)
+        assert (job.status, job.price) == ("failed", 0)
+        (apology,) = apologies(stack)
+        assert "Sorry" in apology.params["text"] and "credit" not in apology.params["text"]
+        assert await balance(stack) == START_BALANCE

@@ -158,9 +158,11 @@ class UserMessages:
         reason_key = f"worker.failed.{kind.value}" if kind else "worker.failed.execution"
         if kind is FailureKind.UNAVAILABLE:
             reason_key = "worker.failed.execution"
+        # A free job (an operator's retry) had nothing charged, so nothing is said to be back.
+        intro = "worker.failed.intro" if job.price else "worker.failed.intro_free"
         text = t(
             language,
-            "worker.failed.intro",
+            intro,
             title=_title(preset, language, job.preset),
             reason=t(language, reason_key),
             price=job.price,
