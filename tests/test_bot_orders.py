@@ -192,3 +192,25 @@ async def test_an_album_after_choosing_a_preset_orders_its_first_photo_once(worl
     sent = [c.params["text"] for c in world.telegram.calls[since:] if c.method == "sendMessage"]
     assert not [text for text in sent if "Nice photo" in text], sent
     assert len([text for text in sent if "2 photos" in text]) == 1, sent
+
+
+async def test_the_photo_is_fetched_from_telegram_once(world: World):
+    user = await _started(world, 6008, credits=7)
+    since = world.mark()
+    await user.send_photo(images.jpeg())
+    keyboard = await world.reply(user, containing="Nice photo")
+    await user.press(keyboard.result, "ps:bw")
+    await world.reply(user, containing="Queued", since=since)
+    await world.settle()
+    assert _fetches(world, since) == 1
+    # A double tap (replays) and another preset on the same photo: no new download.
+    await user.press(keyboard.result, "ps:bw")
+    await user.press(keyboard.result, "ps:invert")
+    await world.reply(user, containing="Queued", since=since, count=2)
+    await world.settle()
+    assert len(await world.backend.jobs(6008)) == 2
+    assert _fetches(world, since) == 1
+
+
+def _fetches(world: World, since: int) -> int:
+    return len([c for c in world.telegram.calls[since:] if c.method == "getFile"])

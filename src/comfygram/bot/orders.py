@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiogram import Bot
 from aiogram.methods import DeleteMessage
@@ -24,6 +24,7 @@ from comfygram.bot.keys import bot_key
 from comfygram.bot.replies import not_enough_credits, send
 from comfygram.bot.sources import (
     TELEGRAM_DOWNLOAD_LIMIT,
+    ImageCache,
     ImageTooLarge,
     ImageUnavailable,
     PhotoSource,
@@ -89,6 +90,7 @@ class Orders:
     settings: Settings
     tracker: QueueTracker
     eta: Eta
+    images: ImageCache = field(default_factory=ImageCache)
 
     async def place(
         self,
@@ -103,7 +105,7 @@ class Orders:
         """Create the job and report it; every refusal is told to the user. None if refused."""
         try:
             image, filename = await load_image(
-                source, self.bot, self.backend, image_limit(self.settings)
+                source, self.bot, self.backend, image_limit(self.settings), self.images
             )
         except ImageTooLarge:
             await self._say(chat_id, lang, "bot.photo.too_large")

@@ -37,11 +37,17 @@ PROMPT_MAX = 1000
 def _source(message: Message) -> PhotoSource:
     if message.photo:
         photo = message.photo[-1]  # the largest size
-        return PhotoSource(file_id=photo.file_id, file_size=photo.file_size, filename="photo.jpg")
+        return PhotoSource(
+            file_id=photo.file_id,
+            file_unique_id=photo.file_unique_id,
+            file_size=photo.file_size,
+            filename="photo.jpg",
+        )
     document = message.document
     assert document is not None
     return PhotoSource(
         file_id=document.file_id,
+        file_unique_id=document.file_unique_id,
         file_size=document.file_size,
         filename=document.file_name or "image",
     )
