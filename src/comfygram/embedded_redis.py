@@ -31,6 +31,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,11 +153,18 @@ def _quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM (a clean shutdown) when comfygram dies, even by
-    SIGKILL, so no orphan keeps the data folder."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+def _parent_death_signal() -> Callable[[], None] | None:
+    """For the child, before exec: SIGTERM (a clean shutdown) when comfygram dies, even by
+    SIGKILL, so no orphan keeps the data folder. Linux only; the C function is looked up here,
+    in the parent, so that the forked child only calls it."""
+    if sys.platform != "linux":
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig = 1
+    return lambda: prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 class EmbeddedRedis:
@@ -215,7 +223,7 @@ class EmbeddedRedis:
             # Its own session: the terminal's Ctrl-C reaches comfygram only, which stops the
             # other components first and this server last.
             start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            preexec_fn=_parent_death_signal(),
         )
         assert self.process.stdin is not None and self.process.stdout is not None
         self.process.stdin.write(self.config().encode())
