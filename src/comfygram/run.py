@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import signal
 import sys
@@ -137,6 +138,27 @@ async def run_all(settings: Settings) -> int:
         await embedded.stop()  # after everything that uses it
 
 
+def single_machine_settings(settings: Settings) -> Settings:
+    """The settings `comfygram run` gives its parts: the bot and the worker talk to its own
+    backend, and the API docs are on while that backend listens on loopback only (unless
+    API_DOCS says otherwise)."""
+    host, port = settings.backend_host, settings.backend_port
+    own = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    api_docs = settings.api_docs
+    if api_docs is None:
+        api_docs = host == "localhost" or _is_loopback(host)
+    return settings.model_copy(
+        update={"backend_url": own, "backend_api_url": own, "api_docs": api_docs}
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 async def _run_parts(settings: Settings) -> int:
     """The backend, the worker and the bot, until a signal or one of them fails."""
     from comfygram.backend.app import create_app
@@ -144,8 +166,8 @@ async def _run_parts(settings: Settings) -> int:
     from comfygram.worker.main import run_worker
 
     host, port = settings.backend_host, settings.backend_port
-    own = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
-    settings = settings.model_copy(update={"backend_url": own, "backend_api_url": own})
+    settings = single_machine_settings(settings)
+    own = settings.backend_url
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -173,7 +195,9 @@ async def _run_parts(settings: Settings) -> int:
         asyncio.create_task(bot.run_polling(handle_signals=False), name="bot"),
     }
     print(
-        f"comfygram is running: backend {own} (API docs {own}/docs), worker on "
+        f"comfygram is running: backend {own}"
+        + (f" (API docs {own}/docs)" if settings.api_docs else "")
+        + ", worker on "
         f"{settings.comfyui_url}, bot polling Telegram. Ctrl-C stops everything.",
         flush=True,
     )

@@ -127,6 +127,10 @@ class Settings(BaseSettings):
     # the username is locked by failed logins elsewhere: the operator's way in. Empty = none.
     admin_trusted_ips: list[str] = Field(default_factory=lambda: ["127.0.0.0/8", "::1"])
 
+    # The API's documentation at /docs, /redoc and /openapi.json. Unset: off in `comfygram
+    # backend`, on in `comfygram run` while it listens on loopback only.
+    api_docs: bool | None = None
+
     # Logging
     log_level: str = "INFO"
     log_json: bool = False

@@ -13,6 +13,7 @@ from starlette.responses import Response
 from comfygram import __version__
 from comfygram.backend import db, reconcile
 from comfygram.backend.admin import mount_admin
+from comfygram.backend.api_docs import mount_api_docs
 from comfygram.backend.deps import has_api_token
 from comfygram.backend.errors import error_response, install_error_handlers
 from comfygram.backend.presets import sync_presets
@@ -102,7 +103,13 @@ def create_app(settings: Settings) -> FastAPI:
         version=__version__,
         description="System of record for comfygram: users, credits, jobs, payments, presets.",
         lifespan=lifespan,
+        # Our own /docs, /redoc and /openapi.json, from local files and only when asked for.
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
     )
+    if settings.api_docs:
+        mount_api_docs(app)
     app.state.settings = settings
     install_error_handlers(app)
 
