@@ -263,3 +263,17 @@ async def test_a_free_job_that_fails_says_sorry_without_promising_credits_back(
         (apology,) = apologies(stack)
         assert "Sorry" in apology.params["text"] and "credit" not in apology.params["text"]
         assert await balance(stack) == START_BALANCE
+
+
+async def test_a_telegram_outage_longer_than_the_senders_retries_still_delivers_the_result(
+    stack: Stack,
+):
+    # Seven dropped sendPhoto calls: more than one call's five tries (about 8 s of Telegram down).
+    stack.telegram.drop_connections("sendPhoto", times=7)
+    job_id = await create(stack)
+    stack.start_worker()
+    job = await stack.settled(job_id, timeout=60)
+    assert (job.status, job.delivery_status) == ("succeeded", "delivered")
+    photos = [c for c in stack.telegram.sent("sendPhoto", chat_id=USER) if c.ok]
+    assert len(photos) == 1
+    assert len(stack.comfyui.prompts_received) == 1  # ComfyUI is never run again for it

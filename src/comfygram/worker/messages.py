@@ -8,13 +8,23 @@ records it as failed instead of sending a second copy (Telegram has no idempoten
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import html
 import io
 import logging
+import time
+from typing import Any
 
 from aiogram.exceptions import TelegramAPIError
-from aiogram.methods import DeleteMessage, EditMessageText, SendDocument, SendMessage, SendPhoto
+from aiogram.methods import (
+    DeleteMessage,
+    EditMessageText,
+    SendDocument,
+    SendMessage,
+    SendPhoto,
+    TelegramMethod,
+)
 from aiogram.types import BufferedInputFile, InlineKeyboardButton, InlineKeyboardMarkup
 from PIL import Image
 from redis.exceptions import RedisError
@@ -32,6 +42,9 @@ _PHOTO_MAX_BYTES = 10 * 1024 * 1024
 _PHOTO_MAX_SIDES = 10_000
 _PHOTO_MAX_RATIO = 20
 _BAR_CELLS = 10
+# How long a result or apology keeps trying through a Telegram outage before it is given up.
+FINAL_SEND_PATIENCE_SECONDS = 600.0
+_PATIENT_PAUSE_MAX = 30.0
 
 
 def progress_bar(percent: int) -> str:
@@ -61,9 +74,16 @@ def _title(preset: Preset | None, language: str | None, slug: str) -> str:
 
 
 class UserMessages:
-    def __init__(self, backend: BackendClient, sender: TelegramSender) -> None:
+    def __init__(
+        self,
+        backend: BackendClient,
+        sender: TelegramSender,
+        *,
+        patience_seconds: float = FINAL_SEND_PATIENCE_SECONDS,
+    ) -> None:
         self.backend = backend
         self.sender = sender
+        self.patience_seconds = patience_seconds
 
     async def show_progress(self, job: Job, preset: Preset, percent: int) -> None:
         """Edit the job's status message, when the shared rate budget allows it now."""
@@ -193,7 +213,7 @@ class UserMessages:
     async def _send_final(self, job: Job, sends: list) -> None:
         try:
             for method in sends:
-                await self.sender.call(method, chat_id=job.telegram_id)
+                await self._call_patiently(job, method)
         except UserBlocked:
             await self.backend.record_delivery(job.id, "blocked", "the user blocked the bot")
             return
@@ -206,6 +226,25 @@ class UserMessages:
             return
         await self._remove_status_message(job)
         await self.backend.record_delivery(job.id, "delivered")
+
+    async def _call_patiently(self, job: Job, method: TelegramMethod[Any]) -> None:
+        """A final message outlasts a Telegram outage longer than one call's retries: it is
+        tried again with a growing pause for ``patience_seconds`` (the job's lease is kept)."""
+        deadline = time.monotonic() + self.patience_seconds
+        pause = 1.0
+        while True:
+            try:
+                await self.sender.call(method, chat_id=job.telegram_id)
+                return
+            except TelegramUnavailable as exc:
+                if time.monotonic() + pause > deadline:
+                    raise
+                log.warning(
+                    "job %s: Telegram unreachable (%s); the message waits, retrying in %.0fs",
+                    job.id, exc, pause,
+                )  # fmt: skip
+                await asyncio.sleep(pause)
+                pause = min(_PATIENT_PAUSE_MAX, pause * 2)
 
     async def _remove_status_message(self, job: Job) -> None:
         if job.status_chat_id is None or job.status_message_id is None:
