@@ -148,3 +148,45 @@ def test_commands_used_exist_in_cli() -> None:
     services = _compose()["services"]
     for name in APP_SERVICES:
         assert _command(services[name])[0] in commands, name
+
+
+# The scripts: running needs no database server; only the tests change one's authentication.
+
+SCRIPTS = ROOT / "scripts"
+
+
+def _code(script: str) -> str:
+    """The script without its comments."""
+    lines = (SCRIPTS / script).read_text().splitlines()
+    return "\n".join(line.split(" #", 1)[0] for line in lines if not line.lstrip().startswith("#"))
+
+
+def test_running_installs_no_database_server() -> None:
+    for script in ("start", "install"):
+        code = _code(script)
+        assert "postgresql" not in code and "apt-get" not in code, script
+        assert "services" not in code, script  # nor calls a script that would
+    assert not (SCRIPTS / "services").exists(), "the tests' servers live in scripts/test-services"
+
+
+def test_only_the_test_script_sets_up_test_servers_and_it_says_so() -> None:
+    assert "scripts/test-services" in _code("test")
+    code = _code("test-services")
+    assert "postgresql" in code and "redis-server" in code
+    header = (SCRIPTS / "test-services").read_text().split("set -euo pipefail")[0]
+    assert "test" in header.lower() and "trust" in header  # what it is for, and what it changes
+    # Before it touches pg_hba.conf, it says so on stderr, with the rule and the file.
+    before_edit = code.split("sed -i")[0]
+    assert re.search(r'echo "[^"]*trust[^"]*\$hba[^"]*" >&2', before_edit), before_edit
+    assert os.access(SCRIPTS / "test-services", os.X_OK)
+
+
+def test_test_services_leaves_running_servers_alone(tmp_path: Path) -> None:
+    """With PostgreSQL and Redis answering (as here), it changes nothing and says nothing."""
+    if not (shutil.which("pg_isready") and shutil.which("redis-cli")):
+        pytest.skip("pg_isready or redis-cli not installed")
+    done = subprocess.run(
+        [str(SCRIPTS / "test-services")], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "" and done.stderr == ""
