@@ -200,7 +200,12 @@ class BackendClient:
         try:
             response = await self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
-            raise BackendUnavailable(f"backend unreachable: {type(exc).__name__}") from exc
+            url = self._http.base_url
+            where = f"{url.scheme}://{url.host}" + (f":{url.port}" if url.port else "")
+            raise BackendUnavailable(
+                f"backend unreachable at {where} ({type(exc).__name__}): "
+                "is `comfygram backend` running there? (BACKEND_URL)"
+            ) from exc
         if response.status_code >= 500:
             raise BackendUnavailable(f"backend answered {response.status_code} to {path}")
         if response.status_code >= 400:

@@ -19,6 +19,7 @@ from aiogram.exceptions import (
     TelegramConflictError,
     TelegramNetworkError,
     TelegramNotFound,
+    TelegramRetryAfter,
     TelegramUnauthorizedError,
 )
 from aiogram.fsm.storage.base import DefaultKeyBuilder
@@ -92,9 +93,14 @@ def telegram_fault(exc: BaseException, api_url: str) -> str:
         code = "401 Unauthorized" if isinstance(exc, TelegramUnauthorizedError) else "404"
         return f"BOT_TOKEN rejected by Telegram ({code}): check BOT_TOKEN"
     if isinstance(exc, TelegramConflictError):
+        if "webhook" in exc.message.lower():
+            return (
+                "a webhook is set for this BOT_TOKEN, so Telegram refuses polling: is a "
+                "backend with WEBHOOK_URL using the same bot? Run one or the other"
+            )
         return (
             "Telegram refuses to let two processes poll with one BOT_TOKEN: stop the other "
-            "`comfygram bot`/`run` using it (or its webhook)"
+            "`comfygram bot`/`run` using it"
         )
     if isinstance(exc, (TelegramNetworkError, aiohttp.ClientError, OSError, TimeoutError)):
         return f"Telegram unreachable at {api_url}: check the network/proxy"
@@ -122,7 +128,10 @@ class TelegramHealth:
         log.debug("Telegram call failed: %s", type(exc).__name__)
         self.fault = fault
         self.healthy = False
-        await asyncio.sleep(self.delay)
+        wait = self.delay
+        if isinstance(exc, TelegramRetryAfter):
+            wait = max(wait, float(exc.retry_after))
+        await asyncio.sleep(wait)
         self.delay = min(self.delay * 2, RETRY_MAX_SECONDS)
 
     def ok(self, news: str) -> None:

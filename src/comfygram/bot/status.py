@@ -122,13 +122,20 @@ class QueueTracker:
 
     async def run(self) -> None:
         """Refresh every tracked job each ``interval`` seconds, until cancelled."""
+        trouble: str | None = None  # said once per outage, not every round
         while True:
             try:
                 await self.tick()
             except (RedisError, BackendUnavailable, OSError) as exc:
-                log.warning("status refresh skipped: %s", exc)
+                if str(exc) != trouble:
+                    log.warning("queue positions not refreshed: %s; retrying", exc)
+                    trouble = str(exc)
             except Exception:
                 log.exception("status refresh failed")
+            else:
+                if trouble is not None:
+                    log.info("queue positions refreshed again")
+                    trouble = None
             await asyncio.sleep(self.interval)
 
     async def tick(self) -> None:
