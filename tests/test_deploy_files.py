@@ -190,3 +190,38 @@ def test_test_services_leaves_running_servers_alone(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout == "" and done.stderr == ""
+
+
+def test_install_runs_pip_only_when_the_dependencies_change(tmp_path: Path) -> None:
+    """scripts/install (run by every scripts/start) against a stand-in .venv/bin/python that
+    records each call: pip runs on the first install, when pyproject.toml changes, and when the
+    dev tools are first asked for; never on a plain restart."""
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    shutil.copy2(SCRIPTS / "install", repo / "scripts" / "install")
+    shutil.copy2(ROOT / "pyproject.toml", repo / "pyproject.toml")
+    calls = tmp_path / "calls"
+    python = repo / ".venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text(f'#!/bin/sh\necho "$*" >> {calls}\n')
+    python.chmod(0o755)
+
+    def install(*args: str) -> list[str]:
+        calls.write_text("")
+        done = subprocess.run(
+            ["bash", str(repo / "scripts" / "install"), *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert done.returncode == 0, done.stderr
+        return [line for line in calls.read_text().splitlines() if " install " in f" {line} "]
+
+    assert install() == ["-m pip install --quiet --upgrade pip", "-m pip install --quiet -e ."]
+    assert install() == []  # a restart: nothing to do
+    assert install("dev")[-1] == "-m pip install --quiet -e .[dev]"
+    assert install("dev") == [] and install() == []  # a dev install serves both
+    with (repo / "pyproject.toml").open("a") as pyproject:
+        pyproject.write("# a changed dependency list\n")
+    assert install()[-1] == "-m pip install --quiet -e ."
+    assert install() == []
