@@ -11,8 +11,10 @@ import sys
 import time
 from collections.abc import AsyncIterator
 
+import httpx
 import pytest
 
+from tests.doubles.comfyui import ComfyUIDouble
 from tests.doubles.telegram import TEST_BOT_TOKEN, TelegramDouble
 from tests.helpers import API_TOKEN
 from tests.redis_server import free_port
@@ -55,7 +57,7 @@ class Process:
 async def bot_process(tmp_path, redis_prefix: str) -> AsyncIterator:
     started: list[Process] = []
 
-    async def start(telegram_url: str) -> Process:
+    async def start(telegram_url: str, command: str = "bot", **extra: str) -> Process:
         keep = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS", "DATABASE"))}
         env = {
             **keep,
@@ -67,12 +69,13 @@ async def bot_process(tmp_path, redis_prefix: str) -> AsyncIterator:
             "REDIS_URL": "redis://127.0.0.1:6379/9",
             "REDIS_PREFIX": redis_prefix,
             "LOG_LEVEL": "INFO",
+            **extra,
         }
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "comfygram",
-            "bot",
+            command,
             cwd=tmp_path,  # no .env there
             env=env,
             stdout=asyncio.subprocess.PIPE,
@@ -136,3 +139,31 @@ async def test_telegram_unreachable_is_said_once_and_the_bot_starts_when_it_is_b
         assert await bot.stop() == 0
     assert "Traceback" not in bot.output
     assert "TEST-double-token" not in bot.output
+
+
+async def test_run_keeps_the_backend_and_worker_up_while_telegram_rejects_the_token(
+    bot_process, tmp_path
+):
+    port = free_port()
+    async with (
+        ComfyUIDouble(tmp_path / "comfyui") as comfyui,
+        TelegramDouble(token="999:another-bots-token") as telegram,
+    ):
+        run = await bot_process(
+            telegram.url,
+            "run",
+            COMFYUI_URL=comfyui.url,
+            BACKEND_PORT=str(port),
+            DATABASE_URL=f"sqlite:///{tmp_path}/comfygram.db",
+            MEDIA_DIR=str(tmp_path / "media"),
+        )
+        await run.wait_for(TOKEN_LINE, timeout=60)
+        await asyncio.sleep(3)
+        assert run.process.returncode is None, run.output
+        async with httpx.AsyncClient() as client:
+            response = await client.get(f"http://127.0.0.1:{port}/healthz")
+        assert response.status_code == 200
+        assert await run.stop() == 0, run.output
+    assert len(run.lines("BOT_TOKEN")) == 1, run.output
+    assert "Traceback" not in run.output and "bot stopped" not in run.output
+    assert "TEST-double-token" not in run.output
