@@ -325,6 +325,17 @@ async def test_a_folder_too_deep_for_a_unix_socket_gets_a_private_one(tmp_path):
             await client.aclose()
 
 
+async def test_a_folder_with_spaces_and_signs_in_its_name(tmp_path):
+    folder = tmp_path / "a b#%" / "redis"
+    async with EmbeddedRedis(folder) as server:
+        assert server.socket == folder / "redis.sock"
+        client = Redis.from_url(server.url)
+        try:
+            assert await client.ping()
+        finally:
+            await client.aclose()
+
+
 def fake_server(folder: Path, version: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     script = folder / "redis-server"

@@ -34,6 +34,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -123,7 +124,8 @@ def socket_path(directory: Path) -> Path:
 
 
 def url_for(socket: Path) -> str:
-    return f"unix://{socket}?db=0"
+    """REDIS_URL for the socket; the path is quoted, as spaces, % or # may be in it."""
+    return f"unix://{quote(str(socket), safe='/')}?db=0"
 
 
 async def answers(socket: Path, wait: float = 2.0) -> str | None:
