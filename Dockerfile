@@ -8,7 +8,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     DATABASE_URL=sqlite:////data/comfygram.db \
     EMBEDDED_REDIS_DIR=/data/redis \
     BACKEND_HOST=0.0.0.0 \
-    BACKEND_PORT=8000
+    BACKEND_PORT=8000 \
+    HEARTBEAT_FILE=/tmp/comfygram.heartbeat
 
 RUN useradd --create-home --uid 1000 comfygram \
     && mkdir -p /data/media /app \
@@ -23,8 +24,10 @@ USER comfygram
 VOLUME ["/data"]
 EXPOSE 8000
 
-HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4).status == 200 else 1)"]
+# Each role checks itself: the worker and the bot by the heartbeat file they keep, the backend
+# (no such file) by GET /healthz on its port. See `comfygram healthcheck --help`.
+HEALTHCHECK --interval=30s --timeout=10s --start-period=30s --retries=3 \
+    CMD ["comfygram", "healthcheck"]
 
 ENTRYPOINT ["comfygram"]
 CMD ["backend", "--host", "0.0.0.0"]

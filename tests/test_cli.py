@@ -478,3 +478,76 @@ def test_presets_list_shows_what_an_operator_knows(base_env, tmp_path):
     # No Python values or internal keys (workflow node ids, field names) leak into the table.
     for word in ("True", "False", "takes_prompt", "slug", "node", "None"):
         assert word not in result.stdout
+
+
+# `comfygram healthcheck`: each role checked for itself.
+
+
+def healthcheck(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return run(["healthcheck", *args], env, cwd)
+
+
+def wait_for_file(path: Path, process: subprocess.Popen[str], within: float = 30) -> None:
+    deadline = time.monotonic() + within
+    while not path.exists():
+        assert process.poll() is None, "the process exited early"
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.1)
+
+
+def test_healthcheck_of_a_worker_is_its_heartbeat(base_env, tmp_path):
+    """A standalone worker (no backend anywhere) is healthy while its loop runs; frozen, it is
+    not; stopped, its file is gone."""
+    heartbeat = tmp_path / "run" / "comfygram.heartbeat"
+    env = {
+        **base_env,
+        **SECRETS,
+        "HEARTBEAT_FILE": str(heartbeat),
+        "REDIS_URL": "redis://127.0.0.1:6379/9",
+        "REDIS_PREFIX": f"cghealth-{os.getpid()}-{time.monotonic_ns()}",
+        "BACKEND_API_URL": f"http://127.0.0.1:{CLOSED_PORT}",
+        "BACKEND_PORT": str(CLOSED_PORT),  # the backend's check would fail: it is not used
+        "COMFYUI_URL": f"http://127.0.0.1:{CLOSED_PORT}",
+    }
+    process = comfygram("worker", env=env, cwd=tmp_path)
+    try:
+        wait_for_file(heartbeat, process)
+        alive = healthcheck(env, tmp_path)
+        assert alive.returncode == 0, alive.stdout + alive.stderr
+        assert alive.stdout.startswith("comfygram: worker: alive")
+        process.send_signal(signal.SIGSTOP)  # a hung process: the file stops changing
+        time.sleep(2.5)
+        hung = healthcheck(env, tmp_path, "--max-age", "2")
+        assert hung.returncode == 1
+        assert hung.stdout.startswith("comfygram: worker: no heartbeat for")
+        process.send_signal(signal.SIGCONT)
+    finally:
+        process.send_signal(signal.SIGCONT)
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+    assert not heartbeat.exists()
+
+
+def test_healthcheck_of_a_backend_is_its_healthz(base_env, tmp_path):
+    port = free_port()
+    env = {
+        **base_env,
+        **SECRETS,
+        "REDIS_URL": "redis://127.0.0.1:6379/9",
+        "BACKEND_PORT": str(port),
+        "HEARTBEAT_FILE": str(tmp_path / "none-here"),  # the backend keeps no heartbeat
+    }
+    down = healthcheck(env, tmp_path)
+    assert down.returncode == 1
+    assert f"127.0.0.1:{port}/healthz does not answer" in down.stdout
+    process = comfygram("backend", env=env, cwd=tmp_path)
+    try:
+        wait_for(f"http://127.0.0.1:{port}/healthz", process)
+        up = healthcheck(env, tmp_path)
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert (
+            up.stdout.strip() == f"comfygram: backend: http://127.0.0.1:{port}/healthz answered 200"
+        )
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=20)

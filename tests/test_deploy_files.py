@@ -133,7 +133,6 @@ def test_dockerfile_runs_comfygram() -> None:
     assert re.search(r'^CMD \["backend", "--host", "0\.0\.0\.0"\]', text, re.MULTILINE)
     assert re.search(r"^USER (?!root)\S+", text, re.MULTILINE)
     assert "EXPOSE 8000" in text
-    assert "/healthz" in text
     assert "MEDIA_DIR=/data/media" in text
     assert "sqlite:////data/comfygram.db" in text
     ignored = (ROOT / ".dockerignore").read_text().split()
@@ -225,3 +224,22 @@ def test_install_runs_pip_only_when_the_dependencies_change(tmp_path: Path) -> N
         pyproject.write("# a changed dependency list\n")
     assert install()[-1] == "-m pip install --quiet -e ."
     assert install() == []
+
+
+def test_each_role_gets_a_health_check_of_its_own() -> None:
+    """The image's check adapts to the role (`comfygram healthcheck`: a worker or bot by its
+    heartbeat file, the backend by /healthz), so a standalone `docker run … worker` is not
+    judged by the backend's port; compose leaves it on for every app service."""
+    text = DOCKERFILE.read_text()
+    check = re.search(r"^HEALTHCHECK .*\\\n\s+CMD (.+)$", text, re.MULTILINE)
+    assert check and check.group(1) == '["comfygram", "healthcheck"]'
+    assert "healthcheck" in _cli_commands()
+    assert re.search(r"HEARTBEAT_FILE=/\S+", text)
+    assert "8000" not in check.group(0)
+    services = _compose()["services"]
+    for name in APP_SERVICES:
+        health = services[name].get("healthcheck", {})
+        assert not health.get("disable"), name
+        assert "8000" not in str(health.get("test", "")) or name == "backend", name
+    for name in ("worker", "bot"):
+        assert services[name]["depends_on"]["backend"]["condition"] == "service_healthy"

@@ -76,6 +76,11 @@ RUN_BY = {
     ),
     "comfygram bot": "test_cli.py::test_bot_polls_until_sigterm",
     "comfygram doctor": "test_doctor.py::test_cli_doctor_healthy",
+    "comfygram healthcheck": "test_cli.py::test_healthcheck_of_a_backend_is_its_healthz",
+    "comfygram healthcheck [--max-age S]": (
+        "test_cli.py::test_healthcheck_of_a_worker_is_its_heartbeat, "
+        "test_cli.py::test_healthcheck_of_a_backend_is_its_healthz"
+    ),
     "comfygram presets list\\|check": (
         "test_doctor.py::test_cli_presets_list, "
         "test_doctor.py::test_cli_presets_check_names_what_this_comfyui_lacks"

@@ -10,6 +10,7 @@ import traceback
 from pathlib import Path
 
 from comfygram import __version__
+from comfygram.health import alive_while
 from comfygram.logs import redact, setup_logging
 from comfygram.presets import PresetError
 from comfygram.settings import ConfigError, Settings, load_settings
@@ -70,7 +71,7 @@ def _worker(settings: Settings, _args: argparse.Namespace) -> None:
 
     settings.require_shared_redis("worker")
     asyncio.run(_redis_set_up_right(settings))
-    asyncio.run(run_worker(settings))
+    asyncio.run(alive_while(run_worker(settings), settings, "worker"))
 
 
 async def _redis_set_up_right(settings: Settings) -> None:
@@ -97,7 +98,15 @@ def _bot(settings: Settings, _args: argparse.Namespace) -> None:
     async def poll() -> None:
         await BotRuntime(settings).run_polling()
 
-    asyncio.run(poll())
+    asyncio.run(alive_while(poll(), settings, "bot"))
+
+
+def _healthcheck(settings: Settings, args: argparse.Namespace) -> None:
+    from comfygram import health
+
+    healthy, line = health.check(settings, max_age=args.max_age)
+    print(f"comfygram: {line}")
+    raise SystemExit(0 if healthy else 1)
 
 
 def _run(settings: Settings, _args: argparse.Namespace) -> None:
@@ -190,6 +199,18 @@ def build_parser() -> argparse.ArgumentParser:
     command(
         "doctor", "check the settings, database, Redis, ComfyUI, workers and bot token"
     ).set_defaults(handler=_doctor)
+
+    healthcheck = command(
+        "healthcheck", "exit 0 if this machine's comfygram process is alive (for Docker)"
+    )
+    healthcheck.add_argument(
+        "--max-age",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="a worker's or bot's heartbeat file older than this is unhealthy (default 30)",
+    )
+    healthcheck.set_defaults(handler=_healthcheck)
 
     presets = command("presets", "list the presets, or check them against this ComfyUI")
     presets.add_argument(

@@ -131,6 +131,10 @@ class Settings(BaseSettings):
     # backend`, on in `comfygram run` while it listens on loopback only.
     api_docs: bool | None = None
 
+    # The worker and the bot rewrite this file every few seconds while they run, for
+    # `comfygram healthcheck` (the image sets it; unset: no file).
+    heartbeat_file: Path | None = None
+
     # Logging
     log_level: str = "INFO"
     log_json: bool = False
