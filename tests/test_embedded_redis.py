@@ -423,7 +423,7 @@ async def test_doctor_names_the_embedded_redis_before_and_while_it_runs(tmp_path
 
 
 async def test_doctor_gives_the_configured_redis_and_its_version(tmp_path):
-    async with EmbeddedRedis(tmp_path / "elsewhere") as server:
+    async with EmbeddedRedis(tmp_path / "else where") as server:
         settings = Settings(_env_file=None, redis_url=server.url)
         [check] = await doctor.check_redis(settings)
     assert check.status == doctor.OK

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from comfygram.settings import ConfigError, Settings, load_settings
 
@@ -142,7 +142,7 @@ async def check_redis(settings: Settings) -> list[Check]:
     if not settings.redis_configured:
         return await check_embedded_redis(settings)
     url = urlsplit(settings.redis_dsn)
-    where = url.path if url.scheme == "unix" else f"{url.hostname}:{url.port or 6379}"
+    where = unquote(url.path) if url.scheme == "unix" else f"{url.hostname}:{url.port or 6379}"
 
     async def probe() -> list[Check]:
         client = aioredis.from_url(settings.redis_dsn, socket_connect_timeout=TIMEOUT)
