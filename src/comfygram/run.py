@@ -95,7 +95,7 @@ async def _configured_redis_problems(settings: Settings) -> list[str]:
     except (RedisError, OSError):
         return [
             f"Redis not reachable at {where}: start it or correct REDIS_URL "
-            "(with no REDIS_URL/REDIS_HOST/REDIS_PORT set, comfygram run starts its own)"
+            "(with no REDIS_URL nor REDIS_HOST/PORT/DB/PASSWORD, comfygram run starts its own)"
         ]
     finally:
         await redis.aclose()
