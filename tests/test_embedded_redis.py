@@ -8,6 +8,7 @@ nothing of ours.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import stat
@@ -334,6 +335,19 @@ async def test_a_folder_with_spaces_and_signs_in_its_name(tmp_path):
             assert await client.ping()
         finally:
             await client.aclose()
+
+
+async def test_its_log_joins_comfygrams(tmp_path, caplog):
+    caplog.set_level(logging.DEBUG, logger="comfygram.redis")
+    async with EmbeddedRedis(tmp_path / "redis"):
+        pass
+    lines = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "comfygram.redis"]
+    assert any(
+        level == logging.DEBUG and m.startswith("redis: Ready to accept connections")
+        for level, m in lines
+    )
+    # A clean start and stop says nothing above INFO (no advice on kernel tuning, no goodbye).
+    assert [m for level, m in lines if level > logging.INFO] == []
 
 
 def fake_server(folder: Path, version: str) -> Path:
