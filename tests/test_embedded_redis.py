@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -348,6 +349,37 @@ async def test_its_log_joins_comfygrams(tmp_path, caplog):
     )
     # A clean start and stop says nothing above INFO (no advice on kernel tuning, no goodbye).
     assert [m for level, m in lines if level > logging.INFO] == []
+
+
+@pytest.mark.parametrize("source", ["packaged", "system"])
+async def test_every_queue_operation_works_on_the_embedded_server(tmp_path, monkeypatch, source):
+    """Streams with a consumer group, XAUTOCLAIM and the Lua scripts, on either server."""
+    if source == "system":
+        if shutil.which("redis-server") is None:
+            pytest.skip("no redis-server on PATH")
+        monkeypatch.setattr("comfygram.embedded_redis.packaged_server", lambda: None)
+    binary = find_server()
+    assert (binary.path == packaged_server()) is (source == "packaged")
+    async with EmbeddedRedis(tmp_path / "redis", binary) as server:
+        client = Redis.from_url(server.url, decode_responses=True)
+        queue = JobQueue(client, prefix="cgq")
+        try:
+            await queue.ensure_group()
+            assert await queue.enqueue("j1", {"preset": "invert"})
+            assert not await queue.enqueue("j1", {"preset": "invert"})  # once only
+            taken = await queue.take("w1", block_ms=100)
+            assert taken is not None and taken.job_id == "j1"
+            assert await queue.renew("w1", taken)
+            [claimed] = await queue.claim_stale("w2", lease_ms=0)  # XAUTOCLAIM
+            assert claimed.job_id == "j1" and not await queue.renew("w1", taken)
+            await queue.defer(claimed, claimed.payload, 0)
+            assert await queue.promote_due() == 1
+            again = await queue.take("w2", block_ms=100)
+            assert again is not None and again.job_id == "j1"
+            await queue.ack(again)
+            assert await queue.length() == 0
+        finally:
+            await client.aclose()
 
 
 def fake_server(folder: Path, version: str) -> Path:
