@@ -123,7 +123,7 @@ class TelegramHealth:
         fault = telegram_fault(exc, self.api_url)
         now = time.monotonic()
         if fault != self.fault or now - self.told_at >= REPEAT_SECONDS:
-            log.warning("%s (retrying every %.0f s at most)", fault, RETRY_MAX_SECONDS)
+            log.warning("%s (retrying, at least every %.0f s)", fault, RETRY_MAX_SECONDS)
             self.told_at = now
         log.debug("Telegram call failed: %s", type(exc).__name__)
         self.fault = fault
@@ -335,6 +335,8 @@ class BotRuntime:
                 await self._poller
         finally:
             stopping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stopping
             if handle_signals:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.remove_signal_handler(sig)
