@@ -4,11 +4,13 @@ Shapes, status codes and content types are copied from a recording of a real Com
 HTTP and WebSocket traffic (not kept in this repository: what it showed is hard-coded in this
 file and pinned by tests/test_comfyui_double.py); what the recording lacks (loader nodes, the
 OOM text) follows ComfyUI's nodes.py and execution.py of that release. It runs LoadImage,
-ImageInvert, ImageScaleBy, ImageBlur, ImageSharpen, SaveImage and PreviewImage for real with
-Pillow, one prompt at a time, and sends the recorded WebSocket sequence (``progress_state``
-included) to the socket whose clientId is the prompt's client_id. ``POST /prompt`` validates
-like ComfyUI: unknown nodes, missing or out-of-range inputs, values not in a combo list (model
-files too), broken links.
+ImageInvert, ImageScaleBy, ImageBlur, ImageSharpen, SaveImage and PreviewImage for real with Pillow,
+one prompt at a time, and sends the recorded WebSocket sequence (``progress_state`` included) to the
+socket whose clientId is the prompt's client_id (``feature_flags`` only in answer to a client's own,
+as the real server). ImageInvert rounds as ComfyUI does (float32, truncated on saving: 200 becomes
+54, not 55). tests/test_real_comfyui_double.py compares it with the real server; where they differ,
+the real one is right. ``POST /prompt`` validates like ComfyUI: unknown nodes, missing or
+out-of-range inputs, values not in a combo list (model files too), broken links.
 
 Knobs (attributes and methods; all of them may change while the server runs):
 
@@ -60,6 +62,7 @@ import io
 import json
 import os
 import socket
+import struct
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
@@ -67,7 +70,7 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
-from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFilter, UnidentifiedImageError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -117,7 +120,12 @@ NODE_INFO: dict[str, dict[str, Any]] = {
                 "images": ["IMAGE", {"tooltip": "The images to save."}],
                 "filename_prefix": [
                     "STRING",
-                    {"default": "ComfyUI", "tooltip": "The prefix for the file to save."},
+                    {
+                        "default": "ComfyUI",
+                        "tooltip": "The prefix for the file to save. This may include "
+                        "formatting information such as %date:yyyy-MM-dd% or %Empty Latent "
+                        "Image.width% to include values from nodes.",
+                    },
                 ],
             },
             "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
@@ -137,8 +145,11 @@ NODE_INFO: dict[str, dict[str, Any]] = {
         "output_node": True,
     },
     "PreviewImage": {
-        "input": {"required": {"images": ["IMAGE"]}, "hidden": {"prompt": "PROMPT"}},
-        "input_order": {"required": ["images"], "hidden": ["prompt"]},
+        "input": {
+            "required": {"images": ["IMAGE"]},
+            "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
+        },
+        "input_order": {"required": ["images"], "hidden": ["prompt", "extra_pnginfo"]},
         "output": [],
         "output_is_list": [],
         "output_name": [],
@@ -152,7 +163,7 @@ NODE_INFO: dict[str, dict[str, Any]] = {
     "ImageBlur": {
         "input": {
             "required": {
-                "image": ["IMAGE"],
+                "image": ["IMAGE", {}],
                 "blur_radius": ["INT", {"default": 1, "min": 1, "max": 31, "step": 1}],
                 "sigma": ["FLOAT", {"default": 1.0, "min": 0.1, "max": 10.0, "step": 0.1}],
             }
@@ -161,17 +172,21 @@ NODE_INFO: dict[str, dict[str, Any]] = {
         "output": ["IMAGE"],
         "output_is_list": [False],
         "output_name": ["IMAGE"],
+        "output_tooltips": [None],
         "name": "ImageBlur",
-        "display_name": "Image Blur",
+        "display_name": None,  # a newer-style (V3) node: no display name in /object_info
         "description": "",
         "python_module": "comfy_extras.nodes_post_processing",
         "category": "image/postprocessing",
         "output_node": False,
+        "deprecated": False,
+        "experimental": False,
+        "api_node": False,
     },
     "ImageSharpen": {
         "input": {
             "required": {
-                "image": ["IMAGE"],
+                "image": ["IMAGE", {}],
                 "sharpen_radius": ["INT", {"default": 1, "min": 1, "max": 31, "step": 1}],
                 "sigma": ["FLOAT", {"default": 1.0, "min": 0.1, "max": 10.0, "step": 0.01}],
                 "alpha": ["FLOAT", {"default": 1.0, "min": 0.0, "max": 5.0, "step": 0.01}],
@@ -181,12 +196,16 @@ NODE_INFO: dict[str, dict[str, Any]] = {
         "output": ["IMAGE"],
         "output_is_list": [False],
         "output_name": ["IMAGE"],
+        "output_tooltips": [None],
         "name": "ImageSharpen",
-        "display_name": "Image Sharpen",
+        "display_name": None,  # a newer-style (V3) node: no display name in /object_info
         "description": "",
         "python_module": "comfy_extras.nodes_post_processing",
         "category": "image/postprocessing",
         "output_node": False,
+        "deprecated": False,
+        "experimental": False,
+        "api_node": False,
     },
 }
 SYSTEM_STATS: dict[str, Any] = {
@@ -216,6 +235,17 @@ SYSTEM_STATS: dict[str, Any] = {
     ],
 }
 
+
+FEATURE_FLAGS = {"supports_preview_metadata": True, "max_upload_size": 104857600}
+
+
+def _float32(value: float) -> float:
+    return struct.unpack("f", struct.pack("f", value))[0]
+
+
+# ComfyUI loads 8-bit pixels as float32 v / 255, inverts as 1 - x and saves int(255 * x)
+# (truncating), all in float32: 159 of the 256 values come out one below 255 - v.
+INVERT_TABLE = [int(_float32(255 * _float32(1 - _float32(v / 255)))) for v in range(256)]
 
 # ComfyUI's execution.py appends these tips to str(torch.OutOfMemoryError); with its default
 # cudaMallocAsync backend that str is "Allocation on device " (trailing space included).
@@ -1065,12 +1095,16 @@ class ComfyUIDouble:
         self._socket_changed.set()
         status = {"status": {"exec_info": {"queue_remaining": self._remaining()}}, "sid": client_id}
         await self._send(ws, "status", status)
-        await self._send(
-            ws, "feature_flags", {"supports_preview_metadata": True, "max_upload_size": 104857600}
-        )
         try:
+            first = True
             while True:
-                await ws.receive_text()
+                text = await ws.receive_text()
+                # ComfyUI answers with its own feature flags only if the client's first
+                # message offers the client's.
+                with contextlib.suppress(ValueError, AttributeError):
+                    if first and json.loads(text).get("type") == "feature_flags":
+                        await self._send(ws, "feature_flags", FEATURE_FLAGS)
+                first = False
         except (WebSocketDisconnect, RuntimeError):
             pass
         finally:
@@ -1393,7 +1427,7 @@ class ComfyUIDouble:
                     "PIL.UnidentifiedImageError", f"cannot identify image file '{path}'\n"
                 ) from exc
         elif kind == "ImageInvert":
-            values[node_id] = ImageOps.invert(linked("image"))
+            values[node_id] = linked("image").point(INVERT_TABLE * 3)
         elif kind == "ImageScaleBy":
             image = linked("image")
             scale = float(inputs["scale_by"])

@@ -1,0 +1,275 @@
+"""The ComfyUI double (tests/doubles/comfyui.py) against the real ComfyUI 0.3.64: the same
+requests get the same answers. Where they differ, the real server is right and the double is
+fixed. Values that differ by nature (timestamps, queue numbers, tracebacks, file lists) are
+normalised away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import websockets
+from PIL import Image
+
+from tests import images
+from tests.doubles.comfyui import ComfyUIDouble
+from tests.real_comfyui import RealComfyUI, real_comfyui
+
+__all__ = ["real_comfyui"]  # the fixture, imported for pytest
+pytestmark = pytest.mark.real_comfyui
+
+
+@pytest.fixture
+async def servers(
+    real_comfyui: RealComfyUI, tmp_path: Path
+) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
+    """(real, double) HTTP clients."""
+    async with (
+        ComfyUIDouble(tmp_path / "double") as double,
+        httpx.AsyncClient(base_url=real_comfyui.url, timeout=10) as real,
+        httpx.AsyncClient(base_url=double.url, timeout=10) as fake,
+    ):
+        yield real, fake
+
+
+async def upload(client: httpx.AsyncClient, name: str, data: bytes) -> httpx.Response:
+    files = {"image": (name, data, "image/png")}
+    return await client.post("/upload/image", files=files, data={"overwrite": "true"})
+
+
+def invert(image: str, prefix: str = "parity/x") -> dict[str, Any]:
+    return {
+        "1": {"class_type": "LoadImage", "inputs": {"image": image}},
+        "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": prefix}},
+    }
+
+
+def without_file_lists(info: dict[str, Any]) -> dict[str, Any]:
+    """object_info with the uploaded-image and model-file lists emptied (they differ by disk)."""
+    info = json.loads(json.dumps(info))
+    for node in info.values():
+        for section in node["input"].values():
+            for name, config in section.items():
+                if (name == "image" or name.endswith("_name")) and isinstance(config[0], list):
+                    config[0] = []
+    return info
+
+
+async def test_object_info_of_every_node_the_double_knows_matches(servers):
+    real, fake = servers
+    double_info = without_file_lists((await fake.get("/object_info")).json())
+    real_info = without_file_lists((await real.get("/object_info")).json())
+    assert set(double_info) <= set(real_info)
+    if "VAELoader" in double_info:  # pixel_space is not a file: it stays on both sides
+        for info in (double_info, real_info):
+            info["VAELoader"]["input"]["required"]["vae_name"][0] = []
+    for name, entry in double_info.items():
+        assert entry == real_info[name], name
+        assert list(entry) == list(real_info[name]), f"{name}: key order"
+
+
+def normalised(body: Any) -> Any:
+    """A JSON body with tracebacks (paths and line numbers of the real install) dropped, and a
+    node's errors sorted: ComfyUI checks a node's inputs in set order, which changes with each
+    process's hash seed."""
+    if isinstance(body, list):
+        return [normalised(v) for v in body]
+    if not isinstance(body, dict):
+        return body
+    result = {}
+    for key, value in body.items():
+        if key == "traceback":
+            value = "…"
+        elif key == "errors" and isinstance(value, list):
+            value = sorted(value, key=as_text)
+        result[key] = normalised(value)
+    return result
+
+
+def as_text(value: Any) -> str:
+    return json.dumps(value, indent=1, sort_keys=True)
+
+
+BAD_PROMPTS: dict[str, dict[str, Any]] = {
+    "missing image": invert("parity-missing.png"),
+    "unknown node": {
+        **invert("parity.png"),
+        "2": {"class_type": "NoSuchNodeType", "inputs": {"image": ["1", 0]}},
+    },
+    "no outputs": {"1": {"class_type": "LoadImage", "inputs": {"image": "parity.png"}}},
+    "value not in list and too big": {
+        **invert("parity.png"),
+        "2": {
+            "class_type": "ImageScaleBy",
+            "inputs": {"image": ["1", 0], "upscale_method": "sideways", "scale_by": 99},
+        },
+    },
+    "required input missing": {
+        **invert("parity.png"),
+        "2": {"class_type": "ImageInvert", "inputs": {}},
+    },
+    "link to a missing slot": {
+        **invert("parity.png"),
+        "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 5]}},
+    },
+    "link to a missing node": {
+        **invert("parity.png"),
+        "2": {"class_type": "ImageInvert", "inputs": {"image": ["7", 0]}},
+    },
+    "wrong link type": {
+        **invert("parity.png"),
+        "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 1]}},
+    },
+    "not a number": {
+        **invert("parity.png"),
+        "2": {
+            "class_type": "ImageSharpen",
+            "inputs": {"image": ["1", 0], "sharpen_radius": "abc", "sigma": 1.0, "alpha": 0.5},
+        },
+    },
+    "missing model file": {
+        **invert("parity.png"),
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "parity.ckpt"}},
+        "5": {"class_type": "VAEEncode", "inputs": {"pixels": ["1", 0], "vae": ["4", 2]}},
+        "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["4", 2]}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "p"}},
+    },
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_PROMPTS))
+async def test_a_rejected_prompt_gets_the_same_answer(servers, case: str):
+    answers = []
+    for client in servers:
+        assert (await upload(client, "parity.png", images.png(8, 8))).status_code == 200
+        body = {"prompt": BAD_PROMPTS[case], "client_id": "parity", "prompt_id": str(uuid.uuid4())}
+        response = await client.post("/prompt", json=body)
+        answers.append((response.status_code, normalised(response.json())))
+    real, fake = answers
+    assert real[0] == 400
+    assert as_text(fake) == as_text(real)  # text: pytest shows the differing lines
+
+
+async def test_upload_view_queue_and_the_small_endpoints_answer_alike(servers):
+    answers = []
+    for client in servers:
+        uploaded = await upload(client, "parity.png", images.png(8, 8))
+        view = await client.get(
+            "/view", params={"filename": "parity.png", "type": "input", "subfolder": ""}
+        )
+        answers.append(
+            [
+                (uploaded.status_code, uploaded.headers["content-type"], uploaded.json()),
+                (view.status_code, view.headers["content-type"], view.content),
+                view.headers["content-disposition"],
+                (await client.get("/view", params={"filename": "nope.png"})).status_code,
+                (await client.get("/queue")).json(),
+                (await client.get("/prompt")).json(),
+                (await client.get("/object_info/NoSuchNodeType")).json(),
+                (await client.post("/interrupt", json={"prompt_id": "x"})).status_code,
+                (await client.post("/queue", json={"delete": ["x"]})).status_code,
+                (await client.post("/free", json={"unload_models": True})).status_code,
+                (await client.get(f"/history/{uuid.uuid4()}")).json(),
+            ]
+        )
+    real, fake = answers
+    assert fake == real
+
+
+async def run_over_socket(client: httpx.AsyncClient, workflow: dict) -> tuple[list, dict]:
+    """Submit on a fresh socket; (messages of the prompt as (type, node), history entry)."""
+    client_id, prompt_id = uuid.uuid4().hex, str(uuid.uuid4())
+    url = str(client.base_url).replace("http://", "ws://") + f"/ws?clientId={client_id}"
+    async with websockets.connect(url) as ws:
+        first = json.loads(await ws.recv())
+        assert first["type"] == "status" and first["data"]["sid"] == client_id
+        body = {"prompt": workflow, "client_id": client_id, "prompt_id": prompt_id}
+        assert (await client.post("/prompt", json=body)).status_code == 200
+        seen: list[tuple[str, Any]] = []
+        async with asyncio.timeout(15):
+            while ("executing", None) not in seen:
+                message = json.loads(await ws.recv())
+                data = message["data"]
+                if message["type"] != "status" and data.get("prompt_id") == prompt_id:
+                    seen.append((message["type"], data.get("node", "-")))
+    entry = (await client.get(f"/history/{prompt_id}")).json()[prompt_id]
+    return seen, entry
+
+
+def history_shape(entry: dict) -> dict:
+    """The entry with its numbers, ids, names and timestamps replaced by placeholders."""
+    number, _id, prompt, extra, outputs = entry["prompt"]
+    messages = [
+        [kind, sorted(k for k in data if k != "timestamp")]
+        for kind, data in entry["status"]["messages"]
+    ]
+    files = [
+        {k: ("…" if k == "filename" else v) for k, v in image.items()}
+        for output in entry["outputs"].values()
+        for image in output["images"]
+    ]
+    return {
+        "keys": list(entry),
+        "prompt": [type(number).__name__, prompt, sorted(extra), outputs],
+        "outputs": {k: list(v) for k, v in entry["outputs"].items()},
+        "files": files,
+        "status": {k: v for k, v in entry["status"].items() if k != "messages"},
+        "messages": messages,
+        "meta": entry["meta"],
+    }
+
+
+async def test_a_prompt_sends_the_same_messages_and_leaves_the_same_history(servers):
+    results = []
+    photo, prefix = images.png(8, 8, (uuid.uuid4().int % 256, 1, 2)), f"parity/{uuid.uuid4()}"
+    for client in servers:
+        await upload(client, "parity.png", photo)
+        seen, entry = await run_over_socket(client, invert("parity.png", prefix))
+        results.append((seen, history_shape(entry)))
+    real, fake = results
+    assert fake[0] == real[0]
+    assert fake[1] == real[1]
+
+
+async def test_feature_flags_are_sent_only_when_the_client_offers_its_own(servers):
+    for client in servers:
+        url = str(client.base_url).replace("http://", "ws://") + "/ws?clientId=flags"
+        async with websockets.connect(url) as ws:
+            assert json.loads(await ws.recv())["type"] == "status"
+            with pytest.raises(TimeoutError):  # nothing unasked
+                async with asyncio.timeout(0.5):
+                    await ws.recv()
+            await ws.send(json.dumps({"type": "feature_flags", "data": {"supports_x": True}}))
+            reply = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        assert reply == {
+            "type": "feature_flags",
+            "data": {"supports_preview_metadata": True, "max_upload_size": 104857600},
+        }, client.base_url
+
+
+async def test_inverted_pixels_are_the_same_for_every_value(servers):
+    """ComfyUI inverts in float32 and truncates when saving: 159 of 256 values come out one
+    lower than 255 - v."""
+    ramp = Image.new("RGB", (256, 1))
+    ramp.putdata([(v, 255 - v, v // 2) for v in range(256)])
+    buffer = io.BytesIO()
+    ramp.save(buffer, "PNG")
+    outputs = []
+    for client in servers:
+        await upload(client, "ramp.png", buffer.getvalue())
+        _, entry = await run_over_socket(client, invert("ramp.png", f"parity/{uuid.uuid4()}"))
+        [image] = entry["outputs"]["3"]["images"]
+        view = await client.get("/view", params=image)
+        with Image.open(io.BytesIO(view.content)) as result:
+            outputs.append(result.convert("RGB").tobytes())
+    real, fake = outputs
+    assert fake == real
