@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -167,3 +168,28 @@ async def test_run_keeps_the_backend_and_worker_up_while_telegram_rejects_the_to
     assert len(run.lines("BOT_TOKEN")) == 1, run.output
     assert "Traceback" not in run.output and "bot stopped" not in run.output
     assert "TEST-double-token" not in run.output
+
+
+def test_a_malformed_token_is_one_line_and_an_exit(tmp_path):
+    keep = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS", "DATABASE"))}
+    env = {
+        **keep,
+        "API_TOKEN": API_TOKEN,
+        "BOT_TOKEN": "not-a-token",
+        "REDIS_URL": "redis://127.0.0.1:6379/9",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "comfygram", "bot"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    problems = [line for line in done.stderr.splitlines() if "settings:" not in line]
+    assert problems == [
+        "comfygram: BOT_TOKEN is malformed: a bot token is digits, a colon and about 35 "
+        "letters (123456789:AAF…); copy it from @BotFather"
+    ], done.stderr
+    assert "not-a-token" not in done.stderr + done.stdout

@@ -26,6 +26,7 @@ from aiogram.fsm.storage.base import DefaultKeyBuilder
 from aiogram.fsm.storage.redis import RedisStorage
 from aiogram.methods import GetMe, GetUpdates
 from aiogram.types import BotCommand, BotCommandScopeChat, BotCommandScopeDefault, Update
+from aiogram.utils.token import TokenValidationError
 from redis.asyncio import Redis
 
 from comfygram.api import BackendClient
@@ -49,7 +50,7 @@ from comfygram.bot.sources import SourceStore
 from comfygram.bot.status import Eta, QueueTracker
 from comfygram.i18n import t
 from comfygram.queue import connect_redis
-from comfygram.settings import Settings
+from comfygram.settings import ConfigError, Settings
 from comfygram.telegram import RateBudget, TelegramSender, create_bot
 
 log = logging.getLogger(__name__)
@@ -229,8 +230,14 @@ class BotRuntime:
         settings.require("bot_token", "api_token")
         assert settings.api_token is not None
         self.settings = settings
+        try:
+            self.bot = create_bot(settings)
+        except TokenValidationError:
+            raise ConfigError(
+                "BOT_TOKEN is malformed: a bot token is digits, a colon and about 35 letters "
+                "(123456789:AAF…); copy it from @BotFather"
+            ) from None
         self.redis = connect_redis(settings)
-        self.bot = create_bot(settings)
         self.bot.session.middleware(BestEffortCallbackAnswers())
         self.backend = backend or BackendClient(
             settings.backend_url, settings.api_token.get_secret_value()
