@@ -151,6 +151,34 @@ async def test_sharpen_preset_is_compatible_and_runs(client: ComfyUIClient) -> N
     assert result.tobytes() != Image.open(io.BytesIO(data)).convert("RGB").tobytes()
 
 
+async def test_black_and_white_preset_is_compatible_and_gives_its_luma(
+    client: ComfyUIClient,
+) -> None:
+    preset = load_preset(BUILTIN / "bw")
+    assert compatibility_problems(preset, await client.object_info()) == []
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 80, 40)).save(buffer, "PNG")
+    prompt = copy.deepcopy(preset.workflow)
+    name = await upload(client, buffer.getvalue())
+    prompt[preset.image_input.node]["inputs"][preset.image_input.input] = name
+    prompt[preset.output.node]["inputs"]["filename_prefix"] = f"jobs/{uuid.uuid4().hex}"
+    _, images = await run(client, prompt)
+    grey = Image.open(io.BytesIO(await client.download(images[0]))).convert("RGB").getpixel((4, 4))
+    luma = (0.34 * 200 + 0.66 * 80) * 0.89 + 0.11 * 40  # the preset's two blends
+    assert grey[0] == grey[1] == grey[2] and abs(grey[0] - luma) <= 2, grey
+
+
+async def test_a_mask_of_the_missing_alpha_channel_fails_at_run_time(
+    client: ComfyUIClient,
+) -> None:
+    alpha = {"class_type": "ImageToMask", "inputs": {"channel": "alpha"}}
+    prompt = workflow(await upload(client), alpha)
+    prompt["4"] = {"class_type": "MaskToImage", "inputs": {"mask": ["2", 0]}}
+    prompt["3"]["inputs"]["images"] = ["4", 0]
+    failed = await fails(client, prompt)
+    assert (failed.node_type, failed.exception_type) == ("ImageToMask", "IndexError")
+
+
 # -- models and node types ----------------------------------------------------------------------
 
 

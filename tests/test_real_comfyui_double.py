@@ -19,6 +19,8 @@ import pytest
 import websockets
 from PIL import Image
 
+from comfygram.presets import BUILTIN_DIR, load_preset
+from comfygram.worker import workflow
 from tests import images
 from tests.doubles.comfyui import ComfyUIDouble
 from tests.real_comfyui import RealComfyUI, real_comfyui
@@ -273,3 +275,30 @@ async def test_inverted_pixels_are_the_same_for_every_value(servers):
             outputs.append(result.convert("RGB").tobytes())
     real, fake = outputs
     assert fake == real
+
+
+async def test_the_black_and_white_preset_gives_the_same_picture(servers):
+    """Its mask and blend nodes: the double works in 8 bits between nodes, ComfyUI in float32,
+    so a channel may differ by a step or two; every pixel is grey on both."""
+    preset = load_preset(BUILTIN_DIR / "bw")
+    photo = Image.new("RGB", (32, 16), (200, 80, 40))
+    photo.paste((30, 160, 90), (16, 0, 32, 16))
+    buffer = io.BytesIO()
+    photo.save(buffer, "PNG")
+    outputs = []
+    for client in servers:
+        await upload(client, "bw.png", buffer.getvalue())
+        built = workflow.build_workflow(
+            preset, image="bw.png", prompt=None, job_id=uuid.uuid4().hex, attempt=0
+        )
+        _, entry = await run_over_socket(client, built)
+        [image] = next(iter(entry["outputs"].values()))["images"]
+        view = await client.get("/view", params=image)
+        with Image.open(io.BytesIO(view.content)) as result:
+            outputs.append(result.convert("RGB"))
+    real, fake = outputs
+    assert fake.size == real.size == photo.size
+    for xy in ((2, 2), (30, 14)):
+        r, g, b = real.getpixel(xy)
+        assert r == g == b and fake.getpixel(xy) == (fake.getpixel(xy)[0],) * 3
+        assert abs(fake.getpixel(xy)[0] - r) <= 2, (xy, real.getpixel(xy), fake.getpixel(xy))

@@ -70,7 +70,7 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
-from PIL import Image, ImageFilter, UnidentifiedImageError
+from PIL import Image, ImageChops, ImageFilter, UnidentifiedImageError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -81,6 +81,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 JSON = "application/json; charset=utf-8"
 OUTPUT_NODES = {"SaveImage", "PreviewImage"}
 UPSCALE_METHODS = ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]
+MASK_CHANNELS = ["red", "green", "blue", "alpha"]
+BLEND_MODES = ["normal", "multiply", "screen", "overlay", "soft_light", "difference"]
 NODE_INFO: dict[str, dict[str, Any]] = {
     "ImageInvert": {
         "input": {"required": {"image": ["IMAGE"]}},
@@ -199,6 +201,61 @@ NODE_INFO: dict[str, dict[str, Any]] = {
         "output_tooltips": [None],
         "name": "ImageSharpen",
         "display_name": None,  # a newer-style (V3) node: no display name in /object_info
+        "description": "",
+        "python_module": "comfy_extras.nodes_post_processing",
+        "category": "image/postprocessing",
+        "output_node": False,
+        "deprecated": False,
+        "experimental": False,
+        "api_node": False,
+    },
+    # The black & white preset's nodes.
+    "ImageToMask": {
+        "input": {"required": {"image": ["IMAGE"], "channel": [MASK_CHANNELS]}},
+        "input_order": {"required": ["image", "channel"]},
+        "output": ["MASK"],
+        "output_is_list": [False],
+        "output_name": ["MASK"],
+        "name": "ImageToMask",
+        "display_name": "Convert Image to Mask",
+        "description": "",
+        "python_module": "comfy_extras.nodes_mask",
+        "category": "mask",
+        "output_node": False,
+    },
+    "MaskToImage": {
+        "input": {"required": {"mask": ["MASK"]}},
+        "input_order": {"required": ["mask"]},
+        "output": ["IMAGE"],
+        "output_is_list": [False],
+        "output_name": ["IMAGE"],
+        "name": "MaskToImage",
+        "display_name": "Convert Mask to Image",
+        "description": "",
+        "python_module": "comfy_extras.nodes_mask",
+        "category": "mask",
+        "output_node": False,
+    },
+    "ImageBlend": {
+        "input": {
+            "required": {
+                "image1": ["IMAGE", {}],
+                "image2": ["IMAGE", {}],
+                "blend_factor": [
+                    "FLOAT",
+                    {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.01},
+                ],
+                # A newer-style combo: ComfyUI does not check its value at POST /prompt.
+                "blend_mode": ["COMBO", {"multiselect": False, "options": BLEND_MODES}],
+            }
+        },
+        "input_order": {"required": ["image1", "image2", "blend_factor", "blend_mode"]},
+        "output": ["IMAGE"],
+        "output_is_list": [False],
+        "output_name": ["IMAGE"],
+        "output_tooltips": [None],
+        "name": "ImageBlend",
+        "display_name": None,
         "description": "",
         "python_module": "comfy_extras.nodes_post_processing",
         "category": "image/postprocessing",
@@ -412,6 +469,24 @@ def _model_nodes(models: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
         ),
         "VAEDecode": decode,
     }
+
+
+def _blend(first: Image.Image, second: Image.Image, factor: float, mode: str) -> Image.Image:
+    """``ImageBlend``: ``first * (1 - factor) + blended * factor``, ``blended`` being ``second``
+    combined with ``first`` by ``mode`` (within a step of ComfyUI's float32 result per node)."""
+    if second.size != first.size:
+        second = second.resize(first.size, Image.Resampling.BICUBIC)
+    combine = {
+        "normal": lambda a, b: b,
+        "multiply": ImageChops.multiply,
+        "screen": ImageChops.screen,
+        "overlay": ImageChops.overlay,
+        "soft_light": ImageChops.soft_light,
+        "difference": ImageChops.difference,
+    }.get(mode)
+    if combine is None:  # unchecked at POST /prompt: ComfyUI fails when it runs
+        raise _NodeFailed("ValueError", f"Unsupported blend mode: {mode}\n")
+    return Image.blend(first, combine(first, second), factor)
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -1445,6 +1520,25 @@ class ComfyUIDouble:
                 threshold=0,
             )
             values[node_id] = linked("image").filter(sharpen)
+        elif kind == "ImageToMask":
+            channel = MASK_CHANNELS.index(str(inputs["channel"]))
+            image = linked("image")
+            if channel >= len(image.getbands()):  # LoadImage gives three channels
+                raise _NodeFailed(
+                    "IndexError",
+                    f"index {channel} is out of bounds for dimension 3 with size 3\n",
+                )
+            values[node_id] = image.getchannel(channel)  # a mask: one band
+        elif kind == "MaskToImage":
+            mask = linked("mask")
+            values[node_id] = Image.merge("RGB", (mask, mask, mask))
+        elif kind == "ImageBlend":
+            values[node_id] = _blend(
+                linked("image1"),
+                linked("image2"),
+                float(inputs["blend_factor"]),
+                str(inputs["blend_mode"]),
+            )
         elif kind in OUTPUT_NODES:
             kind_dir = "output" if kind == "SaveImage" else "temp"
             prefix = (
