@@ -4,13 +4,14 @@ Shapes, status codes and content types are copied from a recording of a real Com
 HTTP and WebSocket traffic (not kept in this repository: what it showed is hard-coded in this
 file and pinned by tests/test_comfyui_double.py); what the recording lacks (loader nodes, the
 OOM text) follows ComfyUI's nodes.py and execution.py of that release. It runs LoadImage,
-ImageInvert, ImageScaleBy, ImageBlur, ImageSharpen, SaveImage and PreviewImage for real with Pillow,
-one prompt at a time, and sends the recorded WebSocket sequence (``progress_state`` included) to the
-socket whose clientId is the prompt's client_id (``feature_flags`` only in answer to a client's own,
-as the real server). ImageInvert rounds as ComfyUI does (float32, truncated on saving: 200 becomes
-54, not 55). tests/test_real_comfyui_double.py compares it with the real server; where they differ,
-the real one is right. ``POST /prompt`` validates like ComfyUI: unknown nodes, missing or
-out-of-range inputs, values not in a combo list (model files too), broken links.
+ImageInvert, ImageScaleBy, ImageBlur, ImageSharpen, ImageToMask, MaskToImage, ImageBlend, SaveImage
+and PreviewImage for real with Pillow, one prompt at a time, and sends the recorded WebSocket
+sequence (``progress_state`` included) to the socket whose clientId is the prompt's client_id
+(``feature_flags`` only in answer to a client's own, as the real server). ImageInvert rounds as
+ComfyUI does (float32, truncated on saving: 200 becomes 54, not 55).
+tests/test_real_comfyui_double.py compares it with the real server; where they differ, the real one
+is right. ``POST /prompt`` validates like ComfyUI: unknown nodes, missing or out-of-range inputs,
+values not in a combo list (model files too), broken links.
 
 Knobs (attributes and methods; all of them may change while the server runs):
 
