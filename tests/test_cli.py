@@ -317,6 +317,16 @@ MISCONFIGURED = [
         {"CREDIT_PACKAGES": "small=10"},
         ["CREDIT_PACKAGES", '[{"id": "small", "credits": 10, "stars": 50}'],
     ),
+    ("worker", {"COMFYUI_URL": "gpu-box:8188"}, ["COMFYUI_URL", "http://"]),
+    ("bot", {"BACKEND_URL": "backend"}, ["BACKEND_URL", "http://"]),
+    ("migrate", {"LOG_LEVEL": "LOUD"}, ["LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR"]),
+    ("backend", {"MEDIA_DIR": "/proc/comfygram-media"}, ["MEDIA_DIR", "/proc/comfygram-media"]),
+    ("run", {"MEDIA_DIR": "/proc/comfygram-media"}, ["MEDIA_DIR", "/proc/comfygram-media"]),
+    (
+        "migrate",
+        {"DATABASE_URL": "sqlite:////proc/comfygram/cg.db"},
+        ["DATABASE_URL", "/proc/comfygram/cg.db"],
+    ),
     (
         "doctor",
         {"CREDIT_PACKAGES": '[{"id": "small"}]'},

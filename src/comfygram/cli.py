@@ -44,6 +44,7 @@ async def _backend_dependencies(settings: Settings) -> None:
     back on the queue when it does)."""
     from comfygram import startup
 
+    startup.check_media_dir(settings)
     await startup.check_database(settings)
     warning = await startup.check_redis(settings)
     if warning:

@@ -68,6 +68,10 @@ async def _database_and_port_problems(settings: Settings) -> list[str]:
     except ConfigError as exc:
         problems.append(str(exc))
     try:
+        startup.check_media_dir(settings)
+    except ConfigError as exc:
+        problems.append(str(exc))
+    try:
         await startup.check_database(settings)
     except ConfigError as exc:
         problems.append(str(exc))

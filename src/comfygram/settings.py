@@ -114,6 +114,9 @@ class Settings(BaseSettings):
     max_active_jobs_per_user: int = Field(default=3, ge=1)
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
     max_image_pixels: int = Field(default=40_000_000, gt=0)
+    # A request's body must have arrived this many seconds after its headers, or it is
+    # answered 408 and the connection closed (slow clients must not hold the backend).
+    body_timeout_seconds: float = Field(default=60.0, gt=0)
     credit_packages: list[CreditPackage] = Field(default_factory=lambda: list(DEFAULT_PACKAGES))
     # An invoice can be paid for this long after /buy made it, and only while its package is
     # still sold at the same credits and Stars (docs/payments.md).
@@ -173,6 +176,22 @@ class Settings(BaseSettings):
             if not raw or len(raw) > 256 or not all(c.isalnum() or c in "_-" for c in raw):
                 raise ValueError("must be 1-256 characters of A-Z, a-z, 0-9, _ and -")
         return value
+
+    @field_validator("comfyui_url", "backend_url", "backend_api_url", "telegram_api_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        url = urlsplit(value)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError("not an http(s) URL; use one like http://127.0.0.1:8188")
+        _port_of(url)
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_log_level(cls, value: str) -> str:
+        if value.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError("use DEBUG, INFO, WARNING or ERROR")
+        return value.upper()
 
     @field_validator("webhook_url")
     @classmethod

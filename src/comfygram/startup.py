@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import socket
 from collections.abc import Iterator
 from urllib.parse import urlsplit
@@ -97,7 +98,13 @@ async def check_database(settings: Settings) -> None:
 
     from comfygram.backend import db
 
-    engine = db.create_engine(settings.database_dsn)
+    try:
+        engine = db.create_engine(settings.database_dsn)  # SQLite: creates its folder
+    except OSError as exc:
+        raise ConfigError(
+            f"DATABASE_URL: cannot create the folder of the SQLite file {database_where(settings)} "
+            f"({exc.strerror}): check the path, and that it is writable"
+        ) from exc
     try:
         async with asyncio.timeout(CHECK_TIMEOUT):
             async with engine.connect() as connection:
@@ -109,6 +116,21 @@ async def check_database(settings: Settings) -> None:
         raise ConfigError(explained) from exc
     finally:
         await engine.dispose()
+
+
+def check_media_dir(settings: Settings) -> None:
+    """MEDIA_DIR must be a folder the backend can write (created when missing)."""
+    folder = settings.media_dir
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".comfygram-write-check-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(
+            f"MEDIA_DIR: cannot write to {folder} ({exc.strerror}): choose a folder this user "
+            "can create and write"
+        ) from None
 
 
 def redis_setting(settings: Settings) -> str:
