@@ -12,10 +12,18 @@ import time
 import pytest
 from PIL import Image
 
+from comfygram.backend.workers import WorkerRegistry
 from comfygram.comfyui import ComfyUIClient
 from comfygram.presets import load_presets
 from comfygram.worker import workflow
-from tests.real_comfyui import RealComfyUI, blocker, new_prompt_id, real_comfyui, second_comfyui
+from tests.real_comfyui import (
+    RealComfyUI,
+    absent_models,
+    blocker,
+    new_prompt_id,
+    real_comfyui,
+    second_comfyui,
+)
 from tests.stack import Stack, running_stack
 
 __all__ = ["real_comfyui"]  # the fixture, imported for pytest
@@ -23,7 +31,8 @@ pytestmark = pytest.mark.real_comfyui
 
 USER = 5151
 START_BALANCE = 13  # signup bonus 3 + 10 granted by new_user
-PRICES = {p.slug: p.price for p in load_presets()}
+PRESETS = {p.slug: p for p in load_presets()}
+PRICES = {slug: p.price for slug, p in PRESETS.items()}
 LEFT, RIGHT = (200, 80, 40), (30, 160, 90)  # the photo: two colours meeting at x = 32
 
 
@@ -136,6 +145,14 @@ async def test_a_model_free_preset_runs_on_real_comfyui(
         keyboard = sent.params["reply_markup"]["inline_keyboard"]
         assert keyboard[0][0]["callback_data"] == f"again:{job.id}"
         assert not stack.telegram.sent("sendMessage", chat_id=USER)  # no apology
+        # The worker's heartbeat: what this ComfyUI can run, and why not the rest.
+        [worker] = await WorkerRegistry(redis, stack.settings.redis_prefix).live()
+        assert worker.healthy and worker.comfyui_url == real_comfyui.url
+        assert set(CHECKS) <= set(worker.runnable)
+        for model_preset in ("oil", "edit"):
+            files = absent_models(PRESETS[model_preset].models)
+            assert (model_preset in worker.problems) == bool(files)
+            assert all(m.name in worker.problems.get(model_preset, "") for m in files)
 
 
 async def test_comfyui_restarting_while_a_job_waits_in_it_costs_nothing(settings, tmp_path, redis):
