@@ -69,3 +69,13 @@ def test_secrets_are_listed_for_redaction_and_hidden_in_repr():
     configured = settings(api_token="tok-123", bot_token="1:abc", redis_password="pw-9")
     assert set(configured.secrets()) == {"tok-123", "1:abc", "pw-9"}
     assert "tok-123" not in repr(configured)
+
+
+def test_a_malformed_value_says_where_it_was_set(monkeypatch, tmp_path):
+    env_file = tmp_path / "prod.env"
+    env_file.write_text("ADMIN_TELEGRAM_IDS=123,456\n")
+    with pytest.raises(ConfigError, match=rf"\[123456789, 987654321\] \(set in {env_file}\)$"):
+        load_settings(_env_file=env_file)
+    monkeypatch.setenv("ADMIN_TELEGRAM_IDS", "[1, 2")
+    with pytest.raises(ConfigError, match=r"\(set in the environment\)$"):
+        load_settings(_env_file=env_file)

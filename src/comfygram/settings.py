@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import os
 import re
 from pathlib import Path
 from urllib.parse import SplitResult, quote, urlsplit
@@ -318,10 +319,23 @@ def load_settings(**overrides: object) -> Settings:
         reason = error["msg"].removeprefix("Value error, ")
         if len(error["loc"]) > 1:  # inside a JSON value: say where
             reason = f"{'.'.join(str(part) for part in error['loc'][1:])}: {reason}"
-        raise ConfigError(_malformed(field, reason)) from None
+        raise ConfigError(_malformed(field, reason) + _source(field, overrides)) from None
     except SettingsError as exc:  # a list or object setting that is not JSON
         found = re.search(r'field "(\w+)"', str(exc))
-        raise ConfigError(_malformed(found[1] if found else "", "not JSON")) from None
+        field = found[1] if found else ""
+        raise ConfigError(_malformed(field, "not JSON") + _source(field, overrides)) from None
+
+
+def _source(field: str, overrides: dict[str, object]) -> str:
+    """Where a bad value came from, so the operator knows which file or variable to fix."""
+    if not field or field in overrides:
+        return ""
+    if field.upper() in (name.upper() for name in os.environ):
+        return " (set in the environment)"
+    env_file = overrides.get("_env_file", Settings.model_config.get("env_file"))
+    if isinstance(env_file, str | Path) and Path(env_file).is_file():
+        return f" (set in {Path(env_file).resolve()})"
+    return ""
 
 
 def _port_of(url: SplitResult) -> int | None:
