@@ -3,6 +3,7 @@ charged twice when they do, and a payment Telegram took is credited once the bac
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from comfygram.settings import Settings
 from tests import images
 from tests.bot_helpers import FlakyBackend, World, fast_chat_pace, polling_world  # noqa: F401
+from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.usefixtures("fast_chat_pace")
 
@@ -92,3 +94,32 @@ async def test_pre_checkout_is_refused_when_the_backend_is_down(world: World, fl
     query = await user.pre_checkout(invoice)
     answer = await user.pre_checkout_answer(query)
     assert answer["ok"] is False and "Nothing was charged" in answer["error_message"]
+
+
+async def test_redis_down_is_a_warning_per_update_and_the_bot_carries_on(
+    settings: Settings, tmp_path, caplog: pytest.LogCaptureFixture
+):
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        async with polling_world(settings, redis_url=server.url) as world:
+            user = world.user(7005)
+            await user.send_command("start")
+            await world.reply(user, containing="👋")
+            server.stop()
+            caplog.clear()
+            await user.send_command("balance")
+            deadline = asyncio.get_running_loop().time() + 15
+            while not [r for r in caplog.records if "Redis unavailable" in r.getMessage()]:
+                assert asyncio.get_running_loop().time() < deadline, caplog.text
+                await asyncio.sleep(0.1)
+            (warning,) = [r for r in caplog.records if "Redis unavailable" in r.getMessage()]
+            assert warning.levelname == "WARNING" and warning.exc_info is None
+            assert "REDIS_URL" in warning.getMessage()
+            assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
+            server.start()  # back: the next message is answered
+            since = world.mark()
+            await user.send_command("balance")
+            await world.reply(user, containing="Credits on your balance", since=since, timeout=20)
+    finally:
+        server.stop()

@@ -1,7 +1,8 @@
 """What the user hears when something fails underneath a handler.
 
 The backend down or slow: "try again in a minute" (every job and payment call is idempotent,
-so trying again never charges twice). A user who blocked the bot: marked in the backend and
+so trying again never charges twice); Redis down: a warning line, and the same words if they
+can be sent at all. A user who blocked the bot: marked in the backend and
 not messaged. Anything else: logged, and a short apology instead of silence.
 """
 
@@ -14,6 +15,7 @@ from aiogram import Bot, Router
 from aiogram.exceptions import TelegramAPIError
 from aiogram.filters import ExceptionTypeFilter
 from aiogram.types import Chat, ErrorEvent, User
+from redis.exceptions import RedisError
 
 from comfygram.api import BackendError, BackendUnavailable
 from comfygram.bot.blocking import BlockedFlags
@@ -50,6 +52,24 @@ async def backend_unavailable(
         "backend unavailable while handling update %s: %s", event.update.update_id, event.exception
     )
     await _tell(event, bot, tg, event_chat, lang, "bot.errors.backend_down")
+
+
+async def redis_unavailable(
+    event: ErrorEvent,
+    bot: Bot,
+    tg: TelegramSender,
+    event_chat: Chat | None = None,
+    lang: str = DEFAULT_LANGUAGE,
+) -> None:
+    """Conversations, flood control and the Telegram rate budget live in Redis: without it the
+    update cannot be handled (and most likely no reply can be sent either)."""
+    log.warning(
+        "Redis unavailable while handling update %s (%s): check REDIS_URL and that Redis runs",
+        event.update.update_id,
+        type(event.exception).__name__,
+    )
+    with contextlib.suppress(RedisError):
+        await _tell(event, bot, tg, event_chat, lang, "bot.errors.backend_down")
 
 
 async def user_blocked(
@@ -99,6 +119,7 @@ async def backend_refused(
 def create_router() -> Router:
     router = Router(name="errors")
     router.errors.register(backend_unavailable, ExceptionTypeFilter(BackendUnavailable))
+    router.errors.register(redis_unavailable, ExceptionTypeFilter(RedisError))
     router.errors.register(user_blocked, ExceptionTypeFilter(UserBlocked))
     router.errors.register(message_gone, ExceptionTypeFilter(MessageGone))
     router.errors.register(telegram_unavailable, ExceptionTypeFilter(TelegramUnavailable))
