@@ -396,6 +396,16 @@ async def test_a_username_locked_from_many_addresses_opens_from_a_trusted_one(ap
             assert (await login(loopback)).status_code == 429
 
 
+async def test_an_ipv6_guesser_is_limited_per_64_block(app):
+    async with panel_client(app, "2001:db8:1:2::1") as first:
+        for _ in range(MAX_FAILURES):
+            assert (await login(first, password="guess-guess-guess")).status_code == 400
+    async with panel_client(app, "2001:db8:1:2:ffff::9") as same_block:
+        assert (await login(same_block, password="guess-guess-guess")).status_code == 429
+    async with panel_client(app, "2001:db8:1:3::1") as next_block:
+        assert (await login(next_block)).status_code == 302
+
+
 async def test_a_trusted_address_is_still_limited_itself(app):
     async with panel_client(app) as trusted:
         for _ in range(MAX_FAILURES):

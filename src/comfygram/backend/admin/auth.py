@@ -134,7 +134,7 @@ class LoginLimiter:
     def _keys(self, address: str, username: str) -> tuple[str, str]:
         prefix = f"{self.panel.settings.redis_prefix}:admin:login-attempts"
         user = hashlib.sha256(username.strip().lower().encode()).hexdigest()[:32]
-        return f"{prefix}:ip:{address}", f"{prefix}:user:{user}"
+        return f"{prefix}:ip:{limited_address(address)}", f"{prefix}:user:{user}"
 
     async def attempt(self, address: str, username: str, *, trusted: bool) -> Attempt:
         keys = self._keys(address, username)
@@ -173,6 +173,20 @@ class SessionStore:
 
 def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
+
+
+def limited_address(address: str) -> str:
+    """What the per-address limit counts: the IPv4 address, or the /64 of an IPv6 one (one
+    subscriber's block; counting single IPv6 addresses would give a guesser billions)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address[:64]
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 def _networks(settings: Settings) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
