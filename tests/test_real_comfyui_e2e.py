@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import time
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -194,3 +196,63 @@ async def test_comfyui_restarting_while_a_job_waits_in_it_costs_nothing(settings
             check_invert(rgb(source), rgb(result))
             assert len(delivered(stack, "sendPhoto")) == 1
             assert (await stack.backend.user(USER)).balance == START_BALANCE - PRICES["invert"]
+
+
+def slow_preset(root: Path) -> Path:
+    """A preset whose workflow takes a few seconds on CPU but is given one: blur after blur on
+    the photo scaled up eight times."""
+    folder = root / "presets" / "hasty"
+    folder.mkdir(parents=True)
+    graph: dict[str, dict] = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "example.png"}},
+        "2": {
+            "class_type": "ImageScaleBy",
+            "inputs": {"image": ["1", 0], "upscale_method": "bilinear", "scale_by": 8.0},
+        },
+    }
+    previous = "2"
+    for i in range(40):
+        node = str(10 + i)
+        graph[node] = {
+            "class_type": "ImageBlur",
+            "inputs": {"image": [previous, 0], "blur_radius": 15, "sigma": 5.0},
+        }
+        previous = node
+    graph["3"] = {
+        "class_type": "SaveImage",
+        "inputs": {"images": [previous, 0], "filename_prefix": "comfygram/hasty"},
+    }
+    (folder / "workflow.json").write_text(json.dumps(graph))
+    (folder / "preset.toml").write_text(
+        'slug = "hasty"\nprice = 1\ntimeout_seconds = 1\n[title]\nen = "Hasty"\nru = "Hasty"\n'
+        '[description]\nen = ""\nru = ""\n[image_input]\nnode = "1"\n[output]\nnode = "3"\n'
+    )
+    return folder.parent
+
+
+async def test_a_stage_timeout_interrupts_our_prompt_in_comfyui_and_refunds(
+    real_comfyui: RealComfyUI, settings, tmp_path, redis
+):
+    overrides = {"presets_dir": slow_preset(tmp_path), "max_attempts": 1}
+    async with (
+        running_stack(settings, tmp_path, comfyui_url=real_comfyui.url, **overrides) as stack,
+        ComfyUIClient(real_comfyui.url, "timeout-test", timeout=5) as client,
+    ):
+        await stack.new_user(USER, credits=10)
+        stack.start_worker()
+        job, _ = await stack.backend.create_job(USER, "hasty", photo(), "photo.png")
+        job = await stack.settled(job.id, timeout=30)
+        assert (job.status, job.attempts) == ("failed", 1)
+        assert job.error.startswith("timeout:"), job.error
+        prompt_id = workflow.prompt_id_for(job.id, 0)
+        deadline = time.monotonic() + 10
+        while (entry := await client.history(prompt_id)) is None:
+            assert time.monotonic() < deadline, "the prompt never ended in ComfyUI"
+            await asyncio.sleep(0.05)
+        kinds = [kind for kind, _ in entry["status"]["messages"]]
+        assert "execution_interrupted" in kinds and entry["outputs"] == {}
+        assert await client.queue() == ([], [])
+        assert (await stack.backend.user(USER)).balance == START_BALANCE  # refunded
+        [apology] = delivered(stack, "sendMessage")
+        assert "took too long" in apology.params["text"]
+        assert delivered(stack, "sendPhoto") == []
