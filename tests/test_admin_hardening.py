@@ -388,6 +388,8 @@ async def test_a_username_locked_from_many_addresses_opens_from_a_trusted_one(ap
         assert (await login(fresh)).status_code == 429
     async with panel_client(app) as trusted:
         assert (await login(trusted)).status_code == 302
+    async with panel_client(app, "::ffff:127.0.0.1") as dual_stack:  # loopback too
+        assert (await login(dual_stack)).status_code == 302
     # Another trusted range from ADMIN_TRUSTED_IPS.
     other = create_app(with_admin(settings, admin_trusted_ips=["192.0.2.0/24"]))
     async with other.router.lifespan_context(other), panel_client(other, "192.0.2.55") as ops:

@@ -232,6 +232,8 @@ class AdminAuth(AuthenticationBackend):
             ip = ipaddress.ip_address(address)
         except ValueError:
             return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 from a dual-stack socket
         return any(ip in network for network in self._trusted)
 
     def _who(self, username: str) -> str:
