@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -327,6 +328,8 @@ MISCONFIGURED = [
         {"DATABASE_URL": "sqlite:////proc/comfygram/cg.db"},
         ["DATABASE_URL", "/proc/comfygram/cg.db"],
     ),
+    ("backend", {"DATABASE_URL": "sqlite:///from-a-newer-version.db"}, ["DATABASE_URL", "ffff"]),
+    ("run", {"DATABASE_URL": "sqlite:///from-a-newer-version.db"}, ["DATABASE_URL", "ffff"]),
     (
         "doctor",
         {"CREDIT_PACKAGES": '[{"id": "small"}]'},
@@ -353,6 +356,10 @@ def test_a_misconfiguration_is_one_line_without_a_traceback(
     }
     if "REDIS_DB" in settings:
         del env["REDIS_URL"]
+    if "newer-version" in settings.get("DATABASE_URL", ""):  # a schema this version lacks
+        with sqlite3.connect(tmp_path / "from-a-newer-version.db") as newer:
+            newer.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
+            newer.execute("INSERT INTO alembic_version VALUES ('ffff')")
     line = the_one_error_line(run([command], env, tmp_path))
     for fragment in says:
         assert fragment in line

@@ -8,7 +8,9 @@ instead of the traceback of whichever library hit the problem first.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
+import logging
 import os
 import socket
 from collections.abc import Iterator
@@ -109,6 +111,8 @@ async def check_database(settings: Settings) -> None:
         async with asyncio.timeout(CHECK_TIMEOUT):
             async with engine.connect() as connection:
                 await connection.execute(text("SELECT 1"))
+            with _quiet("alembic"):  # its "Context impl" lines say nothing here
+                current = await db.current_revision(engine)
     except Exception as exc:
         explained = explain_database_error(exc, settings)
         if explained is None:
@@ -116,6 +120,34 @@ async def check_database(settings: Settings) -> None:
         raise ConfigError(explained) from exc
     finally:
         await engine.dispose()
+    if current is not None and current not in _known_revisions():
+        raise ConfigError(
+            f"DATABASE_URL: the database at {database_where(settings)} is at schema revision "
+            f"{current}, which this comfygram does not know (a newer version migrated it?): "
+            "run the version that did, or point DATABASE_URL at another database"
+        )
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _known_revisions() -> set[str]:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from comfygram.backend.db import MIGRATIONS_DIR
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return {script.revision for script in ScriptDirectory.from_config(config).walk_revisions()}
 
 
 def check_media_dir(settings: Settings) -> None:
