@@ -275,3 +275,16 @@ def test_doctor_creates_nothing_where_it_runs(tmp_path):
     rows = {line.split(" | ")[0].strip(): line for line in result.stdout.splitlines()}
     assert "| WARN" in rows["database"] and "no database yet" in rows["database"]
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("database", "says"),
+    [
+        ("postgresql://postgres@127.0.0.1:9/cg", "nothing answers at 127.0.0.1:9"),
+        ("postgresql://postgres@127.0.0.1:5432/no_such_database_cg", "createdb"),
+    ],
+)
+async def test_database_problems_are_explained(database, says):
+    [check] = await doctor.check_database(_settings(database_url=database))
+    assert check.status == doctor.FAIL
+    assert check.detail.startswith("DATABASE_URL: ") and says in check.detail

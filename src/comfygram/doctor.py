@@ -80,9 +80,16 @@ async def check_database(settings: Settings) -> list[Check]:
         ]
 
     async def probe() -> list[Check]:
+        from comfygram.startup import explain_database_error
+
         engine = db.create_engine(settings.database_dsn)
         try:
             current = await db.current_revision(engine)
+        except Exception as exc:  # the same sentence the commands print
+            explained = explain_database_error(exc, settings)
+            if explained is None:
+                raise
+            return [Check("database", FAIL, explained)]
         finally:
             await engine.dispose()
         head = _alembic_head()
