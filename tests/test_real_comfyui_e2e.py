@@ -256,3 +256,32 @@ async def test_a_stage_timeout_interrupts_our_prompt_in_comfyui_and_refunds(
         [apology] = delivered(stack, "sendMessage")
         assert "took too long" in apology.params["text"]
         assert delivered(stack, "sendPhoto") == []
+
+
+async def test_identical_jobs_in_a_row_each_get_their_own_file(
+    real_comfyui: RealComfyUI, settings, tmp_path, redis
+):
+    """Same photo, same preset, one worker prefetching the next job while ComfyUI runs the
+    current one: each job's photo and output go under names of its own, so no job is handed
+    another's (or a cached) file."""
+    async with (
+        running_stack(settings, tmp_path, comfyui_url=real_comfyui.url) as stack,
+        ComfyUIClient(real_comfyui.url, "cache-test", timeout=5) as client,
+    ):
+        await stack.new_user(USER, credits=10)
+        source = photo()
+        jobs = [(await stack.backend.create_job(USER, "invert", source, "p.png"))[0] for _ in "abc"]
+        stack.start_worker()
+        files = []
+        for job in jobs:
+            job = await stack.settled(job.id, timeout=30)
+            assert (job.status, job.attempts, job.delivery_status) == ("succeeded", 0, "delivered")
+            result, _ = await stack.backend.job_result(job.id)
+            check_invert(rgb(source), rgb(result))
+            entry = await client.history(workflow.prompt_id_for(job.id, 0))
+            [image] = next(iter(entry["outputs"].values()))["images"]
+            assert image["filename"].startswith(f"{job.id}-0_")
+            files.append(image["filename"])
+        assert len(set(files)) == 3
+        assert len(delivered(stack, "sendPhoto")) == 3
+        assert (await stack.backend.user(USER)).balance == START_BALANCE - 3 * PRICES["invert"]
