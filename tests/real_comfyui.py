@@ -152,13 +152,15 @@ def real_comfyui(request: pytest.FixtureRequest) -> RealComfyUI:
 
 
 @contextlib.contextmanager
-def second_comfyui() -> Iterator[RealComfyUI]:
-    """Another real ComfyUI, for tests that stop or restart it; removed afterwards."""
+def second_comfyui(*, started: bool = True) -> Iterator[RealComfyUI]:
+    """Another real ComfyUI, for tests that stop or restart it (or start it late: ``started``
+    false); stopped and its folders removed afterwards."""
     if (reason := missing()) is not None:
         unavailable(reason)
     server = RealComfyUI(free_port())
     try:
-        server.start()
+        if started:
+            server.start()
         yield server
     finally:
         server.close()

@@ -157,45 +157,60 @@ async def test_a_model_free_preset_runs_on_real_comfyui(
             assert all(m.name in worker.problems.get(model_preset, "") for m in files)
 
 
-async def test_comfyui_restarting_while_a_job_waits_in_it_costs_nothing(settings, tmp_path, redis):
-    """A second ComfyUI (the session's one is left alone): the job's prompt is queued behind a
-    blocker when ComfyUI stops, which loses its queue; once it is back, the worker submits the
-    prompt again and the job ends once: succeeded, no attempt used, delivered and charged once.
+async def test_comfyui_down_before_and_during_a_job_costs_nothing(settings, tmp_path, redis):
+    """A second ComfyUI (the session's one is left alone). It is not running yet when the first
+    job comes: the job waits, no attempt used, and runs once ComfyUI is started. The second job's
+    prompt is queued behind a blocker when ComfyUI stops, which loses its queue; once it is back,
+    the worker submits the prompt again. Each job ends once: succeeded, no attempt used,
+    delivered and charged once.
     """
-    with second_comfyui() as comfyui:
+    with second_comfyui(started=False) as comfyui:
         async with (
             running_stack(settings, tmp_path, comfyui_url=comfyui.url) as stack,
             ComfyUIClient(comfyui.url, "fault-test", timeout=5) as client,
         ):
             await stack.new_user(USER, credits=10)
-            await client.submit(blocker(nodes=30), new_prompt_id())
             source = photo()
-            job, _ = await stack.backend.create_job(USER, "invert", source, "photo.png")
-            prompt_id = workflow.prompt_id_for(job.id, 0)
             stack.start_worker()
+            first, _ = await stack.backend.create_job(USER, "invert", source, "photo.png")
+            await asyncio.sleep(2.0)
+            waiting = await stack.backend.job(first.id)
+            assert (waiting.status, waiting.attempts) == ("queued", 0)
+            await asyncio.to_thread(comfyui.start)
+            first = await stack.settled(first.id, timeout=60)
+            assert (first.status, first.attempts, first.delivery_status) == (
+                "succeeded",
+                0,
+                "delivered",
+            ), first.error
+
+            await client.submit(blocker(nodes=30), new_prompt_id())
+            second, _ = await stack.backend.create_job(USER, "invert", source, "photo.png")
+            prompt_id = workflow.prompt_id_for(second.id, 0)
             deadline = time.monotonic() + 20
             while prompt_id not in (await client.queue())[1]:
                 assert time.monotonic() < deadline, "the job never reached ComfyUI's queue"
                 await asyncio.sleep(0.05)
-
             await asyncio.to_thread(comfyui.stop)
             await asyncio.sleep(1.5)  # the worker notices: its socket and polls fail
-            waiting = await stack.backend.job(job.id)
+            waiting = await stack.backend.job(second.id)
             assert (waiting.status, waiting.attempts) == ("processing", 0)
             await asyncio.to_thread(comfyui.start)
 
-            job = await stack.settled(job.id, timeout=60)
-            assert (job.status, job.attempts, job.delivery_status) == (
+            second = await stack.settled(second.id, timeout=60)
+            assert (second.status, second.attempts, second.delivery_status) == (
                 "succeeded",
                 0,
                 "delivered",
-            ), job.error
+            ), second.error
             entry = await client.history(prompt_id)
             assert entry is not None and entry["status"]["status_str"] == "success"
-            result, _ = await stack.backend.job_result(job.id)
-            check_invert(rgb(source), rgb(result))
-            assert len(delivered(stack, "sendPhoto")) == 1
-            assert (await stack.backend.user(USER)).balance == START_BALANCE - PRICES["invert"]
+            for job in (first, second):
+                result, _ = await stack.backend.job_result(job.id)
+                check_invert(rgb(source), rgb(result))
+            assert len(delivered(stack, "sendPhoto")) == 2
+            balance = (await stack.backend.user(USER)).balance
+            assert balance == START_BALANCE - 2 * PRICES["invert"]
 
 
 def slow_preset(root: Path) -> Path:
