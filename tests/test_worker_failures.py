@@ -79,7 +79,7 @@ async def test_a_result_the_backend_refuses_fails_the_job_with_one_refund_and_on
         stack.start_worker()
         job = await stack.settled(job_id, timeout=30)
         assert job.status == "failed" and job.error.startswith("refused:")
-        assert "413" in job.error and not job.has_result
+        assert "over the backend's limit" in job.error and not job.has_result
         assert job.delivery_status == "delivered"
         assert await balance(stack) == START_BALANCE  # refunded, once
         (apology,) = apologies(stack)
@@ -91,6 +91,29 @@ async def test_a_result_the_backend_refuses_fails_the_job_with_one_refund_and_on
         await asyncio.sleep(2 * stack.settings.worker_lease_seconds)
         assert await balance(stack) == START_BALANCE
         assert len(apologies(stack)) == 1
+
+
+async def test_a_result_the_backend_answers_4xx_to_fails_the_job_with_one_refund(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+):
+    from comfygram.comfyui import ComfyUIClient
+
+    async def not_an_image(self, image):
+        return b"this is not an image"  # as a new output type the backend does not take
+
+    monkeypatch.setattr(ComfyUIClient, "download", not_an_image)
+    job_id = await create(stack)
+    stack.start_worker()
+    job = await stack.settled(job_id)
+    assert job.status == "failed" and job.error.startswith("refused:")
+    assert ("415" in job.error or "422" in job.error) and not job.has_result
+    assert await balance(stack) == START_BALANCE
+    (apology,) = apologies(stack)
+    assert "could not be saved" in apology.params["text"]
+    await eventually(lambda: queue_is_empty(stack))
+    limits = await stack.backend.result_limits()
+    assert limits.result_max_bytes == 4 * stack.settings.max_upload_bytes
+    assert limits.result_max_pixels == 4 * stack.settings.max_image_pixels
 
 
 async def test_a_finisher_that_dies_unforeseen_lets_the_job_go_and_it_is_delivered(
@@ -277,3 +300,46 @@ async def test_a_telegram_outage_longer_than_the_senders_retries_still_delivers_
     photos = [c for c in stack.telegram.sent("sendPhoto", chat_id=USER) if c.ok]
     assert len(photos) == 1
     assert len(stack.comfyui.prompts_received) == 1  # ComfyUI is never run again for it
+
+
+async def test_a_job_waiting_in_comfyuis_queue_when_it_dies_is_resubmitted_without_an_attempt(
+    stack: Stack,
+):
+    stack.comfyui.execution_delay = 2.0
+    running = await create(stack)
+    waiting = await create(stack)
+    stack.start_worker()
+
+    async def both_in_comfyui() -> bool:
+        return stack.comfyui.running is not None and len(stack.comfyui.pending) == 1
+
+    await eventually(both_in_comfyui, timeout=20)  # the next job was submitted ahead
+    await asyncio.sleep(0.3)
+    await stack.comfyui.stop()  # the restart loses the queue: the waiting prompt vanishes
+    await asyncio.sleep(1.0)
+    await stack.comfyui.start()
+    first = await stack.settled(running, timeout=40)
+    second = await stack.settled(waiting, timeout=40)
+    assert (first.status, first.attempts, first.comfyui_crashes) == ("succeeded", 0, 1)
+    assert (second.status, second.attempts, second.comfyui_crashes) == ("succeeded", 0, 0)
+    assert await balance(stack) == START_BALANCE - 2
+
+
+async def test_an_upload_that_never_gets_an_answer_from_a_live_backend_ends_the_job(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+):
+    from comfygram.api import BackendClient, BackendUnavailable
+
+    async def cut_off(self, *args, **kwargs):
+        # What an over-limit body gets from a backend that closes the connection on it.
+        raise BackendUnavailable("backend unreachable: ReadError")
+
+    monkeypatch.setattr(BackendClient, "put_result", cut_off)
+    monkeypatch.setattr("comfygram.worker.runner.random.random", lambda: 0.0)  # short pauses
+    job_id = await create(stack)
+    stack.start_worker()
+    job = await stack.settled(job_id, timeout=90)
+    assert (job.status, job.attempts) == ("failed", stack.settings.max_attempts)
+    assert "did not take the result" in job.error
+    assert await balance(stack) == START_BALANCE
+    assert len(apologies(stack)) == 1

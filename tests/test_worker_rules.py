@@ -133,3 +133,32 @@ def test_compatibility_names_missing_nodes_and_model_files(slug):
         }
         (problem,) = compatibility_problems(preset, with_models)
         assert "checkpoints/" in problem and "other.safetensors" in problem
+
+
+def test_a_backend_refusal_and_a_poison_job_fail_at_once_with_no_retry():
+    from comfygram.api import BackendError
+
+    refusal = BackendError(413, "file_too_large", "The request body is too large.", {})
+    assert classify(refusal) is FailureKind.REFUSED
+    for kind in (FailureKind.REFUSED, FailureKind.CRASHED):
+        assert rules(kind, 0).action is Action.FAIL
+        assert error_kind(describe(kind, "x")) is kind
+
+
+def test_an_outage_is_told_once_and_retried_with_a_growing_pause(caplog):
+    from comfygram.worker.runner import Outage
+
+    outage = Outage("Redis", "check REDIS_URL", first=1.0, cap=15.0)
+    with caplog.at_level("INFO", logger="comfygram.worker.runner"):
+        for _ in range(6):
+            outage.failed(ConnectionError("Connection refused"))
+        delays = outage.delay()
+        outage.passed()
+        outage.passed()
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "Redis unreachable (ConnectionError: Connection refused): check REDIS_URL; "
+        "retrying until it answers",
+        "Redis reachable again",
+    ]
+    assert delays == 15.0 and outage.delay() == 1.0

@@ -99,6 +99,13 @@ class Job(BaseModel):
     delivered_at: datetime | None
 
 
+class ResultLimits(BaseModel):
+    """What the backend takes as a job's result."""
+
+    result_max_bytes: int
+    result_max_pixels: int
+
+
 class Refund(BaseModel):
     job: Job
     refunded: bool
@@ -323,6 +330,9 @@ class BackendClient:
             "PUT", f"/api/jobs/{job_id}/result", files={"image": (filename, data)}
         )
         return Job.model_validate(response.json())
+
+    async def result_limits(self) -> ResultLimits:
+        return ResultLimits.model_validate(await self._json("GET", "/api/jobs/limits"))
 
     async def job_result(self, job_id: str) -> tuple[bytes, str]:
         response = await self._call("GET", f"/api/jobs/{job_id}/result")

@@ -36,6 +36,7 @@ __all__ = [
     "PromptInterrupted",
     "PromptRejected",
     "PromptTimeout",
+    "PromptVanished",
     "SystemStats",
     "explain_rejection",
 ]
@@ -110,6 +111,11 @@ class ExecutionFailed(ComfyUIError):
 
 class PromptInterrupted(ComfyUIError):
     """The prompt was interrupted (``execution_interrupted``)."""
+
+
+class PromptVanished(ComfyUIError):
+    """The prompt is in neither the history nor the queue (a restart lost it, or it was
+    deleted)."""
 
 
 class PromptTimeout(ComfyUIError, asyncio.TimeoutError):
@@ -307,7 +313,7 @@ class ComfyUIClient:
         when the socket or ``/queue`` first shows the prompt executing.
 
         Raises ExecutionFailed, PromptInterrupted, ComfyUIUnavailable, PromptTimeout, or
-        ComfyUIError (the prompt vanished: in neither history nor queue).
+        PromptVanished (in neither history nor queue), or ComfyUIError.
         """
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -414,7 +420,7 @@ class ComfyUIClient:
         # It may have finished between the two requests.
         if (entry := await self.history(prompt_id)) is not None:
             return _outcome(prompt_id, entry)
-        raise ComfyUIError(f"prompt {prompt_id} vanished: in neither the history nor the queue")
+        raise PromptVanished(f"prompt {prompt_id} vanished: in neither the history nor the queue")
 
 
 class _Progress:

@@ -213,6 +213,11 @@ class DeliveryReport(Strict):
         return value
 
 
+class ResultLimits(BaseModel):
+    result_max_bytes: int
+    result_max_pixels: int
+
+
 class ComfyUICrash(Strict):
     """ComfyUI died while running the job; ``seen`` is the count the worker knew (so a retried
     report counts once)."""

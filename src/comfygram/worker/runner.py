@@ -23,25 +23,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import mimetypes
 import random
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+from PIL import Image
 from redis.exceptions import RedisError
 
 from comfygram import metrics
-from comfygram.api import BackendClient, BackendError, BackendUnavailable, Job
+from comfygram.api import BackendClient, BackendError, BackendUnavailable, Job, ResultLimits
 from comfygram.comfyui import (
     ComfyUIClient,
     ComfyUIError,
     ComfyUIUnavailable,
     PromptRejected,
     PromptTimeout,
+    PromptVanished,
 )
 from comfygram.livestatus import LiveStatus
 from comfygram.logs import job_context
@@ -94,6 +98,8 @@ class Run:
     started: float = field(default_factory=time.monotonic)
     # ComfyUI has started executing this run's prompt (its death now counts against the job).
     executing: bool = False
+    # Times the prompt was lost from ComfyUI's queue before it ran and submitted again.
+    resubmits: int = 0
 
 
 class Worker:
@@ -120,7 +126,11 @@ class Worker:
         self.problems: dict[str, str] = {}
         self._held: dict[str, Delivery] = {}  # message id -> job we must renew the lease of
         self._background: set[asyncio.Task[None]] = set()
+        # message id -> background finishers alive for it (one may start another: a refused
+        # result becomes an apology); the lease goes only when the last of them ends.
+        self._finishing: Counter[str] = Counter()
         self._presets: dict[str, tuple[float, Preset]] = {}
+        self._limits: tuple[float, ResultLimits] | None = None
         self._stopping = asyncio.Event()
         self._backend_down = Outage("backend", "check BACKEND_API_URL and that the backend runs")
         self._redis_down = Outage("Redis", "check REDIS_URL and that Redis runs")
@@ -341,14 +351,14 @@ class Worker:
                 await self._wait_for_result(run)
             except BackendUnavailable as exc:
                 self._backend_down.failed(exc)
-                self._release(run.delivery)
+                self._let_go(run.delivery)
             except Exception:
                 log.exception(
                     "job %s: its run ended on an unexpected error; it is taken up again "
                     "after its lease",
                     run.job.id,
                 )
-                self._release(run.delivery)
+                self._let_go(run.delivery)
 
     async def _wait_for_result(self, run: Run) -> None:
         run.started = time.monotonic()
@@ -387,6 +397,22 @@ class Worker:
                     return
                 deadline = time.monotonic() + run.preset.timeout_seconds
                 continue
+            except PromptVanished as exc:
+                # ComfyUI restarted (or someone deleted the prompt). While it ran, that is a
+                # death under this job; while it only waited in the queue, it is not its fault.
+                if run.executing:
+                    if await self._crashed_under(run, exc):
+                        return
+                elif run.resubmits >= _MAX_RESUBMITS:
+                    await self._settle_run(run, exc)
+                    return
+                else:
+                    run.resubmits += 1
+                log.warning("job %s: %s; submitting it again", run.job.id, exc)
+                if not await self._resubmit(run):
+                    return
+                deadline = time.monotonic() + run.preset.timeout_seconds
+                continue
             except Exception as exc:
                 if isinstance(exc, PromptTimeout):
                     await self._stop_prompt(run.prompt_id)
@@ -395,9 +421,8 @@ class Worker:
             self._spawn(run.delivery, self._finish_success(run, data, image.filename))
             return
 
-    async def _crashed_under(self, run: Run, exc: ComfyUIUnavailable) -> bool:
+    async def _crashed_under(self, run: Run, exc: ComfyUIError) -> bool:
         """ComfyUI died while running this job: count it; True when the job failed for it."""
-        self.healthy.clear()
         run.executing = False  # the next death counts only if a new run starts executing
         seen = run.job.comfyui_crashes
         job = await _retrying(lambda: self.backend.record_comfyui_crash(run.job.id, seen=seen))
@@ -431,6 +456,19 @@ class Worker:
             return False
         return True
 
+    async def _resubmit(self, run: Run) -> bool:
+        """Submit the run's prompt again (ComfyUI is up but lost it); False when settled."""
+        try:
+            await self._submit(run)
+        except ComfyUIUnavailable:
+            return await self._resume_after_outage(run)
+        except BackendUnavailable:
+            raise
+        except Exception as exc:
+            await self._settle_run(run, exc)
+            return False
+        return True
+
     async def _stop_prompt(self, prompt_id: str) -> None:
         """Interrupt exactly our prompt (and drop it if it is still queued)."""
         with contextlib.suppress(ComfyUIError):
@@ -451,6 +489,8 @@ class Worker:
             kind = FailureKind.INPUT
         elif isinstance(exc, _ComfyUICrashed):
             kind = FailureKind.CRASHED
+        elif isinstance(exc, _ResultRefused):
+            kind = FailureKind.REFUSED
         elif isinstance(exc, StaleOutput):
             kind = FailureKind.EXECUTION
         else:
@@ -498,7 +538,15 @@ class Worker:
     async def _finish_success(self, run: Run, data: bytes, filename: str) -> None:
         job = run.job
         try:
-            await _retrying(lambda: self.backend.put_result(job.id, data, filename))
+            await self._check_result(data)
+            try:
+                await _retrying(lambda: self.backend.put_result(job.id, data, filename))
+            except BackendUnavailable as exc:
+                if not await self._backend_answers(job.id):
+                    raise
+                # The backend is up, yet this upload never got an answer: a refusal that cut
+                # the connection, or a fault of its storage. A failed run: bounded retries.
+                raise _UploadLost(f"the backend did not take the result: {exc}") from exc
             with contextlib.suppress(RedisError, OSError):
                 await self.live.cache_result(job.id, data, self.config.result_cache_seconds)
             job = await _retrying(lambda: self.backend.set_status(job.id, "succeeded"))
@@ -512,6 +560,10 @@ class Worker:
                 return
             await self._settle_run(run, exc)  # refused for good: no retry can help
             return
+        except _UploadLost as exc:
+            log.warning("job %s: %s", job.id, exc)
+            await self._settle_run(run, exc)
+            return
         except Exception as exc:
             # Nobody foresaw this: count it as a failed run, so it cannot repeat for ever.
             log.exception("job %s: storing the result failed", job.id)
@@ -522,6 +574,47 @@ class Worker:
         log.info("job %s: succeeded in %.1fs", job.id, time.monotonic() - run.started)
         await self.messages.deliver_result(job, run.preset, data, filename)
         await self._ack(run.delivery)
+
+    async def _backend_answers(self, job_id: str) -> bool:
+        try:
+            await self.backend.job(job_id)
+        except (BackendError, BackendUnavailable):
+            return False
+        return True
+
+    async def _check_result(self, data: bytes) -> None:
+        """Refuse here a result the backend would refuse: a body over its limit is cut off
+        with the connection, which looks like an outage, not like the 413 it is."""
+        limits = await self._result_limits()
+        if limits is None:
+            return
+        if len(data) > limits.result_max_bytes:
+            raise _ResultRefused(
+                f"the result is {len(data):,} bytes, over the backend's limit of "
+                f"{limits.result_max_bytes:,}"
+            )
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+        except Image.DecompressionBombError as exc:
+            raise _ResultRefused(f"the result has far too many pixels: {exc}") from None
+        except Exception:
+            return  # not ours to judge: the backend says what it makes of it
+        if width * height > limits.result_max_pixels:
+            raise _ResultRefused(
+                f"the result is {width}x{height} pixels, over the backend's limit of "
+                f"{limits.result_max_pixels:,}"
+            )
+
+    async def _result_limits(self) -> ResultLimits | None:
+        if self._limits is not None and time.monotonic() - self._limits[0] < 60:
+            return self._limits[1]
+        try:
+            limits = await _retrying(self.backend.result_limits)
+        except BackendError:
+            return None  # a backend that does not say: its answer to the upload decides
+        self._limits = (time.monotonic(), limits)
+        return limits
 
     async def _finish_failed(
         self, delivery: Delivery, job: Job, preset: Preset | None, kind: FailureKind | None
@@ -548,6 +641,7 @@ class Worker:
 
     def _spawn(self, delivery: Delivery, work: Awaitable[None]) -> None:
         """Finish a job in the background; its lease is renewed only while this runs."""
+        self._finishing[delivery.message_id] += 1
 
         async def guarded() -> None:
             with job_context(delivery.job_id):
@@ -561,8 +655,9 @@ class Worker:
                         delivery.job_id,
                     )
                 finally:
+                    self._finishing[delivery.message_id] -= 1
                     # Acknowledged, handed back, or let go: no one renews its lease any more.
-                    self._release(delivery)
+                    self._let_go(delivery)
 
         task = asyncio.create_task(guarded())
         self._background.add(task)
@@ -576,6 +671,13 @@ class Worker:
         with contextlib.suppress(RedisError, OSError):
             await self.queue.defer(delivery, delivery.payload, delay)
         self._release(delivery)
+
+    def _let_go(self, delivery: Delivery) -> None:
+        """A step for the job ended without settling it: stop renewing its lease, unless a
+        background finisher is still working on it."""
+        if self._finishing[delivery.message_id] <= 0:
+            del self._finishing[delivery.message_id]
+            self._release(delivery)
 
     def _release(self, delivery: Delivery) -> None:
         """Stop renewing the job's lease: nothing is being done for it here any more. Unless
@@ -666,8 +768,20 @@ class Worker:
         return True
 
 
+# A prompt lost from ComfyUI's queue before it ran is submitted again this often, no attempt used.
+_MAX_RESUBMITS = 3
+
+
 class _InputMissing(Exception):
     """The job's photo cannot be fetched or used: no retry will help."""
+
+
+class _ResultRefused(Exception):
+    """The result is beyond what the backend takes: no retry will change that."""
+
+
+class _UploadLost(Exception):
+    """The backend answers, but not to the upload of this result."""
 
 
 class _ComfyUICrashed(Exception):

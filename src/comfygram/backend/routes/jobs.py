@@ -21,6 +21,7 @@ from comfygram.backend.schemas import (
     DeliveryReport,
     JobOut,
     RefundOut,
+    ResultLimits,
     StatusChange,
     StatusMessage,
     no_nul,
@@ -138,6 +139,16 @@ async def list_jobs(
     user = await accounts.get_user(session, telegram_id)
     rows = await jobs.list_for_user(session, user, limit)
     return [JobOut.of(job, user, await jobs.queue_position(session, job)) for job in rows]
+
+
+@router.get("/limits", response_model=ResultLimits)
+async def result_limits(settings: SettingsDep) -> ResultLimits:
+    """What ``PUT /api/jobs/{id}/result`` takes, so a worker can tell a result that will be
+    refused before it sends it (a body over the limit is cut off, not always answered)."""
+    return ResultLimits(
+        result_max_bytes=settings.max_upload_bytes * RESULT_SIZE_FACTOR,
+        result_max_pixels=settings.max_image_pixels * RESULT_SIZE_FACTOR,
+    )
 
 
 @router.get("/{job_id}", response_model=JobOut)
