@@ -1,0 +1,67 @@
+"""The backend routes the worker's failure rules rest on, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.helpers import create_job, grant, register
+
+USER = 9191
+
+
+async def _processing_job(api: httpx.AsyncClient) -> str:
+    await register(api, USER)
+    await grant(api, USER, 5, "routes")
+    created = await create_job(api, USER, "invert")
+    assert created.status_code == 201, created.text
+    job_id = created.json()["id"]
+    moved = await api.post(f"/api/jobs/{job_id}/status", json={"status": "processing"})
+    assert moved.status_code == 200, moved.text
+    return job_id
+
+
+async def test_a_status_message_is_not_recorded_once_the_final_message_is_claimed(api):
+    job_id = await _processing_job(api)
+    recorded = await api.post(
+        f"/api/jobs/{job_id}/status-message", json={"chat_id": USER, "message_id": 10}
+    )
+    assert recorded.json()["status_message_id"] == 10  # while it runs: recorded
+    await api.post(f"/api/jobs/{job_id}/status", json={"status": "failed", "error": "x: y"})
+    claim = await api.post(f"/api/jobs/{job_id}/delivery", json={"status": "sending"})
+    assert claim.json()["status_message_id"] == 10  # the claim carries it, to be removed
+    late = await api.post(
+        f"/api/jobs/{job_id}/status-message", json={"chat_id": USER, "message_id": 11}
+    )
+    assert late.status_code == 200
+    assert late.json()["status_message_id"] == 10  # not 11: the bot deletes message 11
+
+
+async def test_a_cancelled_job_records_no_status_message(api):
+    await register(api, USER)
+    created = await create_job(api, USER, "invert")
+    job_id = created.json()["id"]
+    await api.post(f"/api/jobs/{job_id}/status", json={"status": "cancelled"})
+    late = await api.post(
+        f"/api/jobs/{job_id}/status-message", json={"chat_id": USER, "message_id": 12}
+    )
+    assert late.json()["status_message_id"] is None
+
+
+async def test_comfyui_deaths_are_counted_once_per_report(api):
+    job_id = await _processing_job(api)
+    counts = []
+    for seen in (0, 0, 1, 5):
+        answer = await api.post(f"/api/jobs/{job_id}/comfyui-crash", json={"seen": seen})
+        assert answer.status_code == 200, answer.text
+        counts.append(answer.json()["comfyui_crashes"])
+    assert counts == [1, 1, 2, 2]
+    bad = await api.post(f"/api/jobs/{job_id}/comfyui-crash", json={"seen": -1})
+    assert bad.status_code == 422
+
+
+async def test_the_result_limits_follow_the_settings(api, settings):
+    answer = await api.get("/api/jobs/limits")
+    assert answer.json() == {
+        "result_max_bytes": 4 * settings.max_upload_bytes,
+        "result_max_pixels": 4 * settings.max_image_pixels,
+    }
