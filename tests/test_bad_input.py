@@ -304,6 +304,17 @@ DAMAGED_HEADERS = (
 )
 
 
+def streamed(size: int, content_type: str = "application/json", opening: bytes = b"") -> Build:
+    """A body of `size` bytes sent chunked, with no Content-Length to check up front."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield opening
+        for start in range(0, size, 64 * 1024):
+            yield b"a" * min(64 * 1024, size - start)
+
+    return lambda _world: {"content": chunks(), "headers": {"content-type": content_type}}
+
+
 def over_limit(extra: int) -> Callable[[World], bytes]:
     """A file `extra` bytes over MAX_UPLOAD_BYTES."""
     return lambda world: oversized_png(world.max_upload_bytes + extra)
@@ -455,6 +466,7 @@ CASES = [
         ("register-empty-body", nothing, 422, INVALID),
         ("register-username-nul", register_body(username="a\x00b"), 422, INVALID),
         ("register-invalid-utf8", raw(b'{"telegram_id":1002,"username":"\xff"}'), 400, None),
+        ("register-streamed-over-1-mib", streamed(1024 * 1024 + 1), 413, "file_too_large"),
     ),
     *route(
         "GET", "/api/users/by-telegram-id/999", ("user-unknown", nothing, 404, "user_not_found")
@@ -592,6 +604,16 @@ CASES = [
         ("create-20000x20000-png-bomb", upload(png_bomb), 422, "bad_image"),
         ("create-one-byte-over-limit", upload(over_limit(1)), 413, "file_too_large"),
         ("create-body-refused-unread", upload(over_limit(128 * 1024)), 413, "file_too_large"),
+        (
+            "create-streamed-over-limit",
+            streamed(
+                3 * 1024 * 1024,
+                "multipart/form-data; boundary=x",
+                b'--x\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n',
+            ),
+            413,
+            "file_too_large",
+        ),
         ("create-prompt-for-bw", upload(prompt="make it pop"), 422, "prompt_not_accepted"),
         ("create-edit-without-prompt", upload(preset="edit"), 422, "prompt_required"),
         ("create-edit-blank-prompt", upload(preset="edit", prompt="   "), 422, "prompt_required"),

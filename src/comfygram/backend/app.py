@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -16,6 +17,7 @@ from comfygram.backend.admin import mount_admin
 from comfygram.backend.api_docs import mount_api_docs
 from comfygram.backend.deps import has_api_token
 from comfygram.backend.errors import error_response, install_error_handlers
+from comfygram.backend.limits import BodyLimits, body_limit
 from comfygram.backend.presets import sync_presets
 from comfygram.backend.routes import (
     health,
@@ -35,9 +37,6 @@ from comfygram.queue import JobQueue, connect_redis
 from comfygram.settings import Settings
 
 log = logging.getLogger(__name__)
-
-# Multipart framing around an upload; bodies beyond limit + this are refused unread.
-_MULTIPART_SLACK = 64 * 1024
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -141,18 +140,14 @@ def create_app(settings: Settings) -> FastAPI:
                 return await call_next(request)
         return await call_next(request)
 
-    @app.middleware("http")
-    async def refuse_oversized_bodies(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        length = request.headers.get("content-length", "")
-        factor = jobs.RESULT_SIZE_FACTOR if request.url.path.endswith("/result") else 1
-        limit = settings.max_upload_bytes * factor + _MULTIPART_SLACK
-        if length.isdigit() and int(length) > limit:
-            return error_response(413, "file_too_large", "The request body is too large.")
-        return await call_next(request)
-
     for module in (users, presets, jobs, payments, workers, stats, health, webhook):
         app.include_router(module.router)
     mount_admin(app, settings)  # /admin, when ADMIN_USERNAME and ADMIN_PASSWORD are set
+    # Added last, so it is the outermost: every body is counted as it arrives, on every route
+    # (the admin panel and /webhook included), before anything else reads it.
+    app.add_middleware(
+        BodyLimits,
+        limit_for=functools.partial(body_limit, max_upload_bytes=settings.max_upload_bytes),
+        body_timeout=settings.body_timeout_seconds,
+    )
     return app

@@ -15,6 +15,7 @@ from comfygram import metrics
 from comfygram.backend import accounts, jobs
 from comfygram.backend.deps import QueueDep, SessionDep, SettingsDep, StoreDep
 from comfygram.backend.errors import ApiError
+from comfygram.backend.limits import RESULT_SIZE_FACTOR
 from comfygram.backend.models import Job, User
 from comfygram.backend.schemas import (
     ComfyUICrash,
@@ -32,8 +33,6 @@ from comfygram.images import ImageInfo, ImageRejected, inspect_image, prepare_in
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 
-# Results come from our own workers (an upscale may be much larger than what users send).
-RESULT_SIZE_FACTOR = 4
 
 Checked = TypeVar("Checked")
 

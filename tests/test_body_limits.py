@@ -1,0 +1,248 @@
+"""Request bodies against a real uvicorn on loopback, spoken to with raw sockets: a streamed
+(chunked) body over its route's limit is refused as it arrives, on every route, and a client
+that sends its body too slowly is answered 408 and cut off."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+from sqlalchemy import func, select
+
+from comfygram.backend.app import create_app
+from comfygram.backend.limits import SMALL_BODY_BYTES
+from comfygram.backend.models import Job, User
+from comfygram.settings import Settings
+from tests.bot_helpers import serve
+from tests.conftest import REDIS_URL, WEBHOOK_SECRET
+from tests.helpers import API_TOKEN
+
+BODY_TIMEOUT = 1.5
+CHUNK = 64 * 1024
+FLOOD = 96 * 1024 * 1024  # what the client would send if nobody stopped it
+# Loopback socket buffers hold a few MB; a server that reads the whole flood lets it all in.
+STOPPED_BY = 40 * 1024 * 1024
+
+
+@pytest.fixture
+def limited_settings(tmp_path: Path, redis_prefix: str, redis: object) -> Settings:
+    """SQLite only: what is tested here is the HTTP layer, the same on either database."""
+    return Settings(
+        _env_file=None,
+        api_token=API_TOKEN,
+        webhook_secret=WEBHOOK_SECRET,
+        database_url=f"sqlite+aiosqlite:///{tmp_path}/comfygram.db",
+        redis_url=REDIS_URL,
+        redis_prefix=redis_prefix,
+        media_dir=tmp_path / "media",
+        max_upload_bytes=2 * 1024 * 1024,
+        body_timeout_seconds=BODY_TIMEOUT,
+        admin_username="ops",
+        admin_password=SecretStr("a-long-admin-password-42"),
+    )
+
+
+@pytest.fixture
+async def server(limited_settings: Settings) -> AsyncIterator[tuple[str, int, object]]:
+    app = create_app(limited_settings)
+    async with serve(lambda _url: app) as url:
+        host, port = url.removeprefix("http://").split(":")
+        yield host, int(port), app
+
+
+def request_head(
+    method: str, path: str, port: int, headers: dict[str, str], chunked: bool = True
+) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{port}"]
+    if chunked:
+        lines.append("Transfer-Encoding: chunked")
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    status_line = await reader.readline()
+    assert status_line.startswith(b"HTTP/1.1 "), status_line
+    headers: dict[str, str] = {}
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode().partition(":")
+        headers[name.strip().lower()] = value.strip()
+    body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return int(status_line.split()[1]), headers, body
+
+
+MULTIPART = "multipart/form-data; boundary=x"
+# How each kind of body begins, so the parser reading it finds nothing wrong but its length.
+OPENINGS = {
+    MULTIPART: b'--x\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n',
+    "application/x-www-form-urlencoded": b"username=",
+    "application/json": b'{"telegram_id": 5, "username": "',
+}
+
+
+async def flood(
+    port: int, path: str, headers: dict[str, str]
+) -> tuple[int, dict[str, str], bytes, int]:
+    """Stream a chunked body of up to FLOOD bytes; the answer and how much got sent."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    method = "PUT" if path.endswith("/result") else "POST"
+    writer.write(request_head(method, path, port, headers))
+    opening = OPENINGS.get(headers.get("Content-Type", ""), b"")
+    if opening:
+        writer.write(f"{len(opening):x}\r\n".encode() + opening + b"\r\n")
+    sent = 0
+    answer: asyncio.Task[tuple[int, dict[str, str], bytes]] = asyncio.create_task(
+        read_response(reader)
+    )
+    chunk = f"{CHUNK:x}\r\n".encode() + b"a" * CHUNK + b"\r\n"
+    try:
+        while sent < FLOOD and not answer.done():
+            writer.write(chunk)
+            await writer.drain()
+            sent += CHUNK
+        if not answer.done():
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+    except (ConnectionResetError, BrokenPipeError):
+        pass  # the server hung up on the flood: what we want
+    status, response_headers, body = await asyncio.wait_for(answer, 30)
+    # And it hangs up: the rest of the body is never read.
+    with contextlib.suppress(ConnectionResetError):
+        assert await asyncio.wait_for(reader.read(), 30) == b""
+    writer.close()
+    return status, response_headers, body, sent
+
+
+AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "status"),
+    [
+        ("/admin/login", {"Content-Type": MULTIPART}, 413),
+        ("/admin/login", {"Content-Type": "application/x-www-form-urlencoded"}, 413),
+        ("/api/users/register", {**AUTH, "Content-Type": "application/json"}, 413),
+        ("/api/jobs/create", {**AUTH, "Content-Type": MULTIPART}, 413),
+        (
+            "/api/jobs/00000000-0000-0000-0000-000000000000/result",
+            {**AUTH, "Content-Type": MULTIPART},
+            413,
+        ),
+        # Answered before the body is read (no bot runs here; no token; no body wanted):
+        # the connection is closed rather than the body read on.
+        (
+            "/webhook",
+            {"Content-Type": "application/json", "X-Telegram-Bot-Api-Secret-Token": WEBHOOK_SECRET},
+            503,
+        ),
+        ("/api/users/register", {"Content-Type": "application/json"}, 401),
+        ("/healthz", {}, 405),
+    ],
+)
+async def test_a_streamed_body_over_the_limit_is_refused_as_it_arrives(
+    server: tuple[str, int, object], path: str, headers: dict[str, str], status: int
+) -> None:
+    _host, port, app = server
+    answered, response_headers, body, sent = await flood(port, path, headers)
+    assert answered == status, body
+    if status == 413:
+        assert json.loads(body)["error"]["code"] == "file_too_large"
+    assert response_headers["connection"] == "close"
+    assert sent < STOPPED_BY, f"{sent} bytes were taken in before the answer"
+    async with app.state.sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(Job)) == 0
+        assert await session.scalar(select(func.count()).select_from(User)) == 0
+    media = app.state.settings.media_dir
+    assert not media.exists() or not any(p.is_file() for p in media.rglob("*"))
+
+
+async def test_a_small_route_takes_a_megabyte_at_most(server: tuple[str, int, object]) -> None:
+    """JSON, the webhook and the admin panel take SMALL_BODY_BYTES: a body just over is 413."""
+    _host, port, _app = server
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    body = b'{"telegram_id": 5, "username": "' + b"x" * SMALL_BODY_BYTES + b'"}'
+    head = request_head(
+        "POST",
+        "/api/users/register",
+        port,
+        {**AUTH, "Content-Type": "application/json"},
+        chunked=False,
+    )
+    writer.write(head.replace(b"\r\n\r\n", f"\r\nContent-Length: {len(body)}\r\n\r\n".encode()))
+    await writer.drain()
+    status, _headers, _body = await asyncio.wait_for(read_response(reader), 30)
+    assert status == 413
+    writer.close()
+
+
+async def trickle(port: int, path: str, headers: dict[str, str], chunked: bool) -> tuple:
+    """Send the head, then one byte of body every 0.25 s until the server answers."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request_head("POST", path, port, headers, chunked=chunked))
+    opening = OPENINGS.get(headers.get("Content-Type", ""), b"")
+    if opening:
+        writer.write(f"{len(opening):x}\r\n".encode() + opening + b"\r\n" if chunked else opening)
+    await writer.drain()
+    answer = asyncio.create_task(read_response(reader))
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    try:
+        while not answer.done() and loop.time() - began < 20:
+            writer.write(b"1\r\na\r\n" if chunked else b"a")
+            await writer.drain()
+            await asyncio.wait([answer], timeout=0.25)
+    except (ConnectionResetError, BrokenPipeError):
+        pass
+    assert answer.done(), "the server still waits for the trickling body after 20 s"
+    status, response_headers, body = answer.result()
+    with contextlib.suppress(ConnectionResetError):
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # and it hung up
+    writer.close()
+    return status, response_headers, body
+
+
+@pytest.mark.parametrize("chunked", [True, False], ids=["chunked", "content-length"])
+@pytest.mark.parametrize(
+    ("path", "headers"),
+    [
+        ("/admin/login", {"Content-Type": "application/x-www-form-urlencoded"}),
+        ("/api/users/register", {**AUTH, "Content-Type": "application/json"}),
+        ("/api/jobs/create", {**AUTH, "Content-Type": MULTIPART}),
+    ],
+)
+async def test_a_client_that_trickles_its_body_is_cut_off(
+    server: tuple[str, int, object], path: str, headers: dict[str, str], chunked: bool
+) -> None:
+    _host, port, _app = server
+    if not chunked:
+        headers = {**headers, "Content-Length": "100000"}
+    status, response_headers, body = await trickle(port, path, headers, chunked)
+    assert status == 408, body
+    assert json.loads(body)["error"]["code"] == "request_timeout"
+    assert response_headers["connection"] == "close"
+
+
+async def test_a_body_sent_in_pieces_in_time_is_taken(server: tuple[str, int, object]) -> None:
+    """The deadline is for the whole body, not for each piece: slow but in time is fine."""
+    _host, port, _app = server
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        request_head(
+            "POST", "/api/users/register", port, {**AUTH, "Content-Type": "application/json"}
+        )
+    )
+    for piece in (b'{"telegram_id": ', b"77, ", b'"username": "slow"}'):
+        writer.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.2)
+    writer.write(b"0\r\n\r\n")
+    await writer.drain()
+    status, _headers, body = await asyncio.wait_for(read_response(reader), 30)
+    assert status == 201, body
+    assert json.loads(body)["username"] == "slow"
+    writer.close()
