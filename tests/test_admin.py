@@ -758,3 +758,17 @@ async def test_every_list_and_details_page_renders(admin, api, app):
         assert response.status_code == 200, (page, response.text[-2000:])
     assert (await admin.get("/admin/user/details/999999")).status_code == 404
     assert (await admin.get("/admin/user/credit/999999")).status_code == 404
+
+
+async def test_dashboard_hides_the_password_in_a_workers_comfyui_url(admin, app):
+    """A COMFYUI_URL with credentials is shown without them (issue 11)."""
+    report = WorkerReport(
+        comfyui_url="http://ops:s3cret-pw@gpu-9:8188/comfy",
+        healthy=True,
+        runnable=[],
+        ttl_seconds=60,
+    )
+    await app.state.workers.record("gpu-9", report)
+    html = (await admin.get("/admin/dashboard")).text
+    assert "gpu-9:8188/comfy" in html
+    assert "s3cret-pw" not in html and "ops:" not in html

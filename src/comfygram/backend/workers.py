@@ -5,10 +5,23 @@ from __future__ import annotations
 import json
 import time
 from datetime import UTC, datetime
+from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import Redis
 
 from comfygram.backend.schemas import WorkerOut, WorkerReport
+
+
+def redact_url(url: str) -> str:
+    """`url` without its user name and password (http://u:pw@gpu:8188 -> http://gpu:8188):
+    what a worker reports is shown on the admin dashboard and by GET /api/workers."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url.rpartition("@")[2] if "@" in url else url
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 class WorkerRegistry:
@@ -19,7 +32,8 @@ class WorkerRegistry:
         self.key = f"{prefix}:workers"
 
     async def record(self, name: str, report: WorkerReport) -> WorkerOut:
-        seen = WorkerOut(name=name, seen_at=datetime.now(UTC), **report.model_dump())
+        fields = {**report.model_dump(), "comfyui_url": redact_url(report.comfyui_url)}
+        seen = WorkerOut(name=name, seen_at=datetime.now(UTC), **fields)
         await self.redis.hset(self.key, name, seen.model_dump_json())
         return seen
 
@@ -29,7 +43,10 @@ class WorkerRegistry:
         for name, raw in (await self.redis.hgetall(self.key)).items():
             worker = WorkerOut.model_validate(json.loads(raw))
             if worker.seen_at.timestamp() + worker.ttl_seconds >= now:
-                alive.append(worker)
+                # Also for a heartbeat stored before URLs were redacted.
+                alive.append(
+                    worker.model_copy(update={"comfyui_url": redact_url(worker.comfyui_url)})
+                )
             else:
                 await self.redis.hdel(self.key, name)
         return sorted(alive, key=lambda w: w.name)
