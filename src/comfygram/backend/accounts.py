@@ -109,6 +109,13 @@ async def post(
         entry, user.balance = ledger.post(user.balance, amount, reason, key)
     except ledger.InsufficientCredits as exc:
         raise insufficient_credits(exc.balance, exc.needed) from None
+    except ledger.BalanceLimit as exc:
+        raise ApiError(
+            422,
+            "balance_too_large",
+            f"A balance holds at most {ledger.MAX_BALANCE:,} credits; this one has "
+            f"{exc.balance:,} and {exc.amount:,} more would pass that.",
+        ) from None
     row = LedgerEntry(
         user_id=user.id,
         amount=entry.amount,

@@ -25,6 +25,18 @@ class InsufficientCredits(Exception):
         return self.needed - self.balance
 
 
+# The most credits one balance may hold: far inside the 64-bit columns, and exact as a JSON
+# number in any client (2**53). Postings past it are refused, so no sum ever overflows.
+MAX_BALANCE = 10**15
+
+
+class BalanceLimit(Exception):
+    def __init__(self, balance: int, amount: int) -> None:
+        super().__init__(f"balance {balance} + {amount} is over {MAX_BALANCE}")
+        self.balance = balance
+        self.amount = amount
+
+
 # Which way each reason may move a balance; an admin adjustment may go either way.
 _SIGN = {
     Reason.SIGNUP_BONUS: 1,
@@ -65,8 +77,9 @@ def admin_key(request_key: str) -> str:
 def post(balance: int, amount: int, reason: Reason, key: str) -> tuple[Entry, int]:
     """Check one posting against a balance; return the entry and the new balance.
 
-    Raises InsufficientCredits when the balance would go negative and ValueError when the
-    amount does not fit the reason (a charge that adds credits, a zero entry).
+    Raises InsufficientCredits when the balance would go negative, BalanceLimit when it would
+    pass MAX_BALANCE, and ValueError when the amount does not fit the reason (a charge that
+    adds credits, a zero entry).
     """
     if isinstance(amount, bool) or not isinstance(amount, int):
         raise ValueError("amount must be a whole number of credits")
@@ -80,6 +93,8 @@ def post(balance: int, amount: int, reason: Reason, key: str) -> tuple[Entry, in
     new_balance = balance + amount
     if new_balance < 0:
         raise InsufficientCredits(balance, -amount)
+    if new_balance > MAX_BALANCE and amount > 0:
+        raise BalanceLimit(balance, amount)
     return Entry(amount=amount, reason=reason, key=key), new_balance
 
 
