@@ -772,3 +772,22 @@ async def test_dashboard_hides_the_password_in_a_workers_comfyui_url(admin, app)
     html = (await admin.get("/admin/dashboard")).text
     assert "gpu-9:8188/comfy" in html
     assert "s3cret-pw" not in html and "ops:" not in html
+
+
+async def test_job_details_say_when_retention_deleted_the_media(admin, api, app):
+    """After the retention sweep the page says so instead of showing broken images."""
+    from comfygram.backend import retention
+
+    await register(api, 1001)
+    job = (await create_job(api, 1001, "bw")).json()
+    await status(api, job["id"], "cancelled")
+    long_ago = datetime.now(UTC) - timedelta(days=400)
+    async with app.state.sessions() as session:
+        row = await session.get(Job, job["id"])
+        row.finished_at = long_ago
+        await session.commit()
+    assert await retention.sweep_once(app.state.sessions, app.state.store, 30) == 1
+    page = await admin.get(f"/admin/job/details/{job['id']}")
+    assert page.status_code == 200
+    assert "Media deleted by retention on" in page.text
+    assert '<img alt="input"' not in page.text

@@ -118,6 +118,9 @@ class Settings(BaseSettings):
     # A request's body must have arrived this many seconds after its headers, or it is
     # answered 408 and the connection closed (slow clients must not hold the backend).
     body_timeout_seconds: float = Field(default=60.0, gt=0)
+    # Days a job's input and result files are kept after it ends (0 = forever); the job's
+    # row stays, marked with when its media went.
+    media_retention_days: int = Field(default=30, ge=0, le=36500)
     credit_packages: list[CreditPackage] = Field(default_factory=lambda: list(DEFAULT_PACKAGES))
     # An invoice can be paid for this long after /buy made it, and only while its package is
     # still sold at the same credits and Stars (docs/payments.md).

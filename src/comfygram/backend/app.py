@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from starlette.responses import Response
 
 from comfygram import __version__
-from comfygram.backend import db, reconcile
+from comfygram.backend import db, reconcile, retention
 from comfygram.backend.admin import mount_admin
 from comfygram.backend.api_docs import mount_api_docs
 from comfygram.backend.deps import has_api_token
@@ -73,6 +73,16 @@ def create_app(settings: Settings) -> FastAPI:
             ),
             name="queue-reconcile",
         )
+        retention_sweeper = asyncio.create_task(
+            retention.sweep_forever(
+                sessions,
+                app.state.store,
+                settings.media_retention_days,
+                retention.SWEEP_INTERVAL_SECONDS,
+                stop_reconciling,
+            ),
+            name="media-retention",
+        )
         app.state.bot = None
         if settings.webhook_url and settings.bot_token:
             # Webhook mode: Telegram posts to /webhook here, and the bot's dispatcher runs here.
@@ -94,6 +104,8 @@ def create_app(settings: Settings) -> FastAPI:
             except TimeoutError:  # a round stuck on an unreachable Redis: cut it short
                 with contextlib.suppress(asyncio.CancelledError):
                     await reconciler
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(retention_sweeper, 10)
             await redis.aclose()
             await engine.dispose()
 

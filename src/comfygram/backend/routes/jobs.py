@@ -201,7 +201,25 @@ async def refund_job(job_id: str, session: SessionDep) -> RefundOut:
 @router.get("/{job_id}/input", response_class=FileResponse)
 async def download_input(job_id: str, session: SessionDep, store: StoreDep) -> FileResponse:
     job = await jobs.get_job(session, job_id)
-    return FileResponse(store.path(job.input_path), media_type=job.input_mime)
+    return _stored_file(job, store, job.input_path, job.input_mime, "photo")
+
+
+def _stored_file(
+    job: Job, store: StoreDep, relative: str, mime: str | None, what: str
+) -> FileResponse:
+    """The file, or 410 Gone once the retention sweep (or anything else) has deleted it."""
+    path = store.path(relative)
+    if job.media_deleted_at is not None:
+        when = _aware(job.media_deleted_at).strftime("%Y-%m-%d")
+        raise ApiError(
+            410,
+            "media_deleted",
+            f"Job {job.id}'s {what} was deleted on {when}: media is kept for "
+            "MEDIA_RETENTION_DAYS days after a job ends.",
+        )
+    if not path.is_file():
+        raise ApiError(410, "media_deleted", f"Job {job.id}'s {what} is no longer stored.")
+    return FileResponse(path, media_type=mime)
 
 
 @router.put("/{job_id}/result", response_model=JobOut)
@@ -227,7 +245,7 @@ async def download_result(job_id: str, session: SessionDep, store: StoreDep) -> 
     job = await jobs.get_job(session, job_id)
     if job.result_path is None:
         raise ApiError(404, "result_not_found", f"Job {job.id} has no result yet ({job.status}).")
-    return FileResponse(store.path(job.result_path), media_type=job.result_mime)
+    return _stored_file(job, store, job.result_path, job.result_mime, "result")
 
 
 @router.post("/{job_id}/delivery", response_model=JobOut)
