@@ -343,3 +343,21 @@ async def test_an_upload_that_never_gets_an_answer_from_a_live_backend_ends_the_
     assert "did not take the result" in job.error
     assert await balance(stack) == START_BALANCE
     assert len(apologies(stack)) == 1
+
+
+async def test_a_job_whose_preset_cannot_be_read_ends_after_its_attempts(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+):
+    def unreadable(manifest, workflow):
+        raise ValueError("a manifest this worker cannot read")
+
+    monkeypatch.setattr("comfygram.worker.runner.preset_from_manifest", unreadable)
+    job_id = await create(stack)
+    stack.start_worker()
+    job = await stack.settled(job_id, timeout=40)
+    assert (job.status, job.attempts) == ("failed", stack.settings.max_attempts)
+    assert "cannot read" in job.error
+    assert await balance(stack) == START_BALANCE
+    (apology,) = apologies(stack)
+    assert "invert" in apology.params["text"]  # named by its slug: its title is unknown
+    await eventually(lambda: queue_is_empty(stack))

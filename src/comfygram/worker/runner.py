@@ -300,8 +300,11 @@ class Worker:
             job = await self.backend.set_status(job.id, "processing", worker=self.config.name)
         try:
             preset = await self._preset(job.preset)
-        except BackendError as exc:
-            # The preset is gone or refused (removed, disabled): no retry will bring it back.
+        except BackendUnavailable:
+            raise
+        except Exception as exc:
+            # The preset is gone (a 404: failed at once) or cannot be read (a failed run): the
+            # job is processing now, so whatever happens is bounded by its attempts.
             await self._settle_failure(delivery, job, None, exc)
             return None
         attempt = job.attempts
@@ -722,6 +725,9 @@ class Worker:
             except ComfyUIError as exc:
                 self._comfyui_down.failed(exc)
                 self.healthy.clear()
+            except Exception:
+                # The watcher must outlive any surprise: without it no job is ever taken.
+                log.exception("checking ComfyUI and the presets failed; trying again")
             try:
                 await self.backend.worker_heartbeat(
                     self.config.name,
@@ -756,7 +762,15 @@ class Worker:
         runnable: list[str] = []
         problems: dict[str, str] = {}
         for summary in listed:
-            preset = await self._preset(summary.slug)
+            try:
+                preset = await self._preset(summary.slug)
+            except BackendUnavailable as exc:
+                self._backend_down.failed(exc)
+                return False
+            except Exception as exc:  # one unreadable preset must not stop the others
+                problems[summary.slug] = f"cannot be read: {exc}"
+                log.warning("preset %s cannot be read: %s", summary.slug, exc)
+                continue
             found = compatibility_problems(preset, object_info)
             if found:
                 problems[preset.slug] = "; ".join(found)
