@@ -13,6 +13,8 @@ import base64
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,7 +22,9 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import func, select
 
+from comfygram.backend import retention
 from comfygram.backend.models import ChargeRefund, Job, LedgerEntry, Payment, User
+from comfygram.backend.storage import MediaStore
 from comfygram.settings import Settings
 from tests import images
 from tests.conftest import WEBHOOK_SECRET
@@ -49,6 +53,7 @@ class World:
     payload: str
     max_upload_bytes: int
     sessions: Any  # the app's sessionmaker, for setups that act as the operator
+    media_dir: Path
 
 
 @pytest.fixture
@@ -69,6 +74,7 @@ async def world(app: FastAPI, api: httpx.AsyncClient, settings: Settings) -> Wor
         payload=invoice["payload"],
         max_upload_bytes=settings.max_upload_bytes,
         sessions=app.state.sessions,
+        media_dir=settings.media_dir,
     )
 
 
@@ -891,6 +897,17 @@ async def cancelled(api: httpx.AsyncClient, world: World) -> World:
     return world
 
 
+async def media_swept(api: httpx.AsyncClient, world: World) -> World:
+    """The world's job cancelled 400 days ago, and the retention sweep has run."""
+    await cancelled(api, world)
+    async with world.sessions() as session:
+        job = await session.get(Job, world.job_id)
+        job.finished_at = datetime.now(UTC) - timedelta(days=400)
+        await session.commit()
+    assert await retention.sweep_once(world.sessions, MediaStore(world.media_dir), 30) == 1
+    return world
+
+
 def after(setup: Setup, method: str, path: str, *rows: Row) -> list[Any]:
     """Table rows of one route, each run once `setup` has set the scene."""
     return [
@@ -1018,6 +1035,12 @@ SETUP_CASES = [
         "GET",
         "/api/jobs/{job_id}/result",
         ("result-of-cancelled-job", nothing, 404, "result_not_found"),
+    ),
+    *after(
+        media_swept,
+        "GET",
+        "/api/jobs/{job_id}/input",
+        ("input-deleted-by-retention", nothing, 410, "media_deleted"),
     ),
 ]
 
