@@ -710,6 +710,10 @@ class Worker:
                         self._held.pop(delivery.message_id, None)
             except (RedisError, OSError) as exc:
                 self._redis_down.failed(exc)
+            except Exception:
+                # Renewal must outlive any surprise: a lapsed lease hands a running job to
+                # another worker.
+                log.exception("lease renewal failed; trying again")
 
     async def _watch_comfyui(self) -> None:
         """Track ComfyUI's health; on start and whenever it comes back, check the presets."""
