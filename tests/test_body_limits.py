@@ -7,15 +7,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import uvicorn
 from pydantic import SecretStr
 from sqlalchemy import func, select
 
 from comfygram.backend.app import create_app
-from comfygram.backend.limits import SMALL_BODY_BYTES
+from comfygram.backend.limits import SMALL_BODY_BYTES, http_protocol
 from comfygram.backend.models import Job, User
 from comfygram.settings import Settings
 from tests.bot_helpers import serve
@@ -246,3 +248,80 @@ async def test_a_body_sent_in_pieces_in_time_is_taken(server: tuple[str, int, ob
     assert status == 201, body
     assert json.loads(body)["username"] == "slow"
     writer.close()
+
+
+@contextlib.asynccontextmanager
+async def serve_with_header_deadline(app: object, header_timeout: float) -> AsyncIterator[int]:
+    """uvicorn on a free loopback port with the backend's HTTP protocol (as `comfygram backend`
+    and `comfygram run` serve it); yields the port."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    sock.setblocking(False)
+    config = uvicorn.Config(
+        app, log_level="warning", access_log=False, http=http_protocol(header_timeout)
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server._serve([sock]))
+    while not server.started:
+        if task.done():
+            await task
+        await asyncio.sleep(0.01)
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        await task
+
+
+@pytest.mark.parametrize("keep_alive", [False, True], ids=["first-request", "second-request"])
+async def test_a_client_that_trickles_its_headers_is_cut_off(
+    limited_settings: Settings, keep_alive: bool
+) -> None:
+    app = create_app(limited_settings)
+    async with serve_with_header_deadline(app, BODY_TIMEOUT) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        if keep_alive:  # one good request first, on the same connection
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            await writer.drain()
+            assert (await asyncio.wait_for(read_response(reader), 10))[0] == 200
+        answer = asyncio.create_task(read_response(reader))
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        head = b"POST /api/users/register HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"a" * 400
+        try:
+            for byte in head:
+                if answer.done() or loop.time() - began > 20:
+                    break
+                writer.write(bytes([byte]))
+                await writer.drain()
+                await asyncio.wait([answer], timeout=0.25)
+        except (ConnectionResetError, BrokenPipeError):
+            pass
+        assert answer.done(), "the server still waits for the trickling headers after 20 s"
+        status, headers, _body = answer.result()
+        assert status == 408 and headers["connection"] == "close"
+        with contextlib.suppress(ConnectionResetError):
+            assert await asyncio.wait_for(reader.read(), 10) == b""
+        writer.close()
+
+
+async def test_a_connection_that_sends_nothing_is_closed(limited_settings: Settings) -> None:
+    app = create_app(limited_settings)
+    async with serve_with_header_deadline(app, BODY_TIMEOUT) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        status, _headers, _body = await asyncio.wait_for(read_response(reader), 20)
+        assert status == 408
+        writer.close()
+
+
+async def test_headers_in_time_are_served(limited_settings: Settings) -> None:
+    app = create_app(limited_settings)
+    async with serve_with_header_deadline(app, BODY_TIMEOUT) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(3):  # keep-alive: each request gets its own deadline
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            await writer.drain()
+            assert (await asyncio.wait_for(read_response(reader), 10))[0] == 200
+            await asyncio.sleep(BODY_TIMEOUT * 0.6)
+        writer.close()

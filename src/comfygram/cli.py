@@ -24,6 +24,7 @@ def _backend(settings: Settings, args: argparse.Namespace) -> None:
 
     from comfygram import startup
     from comfygram.backend.app import create_app
+    from comfygram.backend.limits import http_protocol
 
     app = create_app(settings)  # checks the settings it needs first
     settings.require_shared_redis("backend")
@@ -36,6 +37,7 @@ def _backend(settings: Settings, args: argparse.Namespace) -> None:
         port=port,
         log_config=None,
         proxy_headers=True,
+        http=http_protocol(),  # slow headers get 408 (docs/security.md#uploads)
     )
 
 

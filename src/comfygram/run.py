@@ -166,6 +166,7 @@ def _is_loopback(host: str) -> bool:
 async def _run_parts(settings: Settings) -> int:
     """The backend, the worker and the bot, until a signal or one of them fails."""
     from comfygram.backend.app import create_app
+    from comfygram.backend.limits import http_protocol
     from comfygram.bot import BotRuntime
     from comfygram.worker.main import run_worker
 
@@ -178,7 +179,9 @@ async def _run_parts(settings: Settings) -> int:
         loop.add_signal_handler(sig, stop.set)
 
     server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host=host, port=port, log_config=None)
+        uvicorn.Config(
+            create_app(settings), host=host, port=port, log_config=None, http=http_protocol()
+        )
     )
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     backend = asyncio.create_task(_serve(server), name="backend")

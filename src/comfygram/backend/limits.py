@@ -126,3 +126,65 @@ async def _refuse(scope: Scope, receive: Receive, send: Send, status: int) -> No
             headers={"Connection": "close"},
         )
     await response(scope, receive, send)
+
+
+# A request's headers (a few hundred bytes) must have arrived this long after the connection
+# opened or the previous answer was sent.
+HEADER_TIMEOUT_SECONDS = 10.0
+
+
+def http_protocol(header_timeout: float = HEADER_TIMEOUT_SECONDS) -> type:
+    """uvicorn's HTTP protocol, plus a deadline on each request's headers.
+
+    uvicorn bounds nothing before a request's headers are complete, and restarts its keep-alive
+    timer on every byte, so a client trickling its headers would hold a connection forever.
+    Pass the result as uvicorn's `http=`.
+    """
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class HeaderDeadline(HttpToolsProtocol):
+        _header_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._arm()
+
+        def on_headers_complete(self) -> None:
+            self._disarm()
+            super().on_headers_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            if self._header_timer is None:
+                self._header_timer = self.loop.call_later(header_timeout, self._too_slow)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _too_slow(self) -> None:
+            self._header_timer = None
+            if self.transport.is_closing():
+                return
+            if self.cycle is not None and not self.cycle.response_complete:
+                self.cycle.keep_alive = False  # an answer is on its way: close after it
+                return
+            message = b"The request's headers arrived too slowly."
+            self.transport.write(
+                b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                b"connection: close\r\ncontent-length: "
+                + str(len(message)).encode()
+                + b"\r\n\r\n"
+                + message
+            )
+            self.transport.close()
+
+    return HeaderDeadline
