@@ -60,6 +60,17 @@ def test_run_without_bot_token_points_to_botfather(tmp_path):
     assert "BOT_TOKEN is not set: get one from @BotFather" in output
 
 
+def test_run_with_a_malformed_bot_token_is_one_line_before_anything_starts(tmp_path):
+    process = start(tmp_path, BOT_TOKEN="not-a-token", LOG_LEVEL="INFO")
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 2, output
+    assert "Traceback" not in output
+    assert "comfygram: BOT_TOKEN is malformed" in output
+    # The backend never started, so nothing had to be torn down.
+    assert "Uvicorn running" not in output
+    assert "not-a-token" not in output
+
+
 def test_run_with_its_port_taken_exits_and_says_so(tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -173,6 +173,8 @@ async def _run_parts(settings: Settings) -> int:
     host, port = settings.backend_host, settings.backend_port
     settings = single_machine_settings(settings)
     own = settings.backend_url
+    # Before the backend starts: a malformed BOT_TOKEN is then one line, not a torn-down server.
+    bot = BotRuntime(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -195,7 +197,6 @@ async def _run_parts(settings: Settings) -> int:
             return 1
         await asyncio.sleep(0.05)
 
-    bot = BotRuntime(settings)
     parts = {
         backend,
         asyncio.create_task(run_worker(settings, stop), name="worker"),
