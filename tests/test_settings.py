@@ -51,6 +51,9 @@ def test_credit_packages_come_from_json(monkeypatch):
         ("REDIS_PORT", "0"),
         ("MAX_ATTEMPTS", "many"),
         ("CREDIT_PACKAGES", '[{"id": "x", "credits": -1, "stars": 2}]'),
+        # Past the payments table's 32-bit columns: refused here, not a 500 at /buy.
+        ("CREDIT_PACKAGES", '[{"id": "x", "credits": 2147483648, "stars": 2}]'),
+        ("CREDIT_PACKAGES", '[{"id": "x", "credits": 1, "stars": 2147483648}]'),
         ("WEBHOOK_SECRET", "bad secret"),
     ],
 )

@@ -21,8 +21,9 @@ class CreditPackage(BaseModel):
     """A top-up package sold for Telegram Stars."""
 
     id: str = Field(pattern=r"^[a-z0-9_-]{1,32}$")
-    credits: int = Field(gt=0)
-    stars: int = Field(gt=0)
+    # Bounded to fit the payments table's 32-bit columns.
+    credits: int = Field(gt=0, le=1_000_000_000)
+    stars: int = Field(gt=0, le=1_000_000_000)
 
 
 DEFAULT_PACKAGES = [
