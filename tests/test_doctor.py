@@ -218,6 +218,15 @@ async def test_workers_missing_or_with_their_comfyui_down(tmp_path):
     assert others == ["http://10.0.0.9:8188"]
 
 
+async def test_this_machines_comfyui_with_credentials_is_not_probed_twice(tmp_path):
+    # Heartbeats keep no password, so the worker of COMFYUI_URL reports it without one.
+    settings = _settings(comfyui_url="http://op:secret@10.0.0.7:8188")
+    await _heartbeat(settings, "gpu-7", "http://op:secret@10.0.0.7:8188", healthy=True)
+    [check], others = await doctor.check_workers(settings)
+    assert "secret" not in check.detail
+    assert others == []
+
+
 def _cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "comfygram", *args],

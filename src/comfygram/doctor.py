@@ -248,7 +248,7 @@ async def check_workers(settings: Settings) -> tuple[list[Check], list[str]]:
     drive besides COMFYUI_URL."""
     import redis.asyncio as aioredis
 
-    from comfygram.backend.workers import WorkerRegistry
+    from comfygram.backend.workers import WorkerRegistry, redact_url
     from comfygram.embedded_redis import answers, socket_path, url_for
 
     if not settings.redis_configured:
@@ -280,7 +280,7 @@ async def check_workers(settings: Settings) -> tuple[list[Check], list[str]]:
         if worker.problems:
             detail += f"; cannot run {', '.join(sorted(worker.problems))}"
         checks.append(Check(f"worker {worker.name}", OK if worker.runnable else FAIL, detail))
-    own = settings.comfyui_url.rstrip("/")
+    own = redact_url(settings.comfyui_url).rstrip("/")  # as the heartbeats keep it
     others = sorted({w.comfyui_url.rstrip("/") for w in workers} - {own})
     return checks, others
 
