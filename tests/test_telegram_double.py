@@ -17,6 +17,7 @@ from aiogram import Bot, Dispatcher
 from aiogram.exceptions import (
     TelegramBadRequest,
     TelegramConflictError,
+    TelegramEntityTooLarge,
     TelegramForbiddenError,
     TelegramNetworkError,
     TelegramNotFound,
@@ -30,6 +31,9 @@ from aiogram.types import (
     BufferedInputFile,
     InlineKeyboardButton,
     InlineKeyboardMarkup,
+    InputMediaDocument,
+    InputMediaPhoto,
+    InputMediaVideo,
     LabeledPrice,
     Message,
 )
@@ -473,3 +477,228 @@ async def test_wait_for_wakes_on_calls_and_times_out(telegram: TelegramDouble, b
     with pytest.raises(AssertionError, match=r"waited 0\.1s"):
         await telegram.wait_for("sendMessage", since=len(telegram.calls), timeout=0.1)
     assert time.monotonic() - started < 1
+
+
+def mp4(sound: bool = False, size: int = 4096) -> bytes:
+    """Bytes shaped like an MP4 (an ftyp box; with an audio handler box when `sound`)."""
+    head = b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2"
+    handler = b"\x00\x00\x00\x21hdlr\x00\x00\x00\x00\x00\x00\x00\x00" + (
+        b"soun" if sound else b"vide"
+    )
+    return head + handler + bytes(size)
+
+
+async def test_send_media_group_records_an_album_and_refuses_bad_ones(
+    telegram: TelegramDouble, bot: Bot
+) -> None:
+    telegram.user(USER_ID)
+    photos = [images.png(300 + i, 200, (i * 40, 80, 40)) for i in range(3)]
+    video = mp4()
+    media: list[Any] = [
+        InputMediaPhoto(
+            media=BufferedInputFile(p, f"{i}.png"), caption="<b>First</b>" if i == 0 else None
+        )
+        for i, p in enumerate(photos)
+    ]
+    media.append(
+        InputMediaVideo(media=BufferedInputFile(video, "v.mp4"), width=64, height=48, duration=2)
+    )
+    sent = await bot.send_media_group(USER_ID, media=media)
+    assert len(sent) == 4
+    groups = {m.media_group_id for m in sent}
+    assert len(groups) == 1 and None not in groups
+    assert sent[0].caption == "First" and sent[1].caption is None
+    assert sent[0].photo is not None and sent[0].photo[-1].width == 300
+    assert sent[3].video is not None and (sent[3].video.width, sent[3].video.duration) == (64, 2)
+    states = telegram.messages(USER_ID)
+    assert [s.photo for s in states[:3]] == photos and states[3].video == video
+    assert all(s.reply_markup is None for s in states)
+    call = telegram.sent("sendMediaGroup")[0]
+    assert sorted(call.files.values(), key=len) == sorted([*photos, video], key=len)
+
+    # Resending by file_id works; documents group only with documents.
+    again = await bot.send_media_group(
+        USER_ID, media=[InputMediaPhoto(media=m.photo[-1].file_id) for m in sent[:2] if m.photo]
+    )
+    assert len(again) == 2 and again[0].media_group_id != sent[0].media_group_id
+    docs = await bot.send_media_group(
+        USER_ID,
+        media=[
+            InputMediaDocument(media=BufferedInputFile(p, f"{i}.png"))
+            for i, p in enumerate(photos[:2])
+        ],
+    )
+    assert [d.document.file_name for d in docs if d.document] == ["0.png", "1.png"]
+
+    before = len(telegram.messages(USER_ID))
+    one = BufferedInputFile(photos[0], "a.png")
+    refusals: list[tuple[list[Any], str]] = [
+        ([InputMediaPhoto(media=one)] * 11, "Too much messages to send as an album"),
+        ([InputMediaPhoto(media=one)], "2 to 10"),
+        (
+            [
+                InputMediaPhoto(media=one),
+                InputMediaDocument(media=BufferedInputFile(photos[1], "b.png")),
+            ],
+            "documents can't be mixed",
+        ),
+        (
+            [InputMediaPhoto(media=one), InputMediaPhoto(media="no-such-id")],
+            "wrong file identifier",
+        ),
+        (
+            [
+                InputMediaPhoto(media=one),
+                InputMediaPhoto(media=BufferedInputFile(b"junk", "j.png")),
+            ],
+            "IMAGE_PROCESS_FAILED",
+        ),
+    ]
+    for bad, text in refusals:
+        with pytest.raises(TelegramBadRequest, match=text):
+            await bot.send_media_group(USER_ID, media=bad)
+    # A part the media JSON names but the request lacks.
+    body = {"chat_id": USER_ID, "media": json.dumps([{"type": "photo", "media": "attach://x"}] * 2)}
+    async with httpx.AsyncClient() as client:
+        answer = await client.post(f"{telegram.url}/bot{TEST_BOT_TOKEN}/sendMediaGroup", data=body)
+    assert answer.status_code == 400 and "media not found" in answer.json()["description"]
+    assert len(telegram.messages(USER_ID)) == before  # nothing half-sent
+
+
+async def test_send_video_with_thumbnail_and_animation_kinds(
+    telegram: TelegramDouble, bot: Bot
+) -> None:
+    telegram.user(USER_ID)
+    video, thumb = mp4(), images.jpeg(320, 180)
+    message = await bot.send_video(
+        USER_ID,
+        BufferedInputFile(video, "fade.mp4"),
+        width=640,
+        height=360,
+        duration=3,
+        supports_streaming=True,
+        thumbnail=BufferedInputFile(thumb, "thumb.jpg"),
+        caption="Done",
+        reply_markup=keyboard("again"),
+    )
+    assert message.video is not None
+    assert (message.video.width, message.video.height, message.video.duration) == (640, 360, 3)
+    assert message.video.file_size == len(video) and message.video.mime_type == "video/mp4"
+    assert message.video.thumbnail is not None and message.video.thumbnail.width == 320
+    state = telegram.messages(USER_ID)[0]
+    assert (state.video, state.thumbnail, state.callback_data) == (video, thumb, ["again"])
+    call = telegram.sent("sendVideo")[0]
+    assert call.params["supports_streaming"] is True and call.files["video"] == video
+    file = await bot.get_file(message.video.file_id)
+    assert file.file_path is not None
+    downloaded = await bot.download_file(file.file_path)
+    assert downloaded is not None and downloaded.getvalue() == video
+    resent = await bot.send_video(USER_ID, message.video.file_id)
+    assert resent.video is not None and resent.video.file_id == message.video.file_id
+    # A thumbnail that is not a small JPEG is dropped, as Telegram does.
+    big_thumb = await bot.send_video(
+        USER_ID,
+        BufferedInputFile(video, "v.mp4"),
+        thumbnail=BufferedInputFile(images.png(), "t.png"),
+    )
+    assert big_thumb.video is not None and big_thumb.video.thumbnail is None
+
+    silent = await bot.send_animation(
+        USER_ID, BufferedInputFile(mp4(), "a.mp4"), width=64, height=48, duration=1
+    )
+    assert silent.animation is not None and silent.video is None
+    gif = images.gif()
+    converted = await bot.send_animation(USER_ID, BufferedInputFile(gif, "a.gif"))
+    assert converted.animation is not None and converted.animation.mime_type == "video/mp4"
+    loud = await bot.send_animation(USER_ID, BufferedInputFile(mp4(sound=True), "s.mp4"))
+    assert loud.animation is None and loud.video is not None  # sound makes it a video
+    webp = await bot.send_animation(USER_ID, BufferedInputFile(images.webp(), "a.webp"))
+    assert webp.animation is None and webp.document is not None  # WebP is not animated
+    states = telegram.messages(USER_ID)
+    assert states[-3].animation == gif and states[-3].upload_mime == "image/gif"
+    assert states[-1].document == images.webp()
+    with pytest.raises(TelegramBadRequest, match="there is no animation in the request"):
+        await bot.send_animation(USER_ID, "")
+
+
+async def test_edit_message_media(telegram: TelegramDouble, bot: Bot) -> None:
+    telegram.user(USER_ID)
+    first, second = images.png(200, 100), images.jpeg(120, 90)
+    photo = await bot.send_photo(USER_ID, BufferedInputFile(first, "a.png"), caption="Step 1")
+    edited = await bot.edit_message_media(
+        InputMediaPhoto(media=BufferedInputFile(second, "b.jpg"), caption="Step 2"),
+        chat_id=USER_ID,
+        message_id=photo.message_id,
+        reply_markup=keyboard("stop"),
+    )
+    assert isinstance(edited, Message) and edited.photo is not None
+    assert edited.photo[-1].width == 120 and edited.caption == "Step 2"
+    state = telegram.message(USER_ID, photo.message_id)
+    assert (state.photo, state.edits, state.callback_data) == (second, 1, ["stop"])
+    with pytest.raises(TelegramBadRequest, match="message is not modified"):
+        await bot.edit_message_media(
+            InputMediaPhoto(media=edited.photo[-1].file_id, caption="Step 2"),
+            chat_id=USER_ID,
+            message_id=photo.message_id,
+            reply_markup=keyboard("stop"),
+        )
+    video = mp4()
+    as_video = await bot.edit_message_media(
+        InputMediaVideo(media=BufferedInputFile(video, "v.mp4"), width=8, height=8, duration=1),
+        chat_id=USER_ID,
+        message_id=photo.message_id,
+    )
+    assert isinstance(as_video, Message) and as_video.video is not None and as_video.photo is None
+    state = telegram.message(USER_ID, photo.message_id)
+    assert (state.video, state.photo, state.reply_markup) == (video, None, None)
+
+    text = await bot.send_message(USER_ID, "Queued")
+    with pytest.raises(TelegramBadRequest, match="there is no media in the message to edit"):
+        await bot.edit_message_media(
+            InputMediaPhoto(media=BufferedInputFile(first, "a.png")),
+            chat_id=USER_ID,
+            message_id=text.message_id,
+        )
+    assert telegram.message(USER_ID, text.message_id).text == "Queued"
+    with pytest.raises(TelegramBadRequest, match="message to edit not found"):
+        await bot.edit_message_media(
+            InputMediaPhoto(media=BufferedInputFile(first, "a.png")),
+            chat_id=USER_ID,
+            message_id=999,
+        )
+
+
+async def test_upload_limits(telegram: TelegramDouble, bot: Bot) -> None:
+    telegram.user(USER_ID)
+    over_50 = bytes(50 * 1024 * 1024 + 1)
+    for send in (bot.send_video, bot.send_animation, bot.send_document):
+        with pytest.raises(TelegramEntityTooLarge):
+            await send(USER_ID, BufferedInputFile(over_50, "big.mp4"))
+    assert telegram.calls[-1].response == {
+        "ok": False,
+        "error_code": 413,
+        "description": "Request Entity Too Large",
+    }
+    # A photo over 10 MB is refused (an uncompressed BMP of 1900 x 1900 is about 10.3 MB).
+    bmp = io.BytesIO()
+    Image.new("RGB", (1900, 1900), (1, 2, 3)).save(bmp, "BMP")
+    assert len(bmp.getvalue()) > 10 * 1024 * 1024
+    with pytest.raises(TelegramBadRequest, match="PHOTO_SAVE_FILE_INVALID"):
+        await bot.send_photo(USER_ID, BufferedInputFile(bmp.getvalue(), "big.bmp"))
+    assert telegram.messages(USER_ID) == []
+
+
+async def test_flood_limit_counts_an_album_as_its_items(telegram: TelegramDouble, bot: Bot) -> None:
+    telegram.user(USER_ID)
+    telegram.flood_limit(3, per_seconds=60, retry_after=7)
+    album = [InputMediaPhoto(media=BufferedInputFile(images.png(), f"{i}.png")) for i in range(2)]
+    await bot.send_media_group(USER_ID, media=album)  # two of three
+    await bot.send_message(USER_ID, "third")
+    with pytest.raises(TelegramRetryAfter) as flood:
+        await bot.send_message(USER_ID, "fourth")
+    assert flood.value.retry_after == 7
+    telegram.flood_limit(3, per_seconds=60)
+    await bot.send_message(USER_ID, "one")
+    with pytest.raises(TelegramRetryAfter):
+        await bot.send_media_group(USER_ID, media=album * 2)  # 4 > 3 left
+    assert len(telegram.messages(USER_ID)) == 4

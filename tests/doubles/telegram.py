@@ -9,9 +9,14 @@ does: GET or POST, parameters in the query string, JSON, urlencoded or multipart
 Implemented methods: getMe, getUpdates (offset, long-poll timeout, allowed_updates, 409 while a
 webhook is set or when a newer getUpdates supersedes a waiting one), setWebhook,
 deleteWebhook, getWebhookInfo, sendMessage, editMessageText, editMessageReplyMarkup,
-editMessageCaption, deleteMessage, sendPhoto, sendDocument, getFile, answerCallbackQuery,
-sendInvoice, answerPreCheckoutQuery, refundStarPayment, setMyCommands, getMyCommands,
-deleteMyCommands, sendChatAction. Anything else answers 404 like Telegram.
+editMessageCaption, editMessageMedia, deleteMessage, sendPhoto, sendDocument, sendVideo,
+sendAnimation, sendMediaGroup, getFile, answerCallbackQuery, sendInvoice,
+answerPreCheckoutQuery, refundStarPayment, setMyCommands, getMyCommands, deleteMyCommands,
+sendChatAction. Anything else answers 404 like Telegram.
+
+Upload limits: 50 MB a file for bots (413 "Request Entity Too Large"), 10 MB a photo.
+An opt-in flood model (``flood_limit``) answers 429 with retry_after once a chat gets more
+messages in a window than allowed; an album counts as its items, as in Telegram.
 
 Simplifications: chats are private chats of users created with ``user()``; HTML is parsed
 into entities (unsupported or unbalanced tags answer 400 like Telegram), Markdown is stored
@@ -59,12 +64,12 @@ JSON_FIELDS = _words(
 )
 INT_FIELDS = _words(
     "chat_id user_id message_id message_thread_id offset limit timeout max_connections "
-    "cache_time max_tip_amount"
+    "cache_time max_tip_amount width height duration"
 )
 BOOL_FIELDS = _words(
     "drop_pending_updates ok show_alert disable_notification protect_content has_spoiler "
     "show_caption_above_media disable_content_type_detection allow_sending_without_reply "
-    "need_name need_email need_phone_number need_shipping_address is_flexible"
+    "need_name need_email need_phone_number need_shipping_address is_flexible supports_streaming"
 )
 DEFAULT_ALLOWED_UPDATES = sorted(
     _words(
@@ -97,6 +102,13 @@ HTML_TAGS = {
     "blockquote": "blockquote",
     "tg-emoji": "custom_emoji",
 }
+MEDIA_KINDS = ("photo", "video", "animation", "document", "audio")
+# Real Telegram's texts where public sources record them (Bot API server answers quoted in
+# client libraries and issue threads); the others are marked as the double's own wording.
+TOO_MANY_IN_ALBUM = "Bad Request: Too much messages to send as an album"
+NO_MEDIA_TO_EDIT = "Bad Request: there is no media in the message to edit"
+MEDIA_NOT_FOUND = "Bad Request: can't parse InputMedia: media not found"
+TOO_LARGE = "Request Entity Too Large"
 PHOTO_LIMITS = (90, 320, 800, 1280)  # thumbnail sides Telegram makes below the full size
 MAX_PHOTO_SIDE = 2560
 MB = 1024 * 1024
@@ -173,6 +185,10 @@ class MessageState:
     media: dict[str, Any] = field(default_factory=dict)  # "photo": [...], "document": {...}
     photo: bytes | None = None  # the photo bytes as uploaded
     document: bytes | None = None
+    video: bytes | None = None
+    animation: bytes | None = None  # as uploaded (Telegram would convert a GIF to MP4)
+    thumbnail: bytes | None = None  # the thumbnail uploaded with a video or animation
+    upload_mime: str | None = None  # the uploaded video/animation's type, from its bytes
     reply_markup: dict[str, Any] | None = None
     deleted: bool = False
     edit_date: int | None = None
@@ -387,6 +403,28 @@ def _image_size(data: bytes) -> tuple[int, int, str | None]:
         raise ApiError(400, "Bad Request: IMAGE_PROCESS_FAILED") from None
 
 
+def _animatable(data: bytes) -> bool:
+    """GIF or MP4: the only uploads Telegram shows as an animation."""
+    return data[:4] == b"GIF8" or data[4:8] == b"ftyp"
+
+
+def _sniff(data: bytes, filename: str) -> str:
+    """The upload's type as Telegram sees it: from its bytes (clients such as aiogram send
+    every part as application/octet-stream), else from its name."""
+    if data[4:8] == b"ftyp":
+        return "video/mp4"
+    if data[:4] == b"GIF8":
+        return "image/gif"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return mimetypes.guess_type(filename)[0] or "application/octet-stream"
+
+
+def _has_sound(data: bytes) -> bool:
+    """An MP4 with an audio track (its ``hdlr`` box names the ``soun`` handler)."""
+    return re.search(rb"hdlr.{8}soun", data, re.DOTALL) is not None
+
+
 def _jpeg(data: bytes, max_side: int) -> tuple[bytes, int, int]:
     with Image.open(io.BytesIO(data)) as image:
         picture = image.convert("RGB")
@@ -452,6 +490,9 @@ class TelegramDouble:
         self._charges: dict[str, int] = {}  # telegram_payment_charge_id -> user id
         self._commands: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self._faults: list[_Fault] = []
+        self._flood: tuple[int, float, int] | None = None
+        self._flood_sent: dict[int, list[float]] = {}
+        self._media_files: dict[str, tuple[str, dict[str, Any]]] = {}  # file_id -> kind, object
         self._drops: dict[str, int] = {}
         self._blocked: set[int] = set()
         self._calls_changed = _Signal()
@@ -472,9 +513,13 @@ class TelegramDouble:
                 "editMessageText": self._edit_message_text,
                 "editMessageReplyMarkup": self._edit_message_reply_markup,
                 "editMessageCaption": self._edit_message_caption,
+                "editMessageMedia": self._edit_message_media,
                 "deleteMessage": self._delete_message,
                 "sendPhoto": self._send_photo,
                 "sendDocument": self._send_document,
+                "sendVideo": self._send_video,
+                "sendAnimation": self._send_animation,
+                "sendMediaGroup": self._send_media_group,
                 "getFile": self._get_file,
                 "answerCallbackQuery": self._answer_callback_query,
                 "sendInvoice": self._send_invoice,
@@ -557,6 +602,13 @@ class TelegramDouble:
     ) -> None:
         """Answer the next `times` calls of `method` ("*": any) with this error."""
         self._faults.append(_Fault(method, error_code, description, retry_after, times, chat_id))
+
+    def flood_limit(self, messages: int, per_seconds: float = 1.0, retry_after: int = 1) -> None:
+        """Telegram's flood control: a chat that would get more than `messages` bot messages
+        within `per_seconds` gets 429 with `retry_after` instead (an album counts as its
+        items, so an album larger than `messages` is always refused)."""
+        self._flood = (messages, per_seconds, retry_after)
+        self._flood_sent.clear()
 
     def block(self, chat_id: int) -> None:
         """The user blocked the bot: sends and edits to the chat answer 403."""
@@ -1007,6 +1059,141 @@ class TelegramDouble:
             "file_size": len(data),
         }
 
+    @staticmethod
+    def _check_upload(upload: _Upload) -> None:
+        if len(upload.data) > 50 * MB:  # the Bot API's upload limit for bots
+            raise ApiError(413, TOO_LARGE)
+
+    def _take_flood(self, chat_id: int, count: int) -> None:
+        """Count `count` messages to the chat, or answer 429 if the flood limit is reached."""
+        if self._flood is None:
+            return
+        limit, window, retry_after = self._flood
+        now = time.monotonic()
+        recent = [at for at in self._flood_sent.get(chat_id, []) if now - at < window]
+        self._flood_sent[chat_id] = recent
+        if len(recent) + count > limit:
+            raise ApiError(429, f"Too Many Requests: retry after {retry_after}", retry_after)
+        recent.extend([now] * count)
+
+    def _input_media(
+        self, item: dict[str, Any], uploads: dict[str, _Upload]
+    ) -> tuple[str, dict[str, Any], dict[str, Any]]:
+        """An InputMedia object's file (attach://name or file_id), resolved and stored."""
+        kind = str(item.get("type"))
+        reference = item.get("media")
+        if not isinstance(reference, str) or not reference:
+            raise ApiError(400, MEDIA_NOT_FOUND)
+        source: _Upload | str = reference
+        if reference.startswith("attach://"):
+            upload = uploads.get(reference.removeprefix("attach://"))
+            if upload is None:
+                raise ApiError(400, MEDIA_NOT_FOUND)
+            source = upload
+        thumbnail = None
+        thumb_ref = item.get("thumbnail")
+        if isinstance(thumb_ref, str) and thumb_ref.startswith("attach://"):
+            thumbnail = uploads.get(thumb_ref.removeprefix("attach://"))
+        return self._resolve_media(kind, source, item, thumbnail)
+
+    def _resolve_media(
+        self,
+        kind: str,
+        source: _Upload | str,
+        options: dict[str, Any],
+        thumbnail: _Upload | None,
+    ) -> tuple[str, dict[str, Any], dict[str, Any]]:
+        """(the Message field it shows as, its object, MessageState byte fields)."""
+        if not isinstance(source, _Upload):
+            return self._known_media(kind, source)
+        self._check_upload(source)
+        data = source.data
+        if kind == "photo":
+            return "photo", self._photo(data), {"photo": data}
+        if kind in ("document", "audio"):
+            document = self._document(data, source.filename, source.content_type)
+            return "document", document, {"document": data}
+        sent_as = kind
+        if kind == "animation" and not _animatable(data):
+            sent_as = "document"  # Telegram animates only GIF and MP4; the rest is a file
+        elif kind == "animation" and data[4:8] == b"ftyp" and _has_sound(data):
+            sent_as = "video"  # an MP4 with sound is a video, not an animation
+        if sent_as == "document":
+            document = self._document(data, source.filename, source.content_type)
+            mime = _sniff(data, source.filename)
+            return "document", document, {"document": data, "upload_mime": mime}
+        stored = self._store_file(data, f"{sent_as}s", ".mp4")
+        mime = upload_mime = _sniff(data, source.filename)
+        name = source.filename
+        if data[:4] == b"GIF8":  # Telegram converts a GIF animation to an MP4 without sound
+            mime, name = "video/mp4", f"{source.filename}.mp4"
+        media: dict[str, Any] = {
+            "file_id": stored.file_id,
+            "file_unique_id": stored.file_unique_id,
+            # Telegram probes the file when these are missing; the double cannot, so 0.
+            "width": self._dimension(options, "width"),
+            "height": self._dimension(options, "height"),
+            "duration": self._dimension(options, "duration"),
+            "file_name": name,
+            "mime_type": mime,
+            "file_size": len(data),
+        }
+        fields: dict[str, Any] = {sent_as: data, "upload_mime": upload_mime}
+        thumb = self._thumbnail(thumbnail)
+        if thumb is not None:
+            media["thumbnail"] = thumb
+            fields["thumbnail"] = thumbnail.data if thumbnail else None
+        self._media_files[stored.file_id] = (sent_as, media)
+        return sent_as, media, fields
+
+    @staticmethod
+    def _dimension(options: dict[str, Any], name: str) -> int:
+        value = options.get(name, 0)
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ApiError(400, f"Bad Request: invalid {name} specified")  # double's wording
+        return value
+
+    def _thumbnail(self, upload: _Upload | None) -> dict[str, Any] | None:
+        """The reference: a JPEG under 200 kB, at most 320 px a side; anything else is
+        ignored (the message then has no thumbnail), as Telegram does."""
+        if upload is None or len(upload.data) >= 200 * 1024:
+            return None
+        try:
+            width, height, kind = _image_size(upload.data)
+        except ApiError:
+            return None
+        if kind != "JPEG" or max(width, height) > 320:
+            return None
+        stored = self._store_file(upload.data, "thumbnails", ".jpg")
+        return {
+            "file_id": stored.file_id,
+            "file_unique_id": stored.file_unique_id,
+            "file_size": len(upload.data),
+            "width": width,
+            "height": height,
+        }
+
+    def _known_media(self, kind: str, file_id: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
+        """A file sent again by its file_id."""
+        wrong = ApiError(400, "Bad Request: wrong file identifier/HTTP URL specified")
+        if kind == "photo":
+            sizes = self._photo_groups.get(file_id)
+            if sizes is None:
+                raise wrong
+            return "photo", sizes, {"photo": self._files[sizes[-1]["file_id"]].data}
+        stored = self._files.get(file_id)
+        if stored is None:
+            raise wrong
+        known = self._media_files.get(file_id)
+        if known is not None and known[0] == kind:
+            return kind, known[1], {kind: stored.data}
+        if kind in ("document", "audio"):
+            document = {"file_id": stored.file_id, "file_unique_id": stored.file_unique_id}
+            return "document", document, {"document": stored.data}
+        raise wrong
+
     def _query_alive(self, query_id: str) -> None:
         created, limit = self._queries.pop(query_id, (0.0, -1.0))
         if time.monotonic() - created > limit:
@@ -1107,6 +1294,7 @@ class TelegramDouble:
         chat_id = self._chat(params)
         text, entities = self._text(params, "text", 4096, required=True)
         markup = self._markup(params)
+        self._take_flood(chat_id, 1)
         state = self._new_message(
             chat_id, from_bot=True, text=text, entities=entities, reply_markup=markup
         )
@@ -1153,6 +1341,8 @@ class TelegramDouble:
                 raise ApiError(400, "Bad Request: wrong file identifier/HTTP URL specified")
             data = self._files[sizes[-1]["file_id"]].data
         caption, entities = self._text(params, "caption", 1024, required=False)
+        markup = self._markup(params)
+        self._take_flood(chat_id, 1)
         state = self._new_message(
             chat_id,
             from_bot=True,
@@ -1160,7 +1350,7 @@ class TelegramDouble:
             photo=data,
             caption=caption,
             caption_entities=entities,
-            reply_markup=self._markup(params),
+            reply_markup=markup,
         )
         return state.as_dict()
 
@@ -1168,8 +1358,7 @@ class TelegramDouble:
         chat_id = self._chat(params)
         source = params.file("document")
         if isinstance(source, _Upload):
-            if len(source.data) > 50 * MB:
-                raise ApiError(413, "Request Entity Too Large")
+            self._check_upload(source)
             document = self._document(source.data, source.filename, source.content_type)
             data = source.data
         else:
@@ -1179,6 +1368,8 @@ class TelegramDouble:
             document = {"file_id": stored.file_id, "file_unique_id": stored.file_unique_id}
             data = stored.data
         caption, entities = self._text(params, "caption", 1024, required=False)
+        markup = self._markup(params)
+        self._take_flood(chat_id, 1)
         state = self._new_message(
             chat_id,
             from_bot=True,
@@ -1186,9 +1377,108 @@ class TelegramDouble:
             document=data,
             caption=caption,
             caption_entities=entities,
-            reply_markup=self._markup(params),
+            reply_markup=markup,
         )
         return state.as_dict()
+
+    async def _send_video(self, params: _Params) -> Any:
+        return await self._send_motion("video", params)
+
+    async def _send_animation(self, params: _Params) -> Any:
+        return await self._send_motion("animation", params)
+
+    async def _send_motion(self, kind: str, params: _Params) -> Any:
+        chat_id = self._chat(params)
+        source = params.file(kind)
+        thumbnail = params.uploads.get("thumbnail")
+        sent_as, media, fields = self._resolve_media(kind, source, params.values, thumbnail)
+        caption, entities = self._text(params, "caption", 1024, required=False)
+        markup = self._markup(params)
+        self._take_flood(chat_id, 1)
+        state = self._new_message(
+            chat_id,
+            from_bot=True,
+            media={sent_as: media},
+            caption=caption,
+            caption_entities=entities,
+            reply_markup=markup,
+            **fields,
+        )
+        return state.as_dict()
+
+    async def _send_media_group(self, params: _Params) -> Any:
+        chat_id = self._chat(params)
+        items = params.get("media")
+        if items is None or items == "":
+            raise ApiError(400, 'Bad Request: parameter "media" is required')
+        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+            raise ApiError(400, "Bad Request: expected an Array of InputMedia")
+        if len(items) > 10:
+            raise ApiError(400, TOO_MANY_IN_ALBUM)
+        if len(items) < 2:
+            # The reference says 2-10 items; this wording is the double's own.
+            raise ApiError(400, "Bad Request: an album must contain 2 to 10 media")
+        kinds = [item.get("type") for item in items]
+        for kind in kinds:
+            if kind not in ("photo", "video", "document", "audio"):
+                raise ApiError(
+                    400, f'Bad Request: can\'t parse InputMedia: unsupported type "{kind}"'
+                )
+        grouped_alone = {"document", "audio"} & set(kinds)
+        if grouped_alone and len(set(kinds)) > 1:
+            # Documents and audios group only with their own type (reference); own wording.
+            alone = sorted(grouped_alone)[0]
+            raise ApiError(400, f"Bad Request: {alone}s can't be mixed with other media types")
+        # Everything is checked before anything is sent: an album is sent whole or not at all.
+        # reply_markup is no parameter of sendMediaGroup: ignored, as Telegram ignores it.
+        prepared = []
+        for item in items:
+            sent_as, media, fields = self._input_media(item, params.uploads)
+            caption, entities = self._text(_Params(item, {}), "caption", 1024, required=False)
+            prepared.append((sent_as, media, fields, caption, entities))
+        self._take_flood(chat_id, len(items))
+        group = str(secrets.randbits(62))
+        messages = []
+        for sent_as, media, fields, caption, entities in prepared:
+            state = self._new_message(
+                chat_id,
+                from_bot=True,
+                media={sent_as: media, "media_group_id": group},
+                caption=caption,
+                caption_entities=entities,
+                **fields,
+            )
+            messages.append(state.as_dict())
+        return messages
+
+    async def _edit_message_media(self, params: _Params) -> Any:
+        state = self._target(params)
+        if not any(kind in state.media for kind in MEDIA_KINDS):
+            raise ApiError(400, NO_MEDIA_TO_EDIT)
+        item = params.get("media")
+        if item is None or item == "":
+            raise ApiError(400, 'Bad Request: parameter "media" is required')
+        if not isinstance(item, dict):
+            raise ApiError(400, "Bad Request: can't parse InputMedia JSON object")
+        if item.get("type") not in ("photo", "video", "animation", "document", "audio"):
+            raise ApiError(
+                400, f'Bad Request: can\'t parse InputMedia: unsupported type "{item.get("type")}"'
+            )
+        sent_as, media, fields = self._input_media(item, params.uploads)
+        caption, entities = self._text(_Params(item, {}), "caption", 1024, required=False)
+        kept = {k: v for k, v in state.media.items() if k not in MEDIA_KINDS}
+        changes: dict[str, Any] = {
+            "media": {sent_as: media, **kept},
+            "caption": caption,
+            "caption_entities": entities,
+            # Without reply_markup Telegram removes the inline keyboard, as for other edits.
+            "reply_markup": self._markup(params),
+            **{name: None for name in ("photo", "document", "video", "animation")},
+            "thumbnail": None,
+            "upload_mime": None,
+            **fields,
+        }
+        return self._edited(state, changes)
 
     async def _get_file(self, params: _Params) -> Any:
         stored = self._files.get(params.string("file_id"))
