@@ -71,7 +71,7 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
-from PIL import Image, ImageChops, ImageFilter, UnidentifiedImageError
+from PIL import Image, ImageChops, ImageFilter, ImageOps, UnidentifiedImageError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -80,7 +80,30 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 JSON = "application/json; charset=utf-8"
-OUTPUT_NODES = {"SaveImage", "PreviewImage"}
+# What ``/view`` answers for each kind of file ComfyUI writes (checked on the real server).
+CONTENT_TYPES = {
+    ".png": "image/png",
+    ".webp": "image/webp",
+    ".mp4": "video/mp4",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+}
+ANIMATED_NODES = {"SaveVideo", "SaveAnimatedWEBP", "SaveAnimatedPNG"}
+OUTPUT_NODES = {"SaveImage", "PreviewImage", *ANIMATED_NODES}
+# The model-free nodes rich presets use, ``/object_info`` entries as ComfyUI 0.3.64 answers them
+# (copied from the real server): ImageStitch, ImageFlip, ImageRotate, RepeatImageBatch,
+# ImageBatch, ImageBlend, CreateVideo, SaveVideo, SaveAnimatedWEBP, SaveAnimatedPNG.
+RICH_NODE_INFO: dict[str, dict[str, Any]] = json.loads(
+    (Path(__file__).with_name("comfyui_rich_nodes.json")).read_text()
+)
+# ComfyUI's binary WebSocket events (protocol.py) and its default --preview-size.
+PREVIEW_IMAGE = 1
+PREVIEW_IMAGE_WITH_METADATA = 4
+PREVIEW_SIZE = 512
+# No H.264 encoder is available to the tests (no PyAV, no ffmpeg): SaveVideo writes an MP4
+# stand-in, an ISO BMFF ``ftyp`` box like the real file's followed by a ``free`` box holding
+# this marker and the video's facts as JSON (see ``read_mp4_standin``).
+MP4_STANDIN_MARKER = b"comfyui-double-mp4-standin"
 UPSCALE_METHODS = ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]
 MASK_CHANNELS = ["red", "green", "blue", "alpha"]
 BLEND_MODES = ["normal", "multiply", "screen", "overlay", "soft_light", "difference"]
@@ -266,6 +289,7 @@ NODE_INFO: dict[str, dict[str, Any]] = {
         "api_node": False,
     },
 }
+NODE_INFO.update(RICH_NODE_INFO)
 SYSTEM_STATS: dict[str, Any] = {
     "system": {
         "os": "posix",
@@ -490,6 +514,118 @@ def _blend(first: Image.Image, second: Image.Image, factor: float, mode: str) ->
     return Image.blend(first, combine(first, second), factor)
 
 
+def _jpeg(image: Image.Image) -> bytes:
+    """A preview as ComfyUI encodes it: within ``PREVIEW_SIZE`` pixels, JPEG quality 95."""
+    image = ImageOps.contain(image, (PREVIEW_SIZE, PREVIEW_SIZE), Image.Resampling.BILINEAR)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def preview_frame(image: Image.Image) -> bytes:
+    """ComfyUI's ``send_image``: event PREVIEW_IMAGE (1), image type 1 (JPEG), JPEG bytes (each
+    number a big-endian uint32); for a client without ``supports_preview_metadata``."""
+    return struct.pack(">II", PREVIEW_IMAGE, 1) + _jpeg(image)
+
+
+def preview_with_metadata(image: Image.Image, metadata: dict[str, Any]) -> bytes:
+    """ComfyUI's ``send_image_with_metadata``: event PREVIEW_IMAGE_WITH_METADATA (4), the length of
+    the JSON metadata (``image_type`` added last), the metadata, then the JPEG bytes."""
+    text = json.dumps({**metadata, "image_type": "image/jpeg"}).encode()
+    return struct.pack(">II", PREVIEW_IMAGE_WITH_METADATA, len(text)) + text + _jpeg(image)
+
+
+class _Video:
+    """``CreateVideo``'s VIDEO: frames and a rate."""
+
+    def __init__(self, frames: list[Image.Image], fps: float) -> None:
+        self.frames = frames
+        self.fps = fps
+
+
+def _mp4_standin(video: _Video) -> bytes:
+    """An MP4 stand-in (see ``MP4_STANDIN_MARKER``) that says what the real file would hold."""
+    width, height = video.frames[0].size
+    facts = {
+        "format": "mp4",
+        "codec": "h264",
+        "frames": len(video.frames),
+        "fps": video.fps,
+        "width": width,
+        "height": height,
+        "duration": len(video.frames) / video.fps,
+    }
+    ftyp = struct.pack(">I", 32) + b"ftypisom" + struct.pack(">I", 512) + b"isomiso2avc1mp41"
+    body = MP4_STANDIN_MARKER + json.dumps(facts).encode()
+    return ftyp + struct.pack(">I", 8 + len(body)) + b"free" + body
+
+
+def read_mp4_standin(data: bytes) -> dict[str, Any]:
+    """The facts a SaveVideo stand-in records (frames, fps, width, height, duration, codec)."""
+    start = data.index(MP4_STANDIN_MARKER) + len(MP4_STANDIN_MARKER)
+    return json.loads(data[start:])
+
+
+def _fit(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    return image if image.size == size else image.resize(size, Image.Resampling.BILINEAR)
+
+
+def _pad_to(batch: list[Image.Image], length: int) -> list[Image.Image]:
+    """A batch lengthened to ``length`` by repeating its last image (ImageStitch's rule)."""
+    return batch + [batch[-1]] * (length - len(batch))
+
+
+def _stitch(
+    first: Image.Image, second: Image.Image, direction: str, match: bool, spacing: int, color: str
+) -> Image.Image:
+    """``ImageStitch`` for one pair: ``second`` placed ``direction`` of ``first``."""
+    horizontal = direction in ("left", "right")
+    if match:
+        if horizontal:
+            size = (int(first.height * second.width / second.height), first.height)
+        else:
+            size = (first.width, int(first.width / (second.width / second.height)))
+        second = second.resize(size, Image.Resampling.LANCZOS)
+    fill = SPACING_COLORS[color]
+    a, b = (second, first) if direction in ("left", "up") else (first, second)
+    if horizontal:
+        size = (a.width + spacing + b.width, max(a.height, b.height))
+    else:
+        size = (max(a.width, b.width), a.height + spacing + b.height)
+    # ComfyUI pads the shorter side with the spacing grey (black for a coloured spacing).
+    pad = fill if len(set(fill)) == 1 else (0, 0, 0)
+    out = Image.new("RGB", size, pad)
+    if horizontal:
+        out.paste(Image.new("RGB", (spacing, size[1]), fill), (a.width, 0))
+        out.paste(a, (0, (size[1] - a.height) // 2))
+        out.paste(b, (a.width + spacing, (size[1] - b.height) // 2))
+    else:
+        out.paste(Image.new("RGB", (size[0], spacing), fill), (0, a.height))
+        out.paste(a, ((size[0] - a.width) // 2, 0))
+        out.paste(b, ((size[0] - b.width) // 2, a.height + spacing))
+    return out
+
+
+SPACING_COLORS = {
+    "white": (255, 255, 255),
+    "black": (0, 0, 0),
+    "red": (255, 0, 0),
+    "green": (0, 255, 0),
+    "blue": (0, 0, 255),
+}
+# ImageRotate: ComfyUI turns clockwise; Pillow's transposes turn counter-clockwise.
+ROTATIONS = {
+    "90 degrees": Image.Transpose.ROTATE_270,
+    "180 degrees": Image.Transpose.ROTATE_180,
+    "270 degrees": Image.Transpose.ROTATE_90,
+}
+FLIPS = {
+    "x-axis: vertically": Image.Transpose.FLIP_TOP_BOTTOM,
+    "y-axis: horizontally": Image.Transpose.FLIP_LEFT_RIGHT,
+}
+WEBP_METHODS = {"default": 4, "fastest": 0, "slowest": 6}
+
+
 def _json(body: Any, status: int = 200) -> Response:
     return Response(json.dumps(body), status_code=status, media_type=JSON)
 
@@ -561,13 +697,15 @@ Progress = Callable[[str, float, float, str], Awaitable[None]]
 class ComfyUIDouble:
     """A fake ComfyUI on 127.0.0.1; ``url`` is valid after ``start()``."""
 
-    def __init__(self, root: Path, *, port: int = 0) -> None:
+    def __init__(self, root: Path, *, port: int = 0, previews: bool = False) -> None:
         self.root = Path(root)
         self.dirs = {kind: self.root / kind for kind in ("input", "output", "temp")}
         for path in self.dirs.values():
             path.mkdir(parents=True, exist_ok=True)
         self.port = port
         self.execution_delay = 0.0
+        self.previews = previews
+        self.previews_sent: list[tuple[str, int]] = []  # (client_id, binary event type)
         self.drop_websocket_messages = False
         self.history_write_delay = 0.0
         self.http_delay = 0.0
@@ -600,9 +738,10 @@ class ComfyUIDouble:
         self._interrupt = False
         self._wakeup = asyncio.Event()
         self._sockets: dict[str, WebSocket] = {}
+        self._client_flags: dict[str, dict[str, Any]] = {}  # clientId -> its feature_flags
         self._socket_changed = asyncio.Event()
-        # cache key -> (node's image or None, its UI output or None)
-        self._cache: dict[str, tuple[Image.Image | None, dict[str, Any] | None]] = {}
+        # cache key -> (node's value (a batch of images, a video) or None, its UI output or None)
+        self._cache: dict[str, tuple[Any, dict[str, Any] | None]] = {}
 
     @property
     def url(self) -> str:
@@ -1160,7 +1299,7 @@ class ComfyUIDouble:
             return _empty(404)
         return Response(
             path.read_bytes(),
-            media_type="image/png",
+            media_type=CONTENT_TYPES.get(path.suffix.lower(), "application/octet-stream"),
             headers={"Content-Disposition": f'filename="{path.name}"'},
         )
 
@@ -1178,7 +1317,10 @@ class ComfyUIDouble:
                 # ComfyUI answers with its own feature flags only if the client's first
                 # message offers the client's.
                 with contextlib.suppress(ValueError, AttributeError):
-                    if first and json.loads(text).get("type") == "feature_flags":
+                    message = json.loads(text)
+                    if first and message.get("type") == "feature_flags":
+                        flags = message.get("data")
+                        self._client_flags[client_id] = flags if isinstance(flags, dict) else {}
                         await self._send(ws, "feature_flags", FEATURE_FLAGS)
                 first = False
         except (WebSocketDisconnect, RuntimeError):
@@ -1186,6 +1328,7 @@ class ComfyUIDouble:
         finally:
             if self._sockets.get(client_id) is ws:
                 del self._sockets[client_id]
+                self._client_flags.pop(client_id, None)
 
     # -- messages -----------------------------------------------------------------------------
 
@@ -1302,11 +1445,11 @@ class ComfyUIDouble:
             },
             True,
         )
-        values: dict[str, Image.Image] = {}
+        values: dict[str, Any] = {}
         for n in cached:
-            image = self._cache[keys[n]][0]
-            if image is not None:
-                values[n] = image
+            value = self._cache[keys[n]][0]
+            if value is not None:
+                values[n] = value
         results: dict[str, Any] = {}
         executed: list[str] = []
         node_id = order[0]
@@ -1334,7 +1477,8 @@ class ComfyUIDouble:
                 )
                 if self._interrupt:
                     raise _Interrupted
-                await self._delay(progress, emit, prompt_id, node_id)
+                sampling = self.previews and prompt[node_id]["class_type"] not in OUTPUT_NODES
+                await self._delay(progress, emit, prompt_id, node_id, values, prompt, sampling)
                 if fail is not None and node_id == fail_at:
                     raise _NodeFailed(*fail)
                 output = self._run_node(prompt[node_id], values, node_id)
@@ -1401,18 +1545,71 @@ class ComfyUIDouble:
         await self._broadcast_status()
         await emit("executing", {"node": None, "prompt_id": prompt_id})
 
-    async def _delay(self, progress: Progress, emit: Emit, prompt_id: str, node_id: str) -> None:
-        if self.execution_delay <= 0:
+    async def _delay(
+        self,
+        progress: Progress,
+        emit: Emit,
+        prompt_id: str,
+        node_id: str,
+        values: dict[str, Any] | None = None,
+        prompt: dict[str, Any] | None = None,
+        sampling: bool = False,
+    ) -> None:
+        """Four ``progress`` steps over ``execution_delay``; a sampling-like step (``previews``
+        on) always takes them and sends a preview frame at steps 2 and 4, in ComfyUI's order:
+        ``progress_state`` and the metadata frame, ``progress``, then the legacy frame."""
+        if self.execution_delay <= 0 and not sampling:
             return
         steps = 4
         for step in range(1, steps + 1):
             await asyncio.sleep(self.execution_delay / steps)
             await progress(node_id, step, steps, "running")
+            preview = None
+            if sampling and step % 2 == 0 and prompt is not None:
+                preview = self._preview_image(prompt[node_id], values or {})
+            client = self._running_client()
+            with_metadata = bool(
+                self._client_flags.get(client or "", {}).get("supports_preview_metadata")
+            )
+            if preview is not None and with_metadata:
+                metadata = {
+                    "node_id": node_id,
+                    "prompt_id": prompt_id,
+                    "display_node_id": node_id,
+                    "parent_node_id": None,
+                    "real_node_id": node_id,
+                }
+                await self._send_preview(client, preview_with_metadata(preview, metadata))
             await emit(
                 "progress", {"value": step, "max": steps, "prompt_id": prompt_id, "node": node_id}
             )
+            if preview is not None and not with_metadata:
+                await self._send_preview(client, preview_frame(preview))
             if self._interrupt:
                 raise _Interrupted
+
+    def _running_client(self) -> str | None:
+        running = self.running
+        return running[3].get("client_id") if running else None
+
+    async def _send_preview(self, client: str | None, frame: bytes) -> None:
+        """A binary frame to the prompt's socket only (ComfyUI's ``send_bytes`` with its sid)."""
+        ws = self._sockets.get(client) if client else None
+        if ws is None or self.drop_websocket_messages:
+            return
+        self.previews_sent.append((client or "", struct.unpack(">I", frame[:4])[0]))
+        with contextlib.suppress(Exception):
+            await ws.send_bytes(frame)
+
+    @staticmethod
+    def _preview_image(node: dict[str, Any], values: dict[str, Any]) -> Image.Image:
+        """What a sampler would preview: the node's first linked image, else mid grey."""
+        for value in (node.get("inputs") or {}).values():
+            if isinstance(value, list) and len(value) == 2:
+                batch = values.get(str(value[0]))
+                if isinstance(batch, list) and batch:
+                    return batch[0].convert("RGB")
+        return Image.new("RGB", (64, 64), (128, 128, 128))
 
     @staticmethod
     def _current_inputs(node: dict[str, Any]) -> dict[str, list[Any]]:
@@ -1485,33 +1682,40 @@ class ComfyUIDouble:
         return order
 
     def _run_node(
-        self, node: dict[str, Any], values: dict[str, Image.Image], node_id: str
+        self, node: dict[str, Any], values: dict[str, Any], node_id: str
     ) -> dict[str, Any] | None:
+        """Run one node; an IMAGE or MASK value is a batch (a list of Pillow images)."""
         inputs = node.get("inputs") or {}
 
-        def linked(name: str) -> Image.Image:
+        def linked(name: str) -> Any:
             return values[str(inputs[name][0])]
+
+        def each(name: str, change: Callable[[Image.Image], Image.Image]) -> list[Image.Image]:
+            return [change(image) for image in linked(name)]
 
         kind = node["class_type"]
         if kind == "LoadImage":
             path = self.dirs["input"] / str(inputs["image"])
             try:
                 with Image.open(path) as image:
-                    values[node_id] = image.convert("RGB")
+                    values[node_id] = [image.convert("RGB")]
             except UnidentifiedImageError as exc:
                 raise _NodeFailed(
                     "PIL.UnidentifiedImageError", f"cannot identify image file '{path}'\n"
                 ) from exc
         elif kind == "ImageInvert":
-            values[node_id] = linked("image").point(INVERT_TABLE * 3)
+            values[node_id] = each("image", lambda image: image.point(INVERT_TABLE * 3))
         elif kind == "ImageScaleBy":
-            image = linked("image")
             scale = float(inputs["scale_by"])
-            size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-            values[node_id] = image.resize(size, Image.Resampling.LANCZOS)
+
+            def scaled(image: Image.Image) -> Image.Image:
+                size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+                return image.resize(size, Image.Resampling.LANCZOS)
+
+            values[node_id] = each("image", scaled)
         elif kind == "ImageBlur":
             blur = ImageFilter.GaussianBlur(radius=int(inputs["blur_radius"]))
-            values[node_id] = linked("image").filter(blur)
+            values[node_id] = each("image", lambda image: image.filter(blur))
         elif kind == "ImageSharpen":
             # ComfyUI: x + 10 * alpha * (x - gaussian(x)), the Gaussian's sigma being
             # sigma * sharpen_radius pixels; UnsharpMask's percent is that factor.
@@ -1520,49 +1724,135 @@ class ComfyUIDouble:
                 percent=round(float(inputs["alpha"]) * 1000),
                 threshold=0,
             )
-            values[node_id] = linked("image").filter(sharpen)
+            values[node_id] = each("image", lambda image: image.filter(sharpen))
         elif kind == "ImageToMask":
             channel = MASK_CHANNELS.index(str(inputs["channel"]))
-            image = linked("image")
-            if channel >= len(image.getbands()):  # LoadImage gives three channels
+            if channel >= 3:  # LoadImage gives three channels
                 raise _NodeFailed(
                     "IndexError",
                     f"index {channel} is out of bounds for dimension 3 with size 3\n",
                 )
-            values[node_id] = image.getchannel(channel)  # a mask: one band
+            values[node_id] = each("image", lambda image: image.getchannel(channel))
         elif kind == "MaskToImage":
-            mask = linked("mask")
-            values[node_id] = Image.merge("RGB", (mask, mask, mask))
+            values[node_id] = each("mask", lambda mask: Image.merge("RGB", (mask, mask, mask)))
         elif kind == "ImageBlend":
-            values[node_id] = _blend(
-                linked("image1"),
-                linked("image2"),
-                float(inputs["blend_factor"]),
-                str(inputs["blend_mode"]),
-            )
-        elif kind in OUTPUT_NODES:
-            kind_dir = "output" if kind == "SaveImage" else "temp"
-            prefix = (
-                str(inputs.get("filename_prefix", "ComfyUI"))
-                if kind == "SaveImage"
-                else "ComfyUI_temp"
-            )
-            subfolder, _, stem = prefix.rpartition("/")
-            folder = _safe_join(self.dirs[kind_dir], subfolder)
-            if folder is None:
-                raise _NodeFailed(
-                    "Exception",
-                    "**** ERROR: Saving image outside the output folder is not allowed.\n",
+            first, second = linked("image1"), linked("image2")
+            length = max(len(first), len(second))
+            values[node_id] = [
+                _blend(
+                    first[i % len(first)],
+                    second[i % len(second)],
+                    float(inputs["blend_factor"]),
+                    str(inputs["blend_mode"]),
                 )
-            folder.mkdir(parents=True, exist_ok=True)
-            counter = 1
-            while (folder / f"{stem}_{counter:05}_.png").exists():
-                counter += 1
-            name = f"{stem}_{counter:05}_.png"
-            buffer = io.BytesIO()
-            linked("images").save(buffer, "PNG")
-            (folder / name).write_bytes(buffer.getvalue())
-            return {"images": [{"filename": name, "subfolder": subfolder, "type": kind_dir}]}
+                for i in range(length)
+            ]
+        elif kind == "ImageFlip":
+            flip = FLIPS[str(inputs["flip_method"])]
+            values[node_id] = each("image", lambda image: image.transpose(flip))
+        elif kind == "ImageRotate":
+            turn = ROTATIONS.get(str(inputs["rotation"]))
+            values[node_id] = each("image", lambda image: image.transpose(turn) if turn else image)
+        elif kind == "RepeatImageBatch":
+            values[node_id] = list(linked("image")) * int(inputs["amount"])
+        elif kind == "ImageBatch":
+            first, second = linked("image1"), linked("image2")
+            size = first[0].size  # ComfyUI scales the second batch to the first's size
+            values[node_id] = list(first) + [_fit(image, size) for image in second]
+        elif kind == "ImageStitch":
+            first = linked("image1")
+            if "image2" not in inputs:
+                values[node_id] = first
+            else:
+                second = linked("image2")
+                length = max(len(first), len(second))
+                values[node_id] = [
+                    _stitch(
+                        a,
+                        b,
+                        str(inputs["direction"]),
+                        bool(inputs["match_image_size"]),
+                        int(inputs["spacing_width"]),
+                        str(inputs["spacing_color"]),
+                    )
+                    for a, b in zip(_pad_to(first, length), _pad_to(second, length), strict=True)
+                ]
+        elif kind == "CreateVideo":
+            values[node_id] = _Video(list(linked("images")), float(inputs["fps"]))
+        elif kind in OUTPUT_NODES:
+            return self._save(kind, inputs, linked("video" if kind == "SaveVideo" else "images"))
         else:  # model loaders and VAE nodes are listed and validated only
             raise _NodeFailed("RuntimeError", f"ComfyUIDouble does not run {kind}\n")
         return None
+
+    def _save(self, kind: str, inputs: dict[str, Any], value: Any) -> dict[str, Any]:
+        """An output node's files and its UI output, shaped as ComfyUI reports them: every kind
+        under ``images``; a video or an animation is one file with ``animated: [true]``."""
+        kind_dir = "temp" if kind == "PreviewImage" else "output"
+        default = "video/ComfyUI" if kind == "SaveVideo" else "ComfyUI"
+        prefix = (
+            "ComfyUI_temp"
+            if kind == "PreviewImage"
+            else str(inputs.get("filename_prefix", default))
+        )
+        subfolder, _, stem = prefix.rpartition("/")
+        folder = _safe_join(self.dirs[kind_dir], subfolder)
+        if folder is None:
+            raise _NodeFailed(
+                "Exception",
+                "**** ERROR: Saving image outside the output folder is not allowed.\n",
+            )
+        folder.mkdir(parents=True, exist_ok=True)
+        suffix = {"SaveVideo": "mp4", "SaveAnimatedWEBP": "webp"}.get(kind, "png")
+
+        def next_name() -> str:
+            counter = 1
+            while (folder / f"{stem}_{counter:05}_.{suffix}").exists():
+                counter += 1
+            return f"{stem}_{counter:05}_.{suffix}"
+
+        def entry(name: str) -> dict[str, Any]:
+            return {"filename": name, "subfolder": subfolder, "type": kind_dir}
+
+        if kind in ("SaveImage", "PreviewImage"):  # one file per image of the batch
+            files = []
+            for image in value:
+                name = next_name()
+                buffer = io.BytesIO()
+                image.save(buffer, "PNG")
+                (folder / name).write_bytes(buffer.getvalue())
+                files.append(entry(name))
+            return {"images": files}
+        name = next_name()
+        if kind == "SaveVideo":
+            data = _mp4_standin(value)
+        else:
+            frames = [image.convert("RGB") for image in value]
+            duration = int(1000.0 / float(inputs["fps"]))
+            buffer = io.BytesIO()
+            if kind == "SaveAnimatedWEBP":
+                options = {
+                    "lossless": bool(inputs["lossless"]),
+                    "quality": int(inputs["quality"]),
+                    "method": WEBP_METHODS[str(inputs["method"])],
+                }
+                frames[0].save(
+                    buffer,
+                    "WEBP",
+                    save_all=True,
+                    append_images=frames[1:],
+                    duration=duration,
+                    **options,
+                )
+            else:
+                frames[0].save(
+                    buffer,
+                    "PNG",
+                    save_all=True,
+                    append_images=frames[1:],
+                    duration=duration,
+                    compress_level=int(inputs["compress_level"]),
+                )
+            data = buffer.getvalue()
+        (folder / name).write_bytes(data)
+        return {"images": [entry(name)], "animated": [True]}
