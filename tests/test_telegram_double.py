@@ -493,7 +493,7 @@ async def test_send_media_group_records_an_album_and_refuses_bad_ones(
 ) -> None:
     telegram.user(USER_ID)
     photos = [images.png(300 + i, 200, (i * 40, 80, 40)) for i in range(3)]
-    video = mp4()
+    video, thumb = mp4(), images.jpeg(90, 60)
     media: list[Any] = [
         InputMediaPhoto(
             media=BufferedInputFile(p, f"{i}.png"), caption="<b>First</b>" if i == 0 else None
@@ -501,7 +501,13 @@ async def test_send_media_group_records_an_album_and_refuses_bad_ones(
         for i, p in enumerate(photos)
     ]
     media.append(
-        InputMediaVideo(media=BufferedInputFile(video, "v.mp4"), width=64, height=48, duration=2)
+        InputMediaVideo(
+            media=BufferedInputFile(video, "v.mp4"),
+            width=64,
+            height=48,
+            duration=2,
+            thumbnail=BufferedInputFile(thumb, "t.jpg"),
+        )
     )
     sent = await bot.send_media_group(USER_ID, media=media)
     assert len(sent) == 4
@@ -512,9 +518,10 @@ async def test_send_media_group_records_an_album_and_refuses_bad_ones(
     assert sent[3].video is not None and (sent[3].video.width, sent[3].video.duration) == (64, 2)
     states = telegram.messages(USER_ID)
     assert [s.photo for s in states[:3]] == photos and states[3].video == video
+    assert states[3].thumbnail == thumb and sent[3].video.thumbnail is not None
     assert all(s.reply_markup is None for s in states)
     call = telegram.sent("sendMediaGroup")[0]
-    assert sorted(call.files.values(), key=len) == sorted([*photos, video], key=len)
+    assert sorted(call.files.values(), key=len) == sorted([*photos, video, thumb], key=len)
 
     # Resending by file_id works; documents group only with documents.
     again = await bot.send_media_group(
