@@ -6,6 +6,7 @@ import asyncio
 import copy
 import io
 import json
+import struct
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,7 +27,7 @@ from comfygram.comfyui import (
     explain_rejection,
 )
 from comfygram.presets import compatibility_problems, load_preset
-from tests.doubles.comfyui import OOM_MESSAGE, ComfyUIDouble
+from tests.doubles.comfyui import OOM_MESSAGE, ComfyUIDouble, read_mp4_standin
 
 BUILTIN = Path(__file__).parent.parent / "src" / "comfygram" / "presets" / "builtin"
 CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
@@ -577,3 +578,310 @@ async def test_interrupt_sequence(client: ComfyUIClient, comfy: ComfyUIDouble) -
     interrupted = next(m["data"] for m in messages if m["type"] == "execution_interrupted")
     assert (interrupted["node_id"], interrupted["node_type"]) == ("2", "ImageInvert")
     assert interrupted["executed"] == ["1"]
+
+
+# -- rich outputs: batches, stitching, animations, video, previews ------------------------------
+
+
+def solid_png(size: tuple[int, int], color: tuple[int, int, int]) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+async def execute(comfy: ComfyUIDouble, prompt: dict[str, Any]) -> dict[str, Any]:
+    """POST /prompt, then the /history entry once written (raw HTTP, as the real server)."""
+    async with httpx.AsyncClient(base_url=comfy.url) as http:
+        answer = await http.post("/prompt", json={"prompt": prompt, "client_id": "rich"})
+        assert answer.status_code == 200, answer.text
+        prompt_id = answer.json()["prompt_id"]
+        async with asyncio.timeout(5):
+            while not (entry := (await http.get(f"/history/{prompt_id}")).json()):
+                await asyncio.sleep(0.02)
+    assert entry[prompt_id]["status"]["status_str"] == "success", entry
+    return entry[prompt_id]
+
+
+async def view(comfy: ComfyUIDouble, file: dict[str, Any]) -> httpx.Response:
+    async with httpx.AsyncClient(base_url=comfy.url) as http:
+        answer = await http.get("/view", params=file)
+    assert answer.status_code == 200
+    return answer
+
+
+def image_of(answer: httpx.Response) -> Image.Image:
+    return Image.open(io.BytesIO(answer.content))
+
+
+async def test_rich_nodes_are_listed_as_the_real_server_lists_them(client: ComfyUIClient) -> None:
+    info = await client.object_info()
+    assert info["SaveVideo"]["output_node"] is True
+    assert info["SaveVideo"]["input"]["required"]["format"][1]["options"] == ["auto", "mp4"]
+    assert info["SaveVideo"]["input"]["required"]["codec"][1]["options"] == ["auto", "h264"]
+    assert info["CreateVideo"]["output"] == ["VIDEO"]
+    assert info["ImageStitch"]["input"]["optional"] == {"image2": ["IMAGE"]}
+    assert info["ImageRotate"]["input"]["required"]["rotation"] == [
+        ["none", "90 degrees", "180 degrees", "270 degrees"]
+    ]
+    for name in ("SaveAnimatedWEBP", "SaveAnimatedPNG", "ImageFlip", "RepeatImageBatch"):
+        assert info[name]["name"] == name
+
+
+async def test_batch_save_image_writes_one_png_per_image(
+    comfy: ComfyUIDouble, client: ComfyUIClient
+) -> None:
+    name = await client.upload_image(solid_png((20, 10), (200, 30, 40)), "red.png")
+    prompt = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": name}},
+        "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+        "3": {"class_type": "ImageBatch", "inputs": {"image1": ["1", 0], "image2": ["2", 0]}},
+        "4": {"class_type": "RepeatImageBatch", "inputs": {"image": ["3", 0], "amount": 2}},
+        "5": {"class_type": "SaveImage", "inputs": {"images": ["4", 0], "filename_prefix": "b/x"}},
+    }
+    entry = await execute(comfy, prompt)
+    files = entry["outputs"]["5"]["images"]
+    assert entry["outputs"]["5"] == {"images": files}  # no "animated" for still images
+    assert [f["filename"] for f in files] == [f"x_{n:05}_.png" for n in (1, 2, 3, 4)]
+    assert {(f["subfolder"], f["type"]) for f in files} == {("b", "output")}
+    colors = []
+    for file in files:
+        answer = await view(comfy, file)
+        assert answer.headers["content-type"] == "image/png"
+        colors.append(image_of(answer).getpixel((0, 0)))
+    # RepeatImageBatch repeats the whole batch: original, inverted, original, inverted.
+    assert colors == [(200, 30, 40), (54, 225, 215)] * 2
+
+
+async def test_stitch_flip_and_rotate(comfy: ComfyUIDouble, client: ComfyUIClient) -> None:
+    left = await client.upload_image(solid_png((40, 30), (255, 0, 0)), "left.png")
+    right = await client.upload_image(solid_png((20, 60), (0, 0, 255)), "right.png")
+
+    def stitch(direction: str) -> dict[str, Any]:
+        return {
+            "class_type": "ImageStitch",
+            "inputs": {
+                "image1": ["1", 0],
+                "image2": ["2", 0],
+                "direction": direction,
+                "match_image_size": True,
+                "spacing_width": 4,
+                "spacing_color": "white",
+            },
+        }
+
+    prompt = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": left}},
+        "2": {"class_type": "LoadImage", "inputs": {"image": right}},
+        "3": stitch("right"),
+        "4": stitch("down"),
+        "5": {
+            "class_type": "ImageFlip",
+            "inputs": {"image": ["3", 0], "flip_method": "y-axis: horizontally"},
+        },
+        "6": {"class_type": "ImageRotate", "inputs": {"image": ["3", 0], "rotation": "90 degrees"}},
+        "7": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "s"}},
+        "8": {"class_type": "SaveImage", "inputs": {"images": ["4", 0], "filename_prefix": "d"}},
+        "9": {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": "f"}},
+        "10": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "r"}},
+    }
+    outputs = (await execute(comfy, prompt))["outputs"]
+    side, down, flipped, turned = [
+        image_of(await view(comfy, outputs[n]["images"][0])).convert("RGB")
+        for n in ("7", "8", "9", "10")
+    ]
+    # The second photo is scaled to the first's height (10 x 30), after 4 white pixels.
+    assert side.size == (40 + 4 + 10, 30)
+    assert [side.getpixel((x, 15)) for x in (0, 41, 52)] == [
+        (255, 0, 0),
+        (255, 255, 255),
+        (0, 0, 255),
+    ]
+    assert down.size == (40, 30 + 4 + 120)  # scaled to the first's width
+    assert down.getpixel((20, 0)) == (255, 0, 0) and down.getpixel((20, 153)) == (0, 0, 255)
+    assert flipped.getpixel((0, 15)) == (0, 0, 255) and flipped.getpixel((53, 15)) == (255, 0, 0)
+    # Clockwise, as ComfyUI turns: the left photo ends up on top.
+    assert turned.size == (30, 54)
+    assert turned.getpixel((15, 0)) == (255, 0, 0) and turned.getpixel((15, 53)) == (0, 0, 255)
+
+
+def animation_prompt(name: str) -> dict[str, Any]:
+    """Three distinct frames (photo, blend, negative) repeated twice: 6 frames."""
+    return {
+        "1": {"class_type": "LoadImage", "inputs": {"image": name}},
+        "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+        "3": {
+            "class_type": "ImageBlend",
+            "inputs": {
+                "image1": ["1", 0],
+                "image2": ["2", 0],
+                "blend_factor": 0.5,
+                "blend_mode": "normal",
+            },
+        },
+        "4": {"class_type": "ImageBatch", "inputs": {"image1": ["1", 0], "image2": ["3", 0]}},
+        "5": {"class_type": "ImageBatch", "inputs": {"image1": ["4", 0], "image2": ["2", 0]}},
+        "6": {"class_type": "RepeatImageBatch", "inputs": {"image": ["5", 0], "amount": 2}},
+    }
+
+
+async def test_animated_webp_and_png(comfy: ComfyUIDouble, client: ComfyUIClient) -> None:
+    prompt = animation_prompt(
+        await client.upload_image(solid_png((24, 16), (200, 30, 40)), "a.png")
+    )
+    prompt["7"] = {
+        "class_type": "SaveAnimatedWEBP",
+        "inputs": {
+            "images": ["6", 0],
+            "filename_prefix": "anim/w",
+            "fps": 4.0,
+            "lossless": True,
+            "quality": 80,
+            "method": "default",
+        },
+    }
+    prompt["8"] = {
+        "class_type": "SaveAnimatedPNG",
+        "inputs": {
+            "images": ["6", 0],
+            "filename_prefix": "anim/p",
+            "fps": 4.0,
+            "compress_level": 4,
+        },
+    }
+    outputs = (await execute(comfy, prompt))["outputs"]
+    for node, filename, content_type in (
+        ("7", "w_00001_.webp", "image/webp"),
+        ("8", "p_00001_.png", "image/png"),
+    ):
+        assert outputs[node] == {
+            "images": [{"filename": filename, "subfolder": "anim", "type": "output"}],
+            "animated": [True],
+        }
+        answer = await view(comfy, outputs[node]["images"][0])
+        assert answer.headers["content-type"] == content_type
+        animation = image_of(answer)
+        assert (animation.n_frames, animation.size) == (6, (24, 16))
+        animation.seek(2)
+        assert animation.convert("RGB").getpixel((0, 0)) == (54, 225, 215)
+        assert animation.info["duration"] == 250  # int(1000 / fps) ms per frame
+
+
+async def test_create_video_and_save_video(comfy: ComfyUIDouble, client: ComfyUIClient) -> None:
+    prompt = animation_prompt(await client.upload_image(solid_png((32, 18), (9, 9, 9)), "v.png"))
+    prompt["7"] = {"class_type": "CreateVideo", "inputs": {"images": ["6", 0], "fps": 3.0}}
+    prompt["8"] = {
+        "class_type": "SaveVideo",
+        "inputs": {
+            "video": ["7", 0],
+            "filename_prefix": "clip/v",
+            "format": "mp4",
+            "codec": "h264",
+        },
+    }
+    outputs = (await execute(comfy, prompt))["outputs"]
+    assert outputs == {
+        "8": {
+            "images": [{"filename": "v_00001_.mp4", "subfolder": "clip", "type": "output"}],
+            "animated": [True],
+        }
+    }
+    answer = await view(comfy, outputs["8"]["images"][0])
+    assert answer.headers["content-type"] == "video/mp4"
+    assert answer.content[4:12] == b"ftypisom"  # as the real file starts
+    facts = read_mp4_standin(answer.content)
+    assert facts == {
+        "format": "mp4",
+        "codec": "h264",
+        "frames": 6,
+        "fps": 3.0,
+        "width": 32,
+        "height": 18,
+        "duration": 2.0,
+    }
+
+
+async def preview_frames(comfy: ComfyUIDouble, client: ComfyUIClient, offer: bool) -> list[bytes]:
+    """Binary frames on a socket that does (or does not) offer ``supports_preview_metadata``,
+    while a two-node prompt runs; the text messages' types are kept in order as b'json:<type>'."""
+    name = await client.upload_image(solid_png((600, 300), (10, 200, 30)), "p.png")
+    frames: list[bytes] = []
+    async with websockets.connect(f"ws://127.0.0.1:{comfy.port}/ws?clientId=viewer") as ws:
+        assert json.loads(await ws.recv())["type"] == "status"
+        if offer:
+            flags = {"supports_preview_metadata": True}
+            await ws.send(json.dumps({"type": "feature_flags", "data": flags}))
+            assert json.loads(await ws.recv())["type"] == "feature_flags"
+        async with httpx.AsyncClient(base_url=comfy.url) as http:
+            body = {"prompt": workflow(name, INVERT), "client_id": "viewer"}
+            assert (await http.post("/prompt", json=body)).status_code == 200
+        async with asyncio.timeout(5):
+            while True:
+                message = await ws.recv()
+                if isinstance(message, bytes):
+                    frames.append(message)
+                    continue
+                data = json.loads(message)
+                frames.append(f"json:{data['type']}".encode())
+                if data["type"] == "executing" and data["data"]["node"] is None:
+                    return frames
+
+
+def jpeg_size(data: bytes) -> tuple[int, int]:
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.format == "JPEG"
+        return image.size
+
+
+async def test_previews_without_metadata_are_plain_preview_image_frames(
+    comfy: ComfyUIDouble, client: ComfyUIClient
+) -> None:
+    comfy.previews = True
+    messages = await preview_frames(comfy, client, offer=False)
+    frames = [m for m in messages if not m.startswith(b"json:")]
+    # Two from the sampling-like node (ImageInvert; never the loader or the save node).
+    assert len(frames) == 2
+    for frame in frames:
+        assert struct.unpack(">II", frame[:8]) == (1, 1)  # PREVIEW_IMAGE, JPEG
+        assert jpeg_size(frame[8:]) == (512, 256)  # within --preview-size 512
+    # ComfyUI sends the legacy frame right after its "progress" message.
+    for index, message in enumerate(messages):
+        if not message.startswith(b"json:"):
+            assert messages[index - 1] == b"json:progress"
+
+
+async def test_previews_with_metadata_name_the_prompt_and_node(
+    comfy: ComfyUIDouble, client: ComfyUIClient
+) -> None:
+    comfy.previews = True
+    messages = await preview_frames(comfy, client, offer=True)
+    frames = [m for m in messages if not m.startswith(b"json:")]
+    assert len(frames) == 2
+    prompt_id = comfy.executed_prompt_ids[-1]
+    nodes = []
+    for frame in frames:
+        kind, length = struct.unpack(">II", frame[:8])
+        assert kind == 4  # PREVIEW_IMAGE_WITH_METADATA
+        metadata = json.loads(frame[8 : 8 + length])
+        assert list(metadata) == [
+            "node_id",
+            "prompt_id",
+            "display_node_id",
+            "parent_node_id",
+            "real_node_id",
+            "image_type",
+        ]
+        assert metadata["prompt_id"] == prompt_id
+        assert metadata["image_type"] == "image/jpeg" and metadata["parent_node_id"] is None
+        assert jpeg_size(frame[8 + length :]) == (512, 256)
+        nodes.append(metadata["node_id"])
+    assert nodes == ["2", "2"]
+    # ... and before the step's "progress" message, as ComfyUI's progress handler sends it.
+    for index, message in enumerate(messages):
+        if not message.startswith(b"json:"):
+            assert messages[index + 1] == b"json:progress"
+
+
+async def test_no_previews_unless_configured(comfy: ComfyUIDouble, client: ComfyUIClient) -> None:
+    messages = await preview_frames(comfy, client, offer=True)
+    assert not [m for m in messages if not m.startswith(b"json:")]
+    assert b"json:progress" not in messages

@@ -5,10 +5,17 @@ HTTP and WebSocket traffic (not kept in this repository: what it showed is hard-
 file and pinned by tests/test_comfyui_double.py); what the recording lacks (loader nodes, the
 OOM text) follows ComfyUI's nodes.py and execution.py of that release. It runs LoadImage,
 ImageInvert, ImageScaleBy, ImageBlur, ImageSharpen, ImageToMask, MaskToImage, ImageBlend, SaveImage
-and PreviewImage for real with Pillow, one prompt at a time, and sends the recorded WebSocket
-sequence (``progress_state`` included) to the socket whose clientId is the prompt's client_id
-(``feature_flags`` only in answer to a client's own, as the real server). ImageInvert rounds as
-ComfyUI does (float32, truncated on saving: 200 becomes 54, not 55).
+and PreviewImage for real with Pillow, one prompt at a time, every IMAGE a batch (a list of
+images); and the rich presets' nodes: ImageStitch, ImageFlip, ImageRotate, RepeatImageBatch,
+ImageBatch, CreateVideo, SaveVideo, SaveAnimatedWEBP and SaveAnimatedPNG (``/object_info`` copied
+from the real server, comfyui_rich_nodes.json). A batch SaveImage writes one file per image
+(``prefix_00001_.png``, ``prefix_00002_.png``...); SaveVideo and SaveAnimated* write one file and
+add ``animated: [true]``, all under ``images`` as ComfyUI reports them; ``/view`` answers
+image/png, image/webp or video/mp4. SaveVideo's MP4 is a stand-in (no H.264 encoder here): a real
+``ftyp`` box then the video's facts, read back by ``read_mp4_standin``. It sends the recorded
+WebSocket sequence (``progress_state`` included) to the socket whose clientId is the prompt's
+client_id (``feature_flags`` only in answer to a client's own, as the real server).
+ImageInvert rounds as ComfyUI does (float32, truncated on saving: 200 becomes 54, not 55).
 tests/test_real_comfyui_double.py compares it with the real server; where they differ, the real one
 is right. ``POST /prompt`` validates like ComfyUI: unknown nodes, missing or out-of-range inputs,
 values not in a combo list (model files too), broken links.
@@ -16,6 +23,14 @@ values not in a combo list (model files too), broken links.
 Knobs (attributes and methods; all of them may change while the server runs):
 
 - ``execution_delay`` seconds per node, reported as four ``progress`` steps.
+- ``previews`` (also a constructor argument): as ComfyUI started with ``--preview-method``, every
+  sampling-like node (any but LoadImage and the save nodes) reports four ``progress`` steps and
+  sends a JPEG preview of its input (within 512 pixels) at steps 2 and 4 to the prompt's socket:
+  a PREVIEW_IMAGE_WITH_METADATA frame (4, metadata length, JSON with prompt_id and node ids, JPEG)
+  before the step's ``progress`` if the socket offered ``supports_preview_metadata`` in its
+  ``feature_flags``, else a PREVIEW_IMAGE frame (1, image type 1, JPEG) after it (server.py
+  ``send_image``/``send_image_with_metadata``, comfy_execution/progress.py, main.py's hook).
+  ``previews_sent`` logs (client id, event type) of each frame.
 - ``drop_websocket_messages``: the socket stays open but says nothing.
 - ``history_write_delay``: gap between ``execution_success`` and the history write.
 - ``http_delay``: seconds of silence before every HTTP answer (a slow ComfyUI).
@@ -90,6 +105,7 @@ CONTENT_TYPES = {
 }
 ANIMATED_NODES = {"SaveVideo", "SaveAnimatedWEBP", "SaveAnimatedPNG"}
 OUTPUT_NODES = {"SaveImage", "PreviewImage", *ANIMATED_NODES}
+PREVIEWLESS = {"LoadImage", *OUTPUT_NODES}
 # The model-free nodes rich presets use, ``/object_info`` entries as ComfyUI 0.3.64 answers them
 # (copied from the real server): ImageStitch, ImageFlip, ImageRotate, RepeatImageBatch,
 # ImageBatch, ImageBlend, CreateVideo, SaveVideo, SaveAnimatedWEBP, SaveAnimatedPNG.
@@ -1477,7 +1493,8 @@ class ComfyUIDouble:
                 )
                 if self._interrupt:
                     raise _Interrupted
-                sampling = self.previews and prompt[node_id]["class_type"] not in OUTPUT_NODES
+                # Previews come from sampling-like steps: not loaders, not save nodes.
+                sampling = self.previews and prompt[node_id]["class_type"] not in PREVIEWLESS
                 await self._delay(progress, emit, prompt_id, node_id, values, prompt, sampling)
                 if fail is not None and node_id == fail_at:
                     raise _NodeFailed(*fail)
