@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,8 +23,8 @@ from PIL import Image
 from comfygram.presets import BUILTIN_DIR, load_preset
 from comfygram.worker import workflow
 from tests import images
-from tests.doubles.comfyui import ComfyUIDouble
-from tests.real_comfyui import RealComfyUI, real_comfyui
+from tests.doubles.comfyui import MP4_STANDIN_MARKER, ComfyUIDouble, read_mp4_standin
+from tests.real_comfyui import COMFYUI_HOME, RealComfyUI, real_comfyui
 
 __all__ = ["real_comfyui"]  # the fixture, imported for pytest
 pytestmark = pytest.mark.real_comfyui
@@ -302,3 +303,127 @@ async def test_the_black_and_white_preset_gives_the_same_picture(servers):
         r, g, b = real.getpixel(xy)
         assert r == g == b and fake.getpixel(xy) == (fake.getpixel(xy)[0],) * 3
         assert abs(fake.getpixel(xy)[0] - r) <= 2, (xy, real.getpixel(xy), fake.getpixel(xy))
+
+
+def rich_outputs(photo: str, prefix: str) -> dict[str, Any]:
+    """The recorded album/animation/video prompt (reference/comfyui-0.3.64-history-video-
+    album.json) plus SaveAnimatedPNG and a stitched, flipped, turned pair."""
+
+    def node(kind: str, **inputs: Any) -> dict[str, Any]:
+        return {"class_type": kind, "inputs": inputs}
+
+    return {
+        "1": node("LoadImage", image=photo),
+        "2": node("ImageInvert", image=["1", 0]),
+        "3": node(
+            "ImageBlend", image1=["1", 0], image2=["2", 0], blend_factor=0.5, blend_mode="normal"
+        ),
+        "4": node("ImageBatch", image1=["1", 0], image2=["3", 0]),
+        "5": node("ImageBatch", image1=["4", 0], image2=["2", 0]),
+        "6": node("RepeatImageBatch", image=["5", 0], amount=4),
+        "7": node("CreateVideo", images=["6", 0], fps=6.0),
+        "8": node(
+            "SaveVideo", video=["7", 0], filename_prefix=f"{prefix}/vid", format="mp4", codec="h264"
+        ),
+        "9": node(
+            "SaveAnimatedWEBP",
+            images=["6", 0],
+            filename_prefix=f"{prefix}/anim",
+            fps=6.0,
+            lossless=False,
+            quality=80,
+            method="default",
+        ),
+        "10": node("SaveImage", images=["5", 0], filename_prefix=f"{prefix}/batch"),
+        "11": node(
+            "SaveAnimatedPNG",
+            images=["6", 0],
+            filename_prefix=f"{prefix}/apng",
+            fps=6.0,
+            compress_level=4,
+        ),
+        "12": node(
+            "ImageStitch",
+            image1=["1", 0],
+            image2=["2", 0],
+            direction="right",
+            match_image_size=True,
+            spacing_width=0,
+            spacing_color="white",
+        ),
+        "13": node("ImageFlip", image=["12", 0], flip_method="y-axis: horizontally"),
+        "14": node("ImageRotate", image=["13", 0], rotation="90 degrees"),
+        "15": node("SaveImage", images=["14", 0], filename_prefix=f"{prefix}/stitch"),
+    }
+
+
+def real_mp4_facts(data: bytes) -> dict[str, Any]:
+    """Frames, rate, size and codec of a real MP4, read with the PyAV of ComfyUI's own venv
+    (comfygram's has no video library)."""
+    script = (
+        "import av, io, json, sys\n"
+        "c = av.open(io.BytesIO(sys.stdin.buffer.read())); s = c.streams.video[0]\n"
+        "print(json.dumps({'frames': s.frames, 'fps': float(s.average_rate), 'width': s.width,"
+        " 'height': s.height, 'codec': s.codec_context.name, 'duration': c.duration / 1e6}))"
+    )
+    python = COMFYUI_HOME / "venv" / "bin" / "python"
+    done = subprocess.run([str(python), "-c", script], input=data, capture_output=True, check=True)
+    return json.loads(done.stdout)
+
+
+def file_facts(content_type: str, data: bytes) -> dict[str, Any]:
+    """What a client may rely on in a served file (never its bytes)."""
+    if content_type == "video/mp4":
+        return real_mp4_facts(data) if MP4_STANDIN_MARKER not in data else read_mp4_standin(data)
+    with Image.open(io.BytesIO(data)) as image:
+        frames = getattr(image, "n_frames", 1)
+        image.seek(min(frames, 3) - 1)
+        image.load()
+        return {
+            "format": image.format,
+            "size": image.size,
+            "frames": frames,
+            "duration": image.info.get("duration"),
+        }
+
+
+async def test_batch_animation_and_video_outputs_are_reported_and_served_alike(servers):
+    """The rich presets' outputs: /history lists each file under ``images`` with the same names
+    (``animated: [true]`` for the video and the animations), and /view serves each with the
+    same content type, size, frame count and frame duration (not the same bytes)."""
+    photo, prefix = images.png(64, 48, (200, 30, uuid.uuid4().int % 256)), f"rich/{uuid.uuid4()}"
+    results = []
+    for client in servers:
+        await upload(client, "rich.png", photo)
+        seen, entry = await run_over_socket(client, rich_outputs("rich.png", prefix))
+        served = {}
+        for output in entry["outputs"].values():
+            for file in output["images"]:
+                view = await client.get("/view", params=file)
+                assert view.status_code == 200
+                content_type = view.headers["content-type"]
+                served[file["filename"]] = (content_type, file_facts(content_type, view.content))
+        shape = history_shape(entry)
+        # ComfyUI lists the output nodes to run from a set: their order changes per process.
+        shape["prompt"][3] = sorted(shape["prompt"][3])
+        shape["outputs"] = entry["outputs"]  # every file name, as a dict (order aside)
+        shape["meta"] = dict(sorted(entry["meta"].items()))
+        results.append((sorted(seen, key=str), shape, served))
+    real, fake = results
+    assert fake[0] == real[0]
+    assert fake[1] == real[1]
+    assert real[1]["outputs"]["8"]["animated"] == [True]
+    assert [f["filename"] for f in real[1]["outputs"]["10"]["images"]] == [
+        f"batch_0000{n}_.png" for n in (1, 2, 3)
+    ]
+    assert set(fake[2]) == set(real[2])
+    for name, (content_type, facts) in real[2].items():
+        fake_type, fake_facts = fake[2][name]
+        assert fake_type == content_type, name
+        if content_type == "video/mp4":
+            assert facts["codec"] == fake_facts["codec"] == "h264"
+            keys = ("frames", "fps", "width", "height", "duration")
+            assert {k: fake_facts[k] for k in keys} == {k: facts[k] for k in keys}
+            assert facts["frames"] == 12 and facts["duration"] == 2.0
+        else:
+            assert fake_facts == facts, name
