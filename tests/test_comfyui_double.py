@@ -885,3 +885,19 @@ async def test_no_previews_unless_configured(comfy: ComfyUIDouble, client: Comfy
     messages = await preview_frames(comfy, client, offer=True)
     assert not [m for m in messages if not m.startswith(b"json:")]
     assert b"json:progress" not in messages
+
+
+async def test_the_client_finishes_a_prompt_among_preview_frames(
+    comfy: ComfyUIDouble, client: ComfyUIClient
+) -> None:
+    comfy.previews = True
+    prompt, prompt_id = workflow(await upload(client), INVERT), str(uuid.uuid4())
+    comfy.pause()  # run only once the client's socket listens
+    await client.submit(prompt, prompt_id)
+    waiting = asyncio.create_task(client.wait(prompt_id, deadline=soon()))
+    async with asyncio.timeout(5):
+        await comfy.socket_connected(client.client_id)
+    comfy.resume()
+    outputs = await waiting
+    assert [o.filename for o in outputs] == ["out_00001_.png"]
+    assert [kind for _, kind in comfy.previews_sent] == [1, 1]  # sent, and skipped by the client
