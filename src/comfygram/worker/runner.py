@@ -447,22 +447,14 @@ class Worker:
             if self._stopping.is_set():
                 return False
             await self._pause(self.config.idle_poll_seconds)
-        try:
-            if not await self._in_comfyui(run.prompt_id):
-                await self._submit(run)
-        except ComfyUIUnavailable:
-            return await self._resume_after_outage(run)
-        except BackendUnavailable:
-            raise
-        except Exception as exc:
-            await self._settle_run(run, exc)
-            return False
-        return True
+        return await self._resubmit(run, unless_in_comfyui=True)
 
-    async def _resubmit(self, run: Run) -> bool:
-        """Submit the run's prompt again (ComfyUI is up but lost it); False when settled."""
+    async def _resubmit(self, run: Run, *, unless_in_comfyui: bool = False) -> bool:
+        """Submit the run's prompt again (ComfyUI is up but lost it, or may have: then only when
+        it is not in ComfyUI's queue or history); False when settled."""
         try:
-            await self._submit(run)
+            if not (unless_in_comfyui and await self._in_comfyui(run.prompt_id)):
+                await self._submit(run)
         except ComfyUIUnavailable:
             return await self._resume_after_outage(run)
         except BackendUnavailable:
