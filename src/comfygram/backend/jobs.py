@@ -329,16 +329,18 @@ async def retry_free(
     return await create(session, store, request, max_active, price=0)
 
 
+async def _processing_job(session: AsyncSession, job_id: str, rule: str) -> Job:
+    """The job, locked; 409 job_not_processing (saying ``rule``) unless it is processing."""
+    job = await get_job(session, job_id, lock=True)
+    if job.status != JobStatus.PROCESSING:
+        raise ApiError(409, "job_not_processing", f"Job {job.id} is {job.status}; {rule}.")
+    return job
+
+
 async def attach_result(
     session: AsyncSession, store: MediaStore, job_id: str, data: bytes, image: ImageInfo
 ) -> Job:
-    job = await get_job(session, job_id, lock=True)
-    if job.status != JobStatus.PROCESSING:
-        raise ApiError(
-            409,
-            "job_not_processing",
-            f"Job {job.id} is {job.status}; results are taken while processing.",
-        )
+    job = await _processing_job(session, job_id, "results are taken while processing")
     job.result_path = await store.write("results", job.id, image.extension, data)
     job.result_mime = image.mime
     await session.flush()
@@ -373,13 +375,7 @@ async def record_delivery(
 
 async def record_comfyui_crash(session: AsyncSession, job_id: str, seen: int) -> Job:
     """Count a ComfyUI death while the job ran, once per ``seen`` (the count the worker knew)."""
-    job = await get_job(session, job_id, lock=True)
-    if job.status != JobStatus.PROCESSING:
-        raise ApiError(
-            409,
-            "job_not_processing",
-            f"Job {job.id} is {job.status}; ComfyUI deaths are counted while it runs.",
-        )
+    job = await _processing_job(session, job_id, "ComfyUI deaths are counted while it runs")
     if (job.comfyui_crashes or 0) == seen:
         job.comfyui_crashes = seen + 1
         await session.flush()
