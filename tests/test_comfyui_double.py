@@ -144,8 +144,8 @@ async def test_sharpen_preset_is_compatible_and_runs(client: ComfyUIClient) -> N
     assert compatibility_problems(preset, await client.object_info()) == []
     data = noise_png()
     prompt = copy.deepcopy(preset.workflow)
-    prompt[preset.image_input.node]["inputs"][preset.image_input.input] = await upload(client, data)
-    prompt[preset.output.node]["inputs"]["filename_prefix"] = f"jobs/{uuid.uuid4().hex}"
+    prompt[preset.contract.photos[0].node]["inputs"]["image"] = await upload(client, data)
+    prompt[preset.contract.output.node]["inputs"]["filename_prefix"] = f"jobs/{uuid.uuid4().hex}"
     _, images = await run(client, prompt)
     result = Image.open(io.BytesIO(await client.download(images[0]))).convert("RGB")
     assert result.size == (32, 24)
@@ -161,8 +161,8 @@ async def test_black_and_white_preset_is_compatible_and_gives_its_luma(
     Image.new("RGB", (8, 8), (200, 80, 40)).save(buffer, "PNG")
     prompt = copy.deepcopy(preset.workflow)
     name = await upload(client, buffer.getvalue())
-    prompt[preset.image_input.node]["inputs"][preset.image_input.input] = name
-    prompt[preset.output.node]["inputs"]["filename_prefix"] = f"jobs/{uuid.uuid4().hex}"
+    prompt[preset.contract.photos[0].node]["inputs"]["image"] = name
+    prompt[preset.contract.output.node]["inputs"]["filename_prefix"] = f"jobs/{uuid.uuid4().hex}"
     _, images = await run(client, prompt)
     grey = Image.open(io.BytesIO(await client.download(images[0]))).convert("RGB").getpixel((4, 4))
     luma = (0.34 * 200 + 0.66 * 80) * 0.89 + 0.11 * 40  # the preset's two blends

@@ -153,7 +153,7 @@ async def test_presets_list_shows_prices_and_models(api):
     assert presets["edit"]["takes_prompt"] is True and presets["edit"]["models"]
     assert set(presets["bw"]["title"]) == {"en", "ru"}
     detail = (await api.get("/api/presets/bw")).json()
-    assert detail["workflow"] and detail["manifest"]["image_input"]
+    assert detail["workflow"] and detail["manifest"]["contract"]["photos"]
 
 
 async def test_openapi_schema_keeps_the_specification_paths(app):

@@ -12,6 +12,7 @@ from comfygram.presets import (
     ModelFile,
     NodeInput,
     PresetError,
+    PromptSlot,
     SeedMode,
     derive_models,
     load_preset,
@@ -91,7 +92,7 @@ def test_every_builtin_loads() -> None:
         assert p.title["en"] and p.title["ru"]
         assert p.description["en"] and p.description["ru"]
         assert p.enabled is (p.slug not in DISABLED), p.slug
-        assert p.output.input == "filename_prefix"
+        assert p.contract.output.node in p.workflow
 
 
 @pytest.mark.parametrize("slug", BUILTIN)
@@ -121,8 +122,8 @@ def test_prices_and_documents() -> None:
 
 def test_oil_models_and_seed() -> None:
     oil = builtin("oil")
-    assert oil.models == (ModelFile("checkpoints", "v1-5-pruned-emaonly.safetensors"),)
-    assert oil.seed_inputs == (NodeInput("3", "seed"),)
+    assert oil.models == (ModelFile(folder="checkpoints", name="v1-5-pruned-emaonly.safetensors"),)
+    assert oil.seed_inputs == (NodeInput(node="3", input="seed"),)
     assert oil.seed_mode is SeedMode.RANDOM
     assert not oil.takes_prompt
     assert 0.4 <= oil.workflow["3"]["inputs"]["denoise"] <= 0.7
@@ -132,18 +133,18 @@ def test_edit_is_qwen_image_edit() -> None:
     edit = builtin("edit")
     assert edit.enabled
     assert edit.models == (
-        ModelFile("diffusion_models", "qwen_image_edit_fp8_e4m3fn.safetensors"),
-        ModelFile("text_encoders", "qwen_2.5_vl_7b_fp8_scaled.safetensors"),
-        ModelFile("vae", "qwen_image_vae.safetensors"),
+        ModelFile(folder="diffusion_models", name="qwen_image_edit_fp8_e4m3fn.safetensors"),
+        ModelFile(folder="text_encoders", name="qwen_2.5_vl_7b_fp8_scaled.safetensors"),
+        ModelFile(folder="vae", name="qwen_image_vae.safetensors"),
     )
     assert edit.takes_prompt
-    assert edit.prompt_input == NodeInput("76", "prompt")
+    assert edit.contract.prompt == PromptSlot(node="76", input="prompt")
     wf = edit.workflow
     sampler = wf["3"]["inputs"]
     assert wf["3"]["class_type"] == "KSampler"
     assert (sampler["steps"], sampler["cfg"], sampler["denoise"]) == (20, 2.5, 1.0)
     assert (sampler["sampler_name"], sampler["scheduler"]) == ("euler", "simple")
-    assert edit.seed_inputs == (NodeInput("3", "seed"),)
+    assert edit.seed_inputs == (NodeInput(node="3", input="seed"),)
     assert edit.seed_mode is SeedMode.RANDOM
 
     # The prompt goes into the positive encoder; the negative one is the same encoder, empty.
@@ -154,7 +155,7 @@ def test_edit_is_qwen_image_edit() -> None:
     # Both encoders see the scaled photo and the VAE (for the reference latent).
     scale = wf["93"]
     assert scale["class_type"] == "ImageScaleToTotalPixels"
-    assert scale["inputs"]["image"] == [edit.image_input.node, 0]
+    assert scale["inputs"]["image"] == [edit.contract.photos[0].node, 0]
     assert scale["inputs"]["megapixels"] == 1.0
     for encoder in (positive, negative):
         assert encoder["inputs"]["image"] == ["93", 0]
@@ -178,13 +179,13 @@ def test_kontext_is_disabled_flux_kontext() -> None:
     assert kontext.slug == "kontext"
     assert not kontext.enabled
     assert kontext.models == (
-        ModelFile("diffusion_models", "flux1-dev-kontext_fp8_scaled.safetensors"),
-        ModelFile("text_encoders", "clip_l.safetensors"),
-        ModelFile("text_encoders", "t5xxl_fp8_e4m3fn_scaled.safetensors"),
-        ModelFile("vae", "ae.safetensors"),
+        ModelFile(folder="diffusion_models", name="flux1-dev-kontext_fp8_scaled.safetensors"),
+        ModelFile(folder="text_encoders", name="clip_l.safetensors"),
+        ModelFile(folder="text_encoders", name="t5xxl_fp8_e4m3fn_scaled.safetensors"),
+        ModelFile(folder="vae", name="ae.safetensors"),
     )
     assert kontext.takes_prompt
-    assert kontext.prompt_input == NodeInput("6", "text")
+    assert kontext.contract.prompt == PromptSlot(node="6", input="text")
     wf = kontext.workflow
     assert wf["6"]["class_type"] == "CLIPTextEncode"
     sampler = wf["31"]["inputs"]
@@ -199,7 +200,7 @@ def test_kontext_is_disabled_flux_kontext() -> None:
     assert wf[sampler["negative"][0]]["class_type"] == "ConditioningZeroOut"
     assert wf[sampler["latent_image"][0]]["class_type"] == "VAEEncode"
     assert wf["38"]["inputs"]["type"] == "flux"
-    assert kontext.seed_inputs == (NodeInput("31", "seed"),)
+    assert kontext.seed_inputs == (NodeInput(node="31", input="seed"),)
     # The manifest says why it is off, so nobody flips it on without reading.
     manifest = (BUILTIN_DIR / "kontext" / "preset.toml").read_text(encoding="utf-8")
     assert "Non-Commercial" in manifest and "Black Forest Labs" in manifest
@@ -237,14 +238,14 @@ def test_derive_models_mapping() -> None:
         "11": {"class_type": "QuadrupleCLIPLoader", "inputs": {"clip_name4": "q.safetensors"}},
     }
     assert derive_models(workflow) == (
-        ModelFile("checkpoints", "x.safetensors"),
-        ModelFile("clip_vision", "vision.safetensors"),
-        ModelFile("controlnet", "c.safetensors"),
-        ModelFile("loras", "a.safetensors"),
-        ModelFile("style_models", "s.safetensors"),
-        ModelFile("text_encoders", "q.safetensors"),
-        ModelFile("text_encoders", "t5.safetensors"),
-        ModelFile("upscale_models", "4x.pth"),
+        ModelFile(folder="checkpoints", name="x.safetensors"),
+        ModelFile(folder="clip_vision", name="vision.safetensors"),
+        ModelFile(folder="controlnet", name="c.safetensors"),
+        ModelFile(folder="loras", name="a.safetensors"),
+        ModelFile(folder="style_models", name="s.safetensors"),
+        ModelFile(folder="text_encoders", name="q.safetensors"),
+        ModelFile(folder="text_encoders", name="t5.safetensors"),
+        ModelFile(folder="upscale_models", name="4x.pth"),
     )
 
 
@@ -255,12 +256,12 @@ def test_to_manifest_is_json() -> None:
         assert json.loads(json.dumps(manifest)) == manifest
     edit = builtin("edit").to_manifest()
     assert edit["enabled"] is True
-    assert edit["prompt_input"] == {"node": "76", "input": "prompt"}
+    assert edit["contract"]["prompt"] == {"node": "76", "input": "prompt", "required": True}
     assert edit["seed_inputs"] == [{"node": "3", "input": "seed"}]
     assert edit["seed_mode"] == "random"
     assert {"folder": "vae", "name": "qwen_image_vae.safetensors"} in edit["models"]
     assert builtin("kontext").to_manifest()["enabled"] is False
-    assert builtin("bw").to_manifest()["prompt_input"] is None
+    assert builtin("bw").to_manifest()["contract"]["prompt"] is None
 
 
 # --- broken manifests -------------------------------------------------------------------

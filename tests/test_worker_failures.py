@@ -351,7 +351,7 @@ async def test_a_job_whose_preset_cannot_be_read_ends_after_its_attempts(
     def unreadable(manifest, workflow):
         raise ValueError("a manifest this worker cannot read")
 
-    monkeypatch.setattr("comfygram.worker.runner.preset_from_manifest", unreadable)
+    monkeypatch.setattr("comfygram.worker.runner.Preset.from_manifest", unreadable)
     job_id = await create(stack)
     stack.start_worker()
     job = await stack.settled(job_id, timeout=40)

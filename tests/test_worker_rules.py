@@ -11,7 +11,7 @@ from comfygram.comfyui import (
     PromptRejected,
     PromptTimeout,
 )
-from comfygram.presets import compatibility_problems, load_presets, preset_from_manifest
+from comfygram.presets import Preset, compatibility_problems, load_presets
 from comfygram.worker import workflow
 from comfygram.worker.failures import (
     Action,
@@ -86,6 +86,8 @@ def test_prompt_ids_are_stable_per_attempt_and_differ_between_attempts():
 
 def test_workflow_gets_image_prompt_seed_and_a_per_attempt_output_prefix():
     preset = PRESETS["edit"]
+    prompt = preset.contract.prompt
+    assert prompt is not None
     built = workflow.build_workflow(
         preset,
         image="in.png",
@@ -94,13 +96,16 @@ def test_workflow_gets_image_prompt_seed_and_a_per_attempt_output_prefix():
         attempt=2,
         rng=random.Random(7),
     )
-    assert built[preset.image_input.node]["inputs"][preset.image_input.input] == "in.png"
-    assert built[preset.prompt_input.node]["inputs"][preset.prompt_input.input] == "make it snow"
+    assert built[preset.contract.photos[0].node]["inputs"]["image"] == "in.png"
+    assert built[prompt.node]["inputs"][prompt.input] == "make it snow"
     seed = preset.seed_inputs[0]
     assert built[seed.node]["inputs"][seed.input] == random.Random(7).randint(0, 2**53 - 1)
-    assert built[preset.output.node]["inputs"]["filename_prefix"] == "comfygram/j1-2"
+    assert built[preset.contract.output.node]["inputs"]["filename_prefix"] == "comfygram/j1-2"
     # The preset itself is untouched.
-    assert preset.workflow[preset.output.node]["inputs"]["filename_prefix"] != "comfygram/j1-2"
+    assert (
+        preset.workflow[preset.contract.output.node]["inputs"]["filename_prefix"]
+        != "comfygram/j1-2"
+    )
 
 
 def test_only_this_attempts_file_counts_as_the_output():
@@ -113,7 +118,7 @@ def test_only_this_attempts_file_counts_as_the_output():
 
 def test_manifest_round_trip_gives_the_same_preset():
     for preset in PRESETS.values():
-        assert preset_from_manifest(preset.to_manifest(), preset.workflow) == preset
+        assert Preset.from_manifest(preset.to_manifest(), preset.workflow) == preset
 
 
 @pytest.mark.parametrize("slug", ["invert", "oil"])

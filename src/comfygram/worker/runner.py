@@ -49,7 +49,7 @@ from comfygram.comfyui import (
 )
 from comfygram.livestatus import LiveStatus
 from comfygram.logs import job_context
-from comfygram.presets import Preset, compatibility_problems, preset_from_manifest
+from comfygram.presets import Preset, compatibility_problems
 from comfygram.queue import Delivery, JobQueue
 from comfygram.worker import workflow
 from comfygram.worker.failures import (
@@ -684,7 +684,7 @@ class Worker:
         if cached and time.monotonic() - cached[0] < 60:
             return cached[1]
         detail = await self.backend.preset(slug)
-        preset = preset_from_manifest(detail.manifest, detail.workflow)
+        preset = Preset.from_manifest(detail.manifest, detail.workflow)
         self._presets[slug] = (time.monotonic(), preset)
         return preset
 

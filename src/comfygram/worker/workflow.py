@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import random
 import uuid
 from typing import Any
@@ -38,19 +37,17 @@ def build_workflow(
     rng: random.Random | None = None,
 ) -> dict[str, Any]:
     """The preset's workflow with this job's image, text, seeds and output prefix."""
-    workflow = copy.deepcopy(preset.workflow)
-
-    def put(node: str, name: str, value: Any) -> None:
-        workflow[node]["inputs"][name] = value
-
-    put(preset.image_input.node, preset.image_input.input, image)
-    if preset.prompt_input is not None:
-        put(preset.prompt_input.node, preset.prompt_input.input, prompt or "")
+    workflow = preset.contract.apply(
+        preset.workflow,
+        photos=[image],
+        prompt=prompt,
+        chosen={},
+        output_prefix=output_prefix(job_id, attempt),
+    )
     if preset.seed_mode is SeedMode.RANDOM:
         rng = rng or random.SystemRandom()
         for seed in preset.seed_inputs:
-            put(seed.node, seed.input, rng.randint(0, _MAX_SEED))
-    put(preset.output.node, preset.output.input, output_prefix(job_id, attempt))
+            workflow[seed.node]["inputs"][seed.input] = rng.randint(0, _MAX_SEED)
     return workflow
 
 
