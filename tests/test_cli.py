@@ -485,13 +485,16 @@ def test_presets_list_shows_what_an_operator_knows(base_env, tmp_path):
         "title",
         "price",
         "on",
+        "photos",
         "asks for text",
+        "options",
+        "gives",
         "model files",
     ]
     by_slug = {row.split("|")[0].strip(): [c.strip() for c in row.split("|")] for row in rows}
-    assert by_slug["invert"][1:5] == ["Negative", "1 credit", "yes", "no"]
-    assert by_slug["kontext"][3:5] == ["no", "yes"]
-    assert by_slug["oil"][5] == "checkpoints/v1-5-pruned-emaonly.safetensors"
+    assert by_slug["invert"][1:8] == ["Negative", "1 credit", "yes", "1", "no", "none", "image"]
+    assert by_slug["kontext"][3:6] == ["no", "1", "yes"]
+    assert by_slug["oil"][8] == "checkpoints/v1-5-pruned-emaonly.safetensors"
     # No Python values or internal keys (workflow node ids, field names) leak into the table.
     for word in ("True", "False", "takes_prompt", "slug", "node", "None"):
         assert word not in result.stdout

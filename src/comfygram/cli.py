@@ -131,15 +131,23 @@ def _presets(settings: Settings, args: argparse.Namespace) -> None:
     from comfygram.presets import load_presets
 
     if args.presets_command in (None, "list"):
-        rows = [("preset", "title", "price", "on", "asks for text", "model files")]
+        header = ("preset", "title", "price", "on", "photos", "asks for text", "options")
+        rows = [(*header, "gives", "model files")]
         for p in load_presets(settings.presets_dir):
+            prompt = p.contract.prompt
             rows.append(
                 (
                     p.slug,
                     p.title.get("en") or next(iter(p.title.values()), ""),
                     f"{p.price} credit{'' if p.price == 1 else 's'}",
                     "yes" if p.enabled else "no",
-                    "yes" if p.takes_prompt else "no",
+                    str(len(p.contract.photos)),
+                    "no" if prompt is None else "yes" if prompt.required else "optional",
+                    "; ".join(
+                        f"{o.id}: {', '.join(c.id for c in o.choices)}" for o in p.contract.options
+                    )
+                    or "none",
+                    p.contract.output.kind.value,
                     ", ".join(f"{m.folder}/{m.name}" for m in p.models) or "none",
                 )
             )
