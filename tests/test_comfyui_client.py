@@ -92,12 +92,56 @@ async def test_upload_submit_wait_download_inverts(
     assert comfy.prompts_received[-1]["client_id"] == client.client_id
 
     images = await client.wait(prompt_id, deadline=soon())
-    assert images == [OutputImage("inv_00001_.png", "jobs", "output")]
+    assert images == [OutputImage("inv_00001_.png", "jobs", "output", node="3")]
     assert (await client.history(prompt_id))["prompt"][1] == prompt_id  # our own id is used
     result = Image.open(io.BytesIO(await client.download(images[0])))
     assert result.size == (16, 12)
     # as the real ComfyUI: float32 and truncated, so 200 inverts to 54 (test_real_comfyui_double)
     assert result.convert("RGB").getpixel((3, 3)) == (54, 175, 215)
+
+
+async def test_every_saved_file_comes_back_with_its_node_and_whether_it_moves(
+    client: ComfyUIClient,
+) -> None:
+    """As ComfyUI 0.3.64 reports them: a batch as one file per image, a video and an animation
+    under ``images`` too, flagged ``animated``."""
+    name = await client.upload_image(png((10, 20, 30), (16, 12)), "rich.png")
+    prompt = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": name}},
+        "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+        "3": {"class_type": "ImageBatch", "inputs": {"image1": ["1", 0], "image2": ["2", 0]}},
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "r/b"}},
+        "5": {"class_type": "CreateVideo", "inputs": {"images": ["3", 0], "fps": 2.0}},
+        "6": {
+            "class_type": "SaveVideo",
+            "inputs": {
+                "video": ["5", 0],
+                "filename_prefix": "r/v",
+                "format": "mp4",
+                "codec": "h264",
+            },
+        },
+        "7": {
+            "class_type": "SaveAnimatedWEBP",
+            "inputs": {
+                "images": ["3", 0],
+                "filename_prefix": "r/a",
+                "fps": 2.0,
+                "lossless": False,
+                "quality": 80,
+                "method": "default",
+            },
+        },
+    }
+    prompt_id = str(uuid.uuid4())
+    await client.submit(prompt, prompt_id)
+    saved = await client.wait(prompt_id, deadline=soon())
+    assert sorted(saved, key=lambda o: o.filename) == [
+        OutputImage("a_00001_.webp", "r", "output", node="7", animated=True),
+        OutputImage("b_00001_.png", "r", "output", node="4"),
+        OutputImage("b_00002_.png", "r", "output", node="4"),
+        OutputImage("v_00001_.mp4", "r", "output", node="6", animated=True),
+    ]
 
 
 async def test_upload_into_subfolder_names_it(client: ComfyUIClient) -> None:

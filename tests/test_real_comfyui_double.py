@@ -290,7 +290,7 @@ async def test_the_black_and_white_preset_gives_the_same_picture(servers):
     for client in servers:
         await upload(client, "bw.png", buffer.getvalue())
         built = workflow.build_workflow(
-            preset, image="bw.png", prompt=None, job_id=uuid.uuid4().hex, attempt=0
+            preset, photos=["bw.png"], prompt=None, chosen={}, job_id=uuid.uuid4().hex, attempt=0
         )
         _, entry = await run_over_socket(client, built)
         [image] = next(iter(entry["outputs"].values()))["images"]

@@ -90,8 +90,9 @@ def test_workflow_gets_image_prompt_seed_and_a_per_attempt_output_prefix():
     assert prompt is not None
     built = workflow.build_workflow(
         preset,
-        image="in.png",
+        photos=["in.png"],
         prompt="make it snow",
+        chosen={},
         job_id="j1",
         attempt=2,
         rng=random.Random(7),
@@ -108,12 +109,70 @@ def test_workflow_gets_image_prompt_seed_and_a_per_attempt_output_prefix():
     )
 
 
-def test_only_this_attempts_file_counts_as_the_output():
-    ours = OutputImage("j1-2_00001_.png", "comfygram", "output")
-    cached = OutputImage("j1-1_00001_.png", "comfygram", "output")
-    other_job = OutputImage("j1-20_00001_.png", "comfygram", "output")
-    assert workflow.our_output([cached, ours], "j1", 2) == ours
-    assert workflow.our_output([cached, other_job], "j1", 2) is None
+def test_only_this_attempts_files_from_the_output_node_count_as_the_outputs():
+    def saved(name: str, node: str = "9") -> OutputImage:
+        return OutputImage(name, "comfygram", "output", node=node)
+
+    ours = [saved(f"j1-2_0000{n}_.png") for n in (1, 2, 3)]
+    cached = saved("j1-1_00001_.png")
+    other_job = saved("j1-20_00001_.png")
+    preview_node = saved("j1-2_00001_.png", node="4")  # another save node of the workflow
+    found = workflow.our_outputs([cached, ours[0], preview_node, *ours[1:]], "j1", 2, "9")
+    assert found == ours  # every file of the batch, in ComfyUI's order
+    assert workflow.our_outputs([cached, other_job, preview_node], "j1", 2, "9") == []
+
+
+def test_every_slot_and_chosen_option_is_filled_in():
+    preset = Preset.model_validate(
+        {
+            **PRESETS["invert"].model_dump(),
+            "slug": "two",
+            "workflow": {
+                "1": {"class_type": "LoadImage", "inputs": {"image": "x.png"}},
+                "2": {"class_type": "LoadImage", "inputs": {"image": "x.png"}},
+                "3": {
+                    "class_type": "ImageStitch",
+                    "inputs": {"image1": ["1", 0], "image2": ["2", 0], "spacing_width": 0},
+                },
+                "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0]}},
+            },
+            "contract": {
+                "photos": [{"name": "a", "node": "1"}, {"name": "b", "node": "2"}],
+                "options": [
+                    {
+                        "id": "gap",
+                        "title": {"en": "Gap"},
+                        "default": "none",
+                        "choices": [
+                            {"id": "none", "title": {"en": "No"}},
+                            {
+                                "id": "wide",
+                                "title": {"en": "Wide"},
+                                "sets": [{"node": "3", "input": "spacing_width", "value": 32}],
+                            },
+                        ],
+                    }
+                ],
+                "output": {"node": "4", "kind": "image"},
+            },
+        }
+    )
+    built = workflow.build_workflow(
+        preset,
+        photos=["p0.png", "p1.png"],
+        prompt=None,
+        chosen={"gap": "wide"},
+        job_id="j",
+        attempt=0,
+    )
+    assert [built[n]["inputs"]["image"] for n in ("1", "2")] == ["p0.png", "p1.png"]
+    assert built["3"]["inputs"]["spacing_width"] == 32
+    default = workflow.build_workflow(
+        preset, photos=["p0.png", "p1.png"], prompt=None, chosen={}, job_id="j", attempt=0
+    )
+    assert default["3"]["inputs"]["spacing_width"] == 0
+    names = {workflow.input_name("j", 1, i, ".png") for i in range(4)}
+    assert len(names) == 4 and workflow.input_name("j", 1, 0, ".png") == "comfygram-j-1.png"
 
 
 def test_manifest_round_trip_gives_the_same_preset():

@@ -138,9 +138,16 @@ class SystemStats:
 
 @dataclass(frozen=True)
 class OutputImage:
+    """One file a save node wrote. ComfyUI 0.3.64 lists every save node's files under
+    ``images``, videos and animations included; those add ``animated: [true]``."""
+
     filename: str
     subfolder: str
     type: str
+    # The id of the save node that wrote it ("" when unknown).
+    node: str = ""
+    # An animation or a video (SaveAnimatedWEBP/PNG, SaveVideo), not a still image.
+    animated: bool = False
 
 
 class ComfyUIClient:
@@ -466,7 +473,11 @@ def _outcome(prompt_id: str, entry: dict[str, Any]) -> list[OutputImage]:
                 raise PromptInterrupted(f"prompt {prompt_id} was interrupted")
         raise ComfyUIError(f"prompt {prompt_id} ended with status {status.get('status_str')!r}")
     images: list[OutputImage] = []
-    for output in (entry.get("outputs") or {}).values():
+    for node, output in (entry.get("outputs") or {}).items():
+        if not isinstance(output, dict):
+            continue
+        # One flag for the node's files: SaveVideo and SaveAnimated* write one file each.
+        animated = any(flag is True for flag in output.get("animated") or [])
         for image in output.get("images") or []:
             if image.get("type") == "output":
                 images.append(
@@ -474,6 +485,8 @@ def _outcome(prompt_id: str, entry: dict[str, Any]) -> list[OutputImage]:
                         filename=str(image["filename"]),
                         subfolder=str(image.get("subfolder", "")),
                         type="output",
+                        node=str(node),
+                        animated=animated,
                     )
                 )
     return images

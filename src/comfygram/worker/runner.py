@@ -336,10 +336,15 @@ class Worker:
             raise _InputMissing(f"the photo could not be read: {exc.message}") from exc
         extension = mimetypes.guess_extension(content_type.split(";")[0].strip()) or ".png"
         name = await self.comfy.upload_image(
-            data, workflow.input_name(job.id, run.attempt, extension), overwrite=True
+            data, workflow.input_name(job.id, run.attempt, 0, extension), overwrite=True
         )
         prompt = workflow.build_workflow(
-            run.preset, image=name, prompt=job.prompt, job_id=job.id, attempt=run.attempt
+            run.preset,
+            photos=[name],
+            prompt=job.prompt,
+            chosen={},
+            job_id=job.id,
+            attempt=run.attempt,
         )
         if not await self.lock.held():
             raise ComfyUIUnavailable("the GPU lock was lost to another worker")
@@ -386,7 +391,10 @@ class Worker:
                     quiet_poll=self.config.quiet_poll_seconds,
                     on_start=on_start,
                 )
-                image = workflow.our_output(outputs, run.job.id, run.attempt)
+                ours = workflow.our_outputs(
+                    outputs, run.job.id, run.attempt, run.preset.contract.output.node
+                )
+                image = ours[0] if ours else None
                 if image is None:
                     raise StaleOutput(
                         f"ComfyUI returned {[o.filename for o in outputs]}, not this attempt's file"

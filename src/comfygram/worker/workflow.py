@@ -1,9 +1,11 @@
-"""Turning a job and its preset into the ComfyUI prompt for one attempt."""
+"""Turning a job and its preset into the ComfyUI prompt for one attempt, and finding what that
+attempt saved."""
 
 from __future__ import annotations
 
 import random
 import uuid
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from comfygram.comfyui import OutputImage
@@ -19,29 +21,33 @@ def prompt_id_for(job_id: str, attempt: int) -> str:
 
 
 def output_prefix(job_id: str, attempt: int) -> str:
-    """The SaveImage prefix: unique per attempt, so ComfyUI's cache cannot return old files."""
+    """The save node's prefix: unique per attempt, so ComfyUI's cache cannot return old files."""
     return f"comfygram/{job_id}-{attempt}"
 
 
-def input_name(job_id: str, attempt: int, extension: str) -> str:
-    return f"comfygram-{job_id}-{attempt}{extension}"
+def input_name(job_id: str, attempt: int, index: int, extension: str) -> str:
+    """The uploaded name of the job's photo for slot ``index`` (0 keeps the one-photo name)."""
+    slot = "" if index == 0 else f"-{index}"
+    return f"comfygram-{job_id}-{attempt}{slot}{extension}"
 
 
 def build_workflow(
     preset: Preset,
     *,
-    image: str,
+    photos: Sequence[str],
     prompt: str | None,
+    chosen: Mapping[str, str],
     job_id: str,
     attempt: int,
     rng: random.Random | None = None,
 ) -> dict[str, Any]:
-    """The preset's workflow with this job's image, text, seeds and output prefix."""
+    """The preset's workflow with this job's photos (uploaded names, in slot order), text,
+    chosen options, seeds and output prefix."""
     workflow = preset.contract.apply(
         preset.workflow,
-        photos=[image],
+        photos=photos,
         prompt=prompt,
-        chosen={},
+        chosen=chosen,
         output_prefix=output_prefix(job_id, attempt),
     )
     if preset.seed_mode is SeedMode.RANDOM:
@@ -51,10 +57,17 @@ def build_workflow(
     return workflow
 
 
-def our_output(outputs: list[OutputImage], job_id: str, attempt: int) -> OutputImage | None:
-    """The image this attempt saved, or None when ComfyUI handed back someone else's file."""
+def our_outputs(
+    outputs: Sequence[OutputImage], job_id: str, attempt: int, node: str
+) -> list[OutputImage]:
+    """Every file this attempt's prefix saved from the preset's output node, in ComfyUI's order
+    (a batch as ``prefix_00001_``, ``prefix_00002_``...). Empty when ComfyUI handed back only
+    other files: its cache, an earlier attempt, or another node."""
     folder, _, stem = output_prefix(job_id, attempt).rpartition("/")
-    for image in outputs:
-        if image.subfolder.strip("/") == folder and image.filename.startswith(f"{stem}_"):
-            return image
-    return None
+    return [
+        image
+        for image in outputs
+        if (not image.node or image.node == node)
+        and image.subfolder.strip("/") == folder
+        and image.filename.startswith(f"{stem}_")
+    ]
