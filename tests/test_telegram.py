@@ -11,7 +11,8 @@ from itertools import pairwise
 import pytest
 from aiogram import Bot
 from aiogram.exceptions import TelegramBadRequest
-from aiogram.methods import DeleteMessage, EditMessageText, GetMe, SendMessage
+from aiogram.methods import DeleteMessage, EditMessageText, GetMe, SendMediaGroup, SendMessage
+from aiogram.types import BufferedInputFile, InputMediaPhoto
 from redis.asyncio import Redis
 
 from comfygram.settings import ConfigError, Settings
@@ -22,7 +23,9 @@ from comfygram.telegram import (
     TelegramUnavailable,
     UserBlocked,
     create_bot,
+    message_weight,
 )
+from tests import images
 from tests.conftest import REDIS_URL
 from tests.doubles.telegram import TEST_BOT_TOKEN, TelegramDouble
 
@@ -278,3 +281,26 @@ async def test_two_bot_processes_never_edit_one_status_message_at_once(
             assert not theirs  # skipped this round; the next refresh tries again
     async with second.handover.bot_edit(CHAT, 77) as theirs:
         assert theirs
+
+
+async def test_an_album_weighs_its_items_in_the_budget(
+    telegram: TelegramDouble, redis: Redis, redis_prefix: str, bots: list[Bot]
+) -> None:
+    """Telegram's flood control counts an album as its items (the double does too): after an
+    album of 3, the chat's next message waits 3 chat intervals, and no 429 comes back."""
+    interval = 0.3
+    telegram.flood_limit(messages=3, per_seconds=3 * interval - SLACK, retry_after=5)
+    sender = TelegramSender(bots[0], budget(redis, redis_prefix, chat_interval=interval))
+    photo = images.jpeg(32, 24)
+    album = SendMediaGroup(
+        chat_id=CHAT,
+        media=[InputMediaPhoto(media=BufferedInputFile(photo, f"{n}.jpg")) for n in range(3)],
+    )
+    assert message_weight(album) == 3
+    assert message_weight(SendMessage(chat_id=CHAT, text="x")) == 1
+    sent = await sender.call(album, chat_id=CHAT)
+    assert sent is not None and len(sent) == 3
+    await sender.call(SendMessage(chat_id=CHAT, text="buttons"), chat_id=CHAT)
+    first, second = telegram.sent(chat_id=CHAT)
+    assert (first.status, second.status) == (200, 200)  # never flood-limited
+    assert second.at - first.at >= 3 * interval - SLACK

@@ -31,7 +31,7 @@ from aiogram.exceptions import (
     TelegramServerError,
     TelegramUnauthorizedError,
 )
-from aiogram.methods import TelegramMethod
+from aiogram.methods import SendMediaGroup, TelegramMethod
 
 from comfygram import metrics
 from comfygram.settings import Settings
@@ -63,9 +63,11 @@ def create_bot(settings: Settings) -> Bot:
 # non-blocking reservation is refused). Times are integer milliseconds of Redis's clock.
 # Global rate: time is cut into slots of 1/rate seconds holding one call each, so no second
 # ever holds more than `rate` calls, and a chat that must wait does not hold up other chats.
+# A call that sends several messages at once (an album of n items) weighs n: it takes n global
+# slots, runs at the last of them, and holds its chat for n chat intervals.
 # KEYS: slots zset, global pause, chat next, chat edit next, chat pause
 # ARGV: slot ms, chat interval ms, edit interval ms, has chat (0/1), is edit (0/1),
-#       max wait ms (-1: wait as long as needed)
+#       max wait ms (-1: wait as long as needed), weight (>= 1)
 _RESERVE = """
 local clock = redis.call('TIME')
 local now = clock[1] * 1000 + math.floor(clock[2] / 1000)
@@ -85,22 +87,28 @@ if has_chat then
   if is_edit then not_before(KEYS[4]) end
 end
 if max_wait >= 0 and start > now then return -1 end
+local weight = math.max(1, tonumber(ARGV[7]) or 1)
 local slot = math.ceil(start / slot_ms)
 local tries = 0
-while redis.call('ZSCORE', KEYS[1], slot) do
+local taken = {}
+while true do
+  if not redis.call('ZSCORE', KEYS[1], slot) then
+    taken[#taken + 1] = slot
+    if #taken >= weight then break end
+  end
   slot = slot + 1
   tries = tries + 1
   if tries > 100000 then return redis.error_reply('rate budget: no free slot') end
 end
 local at = math.max(start, math.ceil(slot * slot_ms))
 if max_wait >= 0 and at - now > max_wait then return -1 end
-redis.call('ZADD', KEYS[1], slot, slot)
+for _, free in ipairs(taken) do redis.call('ZADD', KEYS[1], free, free) end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', math.floor(now / slot_ms) - 1)
 if redis.call('PTTL', KEYS[1]) < at - now + 60000 then
   redis.call('PEXPIRE', KEYS[1], at - now + 60000)
 end
 if has_chat then
-  local chat_next = at + tonumber(ARGV[2])
+  local chat_next = at + tonumber(ARGV[2]) * weight
   redis.call('SET', KEYS[3], chat_next, 'PX', chat_next - now + 1000)
   if is_edit then
     local edit_next = at + tonumber(ARGV[3])
@@ -171,7 +179,9 @@ class RateBudget:
     def _chat_key(self, chat_id: int | None, kind: str) -> str:
         return f"{self._base}chat:{chat_id if chat_id is not None else '-'}:{kind}"
 
-    async def _reserve_ms(self, chat_id: int | None, edit: bool, max_wait_ms: int) -> int:
+    async def _reserve_ms(
+        self, chat_id: int | None, edit: bool, max_wait_ms: int, weight: int = 1
+    ) -> int:
         keys = [
             f"{self._base}slots",
             f"{self._base}pause",
@@ -186,6 +196,7 @@ class RateBudget:
             int(chat_id is not None),
             int(edit),
             max_wait_ms,
+            max(1, weight),
         ]
         return int(await self._reserve(keys=keys, args=args))
 
@@ -195,10 +206,11 @@ class RateBudget:
             keys.append(self._chat_key(chat_id, "pause"))
         return int(await self._paused_for(keys=keys))
 
-    async def acquire(self, chat_id: int | None, *, edit: bool = False) -> None:
-        """Wait until a call to `chat_id` (None: no chat) fits the budget, and take its slot."""
+    async def acquire(self, chat_id: int | None, *, edit: bool = False, weight: int = 1) -> None:
+        """Wait until a call to `chat_id` (None: no chat) fits the budget, and take its slot
+        (``weight`` slots for a call that sends that many messages, such as an album)."""
         while True:
-            wait_ms = await self._reserve_ms(chat_id, edit, -1)
+            wait_ms = await self._reserve_ms(chat_id, edit, -1, weight)
             if wait_ms > 0:
                 # A little over, so the pause check below never sees the tail of a pause
                 # that our own reservation already waited out.
@@ -319,8 +331,20 @@ async def _counted(call: Awaitable[T]) -> T:
         raise
 
 
+def message_weight(method: TelegramMethod[Any]) -> int:
+    """How many messages a call sends: an album (sendMediaGroup) one per item, as Telegram's
+    flood control counts them."""
+    if isinstance(method, SendMediaGroup):
+        return max(1, len(method.media))
+    return 1
+
+
 class TelegramSender:
-    """Calls Telegram within the shared budget and turns its errors into a few decisions."""
+    """Calls Telegram within the shared budget and turns its errors into a few decisions.
+
+    Media go through ``call`` like any method: ``sendPhoto``, ``sendVideo``,
+    ``sendAnimation``, ``sendDocument``, and ``sendMediaGroup``, which weighs its item count
+    in the budget."""
 
     def __init__(
         self, bot: Bot, budget: RateBudget, *, max_attempts: int = 5, backoff: float = 0.5
@@ -337,8 +361,9 @@ class TelegramSender:
         """Run `method`; None when Telegram says the edit changed nothing."""
         failures = 0
         waits = 0
+        weight = message_weight(method)
         while True:
-            await self.budget.acquire(chat_id, edit=edit)
+            await self.budget.acquire(chat_id, edit=edit, weight=weight)
             try:
                 return await self._send(method, chat_id)
             except TelegramRetryAfter as exc:
