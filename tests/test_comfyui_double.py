@@ -383,7 +383,7 @@ def output_files(comfy: ComfyUIDouble) -> list[str]:
 async def test_identical_prompt_is_cached(comfy: ComfyUIDouble, client: ComfyUIClient) -> None:
     name = await upload(client)
     first_id, first = await run(client, workflow(name, INVERT, prefix="jobs/a"))
-    assert first == [OutputImage("a_00001_.png", "jobs", "output")]
+    assert first == [OutputImage("a_00001_.png", "jobs", "output", node="3")]
     assert cached_nodes(await client.history(first_id) or {}) == []
 
     again_id, again = await run(client, workflow(name, INVERT, prefix="jobs/a"))
@@ -396,12 +396,12 @@ async def test_identical_prompt_is_cached(comfy: ComfyUIDouble, client: ComfyUIC
     }
 
     other_id, other = await run(client, workflow(name, INVERT, prefix="jobs/b"))
-    assert other == [OutputImage("b_00001_.png", "jobs", "output")]
+    assert other == [OutputImage("b_00001_.png", "jobs", "output", node="3")]
     assert cached_nodes(await client.history(other_id) or {}) == ["1", "2"]
 
     comfy.cache_enabled = False
     _, uncached = await run(client, workflow(name, INVERT, prefix="jobs/b"))
-    assert uncached == [OutputImage("b_00002_.png", "jobs", "output")]
+    assert uncached == [OutputImage("b_00002_.png", "jobs", "output", node="3")]
 
 
 async def test_new_image_bytes_under_the_same_name_are_not_cached(client: ComfyUIClient) -> None:
@@ -409,7 +409,7 @@ async def test_new_image_bytes_under_the_same_name_are_not_cached(client: ComfyU
     await run(client, workflow("same.png", INVERT, prefix="jobs/c"))
     await client.upload_image(noise_png(), "same.png")  # overwrite: new bytes
     prompt_id, images = await run(client, workflow("same.png", INVERT, prefix="jobs/c"))
-    assert images == [OutputImage("c_00002_.png", "jobs", "output")]
+    assert images == [OutputImage("c_00002_.png", "jobs", "output", node="3")]
     assert cached_nodes(await client.history(prompt_id) or {}) == []
 
 

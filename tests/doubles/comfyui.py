@@ -11,8 +11,9 @@ ImageBatch, CreateVideo, SaveVideo, SaveAnimatedWEBP and SaveAnimatedPNG (``/obj
 from the real server, comfyui_rich_nodes.json). A batch SaveImage writes one file per image
 (``prefix_00001_.png``, ``prefix_00002_.png``...); SaveVideo and SaveAnimated* write one file and
 add ``animated: [true]``, all under ``images`` as ComfyUI reports them; ``/view`` answers
-image/png, image/webp or video/mp4. SaveVideo's MP4 is a stand-in (no H.264 encoder here): a real
-``ftyp`` box then the video's facts, read back by ``read_mp4_standin``. It sends the recorded
+image/png, image/webp or video/mp4. SaveVideo writes a real H.264 MP4 with PyAV as ComfyUI's
+``VideoFromComponents.save_to`` does (yuv420p, the rate rounded to 1/1000); ``read_mp4_standin``
+reads its facts back. It sends the recorded
 WebSocket sequence (``progress_state`` included) to the socket whose clientId is the prompt's
 client_id (``feature_flags`` only in answer to a client's own, as the real server).
 ImageInvert rounds as ComfyUI does (float32, truncated on saving: 200 becomes 54, not 55).
@@ -82,9 +83,11 @@ import struct
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import av
 import uvicorn
 from PIL import Image, ImageChops, ImageFilter, ImageOps, UnidentifiedImageError
 from starlette.applications import Starlette
@@ -116,9 +119,8 @@ RICH_NODE_INFO: dict[str, dict[str, Any]] = json.loads(
 PREVIEW_IMAGE = 1
 PREVIEW_IMAGE_WITH_METADATA = 4
 PREVIEW_SIZE = 512
-# No H.264 encoder is available to the tests (no PyAV, no ffmpeg): SaveVideo writes an MP4
-# stand-in, an ISO BMFF ``ftyp`` box like the real file's followed by a ``free`` box holding
-# this marker and the video's facts as JSON (see ``read_mp4_standin``).
+# SaveVideo once wrote a stand-in holding this marker (there was no H.264 encoder then); it now
+# writes a real MP4, which never holds it. Kept for the tests that tell the two apart.
 MP4_STANDIN_MARKER = b"comfyui-double-mp4-standin"
 UPSCALE_METHODS = ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]
 MASK_CHANNELS = ["red", "green", "blue", "alpha"]
@@ -559,27 +561,37 @@ class _Video:
         self.fps = fps
 
 
-def _mp4_standin(video: _Video) -> bytes:
-    """An MP4 stand-in (see ``MP4_STANDIN_MARKER``) that says what the real file would hold."""
+def _mp4(video: _Video) -> bytes:
+    """The MP4 ComfyUI 0.3.64's SaveVideo writes for CreateVideo's frames: H.264, yuv420p, the
+    rate as a fraction of 1/1000 (comfy_api/latest/_input_impl/video_types.py, save_to)."""
     width, height = video.frames[0].size
-    facts = {
-        "format": "mp4",
-        "codec": "h264",
-        "frames": len(video.frames),
-        "fps": video.fps,
-        "width": width,
-        "height": height,
-        "duration": len(video.frames) / video.fps,
-    }
-    ftyp = struct.pack(">I", 32) + b"ftypisom" + struct.pack(">I", 512) + b"isomiso2avc1mp41"
-    body = MP4_STANDIN_MARKER + json.dumps(facts).encode()
-    return ftyp + struct.pack(">I", 8 + len(body)) + b"free" + body
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="mp4") as output:
+        stream = output.add_stream("h264", rate=Fraction(round(video.fps * 1000), 1000))
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for image in video.frames:
+            frame = av.VideoFrame.from_image(image.convert("RGB")).reformat(format="yuv420p")
+            for packet in stream.encode(frame):
+                output.mux(packet)
+        for packet in stream.encode():
+            output.mux(packet)
+    return buffer.getvalue()
 
 
 def read_mp4_standin(data: bytes) -> dict[str, Any]:
-    """The facts a SaveVideo stand-in records (frames, fps, width, height, duration, codec)."""
-    start = data.index(MP4_STANDIN_MARKER) + len(MP4_STANDIN_MARKER)
-    return json.loads(data[start:])
+    """The facts of a SaveVideo file (format, codec, frames, fps, width, height, duration),
+    probed with PyAV."""
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        return {
+            "format": "mp4",
+            "codec": stream.codec_context.name,
+            "frames": stream.frames,
+            "fps": float(stream.average_rate),
+            "width": stream.width,
+            "height": stream.height,
+            "duration": container.duration / av.time_base,
+        }
 
 
 def _fit(image: Image.Image, size: tuple[int, int]) -> Image.Image:
@@ -1842,7 +1854,7 @@ class ComfyUIDouble:
             return {"images": files}
         name = next_name()
         if kind == "SaveVideo":
-            data = _mp4_standin(value)
+            data = _mp4(value)
         else:
             frames = [image.convert("RGB") for image in value]
             duration = int(1000.0 / float(inputs["fps"]))
