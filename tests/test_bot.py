@@ -84,11 +84,19 @@ async def _grant(world: World, telegram_id: int, credits: int) -> None:
     )
 
 
+async def _second_page(world: World, user: UserDriver, keyboard: Call) -> None:
+    """Turn the preset keyboard to its second page (the cheapest presets fill the first)."""
+    since = world.mark()
+    await user.press(keyboard.result, "pp:1")
+    await world.reply(user, method="editMessageReplyMarkup", since=since)
+
+
 async def test_prompt_preset_asks_for_the_text_first(world: World):
     user = await _started(world, 5003)
     await _grant(world, 5003, 20)
     await user.send_photo(images.png())
     keyboard = await world.reply(user, containing="Nice photo")
+    await _second_page(world, user, keyboard)
     await user.press(keyboard.result, "ps:edit")
     await world.reply(user, containing="describe the edit")
     assert await world.backend.jobs(5003) == []
@@ -116,6 +124,7 @@ async def test_not_enough_credits_says_how_many_and_offers_packages(world: World
     user = await _started(world, 5005)  # 3 credits; "oil" costs 5
     await user.send_photo(images.jpeg())
     keyboard = await world.reply(user, containing="Nice photo")
+    await _second_page(world, user, keyboard)
     await user.press(keyboard.result, "ps:oil")
     offer = await world.reply(user, containing="Not enough credits")
     assert "you need 2 more (you have 3)" in offer.params["text"]
