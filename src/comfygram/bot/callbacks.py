@@ -47,3 +47,18 @@ class Language(CallbackData, prefix="lang"):
     """Switch the bot's language (/lang)."""
 
     code: str
+
+
+class OptionPick(CallbackData, prefix="opt"):
+    """A choice of one of the preset's options (ids are at most 16 characters each, so this
+    stays well within 64 bytes: ``opt:<option>:<choice>``)."""
+
+    option: str
+    choice: str
+
+
+class OrderStep(CallbackData, prefix="ord"):
+    """The order's own buttons: ``back``, ``cancel``, ``skip`` (an optional prompt), ``go``
+    (the confirmation)."""
+
+    action: str
