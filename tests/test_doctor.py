@@ -297,3 +297,46 @@ async def test_database_problems_are_explained(database, says):
     [check] = await doctor.check_database(_settings(database_url=database))
     assert check.status == doctor.FAIL
     assert check.detail.startswith("DATABASE_URL: ") and says in check.detail
+
+
+@pytest.mark.parametrize(
+    ("argv", "method"),
+    [
+        (["main.py", "--cpu"], "none"),
+        (["main.py", "--preview-method", "latent2rgb", "--cpu"], "latent2rgb"),
+        (["main.py", "--preview-method=auto"], "auto"),
+        (["main.py", "--preview-method"], "none"),  # a dangling flag: ComfyUI would not start
+    ],
+)
+def test_the_preview_method_is_read_from_comfyuis_command_line(argv, method):
+    from comfygram.comfyui import SystemStats
+
+    assert SystemStats(version="0.3.64", argv=tuple(argv)).preview_method == method
+
+
+async def test_doctor_says_whether_comfyui_sends_previews(tmp_path):
+    # The double, as ComfyUI by default, runs without --preview-method: no frames are sent;
+    # the presets that want previews (animate, scene) need models the double lacks.
+    async with ComfyUIDouble(tmp_path / "comfy") as comfy:
+        checks = _by_name(await doctor.check_comfyui(_settings(comfyui_url=comfy.url)))
+    previews = checks["comfyui previews"]
+    assert (previews.status, previews.detail) == (
+        doctor.OK,
+        "not sent (no preset it can run asks for them)",
+    )
+
+
+def test_the_previews_line_by_method_and_presets():
+    from comfygram.presets import load_presets
+
+    presets = load_presets()
+    wanting = [p for p in presets if p.contract.previews]
+    assert wanting, "a built-in preset asks for previews"
+    sent = doctor._previews_check("comfyui", "latent2rgb", presets)
+    assert (sent.status, sent.detail) == (doctor.OK, "sent (--preview-method latent2rgb)")
+    unwanted = doctor._previews_check("comfyui", "none", [p for p in presets if p not in wanting])
+    assert unwanted.status == doctor.OK and "not sent" in unwanted.detail
+    missing = doctor._previews_check("comfyui", "none", presets)
+    assert missing.status == doctor.WARN
+    assert all(p.slug in missing.detail for p in wanting)
+    assert "--preview-method auto" in missing.detail

@@ -134,6 +134,17 @@ class Device:
 class SystemStats:
     version: str
     devices: list[Device] = field(default_factory=list)
+    argv: tuple[str, ...] = ()
+
+    @property
+    def preview_method(self) -> str:
+        """ComfyUI's ``--preview-method`` (``none`` by default: it then sends no preview frames)."""
+        for i, arg in enumerate(self.argv):
+            if arg == "--preview-method" and i + 1 < len(self.argv):
+                return self.argv[i + 1]
+            if arg.startswith("--preview-method="):
+                return arg.partition("=")[2]
+        return "none"
 
 
 @dataclass(frozen=True)
@@ -216,8 +227,12 @@ class ComfyUIClient:
             )
             for d in body.get("devices", [])
         ]
+        system = body.get("system", {})
+        argv = system.get("argv")
         return SystemStats(
-            version=str(body.get("system", {}).get("comfyui_version", "")), devices=devices
+            version=str(system.get("comfyui_version", "")),
+            devices=devices,
+            argv=tuple(map(str, argv)) if isinstance(argv, list) else (),
         )
 
     async def object_info(self, node_class: str | None = None) -> dict[str, Any]:

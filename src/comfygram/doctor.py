@@ -209,6 +209,21 @@ def _preset_checks(presets: list[Any], object_info: dict, only_enabled: bool) ->
     return checks
 
 
+def _previews_check(name: str, method: str, presets: list[Any]) -> Check:
+    """Whether ComfyUI sends preview frames, and whether a preset it can run wants them."""
+    wanting = [p.slug for p in presets if p.enabled and p.contract.previews]
+    if method != "none":
+        return Check(f"{name} previews", OK, f"sent (--preview-method {method})")
+    if not wanting:
+        return Check(f"{name} previews", OK, "not sent (no preset it can run asks for them)")
+    return Check(
+        f"{name} previews",
+        WARN,
+        f"not sent, but {', '.join(wanting)} ask for them: start ComfyUI with "
+        "--preview-method auto (or latent2rgb)",
+    )
+
+
 async def check_comfyui(
     settings: Settings,
     *,
@@ -234,10 +249,13 @@ async def check_comfyui(
                 detail = f"{stats.version}, no device reported"
             checks.append(Check(name, OK, detail))
             if presets:
+                from comfygram.presets import compatibility_problems
+
+                available = load_presets(settings.presets_dir)
                 object_info = await client.object_info()
-                checks += _preset_checks(
-                    load_presets(settings.presets_dir), object_info, only_enabled
-                )
+                runnable = [p for p in available if not compatibility_problems(p, object_info)]
+                checks.append(_previews_check(name, stats.preview_method, runnable))
+                checks += _preset_checks(available, object_info, only_enabled)
             return checks
 
     return await _guard(name, probe)
