@@ -9,7 +9,7 @@ import httpx
 from fastapi import FastAPI
 from pydantic import SecretStr
 
-from comfygram.backend.models import Job, Payment, User
+from comfygram.backend.models import Job, JobFile, Payment, User
 from comfygram.settings import Settings
 
 ADMIN_USERNAME = "operator"
@@ -73,8 +73,16 @@ def seeded_job(
         preset_slug=slug,
         price=1,
         status=status,
-        input_path="inputs/x.png",
-        input_mime="image/png",
+        files=[
+            JobFile(
+                role="input",
+                position=0,
+                slot="photo",
+                kind="image",
+                mime="image/png",
+                path="inputs/x.png",
+            )
+        ],
         created_at=created,
         started_at=started,
         finished_at=started + timedelta(seconds=run) if started else None,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 from fastapi import FastAPI
 
-from tests import images
+from tests import images as images_module
 
 API_TOKEN = "test-api-token-5f1c9e"
 
@@ -43,12 +45,19 @@ async def create_job(
     prompt: str | None = None,
     key: str | None = None,
     filename: str = "photo.png",
+    images: list[bytes] | None = None,
+    options: dict[str, str] | str | None = None,
 ) -> httpx.Response:
+    """POST /api/jobs/create: one photo (``image``, a PNG unless given) or several
+    (``images``, in slot order); ``options`` as a dict, or as the raw form field."""
     data: dict[str, str] = {"telegram_id": str(telegram_id), "preset": preset}
     if prompt is not None:
         data["prompt"] = prompt
+    if options is not None:
+        data["options"] = options if isinstance(options, str) else json.dumps(options)
     headers = {"Idempotency-Key": key} if key else {}
-    files = {"image": (filename, images.png() if image is None else image, "image/png")}
+    photos = images if images is not None else [images_module.png() if image is None else image]
+    files = [("image", (filename, photo, "image/png")) for photo in photos]
     return await api.post("/api/jobs/create", data=data, files=files, headers=headers)
 
 

@@ -23,12 +23,13 @@ from fastapi import FastAPI
 from sqlalchemy import func, select
 
 from comfygram.backend import retention
-from comfygram.backend.models import ChargeRefund, Job, LedgerEntry, Payment, User
+from comfygram.backend.models import ChargeRefund, Job, JobFile, LedgerEntry, Payment, User
 from comfygram.backend.storage import MediaStore
 from comfygram.settings import Settings
 from tests import images
 from tests.conftest import WEBHOOK_SECRET
 from tests.helpers import API_TOKEN, backend_client, create_job, grant, register
+from tests.rich_presets import write_rich_presets
 
 Kwargs = dict[str, Any]
 PNG = images.png()
@@ -54,6 +55,14 @@ class World:
     max_upload_bytes: int
     sessions: Any  # the app's sessionmaker, for setups that act as the operator
     media_dir: Path
+
+
+@pytest.fixture
+def settings(settings: Settings, tmp_path: Path) -> Settings:
+    """Plus the test presets of tests/rich_presets.py: `duo` takes two photos, a prompt and
+    options; `clip` makes a video."""
+    settings.presets_dir = write_rich_presets(tmp_path / "presets")
+    return settings
 
 
 @pytest.fixture
@@ -90,7 +99,7 @@ async def snapshot(app: FastAPI) -> dict[str, Any]:
     async with app.state.sessions() as session:
         counts = {
             model.__tablename__: await session.scalar(select(func.count()).select_from(model))
-            for model in (User, Job, LedgerEntry, Payment, ChargeRefund)
+            for model in (User, Job, JobFile, LedgerEntry, Payment, ChargeRefund)
         }
         users = await session.execute(
             select(User.telegram_id, User.balance, User.blocked_bot).order_by(User.telegram_id)
@@ -100,10 +109,14 @@ async def snapshot(app: FastAPI) -> dict[str, Any]:
                 Job.id,
                 Job.status,
                 Job.attempts,
-                Job.result_path,
                 Job.delivery_status,
                 Job.status_message_id,
             ).order_by(Job.id)
+        )
+        files = await session.execute(
+            select(JobFile.job_id, JobFile.role, JobFile.position, JobFile.path).order_by(
+                JobFile.job_id, JobFile.role, JobFile.position
+            )
         )
         payments = await session.execute(
             select(
@@ -117,6 +130,7 @@ async def snapshot(app: FastAPI) -> dict[str, Any]:
             "counts": counts,
             "users": [tuple(row) for row in users],
             "jobs": [tuple(row) for row in jobs],
+            "files": [tuple(row) for row in files],
             "payments": [tuple(row) for row in payments],
         }
     media = app.state.settings.media_dir
@@ -152,7 +166,7 @@ async def test_snapshot_sees_what_a_good_request_changes(
     assert response.status_code == 201, response.text
     after = await snapshot(app)
     changed = {key for key in before if before[key] != after[key]}
-    assert changed == {"counts", "users", "jobs", "media", "queue"}
+    assert changed == {"counts", "users", "jobs", "files", "media", "queue"}
 
 
 # -- request builders: a valid request, with the fields a case overrides ------------------
@@ -281,6 +295,32 @@ def upload(
     return build
 
 
+def outputs(*files: Callable[[World], bytes] | bytes) -> Build:
+    """A multipart PUT /api/jobs/{id}/outputs: one `file` field per output, in order."""
+
+    def build(world: World) -> Kwargs:
+        parts = [f(world) if callable(f) else f for f in files]
+        return {
+            "files": [("file", (f"out-{i}.png", data, "image/png")) for i, data in enumerate(parts)]
+        }
+
+    return build
+
+
+def photos(*files: Callable[[World], bytes] | bytes, **fields: Any) -> Build:
+    """A /api/jobs/create with one `image` field per photo (slot order) and these fields."""
+
+    def build(world: World) -> Kwargs:
+        form = _merge({"telegram_id": str(world.telegram_id), "preset": "duo"}, fields)
+        parts = [f(world) if callable(f) else f for f in files]
+        return {
+            "data": {k: str(v) for k, v in form.items()},
+            "files": [("image", (f"p{i}.png", d, "image/png")) for i, d in enumerate(parts)],
+        }
+
+    return build
+
+
 def truncated_jpeg(_world: World) -> bytes:
     """The first half of a 256x256 JPEG."""
     data = images.jpeg(256, 256)
@@ -326,6 +366,11 @@ def over_limit(extra: int) -> Callable[[World], bytes]:
     return lambda world: oversized_png(world.max_upload_bytes + extra)
 
 
+def over_limit_result(world: World) -> bytes:
+    """An output one byte over its limit (4 x MAX_UPLOAD_BYTES)."""
+    return oversized_png(4 * world.max_upload_bytes + 1)
+
+
 INVALID = "invalid_request"  # any request FastAPI's validation refuses
 Row = tuple[str, Build, int, str | None]  # (case id, request, expected status, expected code)
 
@@ -359,6 +404,9 @@ API_ROUTES: list[tuple[str, str, Build]] = [
     ("POST", "/api/jobs/{job_id}/status", status_body()),
     ("POST", "/api/jobs/{job_id}/refund", nothing),
     ("GET", "/api/jobs/{job_id}/input", nothing),
+    ("GET", "/api/jobs/{job_id}/inputs/{index}", nothing),
+    ("PUT", "/api/jobs/{job_id}/outputs", outputs(PNG)),
+    ("GET", "/api/jobs/{job_id}/outputs/{index}", nothing),
     ("PUT", "/api/jobs/{job_id}/result", upload(PNG)),
     ("GET", "/api/jobs/{job_id}/result", nothing),
     ("POST", "/api/jobs/{job_id}/delivery", body(status="delivered")),
@@ -395,6 +443,7 @@ def _fill(path: str, world: World) -> str:
         job_id=world.job_id,
         name="gpu-1",
         charge_id="charge-B",
+        index=0,
     )
 
 
@@ -571,7 +620,7 @@ CASES = [
         ("create-prompt-1001-chars", upload(preset="edit", prompt="p" * 1001), 422, INVALID),
         ("create-prompt-nul", upload(preset="edit", prompt="sky\x00"), 422, INVALID),
         ("create-idempotency-key-129-chars", upload(key="k" * 129), 422, INVALID),
-        ("create-missing-image", upload(None), 422, INVALID),
+        ("create-missing-image", upload(None), 422, "photo_missing"),
         ("create-image-as-text-field", upload(None, image="hello"), 422, INVALID),
         ("create-json-not-multipart", body(telegram_id=1001, preset="bw"), 422, INVALID),
         (
@@ -615,9 +664,11 @@ CASES = [
         ("create-one-byte-over-limit", upload(over_limit(1)), 413, "file_too_large"),
         ("create-body-refused-unread", upload(over_limit(128 * 1024)), 413, "file_too_large"),
         (
+            # The body limit is MAX_UPLOAD_BYTES (2 MB here) per photo of the preset that takes
+            # the most (at most 4): a body over 8 MB is cut off as it arrives.
             "create-streamed-over-limit",
             streamed(
-                3 * 1024 * 1024,
+                8 * 1024 * 1024 + 256 * 1024,
                 "multipart/form-data; boundary=x",
                 b'--x\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n',
             ),
@@ -638,6 +689,68 @@ CASES = [
             upload(preset="sharpen", key=WORLD_JOB_KEY),
             409,
             "idempotency_key_reused",
+        ),
+        (
+            "create-key-reused-other-photo",
+            upload(images.jpeg(), key=WORLD_JOB_KEY),
+            409,
+            "idempotency_key_reused",
+        ),
+        (
+            "create-key-reused-with-options",
+            upload(key=WORLD_JOB_KEY, options='{"count": "2"}'),
+            422,
+            "unknown_option",
+        ),
+        # ---- photo slots and options (the test preset `duo`: slots person and place, options
+        # count 2|4 and frame none|gold, an optional prompt)
+        ("create-duo-one-photo", photos(PNG), 422, "photo_missing"),
+        ("create-duo-three-photos", photos(PNG, PNG, PNG), 422, "too_many_photos"),
+        ("create-bw-two-photos", photos(PNG, PNG, preset="bw"), 422, "too_many_photos"),
+        ("create-five-photos", photos(*[PNG] * 5), 422, "too_many_photos"),
+        (
+            "create-duo-unknown-option",
+            photos(PNG, PNG, options='{"size": "xl"}'),
+            422,
+            "unknown_option",
+        ),
+        (
+            "create-duo-unknown-choice",
+            photos(PNG, PNG, options='{"count": "3"}'),
+            422,
+            "unknown_choice",
+        ),
+        ("create-bw-option", upload(options='{"count": "2"}'), 422, "unknown_option"),
+        ("create-options-not-json", photos(PNG, PNG, options="{count"), 422, "bad_options"),
+        ("create-options-a-list", photos(PNG, PNG, options='["4"]'), 422, "bad_options"),
+        (
+            "create-options-a-number",
+            photos(PNG, PNG, options='{"count": 4}'),
+            422,
+            "bad_options",
+        ),
+        ("create-options-nul", photos(PNG, PNG, options='{"count": "\x00"}'), 422, INVALID),
+        ("create-options-2001-chars", photos(PNG, PNG, options="x" * 2001), 422, INVALID),
+        (
+            "create-duo-second-photo-not-an-image",
+            photos(PNG, NOT_AN_IMAGE),
+            415,
+            "unsupported_image",
+        ),
+        ("create-duo-second-photo-damaged", photos(PNG, damaged_png), 422, "bad_image"),
+        (
+            "create-duo-second-photo-over-limit",
+            photos(PNG, over_limit(1)),
+            413,
+            "file_too_large",
+        ),
+        # Cheap first: a count or an option that does not fit is refused before any decode.
+        ("create-duo-one-damaged-photo", photos(damaged_png), 422, "photo_missing"),
+        (
+            "create-duo-unknown-choice-damaged-photo",
+            photos(PNG, damaged_png, options='{"count": "9"}'),
+            422,
+            "unknown_choice",
         ),
     ),
     # ---- reading jobs
@@ -662,6 +775,22 @@ CASES = [
     ),
     *route(
         "GET", "/api/jobs/{job_id}/result", ("result-before-any", nothing, 404, "result_not_found")
+    ),
+    *route(
+        "GET",
+        "/api/jobs/{job_id}/outputs/0",
+        ("output-before-any", nothing, 404, "output_not_found"),
+    ),
+    *route(
+        "GET", "/api/jobs/{job_id}/inputs/1", ("input-index-1", nothing, 404, "input_not_found")
+    ),
+    *route("GET", "/api/jobs/{job_id}/inputs/-1", ("input-index--1", nothing, 422, INVALID)),
+    *route("GET", "/api/jobs/{job_id}/inputs/x", ("input-index-x", nothing, 422, INVALID)),
+    *route("GET", "/api/jobs/{job_id}/outputs/1001", ("output-index-1001", nothing, 422, INVALID)),
+    *route(
+        "GET",
+        f"/api/jobs/{UNKNOWN_JOB}/outputs/0",
+        ("output-unknown-job", nothing, 404, "job_not_found"),
     ),
     *route(
         "GET",
@@ -707,6 +836,18 @@ CASES = [
         "PUT",
         f"/api/jobs/{UNKNOWN_JOB}/result",
         ("result-upload-unknown-job", upload(), 404, "job_not_found"),
+    ),
+    *route(
+        "PUT",
+        "/api/jobs/{job_id}/outputs",
+        ("outputs-queued-job", outputs(PNG), 409, "job_not_processing"),
+        ("outputs-none", upload(None), 422, INVALID),
+        ("outputs-21-files", outputs(*[PNG] * 21), 422, "too_many_outputs"),
+    ),
+    *route(
+        "PUT",
+        f"/api/jobs/{UNKNOWN_JOB}/outputs",
+        ("outputs-unknown-job", outputs(PNG), 404, "job_not_found"),
     ),
     *route(
         "POST",
@@ -1006,6 +1147,35 @@ SETUP_CASES = [
             )
             for kind, count in DAMAGED_HEADERS
         ),
+    ),
+    *after(
+        processing,
+        "PUT",
+        "/api/jobs/{job_id}/outputs",
+        ("outputs-not-an-image-processing", outputs(NOT_AN_IMAGE), 422, "unsupported_output"),
+        ("outputs-gif-processing", outputs(PNG, images.gif()), 422, "unsupported_output"),
+        (
+            "outputs-animation-for-image-processing",
+            outputs(images.animated("WEBP")),
+            422,
+            "unsupported_output",
+        ),
+        ("outputs-second-truncated-processing", outputs(PNG, truncated_jpeg), 422, "bad_output"),
+        ("outputs-empty-processing", outputs(b""), 422, "bad_output"),
+        ("outputs-over-limit-processing", outputs(over_limit_result), 413, "file_too_large"),
+        ("outputs-21-files-processing", outputs(*[PNG] * 21), 422, "too_many_outputs"),
+    ),
+    *after(
+        cancelled,
+        "PUT",
+        "/api/jobs/{job_id}/outputs",
+        ("outputs-cancelled-job", outputs(PNG), 409, "job_not_processing"),
+    ),
+    *after(
+        media_swept,
+        "GET",
+        "/api/jobs/{job_id}/inputs/0",
+        ("inputs-0-deleted-by-retention", nothing, 410, "media_deleted"),
     ),
     *after(
         processing,

@@ -61,7 +61,7 @@ async def jobs_by_id(app: FastAPI) -> dict[str, Job]:
 
 def files_of(app: FastAPI, job: Job) -> list[bool]:
     store = app.state.store
-    return [store.path(p).is_file() for p in (job.input_path, job.result_path) if p]
+    return [store.path(f.path).is_file() for f in job.files]
 
 
 @pytest.fixture
@@ -103,8 +103,13 @@ async def test_old_ended_jobs_lose_their_media_and_keep_their_rows(
             assert job.media_deleted_at is None, name
             assert all(files_of(app, job)), name
 
+    # Every file of every old ended job is gone, and their folders with them.
+    media = app.state.settings.media_dir
+    for name in OLD_ENDED:
+        assert not list(media.rglob(f"*{scene[name]}*")), name
+
     # The downloads say what happened, with 410 Gone.
-    for route in ("input", "result"):
+    for route in ("input", "result", "inputs/0", "outputs/0"):
         gone = await api.get(f"/api/jobs/{scene['old-succeeded']}/{route}")
         assert gone.status_code == 410, gone.text
         error = gone.json()["error"]
@@ -143,7 +148,7 @@ async def test_zero_days_keeps_media_forever(app: FastAPI, scene: dict[str, str]
 async def test_a_file_already_gone_is_still_marked(app: FastAPI, scene: dict[str, str]) -> None:
     """A sweep cut short after deleting files: the next one marks the job all the same."""
     job = (await jobs_by_id(app))[scene["old-succeeded"]]
-    app.state.store.path(job.input_path).unlink()
+    app.state.store.path(job.inputs[0].path).unlink()
     await retention.sweep_once(app.state.sessions, app.state.store, 30)
     assert (await jobs_by_id(app))[job.id].media_deleted_at is not None
 

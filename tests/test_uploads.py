@@ -168,14 +168,18 @@ def test_the_header_is_read_without_decoding_pixels() -> None:
 async def test_a_replayed_request_is_answered_before_the_photo_is_decoded(
     api: httpx.AsyncClient,
 ) -> None:
-    """The same Idempotency-Key again gets the job it made, even with a photo that would not
-    decode and a balance that would no longer pay for it."""
+    """The same Idempotency-Key again gets the job it made, even with a balance that would no
+    longer pay for it; the key covers the photo's bytes, so one whose header passes but whose
+    pixels would not decode is told the key was used for something else, not decoded."""
     await register(api)
     first = await create_job(api, key="order-1")
     assert first.status_code == 201
     await grant(api, 1001, -2, "spend-the-rest")
-    again = await create_job(api, image=images.damaged_png(), key="order-1")
+    again = await create_job(api, key="order-1")
     assert again.status_code == 201, again.text
     assert again.json()["id"] == first.json()["id"]
     assert again.headers["Idempotent-Replayed"] == "true"
+    other = await create_job(api, image=images.damaged_png(), key="order-1")
+    assert other.status_code == 409, other.text
+    assert other.json()["error"]["code"] == "idempotency_key_reused"
     assert await balance(api) == 0

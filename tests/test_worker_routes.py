@@ -64,4 +64,5 @@ async def test_the_result_limits_follow_the_settings(api, settings):
     assert answer.json() == {
         "result_max_bytes": 4 * settings.max_upload_bytes,
         "result_max_pixels": 4 * settings.max_image_pixels,
+        "max_outputs": 20,
     }

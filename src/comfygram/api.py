@@ -7,12 +7,17 @@ answers raise BackendError with the backend's error code.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel
+
+from comfygram.presets.contract import Contract, MediaKind
+from comfygram.wire import MediaFile, ResultLimits
 
 __all__ = [
     "BackendClient",
@@ -21,9 +26,11 @@ __all__ = [
     "ChargeRefund",
     "Invoice",
     "Job",
+    "MediaFile",
     "Payment",
     "Preset",
     "Refund",
+    "ResultLimits",
     "User",
 ]
 
@@ -62,8 +69,10 @@ class Preset(BaseModel):
     slug: str
     title: dict[str, str]
     description: dict[str, str]
-    price: int
+    price: int  # the base price; a job costs contract.price(price, chosen options)
     takes_prompt: bool
+    contract: Contract
+    kind: MediaKind  # contract.output.kind
     models: list[ModelFile] = []
     available: bool = True
 
@@ -80,12 +89,15 @@ class Job(BaseModel):
     language: str | None = None
     preset: str
     prompt: str | None
+    options: dict[str, str] = {}
     status: str
     price: int
     attempts: int
     progress: int
     error: str | None
     position: int
+    inputs: list[MediaFile] = []
+    outputs: list[MediaFile] = []
     has_result: bool
     status_chat_id: int | None
     status_message_id: int | None
@@ -97,13 +109,6 @@ class Job(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     delivered_at: datetime | None
-
-
-class ResultLimits(BaseModel):
-    """What the backend takes as a job's result."""
-
-    result_max_bytes: int
-    result_max_pixels: int
 
 
 class Refund(BaseModel):
@@ -281,22 +286,25 @@ class BackendClient:
         self,
         telegram_id: int,
         preset: str,
-        image: bytes,
-        filename: str,
+        images: Sequence[tuple[bytes, str]],
         *,
         prompt: str | None = None,
+        options: Mapping[str, str] | None = None,
         idempotency_key: str | None = None,
     ) -> tuple[Job, bool]:
-        """Create (or replay) a job; returns (job, replayed)."""
+        """Create (or replay) a job; returns (job, replayed). ``images``: (data, filename) of
+        each photo, in the preset's slot order; ``options``: {option id: choice id}."""
         data = {"telegram_id": str(telegram_id), "preset": preset}
         if prompt is not None:
             data["prompt"] = prompt
+        if options:
+            data["options"] = json.dumps(dict(options))
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         response = await self._call(
             "POST",
             "/api/jobs/create",
             data=data,
-            files={"image": (filename, image)},
+            files=[("image", (filename, image)) for image, filename in images],
             headers=headers,
         )
         replayed = response.headers.get("Idempotent-Replayed") == "true"
@@ -320,23 +328,29 @@ class BackendClient:
     async def refund(self, job_id: str) -> Refund:
         return Refund.model_validate(await self._json("POST", f"/api/jobs/{job_id}/refund"))
 
-    async def job_input(self, job_id: str) -> tuple[bytes, str]:
-        """The user's photo and its content type."""
-        response = await self._call("GET", f"/api/jobs/{job_id}/input")
+    async def job_input(self, job_id: str, index: int = 0) -> tuple[bytes, str]:
+        """The user's photo of slot ``index`` and its content type."""
+        response = await self._call("GET", f"/api/jobs/{job_id}/inputs/{index}")
         return response.content, response.headers.get("content-type", "")
 
-    async def put_result(self, job_id: str, data: bytes, filename: str) -> Job:
+    async def job_output(self, job_id: str, index: int = 0) -> tuple[bytes, str]:
+        """Output ``index`` of the job and its content type."""
+        response = await self._call("GET", f"/api/jobs/{job_id}/outputs/{index}")
+        return response.content, response.headers.get("content-type", "")
+
+    async def put_outputs(self, job_id: str, files: Sequence[tuple[bytes, str, str]]) -> Job:
+        """Store all of this attempt's outputs at once ((data, filename, mime) each, in order),
+        replacing an earlier attempt's; all or nothing."""
         response = await self._call(
-            "PUT", f"/api/jobs/{job_id}/result", files={"image": (filename, data)}
+            "PUT",
+            f"/api/jobs/{job_id}/outputs",
+            files=[("file", (filename, data, mime)) for data, filename, mime in files],
         )
         return Job.model_validate(response.json())
 
     async def result_limits(self) -> ResultLimits:
+        """Per-file size and pixels, and the number of outputs, PUT outputs takes."""
         return ResultLimits.model_validate(await self._json("GET", "/api/jobs/limits"))
-
-    async def job_result(self, job_id: str) -> tuple[bytes, str]:
-        response = await self._call("GET", f"/api/jobs/{job_id}/result")
-        return response.content, response.headers.get("content-type", "")
 
     async def record_delivery(self, job_id: str, status: str, error: str | None = None) -> Job:
         body = {"status": status, "error": error}

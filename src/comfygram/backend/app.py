@@ -159,7 +159,13 @@ def create_app(settings: Settings) -> FastAPI:
     # (the admin panel and /webhook included), before anything else reads it.
     app.add_middleware(
         BodyLimits,
-        limit_for=functools.partial(body_limit, max_upload_bytes=settings.max_upload_bytes),
+        limit_for=functools.partial(
+            body_limit,
+            max_upload_bytes=settings.max_upload_bytes,
+            # The create body follows the preset's declared inputs: room for every photo of
+            # the preset that takes the most.
+            max_photos=max((len(p.contract.photos) for p in presets_on_disk), default=1),
+        ),
         body_timeout=settings.body_timeout_seconds,
     )
     return app

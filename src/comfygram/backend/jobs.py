@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -12,9 +15,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from comfygram.backend import accounts
 from comfygram.backend.errors import ApiError, not_found
-from comfygram.backend.models import Job, User, new_id, utcnow
+from comfygram.backend.models import FileRole, Job, JobFile, User, new_id, utcnow
 from comfygram.backend.models import Preset as PresetRow
-from comfygram.backend.presets import get_preset
+from comfygram.backend.presets import contract_of, get_preset
 from comfygram.backend.storage import MediaStore
 from comfygram.domain import ledger
 from comfygram.domain.jobs import (
@@ -29,6 +32,18 @@ from comfygram.domain.jobs import (
 )
 from comfygram.domain.ledger import Reason
 from comfygram.images import ImageInfo, ImageRejected, prepare_input
+from comfygram.media import MediaInfo
+from comfygram.presets.contract import Contract, MediaKind, RequestRefused
+
+
+@dataclass(frozen=True)
+class Photo:
+    """One checked photo as it will be stored (images.prepare_input: one still frame), and
+    the sha256 of the bytes the client sent (for the Idempotency-Key)."""
+
+    data: bytes
+    info: ImageInfo
+    sent_digest: str
 
 
 @dataclass(frozen=True)
@@ -36,9 +51,54 @@ class NewJob:
     telegram_id: int
     preset_slug: str
     prompt: str | None
-    image: bytes
-    image_info: ImageInfo
+    options: Mapping[str, str]
+    photos: Sequence[Photo]  # in the preset's slot order
     idempotency_key: str | None
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a create request asks for, before any photo is decoded: enough for every
+    refusal that is not about the photos' pixels."""
+
+    telegram_id: int
+    preset_slug: str
+    prompt: str | None
+    options: Mapping[str, str]
+    photo_digests: Sequence[str]  # sha256 hex of each photo's bytes as sent, in slot order
+    idempotency_key: str | None
+
+    @classmethod
+    def of(cls, new: NewJob) -> Request:
+        return cls(
+            new.telegram_id,
+            new.preset_slug,
+            new.prompt,
+            new.options,
+            [photo.sent_digest for photo in new.photos],
+            new.idempotency_key,
+        )
+
+
+def request_digest(
+    preset_slug: str, prompt: str | None, options: Mapping[str, str], photo_digests: Sequence[str]
+) -> str:
+    """sha256 hex of the whole request: a replayed Idempotency-Key must carry the same one."""
+    canonical = json.dumps(
+        {
+            "preset": preset_slug,
+            "prompt": prompt,
+            "options": dict(sorted(options.items())),
+            "photos": list(photo_digests),
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def bytes_digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -77,46 +137,56 @@ async def queue_position(session: AsyncSession, job: Job) -> int:
     return int(ahead or 0) + 1
 
 
+@dataclass(frozen=True)
+class Checked:
+    preset: PresetRow
+    contract: Contract
+    chosen: dict[str, str]  # every option's choice, defaults filled in
+    charge: int
+    digest: str
+    earlier: Job | None  # the job a replayed Idempotency-Key made
+
+
 async def _check_request(
     session: AsyncSession,
     user: User,
-    preset_slug: str,
-    prompt: str | None,
-    idempotency_key: str | None,
+    request: Request,
     max_active: int,
     price: int | None,
-) -> tuple[PresetRow, Job | None]:
-    """Every refusal that needs no image: ban, preset, prompt, replay, active jobs, balance.
-
-    Returns the preset and, for a replayed Idempotency-Key, the job it made earlier.
-    """
+) -> Checked:
+    """Every refusal that needs no decoded photo: ban, preset, the preset's contract (photo
+    count, prompt, options), replay, active jobs, balance."""
     accounts.refuse_banned(user)
-    preset = await get_preset(session, preset_slug)
+    preset = await get_preset(session, request.preset_slug)
     if not preset.enabled:
-        raise not_found("preset", preset_slug)
-    if preset.takes_prompt and not prompt:
-        raise ApiError(
-            422,
-            "prompt_required",
-            f"The {preset.slug} preset needs a text prompt: describe the edit.",
+        raise not_found("preset", request.preset_slug)
+    contract = contract_of(preset)
+    try:
+        chosen = contract.resolve(
+            photos=len(request.photo_digests), prompt=request.prompt, options=request.options
         )
-    if not preset.takes_prompt and prompt:
-        raise ApiError(
-            422, "prompt_not_accepted", f"The {preset.slug} preset takes no text prompt."
-        )
+    except RequestRefused as exc:
+        raise ApiError(422, exc.code, f"The {preset.slug} preset: {exc.message}") from None
+    digest = request_digest(preset.slug, request.prompt, chosen, request.photo_digests)
+    charge = contract.price(preset.price, chosen) if price is None else price
 
-    if idempotency_key:
+    key = request.idempotency_key
+    if key:
         earlier = await session.scalar(
-            select(Job).where(Job.user_id == user.id, Job.idempotency_key == idempotency_key)
+            select(Job).where(Job.user_id == user.id, Job.idempotency_key == key)
         )
         if earlier is not None:
-            if earlier.preset_slug != preset.slug or earlier.prompt != prompt:
+            if earlier.request_digest is not None:
+                same = earlier.request_digest == digest
+            else:  # made before 0005: only its preset and prompt were recorded
+                same = (earlier.preset_slug, earlier.prompt) == (preset.slug, request.prompt)
+            if not same:
                 raise ApiError(
                     409,
                     "idempotency_key_reused",
                     "This Idempotency-Key was already used for a different request.",
                 )
-            return preset, earlier
+            return Checked(preset, contract, chosen, charge, digest, earlier)
 
     active = await session.scalar(
         select(func.count()).select_from(Job).where(Job.user_id == user.id, Job.status.in_(ACTIVE))
@@ -127,28 +197,19 @@ async def _check_request(
             "too_many_active_jobs",
             f"You already have {active} photos in progress; wait for one to finish.",
         )
-    charge = preset.price if price is None else price
     if user.balance < charge:
         raise accounts.insufficient_credits(user.balance, charge)
-    return preset, None
+    return Checked(preset, contract, chosen, charge, digest, None)
 
 
-async def precheck(
-    session: AsyncSession,
-    telegram_id: int,
-    preset_slug: str,
-    prompt: str | None,
-    idempotency_key: str | None,
-    max_active: int,
-) -> Created | None:
-    """The cheap refusals of `create`, before the photo is decoded; the earlier job when the
+async def precheck(session: AsyncSession, request: Request, max_active: int) -> Created | None:
+    """The cheap refusals of `create`, before the photos are decoded; the earlier job when the
     Idempotency-Key replays one. Advisory (nothing is locked): `create` checks again."""
-    user = await accounts.get_user(session, telegram_id)
-    _, earlier = await _check_request(
-        session, user, preset_slug, prompt, idempotency_key, max_active, None
-    )
-    if earlier is None:
+    user = await accounts.get_user(session, request.telegram_id)
+    checked = await _check_request(session, user, request, max_active, None)
+    if checked.earlier is None:
         return None
+    earlier = checked.earlier
     return Created(earlier, await queue_position(session, earlier), replayed=True)
 
 
@@ -160,51 +221,64 @@ async def create(
     *,
     price: int | None = None,
 ) -> Created:
-    """Charge the preset's price (or `price`: 0 for an operator's free retry) and write the
-    job, in one transaction the caller commits. The image is already checked (and brought
-    down to one still frame: images.prepare_input)."""
+    """Charge the price the preset's contract gives for the chosen options (or `price`: 0 for
+    an operator's free retry) and write the job and its photos, in one transaction the caller
+    commits. The photos are already checked (images.prepare_input)."""
     user = await accounts.lock_user(session, request.telegram_id)
-    preset, earlier = await _check_request(
-        session,
-        user,
-        request.preset_slug,
-        request.prompt,
-        request.idempotency_key,
-        max_active,
-        price,
-    )
-    if earlier is not None:
+    checked = await _check_request(session, user, Request.of(request), max_active, price)
+    if checked.earlier is not None:
+        earlier = checked.earlier
         return Created(earlier, await queue_position(session, earlier), replayed=True)
 
     job_id = new_id()
-    charge = preset.price if price is None else price
-    if charge:
+    if checked.charge:
         await accounts.post(
             session,
             user,
-            -charge,
+            -checked.charge,
             Reason.JOB_CHARGE,
             ledger.charge_key(job_id),
             job_id=job_id,
         )
-    input_path = await store.write("inputs", job_id, request.image_info.extension, request.image)
-    job = Job(
-        id=job_id,
-        user_id=user.id,
-        preset_slug=preset.slug,
-        prompt=request.prompt,
-        price=charge,
-        status=JobStatus.QUEUED,
-        idempotency_key=request.idempotency_key,
-        input_path=input_path,
-        input_mime=request.image_info.mime,
-    )
-    session.add(job)
+    written: list[str] = []
     try:
+        files = []
+        for index, (slot, photo) in enumerate(
+            zip(checked.contract.photos, request.photos, strict=True)
+        ):
+            name = MediaStore.input_name(job_id, index, slot.name, photo.info.extension)
+            written.append(await store.write(name, photo.data))
+            files.append(
+                JobFile(
+                    role=FileRole.INPUT,
+                    position=index,
+                    slot=slot.name,
+                    kind=MediaKind.IMAGE.value,
+                    mime=photo.info.mime,
+                    path=name,
+                    size=len(photo.data),
+                    width=photo.info.width,
+                    height=photo.info.height,
+                    frames=1,
+                )
+            )
+        job = Job(
+            id=job_id,
+            user_id=user.id,
+            preset_slug=checked.preset.slug,
+            prompt=request.prompt,
+            options=checked.chosen,
+            price=checked.charge,
+            status=JobStatus.QUEUED,
+            idempotency_key=request.idempotency_key,
+            request_digest=checked.digest,
+            files=files,
+        )
+        session.add(job)
         await session.flush()
         position = await queue_position(session, job)
     except BaseException:
-        await store.delete(input_path)
+        await store.delete_all(written)
         raise
     return Created(job, position, replayed=False)
 
@@ -252,9 +326,9 @@ async def transition(
         check_transition(current, target)
     except TransitionError as exc:
         raise ApiError(409, "invalid_transition", f"Job {job.id}: {exc}.") from None
-    if target is JobStatus.SUCCEEDED and not job.result_path:
+    if target is JobStatus.SUCCEEDED and not job.outputs:
         raise ApiError(
-            409, "result_missing", "Upload the job's result before marking it succeeded."
+            409, "result_missing", "Upload the job's outputs before marking it succeeded."
         )
 
     now = utcnow()
@@ -296,8 +370,9 @@ def retry_key(job_id: str) -> str:
 async def retry_free(
     session: AsyncSession, store: MediaStore, job_id: str, max_active: int, max_pixels: int
 ) -> Created:
-    """An operator's retry of a failed job: a new job for the same user, preset, photo and
-    prompt, at no charge. Keyed on the failed job, so retrying it twice makes one job."""
+    """An operator's retry of a failed job: a new job for the same user, preset, photos,
+    prompt and options, at no charge. Keyed on the failed job, so retrying it twice makes
+    one job."""
     failed = await get_job(session, job_id)
     if failed.status != JobStatus.FAILED:
         raise ApiError(
@@ -306,24 +381,26 @@ async def retry_free(
             f"Job {failed.id} is {failed.status}; only failed jobs are retried.",
         )
     user = await session.get(User, failed.user_id)
-    path = store.path(failed.input_path)
-    try:
-        data = await asyncio.to_thread(path.read_bytes)
-    except FileNotFoundError:
-        raise ApiError(
-            404, "input_not_found", f"Job {failed.id}'s photo is no longer stored."
-        ) from None
-    try:
-        # Inputs stored before inputs were brought down to one frame may still be animated.
-        data, image = await asyncio.to_thread(prepare_input, data, max_pixels)
-    except ImageRejected as exc:
-        raise ApiError(422, "bad_image", exc.message) from None
+    photos = []
+    for stored in failed.inputs:
+        try:
+            data = await asyncio.to_thread(store.path(stored.path).read_bytes)
+        except FileNotFoundError:
+            raise ApiError(
+                404, "input_not_found", f"Job {failed.id}'s photo is no longer stored."
+            ) from None
+        try:
+            # Inputs stored before inputs were brought down to one frame may still be animated.
+            prepared, image = await asyncio.to_thread(prepare_input, data, max_pixels)
+        except ImageRejected as exc:
+            raise ApiError(422, "bad_image", exc.message) from None
+        photos.append(Photo(prepared, image, bytes_digest(data)))
     request = NewJob(
         telegram_id=user.telegram_id,
         preset_slug=failed.preset_slug,
         prompt=failed.prompt,
-        image=data,
-        image_info=image,
+        options=dict(failed.options or {}),
+        photos=photos,
         idempotency_key=retry_key(failed.id),
     )
     return await create(session, store, request, max_active, price=0)
@@ -337,14 +414,62 @@ async def _processing_job(session: AsyncSession, job_id: str, rule: str) -> Job:
     return job
 
 
-async def attach_result(
-    session: AsyncSession, store: MediaStore, job_id: str, data: bytes, image: ImageInfo
-) -> Job:
-    job = await _processing_job(session, job_id, "results are taken while processing")
-    job.result_path = await store.write("results", job.id, image.extension, data)
-    job.result_mime = image.mime
-    await session.flush()
-    return job
+async def output_kind(session: AsyncSession, job: Job) -> MediaKind:
+    """The kind of output the job's preset makes (its contract's save node)."""
+    return contract_of(await get_preset(session, job.preset_slug)).output.kind
+
+
+@dataclass(frozen=True)
+class Replaced:
+    """Outputs attached in the session: ``written`` must go if the commit fails, ``removed``
+    (the earlier attempt's files) once it succeeds."""
+
+    job: Job
+    written: list[str]
+    removed: list[str]
+
+
+async def attach_outputs(
+    session: AsyncSession,
+    store: MediaStore,
+    job_id: str,
+    outputs: Sequence[tuple[bytes, MediaInfo]],
+) -> Replaced:
+    """All of an attempt's outputs at once: files written under fresh names, then the job's
+    output rows replaced in the caller's transaction (an earlier attempt's rows go). On any
+    failure here the new files are deleted; see Replaced for what the caller does next."""
+    job = await _processing_job(session, job_id, "outputs are taken while processing")
+    names = MediaStore.output_names(job.id, [info.extension for _, info in outputs])
+    written: list[str] = []
+    try:
+        for name, (data, _info) in zip(names, outputs, strict=True):
+            written.append(await store.write(name, data))
+        earlier = job.outputs
+        for old in earlier:
+            job.files.remove(old)  # delete-orphan: the row goes at the next flush
+        # Deletes first, so the new rows never meet the old ones' (job, role, position).
+        await session.flush()
+        for index, (name, (data, info)) in enumerate(zip(names, outputs, strict=True)):
+            job.files.append(
+                JobFile(
+                    role=FileRole.OUTPUT,
+                    position=index,
+                    slot=None,
+                    kind=info.kind.value,
+                    mime=info.mime,
+                    path=name,
+                    size=len(data),
+                    width=info.width,
+                    height=info.height,
+                    frames=info.frames,
+                    duration_ms=info.duration_ms,
+                )
+            )
+        await session.flush()
+    except BaseException:
+        await store.delete_all(written)
+        raise
+    return Replaced(job, written, [old.path for old in earlier])
 
 
 async def record_delivery(

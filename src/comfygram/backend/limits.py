@@ -22,18 +22,30 @@ MULTIPART_SLACK = 64 * 1024
 # Every route that takes no upload (JSON API, Telegram's webhook, the admin panel's forms):
 # their bodies are a few kilobytes.
 SMALL_BODY_BYTES = 1024 * 1024
-# Results come from our own workers (an upscale may be much larger than what users send).
+# Results come from our own workers (an upscale may be much larger than what users send):
+# each output file may be this many times MAX_UPLOAD_BYTES.
 RESULT_SIZE_FACTOR = 4
+# All of an attempt's outputs arrive in one body (PUT /outputs): at most this many times the
+# per-file limit, whatever their number (an album of small images, or one large video).
+OUTPUTS_BODY_FACTOR = 4
 
 _RESULT_UPLOAD = re.compile(r"^/api/jobs/[^/]+/result$")
+_OUTPUTS_UPLOAD = re.compile(r"^/api/jobs/[^/]+/outputs$")
 
 
-def body_limit(path: str, max_upload_bytes: int) -> int:
-    """The most bytes a request to `path` may carry."""
+def body_limit(path: str, max_upload_bytes: int, max_photos: int = 1) -> int:
+    """The most bytes a request to `path` may carry.
+
+    A job's photos arrive in one body, so /api/jobs/create takes MAX_UPLOAD_BYTES for each
+    photo the most demanding loaded preset declares (``max_photos``); each file is still held
+    to MAX_UPLOAD_BYTES by the route.
+    """
     if path == "/api/jobs/create":
-        return max_upload_bytes + MULTIPART_SLACK
+        return max_upload_bytes * max(max_photos, 1) + MULTIPART_SLACK
     if _RESULT_UPLOAD.match(path):
         return max_upload_bytes * RESULT_SIZE_FACTOR + MULTIPART_SLACK
+    if _OUTPUTS_UPLOAD.match(path):
+        return max_upload_bytes * RESULT_SIZE_FACTOR * OUTPUTS_BODY_FACTOR + MULTIPART_SLACK
     return SMALL_BODY_BYTES
 
 

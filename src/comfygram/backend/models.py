@@ -20,7 +20,7 @@ from sqlalchemy import (
     UniqueConstraint,
     false,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -113,10 +113,11 @@ class Job(Base):
     progress: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
-    input_path: Mapped[str] = mapped_column(String(300))
-    input_mime: Mapped[str] = mapped_column(String(32))
-    result_path: Mapped[str | None] = mapped_column(String(300))
-    result_mime: Mapped[str | None] = mapped_column(String(32))
+    # sha256 hex of the whole request (preset, prompt, options, every photo's bytes): a replayed
+    # Idempotency-Key must carry the same request. None for jobs made before migration 0005.
+    request_digest: Mapped[str | None] = mapped_column(String(64))
+    # The chosen options with the defaults filled in: {option id: choice id}.
+    options: Mapped[dict[str, str]] = mapped_column(JSON, default=dict, server_default="{}")
     status_chat_id: Mapped[int | None] = mapped_column(BigInteger)
     status_message_id: Mapped[int | None] = mapped_column(BigInteger)
     delivery_status: Mapped[str] = mapped_column(String(16), default="pending")
@@ -131,6 +132,64 @@ class Job(Base):
     media_deleted_at: Mapped[datetime | None] = mapped_column(Timestamp)
     # Times a ComfyUI died or became unreachable while running this job.
     comfyui_crashes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Inputs and outputs, loaded with the job (one more query for any number of jobs).
+    files: Mapped[list[JobFile]] = relationship(
+        back_populates="job",
+        lazy="selectin",
+        cascade="all, delete-orphan",
+        order_by="(JobFile.role, JobFile.position)",
+    )
+
+    @property
+    def inputs(self) -> list[JobFile]:
+        """The photos, in the preset's slot order."""
+        return sorted((f for f in self.files if f.role == FileRole.INPUT), key=_position)
+
+    @property
+    def outputs(self) -> list[JobFile]:
+        """What the last successful attempt made, in ComfyUI's order."""
+        return sorted((f for f in self.files if f.role == FileRole.OUTPUT), key=_position)
+
+
+def _position(file: JobFile) -> int:
+    return file.position
+
+
+class FileRole:
+    INPUT = "input"
+    OUTPUT = "output"
+
+
+class JobFile(Base):
+    """One stored photo a job was given, or one file it made; the bytes live under MEDIA_DIR,
+    written by backend.storage.MediaStore only."""
+
+    __tablename__ = "job_files"
+    __table_args__ = (
+        UniqueConstraint("job_id", "role", "position", name="uq_job_files_job_role_position"),
+        CheckConstraint("role IN ('input', 'output')", name="role"),
+        CheckConstraint("kind IN ('image', 'animation', 'video')", name="kind"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
+    role: Mapped[str] = mapped_column(String(8))
+    # Inputs: the slot's index in contract order; outputs: the output's index.
+    position: Mapped[int] = mapped_column(Integer)
+    # Inputs: the slot's name; outputs: None.
+    slot: Mapped[str | None] = mapped_column(String(16))
+    kind: Mapped[str] = mapped_column(String(16))
+    mime: Mapped[str] = mapped_column(String(32))
+    path: Mapped[str] = mapped_column(String(300))
+    # None only for files stored before migration 0005 (never measured).
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    frames: Mapped[int | None] = mapped_column(Integer)
+    # None for a still image.
+    duration_ms: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    job: Mapped[Job] = relationship(back_populates="files")
 
 
 class Payment(Base):

@@ -8,6 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from comfygram.backend.errors import not_found
 from comfygram.backend.models import Preset as PresetRow
 from comfygram.presets import SLUG, Preset
+from comfygram.presets.contract import Contract, MediaKind, OutputSpec, PhotoSlot, PromptSlot
 
 
 async def sync_presets(session: AsyncSession, presets: list[Preset]) -> None:
@@ -65,3 +66,22 @@ async def get_preset(session: AsyncSession, slug: str) -> PresetRow:
     if preset is None:
         raise not_found("preset", slug)
     return preset
+
+
+def contract_of(preset: PresetRow) -> Contract:
+    """The preset's contract as last synced from its file.
+
+    A row whose file is gone may still hold a manifest from before contracts (one photo in,
+    one still image out); it is read as that.
+    """
+    stored = preset.manifest.get("contract")
+    if stored is not None:
+        return Contract.model_validate(stored)
+    image = preset.manifest.get("image_input") or {}
+    prompt = preset.manifest.get("prompt_input")
+    output = preset.manifest.get("output") or {}
+    return Contract(
+        photos=(PhotoSlot(name="photo", node=str(image.get("node", "1"))),),
+        prompt=PromptSlot(node=prompt["node"], input=prompt["input"]) if prompt else None,
+        output=OutputSpec(node=str(output.get("node", "9")), kind=MediaKind.IMAGE),
+    )

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from comfygram.backend.models import Job
+from comfygram.backend.models import Job, JobFile
 from comfygram.backend.storage import MediaStore
 from comfygram.domain.jobs import FINAL
 
@@ -34,17 +34,18 @@ async def sweep_once(
     *,
     now: datetime | None = None,
 ) -> int:
-    """Delete the input and result files of jobs that ended over `retention_days` days ago;
-    returns how many jobs lost their media in this call."""
+    """Delete the input and output files of jobs that ended over `retention_days` days ago;
+    returns how many jobs lost their media in this call. Their job_files rows stay (what the
+    files were), as the job rows do."""
     if retention_days <= 0:
         return 0
     cutoff = (now or datetime.now(UTC)) - timedelta(days=retention_days)
     swept = 0
     while True:
         async with sessions() as session:
-            rows = (
-                await session.execute(
-                    select(Job.id, Job.input_path, Job.result_path)
+            rows = list(
+                await session.scalars(
+                    select(Job.id)
                     .where(
                         Job.status.in_(FINAL),
                         Job.finished_at < cutoff,
@@ -53,15 +54,21 @@ async def sweep_once(
                     .order_by(Job.finished_at)
                     .limit(_BATCH)
                 )
-            ).all()
+            )
+            paths: dict[str, list[str]] = {job_id: [] for job_id in rows}
+            if rows:
+                found = await session.execute(
+                    select(JobFile.job_id, JobFile.path).where(JobFile.job_id.in_(rows))
+                )
+                for job_id, relative in found:
+                    paths[job_id].append(relative)
         if not rows:
             return swept
-        for job_id, input_path, result_path in rows:
+        for job_id in rows:
             # Files first, then the mark: a sweep cut short leaves an unmarked job, which the
             # next sweep finishes, never a marked job whose files linger.
-            for relative in (input_path, result_path):
-                if relative:
-                    await store.delete(relative)
+            await store.delete_all(paths[job_id])
+            await store.remove_job_folders(job_id)
             async with sessions() as session:
                 marked = await session.execute(
                     update(Job)

@@ -8,7 +8,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from comfygram.backend import models
+from comfygram.backend.presets import contract_of
 from comfygram.domain.jobs import DeliveryStatus, JobStatus
+from comfygram.presets.contract import Contract, MediaKind
+from comfygram.wire import MediaFile
 
 # Telegram ids are positive 64-bit integers; anything else is a mistake on the caller's side.
 TelegramId = Annotated[int, Field(gt=0, le=2**63 - 1, strict=True)]
@@ -103,19 +106,28 @@ class PresetOut(BaseModel):
     description: dict[str, str]
     price: int
     takes_prompt: bool
+    # What the preset asks for (photo slots, prompt, options with their prices) and makes:
+    # enough for a client to drive the whole conversation. `price` is the base price; a job
+    # costs contract.price(price, chosen options).
+    contract: Contract
+    # The output's kind (contract.output.kind): image, animation or video.
+    kind: MediaKind
     models: list[ModelFileOut]
     # False when live workers report that none of their ComfyUIs can run it.
     available: bool = True
 
     @classmethod
     def of(cls, preset: models.Preset, available: bool = True) -> PresetOut:
+        contract = contract_of(preset)
         return cls(
             available=available,
             slug=preset.slug,
             title={"en": preset.title_en, "ru": preset.title_ru},
             description={"en": preset.description_en, "ru": preset.description_ru},
             price=preset.price,
-            takes_prompt=preset.takes_prompt,
+            takes_prompt=contract.prompt is not None,
+            contract=contract,
+            kind=contract.output.kind,
             models=[ModelFileOut(**m) for m in preset.models],
         )
 
@@ -128,7 +140,7 @@ class PresetDetail(PresetOut):
     @classmethod
     def of(cls, preset: models.Preset, available: bool = True) -> PresetDetail:
         return cls(
-            **PresetOut.of(preset, available).model_dump(),
+            **dict(PresetOut.of(preset, available)),
             enabled=preset.enabled,
             manifest=preset.manifest,
             workflow=preset.workflow,
@@ -141,13 +153,19 @@ class JobOut(BaseModel):
     language: str | None
     preset: str
     prompt: str | None
+    # Every option's choice, the defaults filled in.
+    options: dict[str, str]
     status: JobStatus
     price: int
     attempts: int
     progress: int
     error: str | None
     position: int
-    has_result: bool
+    # The photos, in slot order (GET /api/jobs/{id}/inputs/{index}).
+    inputs: list[MediaFile]
+    # The last successful attempt's files (GET /api/jobs/{id}/outputs/{index}).
+    outputs: list[MediaFile]
+    has_result: bool  # = bool(outputs)
     status_chat_id: int | None
     status_message_id: int | None
     delivery_status: DeliveryStatus
@@ -167,13 +185,16 @@ class JobOut(BaseModel):
             language=user.language_code,
             preset=job.preset_slug,
             prompt=job.prompt,
+            options=dict(job.options or {}),
             status=JobStatus(job.status),
             price=job.price,
             attempts=job.attempts,
             progress=job.progress,
             error=job.error,
             position=position,
-            has_result=job.result_path is not None,
+            inputs=[media_file(f) for f in job.inputs],
+            outputs=[media_file(f) for f in job.outputs],
+            has_result=bool(job.outputs),
             status_chat_id=job.status_chat_id,
             status_message_id=job.status_message_id,
             delivery_status=DeliveryStatus(job.delivery_status),
@@ -185,6 +206,20 @@ class JobOut(BaseModel):
             finished_at=_aware(job.finished_at),
             delivered_at=_aware(job.delivered_at),
         )
+
+
+def media_file(stored: models.JobFile) -> MediaFile:
+    return MediaFile(
+        index=stored.position,
+        slot=stored.slot,
+        kind=MediaKind(stored.kind),
+        mime=stored.mime,
+        size=stored.size,
+        width=stored.width,
+        height=stored.height,
+        frames=stored.frames,
+        duration_seconds=None if stored.duration_ms is None else stored.duration_ms / 1000,
+    )
 
 
 class StatusChange(Strict):
@@ -211,11 +246,6 @@ class DeliveryReport(Strict):
         if value is DeliveryStatus.PENDING:
             raise ValueError("report sending, delivered, failed or blocked")
         return value
-
-
-class ResultLimits(BaseModel):
-    result_max_bytes: int
-    result_max_pixels: int
 
 
 class ComfyUICrash(Strict):

@@ -167,7 +167,7 @@ class Orders:
     ) -> tuple[Job, bool]:
         try:
             return await self.backend.create_job(
-                user.id, preset.slug, image, filename, prompt=prompt, idempotency_key=key
+                user.id, preset.slug, [(image, filename)], prompt=prompt, idempotency_key=key
             )
         except BackendError as exc:
             if exc.code != "user_not_found":
@@ -180,7 +180,7 @@ class Orders:
             language_code=user.language_code,
         )
         return await self.backend.create_job(
-            user.id, preset.slug, image, filename, prompt=prompt, idempotency_key=key
+            user.id, preset.slug, [(image, filename)], prompt=prompt, idempotency_key=key
         )
 
     async def report(self, job: Job, chat_id: int, lang: str) -> None:

@@ -120,15 +120,15 @@ def _media_route(panel: Panel, admin: _Admin, kind: str) -> Route:
                 job = await jobs.get_job(session, request.path_params["job_id"])
             except ApiError:
                 raise HTTPException(404, "No such job.") from None
-        relative, mime = (
-            (job.input_path, job.input_mime)
-            if kind == "input"
-            else (job.result_path, job.result_mime)
-        )
-        path = panel.store.path(relative) if relative else None
-        if path is None or not path.is_file():
+        # The first photo and the first output (the gallery of all of them comes later).
+        files = job.inputs if kind == "input" else job.outputs
+        stored = files[0] if files else None
+        path = panel.store.path(stored.path) if stored is not None else None
+        if stored is None or path is None or not path.is_file():
             raise HTTPException(404, f"Job {job.id} has no {kind} image.")
-        return FileResponse(path, media_type=mime, headers={"Cache-Control": "private, no-store"})
+        return FileResponse(
+            path, media_type=stored.mime, headers={"Cache-Control": "private, no-store"}
+        )
 
     return Route(f"/media/jobs/{{job_id}}/{kind}", media, name=f"media-{kind}")
 

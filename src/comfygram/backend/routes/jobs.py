@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, TypeVar
 
-from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile
+from fastapi import APIRouter, File, Form, Header, Path, Query, Response, UploadFile
 from fastapi.responses import FileResponse
 from pydantic import AfterValidator
 from redis.exceptions import RedisError
@@ -16,19 +17,21 @@ from comfygram.backend import accounts, jobs
 from comfygram.backend.deps import QueueDep, SessionDep, SettingsDep, StoreDep
 from comfygram.backend.errors import ApiError
 from comfygram.backend.limits import RESULT_SIZE_FACTOR
-from comfygram.backend.models import Job, User
+from comfygram.backend.models import Job, JobFile, User
 from comfygram.backend.schemas import (
     ComfyUICrash,
     DeliveryReport,
     JobOut,
     RefundOut,
-    ResultLimits,
     StatusChange,
     StatusMessage,
     no_nul,
 )
 from comfygram.domain.jobs import FINAL, REFUNDED_ON, JobStatus
-from comfygram.images import ImageInfo, ImageRejected, inspect_image, prepare_input, read_header
+from comfygram.images import ImageRejected, prepare_input, read_header
+from comfygram.media import MediaInfo, MediaRejected, inspect_output
+from comfygram.presets.contract import MAX_PHOTOS
+from comfygram.wire import MAX_OUTPUTS, ResultLimits
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
@@ -37,19 +40,19 @@ router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 Checked = TypeVar("Checked")
 
 
-async def _read_upload(upload: UploadFile, max_bytes: int) -> bytes:
+async def _read_upload(upload: UploadFile, max_bytes: int, label: str = "") -> bytes:
     data = await upload.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise ApiError(
             413,
             "file_too_large",
-            f"The file is over {max_bytes // (1024 * 1024)} MB; send a smaller one.",
+            f"{label}The file is over {max_bytes // (1024 * 1024)} MB; send a smaller one.",
         )
     return data
 
 
 async def _check_image(
-    check: Callable[[bytes, int], Checked], data: bytes, max_pixels: int
+    check: Callable[[bytes, int], Checked], data: bytes, max_pixels: int, label: str = ""
 ) -> Checked:
     """Run one of the images checks in a thread; its refusal as the API's 415 or 422."""
     try:
@@ -58,14 +61,31 @@ async def _check_image(
         status, code = (
             (415, "unsupported_image") if exc.kind == "unsupported" else (422, "bad_image")
         )
-        raise ApiError(status, code, exc.message) from None
+        raise ApiError(status, code, label + exc.message) from None
 
 
-async def _read_image(
-    upload: UploadFile, max_bytes: int, max_pixels: int
-) -> tuple[bytes, ImageInfo]:
-    data = await _read_upload(upload, max_bytes)
-    return data, await _check_image(inspect_image, data, max_pixels)
+def _photo_label(index: int, count: int) -> str:
+    """How an error names the photo it is about, when there are several."""
+    return f"Photo {index + 1}: " if count > 1 else ""
+
+
+def _parse_options(raw: str | None) -> dict[str, str]:
+    """The options form field: a JSON object {option id: choice id}, or nothing."""
+    if raw is None or not raw.strip():
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise ApiError(
+            422,
+            "bad_options",
+            'options must be a JSON object of option id to choice id, like {"count": "4"}.',
+        )
+    return value
 
 
 async def _job_out(session: SessionDep, job_id: str) -> JobOut:
@@ -83,35 +103,55 @@ async def create_job(
     response: Response,
     telegram_id: Annotated[int, Form(gt=0, le=2**63 - 1)],
     preset: Annotated[str, Form(min_length=1, max_length=32)],
-    image: Annotated[UploadFile, File(description="JPEG, PNG or WebP")],
+    image: Annotated[
+        list[UploadFile] | None,
+        File(description="JPEG, PNG or WebP; one field per photo slot, in the preset's order"),
+    ] = None,
     prompt: Annotated[str | None, Form(max_length=1000), AfterValidator(no_nul)] = None,
+    options: Annotated[
+        str | None,
+        Form(max_length=2000, description="JSON object {option id: choice id}"),
+        AfterValidator(no_nul),
+    ] = None,
     idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
 ) -> JobOut:
-    """Validate and store the photo, charge the preset's price, queue the job.
+    """Validate and store the photos, charge the price of the preset and chosen options,
+    queue the job.
 
-    Cheapest refusals first: the file's size, then its header (format, pixels), then the
-    account and the preset, and only then the photo is decoded (and an animation brought down
-    to its first frame), so a refused request never costs a decode.
+    Cheapest refusals first: every file's size, then every header (format, pixels), then the
+    options' shape, the account, the preset and its contract (photo count, prompt, options),
+    and only then the photos are decoded (an animation brought down to its first frame), so
+    a refused request never costs a decode.
     """
-    data = await _read_upload(image, settings.max_upload_bytes)
-    await _check_image(read_header, data, settings.max_image_pixels)
+    uploads = image or []
+    if len(uploads) > MAX_PHOTOS:
+        raise ApiError(
+            422, "too_many_photos", f"A job takes at most {MAX_PHOTOS} photos; {len(uploads)} sent."
+        )
+    sent: list[bytes] = []
+    for index, upload in enumerate(uploads):
+        label = _photo_label(index, len(uploads))
+        sent.append(await _read_upload(upload, settings.max_upload_bytes, label))
+    for index, data in enumerate(sent):
+        label = _photo_label(index, len(sent))
+        await _check_image(read_header, data, settings.max_image_pixels, label)
+    chosen = _parse_options(options)
     prompt = prompt.strip() if prompt and prompt.strip() else None
     key = idempotency_key or None
     max_active = settings.max_active_jobs_per_user
-    replay = await jobs.precheck(session, telegram_id, preset, prompt, key, max_active)
+    digests = [jobs.bytes_digest(data) for data in sent]
+    request = jobs.Request(telegram_id, preset, prompt, chosen, digests, key)
+    replay = await jobs.precheck(session, request, max_active)
     if replay is None:
-        # Nothing is held while the photo is decoded: no row lock, no pooled connection.
+        # Nothing is held while the photos are decoded: no row lock, no pooled connection.
         await session.rollback()
-        stored, info = await _check_image(prepare_input, data, settings.max_image_pixels)
-        request = jobs.NewJob(
-            telegram_id=telegram_id,
-            preset_slug=preset,
-            prompt=prompt,
-            image=stored,
-            image_info=info,
-            idempotency_key=key,
-        )
-        created = await jobs.create(session, store, request, max_active)
+        photos = []
+        for index, (data, digest) in enumerate(zip(sent, digests, strict=True)):
+            label = _photo_label(index, len(sent))
+            stored, info = await _check_image(prepare_input, data, settings.max_image_pixels, label)
+            photos.append(jobs.Photo(stored, info, digest))
+        new = jobs.NewJob(telegram_id, preset, prompt, chosen, photos, key)
+        created = await jobs.create(session, store, new, max_active)
     else:
         created = replay
     await session.commit()
@@ -142,11 +182,13 @@ async def list_jobs(
 
 @router.get("/limits", response_model=ResultLimits)
 async def result_limits(settings: SettingsDep) -> ResultLimits:
-    """What ``PUT /api/jobs/{id}/result`` takes, so a worker can tell a result that will be
-    refused before it sends it (a body over the limit is cut off, not always answered)."""
+    """What ``PUT /api/jobs/{id}/outputs`` takes (per file, and how many files), so a worker
+    can tell an output that will be refused before it sends it (a body over the limit is cut
+    off, not always answered)."""
     return ResultLimits(
         result_max_bytes=settings.max_upload_bytes * RESULT_SIZE_FACTOR,
         result_max_pixels=settings.max_image_pixels * RESULT_SIZE_FACTOR,
+        max_outputs=MAX_OUTPUTS,
     )
 
 
@@ -198,17 +240,60 @@ async def refund_job(job_id: str, session: SessionDep) -> RefundOut:
     return RefundOut(job=JobOut.of(job, user), refunded=refunded, balance=user.balance)
 
 
+Index = Annotated[int, Path(ge=0, le=1000)]
+
+
+@router.get("/{job_id}/inputs/{index}", response_class=FileResponse)
+async def download_input_at(
+    job_id: str, index: Index, session: SessionDep, store: StoreDep
+) -> FileResponse:
+    """The photo of slot ``index`` (0 = the first slot)."""
+    job = await jobs.get_job(session, job_id)
+    stored = _at(job.inputs, index)
+    if stored is None:
+        raise ApiError(
+            404, "input_not_found", f"Job {job.id} has no photo {index} ({len(job.inputs)})."
+        )
+    return _stored_file(job, store, stored, "photo")
+
+
 @router.get("/{job_id}/input", response_class=FileResponse)
 async def download_input(job_id: str, session: SessionDep, store: StoreDep) -> FileResponse:
-    job = await jobs.get_job(session, job_id)
-    return _stored_file(job, store, job.input_path, job.input_mime, "photo")
+    """The first photo: ``inputs/0``."""
+    return await download_input_at(job_id, 0, session, store)
 
 
-def _stored_file(
-    job: Job, store: StoreDep, relative: str, mime: str | None, what: str
+@router.get("/{job_id}/outputs/{index}", response_class=FileResponse)
+async def download_output(
+    job_id: str, index: Index, session: SessionDep, store: StoreDep
 ) -> FileResponse:
+    """Output ``index`` of the last successful attempt."""
+    job = await jobs.get_job(session, job_id)
+    stored = _at(job.outputs, index)
+    if stored is None:
+        raise ApiError(
+            404,
+            "output_not_found",
+            f"Job {job.id} has no output {index} ({len(job.outputs)} stored, {job.status}).",
+        )
+    return _stored_file(job, store, stored, "output")
+
+
+@router.get("/{job_id}/result", response_class=FileResponse)
+async def download_result(job_id: str, session: SessionDep, store: StoreDep) -> FileResponse:
+    """The first output: ``outputs/0``."""
+    job = await jobs.get_job(session, job_id)
+    if not job.outputs:
+        raise ApiError(404, "result_not_found", f"Job {job.id} has no result yet ({job.status}).")
+    return _stored_file(job, store, job.outputs[0], "result")
+
+
+def _at(files: list[JobFile], index: int) -> JobFile | None:
+    return files[index] if 0 <= index < len(files) else None
+
+
+def _stored_file(job: Job, store: StoreDep, stored: JobFile, what: str) -> FileResponse:
     """The file, or 410 Gone once the retention sweep (or anything else) has deleted it."""
-    path = store.path(relative)
     if job.media_deleted_at is not None:
         when = _aware(job.media_deleted_at).strftime("%Y-%m-%d")
         raise ApiError(
@@ -217,9 +302,76 @@ def _stored_file(
             f"Job {job.id}'s {what} was deleted on {when}: media is kept for "
             "MEDIA_RETENTION_DAYS days after a job ends.",
         )
+    path = store.path(stored.path)
     if not path.is_file():
         raise ApiError(410, "media_deleted", f"Job {job.id}'s {what} is no longer stored.")
-    return FileResponse(path, media_type=mime)
+    return FileResponse(path, media_type=stored.mime)
+
+
+async def _inspect_outputs(
+    session: SessionDep, settings: SettingsDep, job_id: str, files: list[UploadFile], *, one: bool
+) -> list[tuple[bytes, MediaInfo]]:
+    """Every file read (within the per-file limit) and inspected as the kind the job's preset
+    makes; the first that does not fit is refused, naming its index. ``one``: the PUT /result
+    shorthand, which answers as it always has (415 unsupported_image, 422 bad_image)."""
+    job = await jobs.get_job(session, job_id)
+    kind = await jobs.output_kind(session, job)
+    # The refusals below need no lock: nothing is held while the files are read and decoded.
+    await session.rollback()
+    max_bytes = settings.max_upload_bytes * RESULT_SIZE_FACTOR
+    max_pixels = settings.max_image_pixels * RESULT_SIZE_FACTOR
+    checked = []
+    for index, upload in enumerate(files):
+        label = "" if one else f"Output {index}: "
+        data = await _read_upload(upload, max_bytes, label)
+        try:
+            info = await asyncio.to_thread(inspect_output, data, kind, max_pixels)
+        except MediaRejected as exc:
+            unsupported = exc.kind == "unsupported"
+            if one:
+                status, code = (415, "unsupported_image") if unsupported else (422, "bad_image")
+                raise ApiError(status, code, exc.message) from None
+            code = "unsupported_output" if unsupported else "bad_output"
+            message = f"{label}{exc.message} (this preset makes: {kind})"
+            raise ApiError(422, code, message) from None
+        checked.append((data, info))
+    return checked
+
+
+async def _attach(
+    session: SessionDep, store: StoreDep, job_id: str, outputs: list[tuple[bytes, MediaInfo]]
+) -> JobOut:
+    replaced = await jobs.attach_outputs(session, store, job_id, outputs)
+    try:
+        await session.commit()
+    except BaseException:
+        await store.delete_all(replaced.written)
+        raise
+    # Only now is the earlier attempt's media unreferenced.
+    await store.delete_all(replaced.removed)
+    return await _job_out(session, job_id)
+
+
+@router.put("/{job_id}/outputs", response_model=JobOut)
+async def upload_outputs(
+    job_id: str,
+    session: SessionDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    file: Annotated[
+        list[UploadFile],
+        File(description="Every output of this attempt, in order (1 to 20 files)"),
+    ],
+) -> JobOut:
+    """All of an attempt's outputs in one request: all are stored, replacing an earlier
+    attempt's, or none is. Each is checked as the preset's output kind (image, animation,
+    video). The job must be processing."""
+    if len(file) > MAX_OUTPUTS:
+        raise ApiError(
+            422, "too_many_outputs", f"At most {MAX_OUTPUTS} outputs per job; {len(file)} sent."
+        )
+    outputs = await _inspect_outputs(session, settings, job_id, file, one=False)
+    return await _attach(session, store, job_id, outputs)
 
 
 @router.put("/{job_id}/result", response_model=JobOut)
@@ -230,22 +382,9 @@ async def upload_result(
     store: StoreDep,
     image: Annotated[UploadFile, File(description="The rendered image")],
 ) -> JobOut:
-    data, info = await _read_image(
-        image,
-        settings.max_upload_bytes * RESULT_SIZE_FACTOR,
-        settings.max_image_pixels * RESULT_SIZE_FACTOR,
-    )
-    await jobs.attach_result(session, store, job_id, data, info)
-    await session.commit()
-    return await _job_out(session, job_id)
-
-
-@router.get("/{job_id}/result", response_class=FileResponse)
-async def download_result(job_id: str, session: SessionDep, store: StoreDep) -> FileResponse:
-    job = await jobs.get_job(session, job_id)
-    if job.result_path is None:
-        raise ApiError(404, "result_not_found", f"Job {job.id} has no result yet ({job.status}).")
-    return _stored_file(job, store, job.result_path, job.result_mime, "result")
+    """One output: the shorthand of ``PUT outputs`` with a single file."""
+    outputs = await _inspect_outputs(session, settings, job_id, [image], one=True)
+    return await _attach(session, store, job_id, outputs)
 
 
 @router.post("/{job_id}/delivery", response_model=JobOut)
