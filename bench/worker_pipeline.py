@@ -74,7 +74,7 @@ async def run(jobs: int, execution: float, side: int, prefetch: bool) -> dict[st
             created: dict[str, float] = {}
             for user in users:
                 created_at = time.monotonic()
-                job, _ = await stack.backend.create_job(user, "invert", image, "p.png")
+                job, _ = await stack.backend.create_job(user, "invert", [(image, "p.png")])
                 created[job.id] = created_at
             # The worker in its own process, as deployed: its loop is not shared with the
             # backend and the doubles running here.

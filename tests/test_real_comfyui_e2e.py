@@ -58,7 +58,7 @@ def rgb(data: bytes) -> Image.Image:
 
 
 async def run_job(stack: Stack, preset: str, image: bytes, timeout: float = 30):
-    job, _ = await stack.backend.create_job(USER, preset, image, "photo.png")
+    job, _ = await stack.backend.create_job(USER, preset, [(image, "photo.png")])
     return await stack.settled(job.id, timeout=timeout)
 
 
@@ -138,7 +138,7 @@ async def test_a_model_free_preset_runs_on_real_comfyui(
             0,
             100,
         ), job.error
-        result, _ = await stack.backend.job_result(job.id)
+        result, _ = await stack.backend.job_output(job.id, 0)
         CHECKS[slug](rgb(source), rgb(result))
         assert (await stack.backend.user(USER)).balance == START_BALANCE - PRICES[slug]
         [sent] = delivered(stack, "sendPhoto")
@@ -177,7 +177,7 @@ async def test_comfyui_down_before_and_during_a_job_costs_nothing(settings, tmp_
             await stack.new_user(USER, credits=10)
             source = photo()
             stack.start_worker()
-            first, _ = await stack.backend.create_job(USER, "invert", source, "photo.png")
+            first, _ = await stack.backend.create_job(USER, "invert", [(source, "photo.png")])
             await asyncio.sleep(2.0)
             waiting = await stack.backend.job(first.id)
             assert (waiting.status, waiting.attempts) == ("queued", 0)
@@ -190,7 +190,7 @@ async def test_comfyui_down_before_and_during_a_job_costs_nothing(settings, tmp_
             ), first.error
 
             await client.submit(blocker(nodes=30), new_prompt_id())
-            second, _ = await stack.backend.create_job(USER, "invert", source, "photo.png")
+            second, _ = await stack.backend.create_job(USER, "invert", [(source, "photo.png")])
             prompt_id = workflow.prompt_id_for(second.id, 0)
             deadline = time.monotonic() + 20
             while prompt_id not in (await client.queue())[1]:
@@ -211,7 +211,7 @@ async def test_comfyui_down_before_and_during_a_job_costs_nothing(settings, tmp_
             entry = await client.history(prompt_id)
             assert entry is not None and entry["status"]["status_str"] == "success"
             for job in (first, second):
-                result, _ = await stack.backend.job_result(job.id)
+                result, _ = await stack.backend.job_output(job.id, 0)
                 check_invert(rgb(source), rgb(result))
             assert len(delivered(stack, "sendPhoto")) == 2
             balance = (await stack.backend.user(USER)).balance
@@ -260,7 +260,7 @@ async def test_a_stage_timeout_interrupts_our_prompt_in_comfyui_and_refunds(
     ):
         await stack.new_user(USER, credits=10)
         stack.start_worker()
-        job, _ = await stack.backend.create_job(USER, "hasty", photo(), "photo.png")
+        job, _ = await stack.backend.create_job(USER, "hasty", [(photo(), "photo.png")])
         job = await stack.settled(job.id, timeout=30)
         assert (job.status, job.attempts) == ("failed", 1)
         assert job.error.startswith("timeout:"), job.error
@@ -290,13 +290,15 @@ async def test_identical_jobs_in_a_row_each_get_their_own_file(
     ):
         await stack.new_user(USER, credits=10)
         source = photo()
-        jobs = [(await stack.backend.create_job(USER, "invert", source, "p.png"))[0] for _ in "abc"]
+        jobs = [
+            (await stack.backend.create_job(USER, "invert", [(source, "p.png")]))[0] for _ in "abc"
+        ]
         stack.start_worker()
         files = []
         for job in jobs:
             job = await stack.settled(job.id, timeout=30)
             assert (job.status, job.attempts, job.delivery_status) == ("succeeded", 0, "delivered")
-            result, _ = await stack.backend.job_result(job.id)
+            result, _ = await stack.backend.job_output(job.id, 0)
             check_invert(rgb(source), rgb(result))
             entry = await client.history(workflow.prompt_id_for(job.id, 0))
             [image] = next(iter(entry["outputs"].values()))["images"]

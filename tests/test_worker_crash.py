@@ -73,7 +73,7 @@ async def _crash_and_recover(
     other (waiting for the lock all along) must take the job over."""
     processes = await _workers(stack, "a", "b")
     arrange()
-    job, _ = await stack.backend.create_job(USER, "invert", images.png(), "p.png")
+    job, _ = await stack.backend.create_job(USER, "invert", [(images.png(), "p.png")])
     await eventually(lambda: reached(job.id), timeout=20)
     stack.kill(processes[await _gpu_holder(stack)])
     restore()
@@ -148,7 +148,7 @@ async def test_flushed_redis_and_a_dead_worker_lose_no_job(settings, tmp_path):
             await stack.new_user(USER, credits=10)
             stack.comfyui.execution_delay = 1.0
             processes = await _workers(stack, "a", "b")
-            job, _ = await stack.backend.create_job(USER, "invert", images.png(), "p.png")
+            job, _ = await stack.backend.create_job(USER, "invert", [(images.png(), "p.png")])
             await eventually(lambda: _processing(stack, job.id), timeout=20)
             stack.kill(processes[await _gpu_holder(stack)])
             redis = Redis.from_url(server.url)
@@ -164,7 +164,7 @@ async def test_flushed_redis_and_a_dead_worker_lose_no_job(settings, tmp_path):
 async def test_sigterm_finishes_the_current_job_then_releases_the_gpu(stack: Stack):
     stack.comfyui.execution_delay = 0.5
     process = (await _workers(stack, "a"))["a"]
-    job, _ = await stack.backend.create_job(USER, "invert", images.png(), "p.png")
+    job, _ = await stack.backend.create_job(USER, "invert", [(images.png(), "p.png")])
     await eventually(lambda: _processing(stack, job.id), timeout=20)
     process.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(process.wait, 15) == 0

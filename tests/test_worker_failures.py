@@ -44,7 +44,7 @@ def noisy_jpeg(side: int = 96) -> bytes:
 
 
 async def create(stack: Stack, preset: str = "invert", image: bytes | None = None) -> str:
-    job, _ = await stack.backend.create_job(USER, preset, image or images.png(), "photo.png")
+    job, _ = await stack.backend.create_job(USER, preset, [(image or images.png(), "photo.png")])
     return job.id
 
 
@@ -146,7 +146,7 @@ async def test_an_unforeseen_error_storing_the_result_is_a_failed_run_that_is_re
 ):
     from comfygram.api import BackendClient
 
-    real = BackendClient.put_result
+    real = BackendClient.put_outputs
     calls = 0
 
     async def dies_once(self, *args, **kwargs):
@@ -156,7 +156,7 @@ async def test_an_unforeseen_error_storing_the_result_is_a_failed_run_that_is_re
             raise RuntimeError("a bug nobody foresaw")
         return await real(self, *args, **kwargs)
 
-    monkeypatch.setattr(BackendClient, "put_result", dies_once)
+    monkeypatch.setattr(BackendClient, "put_outputs", dies_once)
     job_id = await create(stack)
     stack.start_worker()
     job = await stack.settled(job_id, timeout=30)
@@ -174,7 +174,7 @@ async def test_a_finisher_that_keeps_dying_ends_the_job_after_max_attempts(
     async def always_dies(self, *args, **kwargs):
         raise RuntimeError("a bug nobody foresaw")
 
-    monkeypatch.setattr(BackendClient, "put_result", always_dies)
+    monkeypatch.setattr(BackendClient, "put_outputs", always_dies)
     job_id = await create(stack)
     stack.start_worker()
     job = await stack.settled(job_id, timeout=40)
@@ -334,7 +334,7 @@ async def test_an_upload_that_never_gets_an_answer_from_a_live_backend_ends_the_
         # What an over-limit body gets from a backend that closes the connection on it.
         raise BackendUnavailable("backend unreachable: ReadError")
 
-    monkeypatch.setattr(BackendClient, "put_result", cut_off)
+    monkeypatch.setattr(BackendClient, "put_outputs", cut_off)
     monkeypatch.setattr("comfygram.worker.runner.random.random", lambda: 0.0)  # short pauses
     job_id = await create(stack)
     stack.start_worker()

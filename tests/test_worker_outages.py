@@ -95,7 +95,7 @@ def assert_alive_and_quiet(process: subprocess.Popen[bytes], log: str, service: 
 
 
 async def run_one_job(stack: Stack) -> None:
-    job, _ = await stack.backend.create_job(USER, "invert", images.png(), "photo.png")
+    job, _ = await stack.backend.create_job(USER, "invert", [(images.png(), "photo.png")])
     done = await stack.settled(job.id, timeout=60)
     assert (done.status, done.delivery_status) == ("succeeded", "delivered")
 

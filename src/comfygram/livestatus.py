@@ -1,4 +1,4 @@
-"""A job's live status and progress, and its cached result, in Redis.
+"""A job's live status and progress, and its cached outputs, in Redis.
 
 The database (through the backend) is the record; this is what a worker shows while a job
 runs, readable by anyone with the Redis prefix, and lost harmlessly on a flush.
@@ -6,9 +6,13 @@ runs, readable by anyone with the Redis prefix, and lost harmlessly on a flush.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from redis.asyncio import Redis
 
 STATUS_TTL_SECONDS = 24 * 3600
+# Outputs larger than this together are fetched from the backend when needed again.
+RESULT_CACHE_MAX_BYTES = 20 * 1024 * 1024
 
 
 def _text(value: object) -> str:
@@ -40,11 +44,46 @@ class LiveStatus:
         raw = await self.redis.hgetall(self._status_key(job_id))
         return {_text(k): _text(v) for k, v in raw.items()} or None
 
-    async def cache_result(self, job_id: str, data: bytes, ttl_seconds: int) -> None:
-        """Keep the result bytes for ``ttl_seconds`` (needs a client without decoding)."""
-        if ttl_seconds > 0:
-            await self.redis.set(self._result_key(job_id), data, ex=ttl_seconds)
+    async def cache_results(
+        self,
+        job_id: str,
+        files: Sequence[tuple[bytes, str, str]],
+        ttl_seconds: int,
+        *,
+        max_bytes: int = RESULT_CACHE_MAX_BYTES,
+    ) -> bool:
+        """Keep every output of the job, ``(data, filename, mime)`` in order, for
+        ``ttl_seconds``, all or none (needs a client without decoding). Outputs larger than
+        ``max_bytes`` together are not kept (Redis holds them in memory): False."""
+        if ttl_seconds <= 0 or sum(len(data) for data, _, _ in files) > max_bytes:
+            return False
+        fields: dict[str, bytes | str | int] = {"count": len(files)}
+        for n, (data, filename, mime) in enumerate(files):
+            fields.update({f"{n}:data": data, f"{n}:filename": filename, f"{n}:mime": mime})
+        key = self._result_key(job_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(key)
+            pipe.hset(key, mapping=fields)
+            pipe.expire(key, ttl_seconds)
+            await pipe.execute()
+        return True
 
-    async def cached_result(self, job_id: str) -> bytes | None:
-        data = await self.redis.get(self._result_key(job_id))
-        return data if isinstance(data, bytes) else None
+    async def cached_results(self, job_id: str) -> list[tuple[bytes, str, str]] | None:
+        """The job's outputs as cached, in order; None when they are not (all) there."""
+        raw = await self.redis.hgetall(self._result_key(job_id))
+        fields = {_text(k): v for k, v in raw.items()}
+        try:
+            count = int(_text(fields["count"]))
+            files = [
+                (
+                    fields[f"{n}:data"],
+                    _text(fields[f"{n}:filename"]),
+                    _text(fields[f"{n}:mime"]),
+                )
+                for n in range(count)
+            ]
+        except (KeyError, ValueError):
+            return None
+        if not files or not all(isinstance(data, bytes) for data, _, _ in files):
+            return None
+        return files

@@ -150,6 +150,7 @@ class Call:
     status: int = 0
     response: dict[str, Any] | None = None
     dropped: bool = False  # the connection was closed without an answer
+    answered_at: float | None = None  # time.monotonic() of the answer (``at``: of the request)
 
     @property
     def done(self) -> bool:
@@ -868,6 +869,7 @@ class TelegramDouble:
         except ApiError as exc:
             body, status = exc.body(), exc.code
         call.status, call.response = status, body
+        call.answered_at = time.monotonic()
         self._calls_changed.notify()
         return Response(
             json.dumps(body, ensure_ascii=False), status_code=status, media_type="application/json"

@@ -231,11 +231,14 @@ def _decoded_frames(data: bytes) -> Iterator[tuple[Image.Image, int]]:
         with av.open(io.BytesIO(data)) as container:
             stream = container.streams.video[0]
             fallback = 1 / float(stream.average_rate or 25)
+            at = 0.0  # exact time so far: rounding each frame to ms must not drift
             for frame in container.decode(stream):
                 seconds = fallback
                 if frame.duration and frame.time_base:
                     seconds = float(frame.duration * frame.time_base)
-                yield frame.to_image(), max(1, round(seconds * 1000))
+                ms = round((at + seconds) * 1000) - round(at * 1000)
+                at += seconds
+                yield frame.to_image(), max(1, ms)
     except av.FFmpegError as exc:
         raise EncodeError(f"not a readable video: {exc}") from None
 

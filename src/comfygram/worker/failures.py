@@ -25,6 +25,7 @@ class FailureKind(StrEnum):
     EXECUTION = "execution"
     REFUSED = "refused"  # the backend refused the result (too large, a type it does not take)
     CRASHED = "comfyui_crash"  # ComfyUI died twice while running this job: never again
+    TOO_LARGE = "too_large"  # over Telegram's upload limit even encoded smaller: no retry helps
 
 
 # ComfyUI dying this many times while running the same job fails it: a poison job (one that
@@ -84,6 +85,7 @@ def decide(
         FailureKind.INPUT,
         FailureKind.REFUSED,
         FailureKind.CRASHED,
+        FailureKind.TOO_LARGE,
     ):
         return Decision(Action.FAIL)
     if attempts_used + 1 >= max_attempts:

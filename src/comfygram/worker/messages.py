@@ -1,5 +1,9 @@
 """What the worker tells the user in Telegram: progress, the result, or an apology.
 
+The result goes by the pure plan of delivery.py (photo, album and its buttons, video,
+animation), rendered by render.py; a multi-message result (an album, then its buttons) is
+one delivery, claimed once.
+
 Each job's final message is sent at most once, across crashes: the worker first claims the
 delivery on the job (``sending``) through the backend, and only the claimant sends. A worker
 killed between the claim and recording the outcome leaves the job ``sending``; the next one
@@ -11,36 +15,44 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import html
-import io
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from aiogram.exceptions import TelegramAPIError
 from aiogram.methods import (
     DeleteMessage,
     EditMessageText,
+    SendAnimation,
     SendDocument,
+    SendMediaGroup,
     SendMessage,
     SendPhoto,
+    SendVideo,
     TelegramMethod,
 )
-from aiogram.types import BufferedInputFile, InlineKeyboardButton, InlineKeyboardMarkup
-from PIL import Image
+from aiogram.types import (
+    BufferedInputFile,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    InputMediaDocument,
+    InputMediaPhoto,
+)
 from redis.exceptions import RedisError
 
 from comfygram.api import BackendClient, BackendError, Job
 from comfygram.i18n import language_of, t
 from comfygram.presets import Preset
 from comfygram.telegram import MessageGone, TelegramSender, TelegramUnavailable, UserBlocked
+from comfygram.worker import encode
+from comfygram.worker.delivery import Caption, Form, Method, OutputFile, plan_delivery
+from comfygram.worker.encode import EncodeError, TooLarge
 from comfygram.worker.failures import FailureKind
+from comfygram.worker.render import Rendered, render
 
 log = logging.getLogger(__name__)
 
-# sendPhoto limits (Bot API): bigger results go as a document only.
-_PHOTO_MAX_BYTES = 10 * 1024 * 1024
-_PHOTO_MAX_SIDES = 10_000
-_PHOTO_MAX_RATIO = 20
 _BAR_CELLS = 10
 # How long a result or apology keeps trying through a Telegram outage before it is given up.
 FINAL_SEND_PATIENCE_SECONDS = 600.0
@@ -50,19 +62,6 @@ _PATIENT_PAUSE_MAX = 30.0
 def progress_bar(percent: int) -> str:
     filled = max(0, min(_BAR_CELLS, round(percent * _BAR_CELLS / 100)))
     return "▰" * filled + "▱" * (_BAR_CELLS - filled)
-
-
-def fits_photo(data: bytes) -> bool:
-    if len(data) > _PHOTO_MAX_BYTES:
-        return False
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-    except Exception:
-        return False
-    return width + height <= _PHOTO_MAX_SIDES and max(width, height) <= _PHOTO_MAX_RATIO * min(
-        width, height
-    )
 
 
 def _title(preset: Preset | None, language: str | None, slug: str) -> str:
@@ -80,10 +79,13 @@ class UserMessages:
         sender: TelegramSender,
         *,
         patience_seconds: float = FINAL_SEND_PATIENCE_SECONDS,
+        upload_max_bytes: int | None = None,
     ) -> None:
         self.backend = backend
         self.sender = sender
         self.patience_seconds = patience_seconds
+        # Telegram's limit on a bot's uploads; lower in tests to exercise re-encoding.
+        self.upload_max_bytes = upload_max_bytes or encode.UPLOAD_MAX_BYTES
 
     async def show_progress(self, job: Job, preset: Preset, percent: int) -> None:
         """Edit the job's status message, when the shared rate budget allows it now."""
@@ -120,17 +122,52 @@ class UserMessages:
         except (MessageGone, UserBlocked, TelegramUnavailable) as exc:
             log.info("job %s: retry notice not shown: %s", job.id, type(exc).__name__)
 
+    async def prepare_result(
+        self, preset: Preset | None, files: Sequence[OutputFile]
+    ) -> list[Rendered]:
+        """The job's outputs rendered for Telegram (JPEG photos, MP4s, thumbnails), by the
+        plan for their kinds. Raises encode.TooLarge when an output cannot be brought under
+        the upload limit, encode.EncodeError when it cannot be read."""
+        send_document = preset is not None and preset.send_document
+        plan = plan_delivery(files, send_document=send_document)
+        by_index = {f.index: f for f in files}
+        return await asyncio.to_thread(render, plan, by_index, self.upload_max_bytes)
+
     async def deliver_result(
-        self, job: Job, preset: Preset | None, data: bytes, filename: str
+        self, job: Job, preset: Preset | None, rendered: list[Rendered]
     ) -> None:
-        """Send the result (photo, and the file when the preset asks), once."""
+        """Send the rendered result (photo, album, video or animation; the buttons on the
+        last message), once."""
         claimed = await self._claim(job)
         if claimed is None:
             return
         job = claimed
+        await self._send_final(job, self._methods(job, preset, rendered))
+
+    async def deliver_outputs(
+        self, job: Job, preset: Preset | None, files: Sequence[OutputFile]
+    ) -> None:
+        """Render and send stored outputs (a redelivery after a crash); an output that cannot
+        be rendered any more is recorded as an undelivered result."""
+        try:
+            rendered = await self.prepare_result(preset, files)
+        except (TooLarge, EncodeError) as exc:
+            claimed = await self._claim(job)
+            if claimed is not None:
+                await self.backend.record_delivery(job.id, "failed", f"not sendable: {exc}")
+                await self._remove_status_message(claimed)
+            return
+        await self.deliver_result(job, preset, rendered)
+
+    def _methods(
+        self, job: Job, preset: Preset | None, rendered: list[Rendered]
+    ) -> list[TelegramMethod[Any]]:
         language = job.language
         title = _title(preset, language, job.preset)
-        send_document = preset is not None and preset.send_document
+        captions = {
+            Caption.RESULT: t(language, "worker.result_caption", title=title),
+            Caption.DOCUMENT: t(language, "worker.document_caption", title=title),
+        }
         markup = InlineKeyboardMarkup(
             inline_keyboard=[
                 [
@@ -143,28 +180,58 @@ class UserMessages:
                 ]
             ]
         )
-        as_photo = fits_photo(data)
         chat = job.telegram_id
-        sends = []
-        if as_photo:
-            sends.append(
-                SendPhoto(
-                    chat_id=chat,
-                    photo=BufferedInputFile(data, filename),
-                    caption=t(language, "worker.result_caption", title=title),
-                    reply_markup=None if send_document else markup,
+        methods: list[TelegramMethod[Any]] = []
+        for part in rendered:
+            send = part.send
+            caption = captions[send.caption] if send.caption else None
+            keyboard = markup if send.buttons else None
+            if send.method is Method.MESSAGE:
+                text = t(language, "worker.album_done", title=title)
+                methods.append(SendMessage(chat_id=chat, text=text, reply_markup=keyboard))
+                continue
+            if send.method is Method.ALBUM:
+                media: list[InputMediaPhoto | InputMediaDocument] = []
+                for n, piece in enumerate(part.pieces):
+                    upload = BufferedInputFile(piece.data, piece.filename)
+                    first = caption if n == 0 else None
+                    if piece.form is Form.JPEG:
+                        media.append(InputMediaPhoto(media=upload, caption=first))
+                    else:
+                        media.append(InputMediaDocument(media=upload, caption=first))
+                methods.append(SendMediaGroup(chat_id=chat, media=media))
+                continue
+            (piece,) = part.pieces
+            upload = BufferedInputFile(piece.data, piece.filename)
+            if send.method is Method.PHOTO:
+                methods.append(
+                    SendPhoto(chat_id=chat, photo=upload, caption=caption, reply_markup=keyboard)
                 )
-            )
-        if send_document or not as_photo:
-            sends.append(
-                SendDocument(
-                    chat_id=chat,
-                    document=BufferedInputFile(data, filename),
-                    caption=t(language, "worker.document_caption", title=title),
-                    reply_markup=markup,
+            elif send.method is Method.DOCUMENT:
+                methods.append(
+                    SendDocument(
+                        chat_id=chat, document=upload, caption=caption, reply_markup=keyboard
+                    )
                 )
-            )
-        await self._send_final(job, sends)
+            else:
+                thumbnail = (
+                    BufferedInputFile(piece.thumbnail, "thumbnail.jpg") if piece.thumbnail else None
+                )
+                facts = {
+                    "width": piece.width,
+                    "height": piece.height,
+                    "duration": piece.duration,
+                    "thumbnail": thumbnail,
+                    "caption": caption,
+                    "reply_markup": keyboard,
+                }
+                if send.method is Method.VIDEO:
+                    methods.append(
+                        SendVideo(chat_id=chat, video=upload, supports_streaming=True, **facts)
+                    )
+                else:
+                    methods.append(SendAnimation(chat_id=chat, animation=upload, **facts))
+        return methods
 
     async def deliver_apology(
         self, job: Job, preset: Preset | None, kind: FailureKind | None

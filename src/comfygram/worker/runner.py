@@ -29,7 +29,7 @@ import mimetypes
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -51,7 +51,8 @@ from comfygram.livestatus import LiveStatus
 from comfygram.logs import job_context
 from comfygram.presets import Preset, compatibility_problems
 from comfygram.queue import Delivery, JobQueue
-from comfygram.worker import workflow
+from comfygram.worker import encode, workflow
+from comfygram.worker.delivery import OutputFile
 from comfygram.worker.failures import (
     MAX_COMFYUI_CRASHES,
     Action,
@@ -330,19 +331,26 @@ class Worker:
 
     async def _submit(self, run: Run) -> None:
         job = run.job
-        try:
-            data, content_type = await self.backend.job_input(job.id)
-        except BackendError as exc:
-            raise _InputMissing(f"the photo could not be read: {exc.message}") from exc
-        extension = mimetypes.guess_extension(content_type.split(";")[0].strip()) or ".png"
-        name = await self.comfy.upload_image(
-            data, workflow.input_name(job.id, run.attempt, 0, extension), overwrite=True
-        )
+        names = []
+        # Each photo slot in the contract's order: index n is the job's input n.
+        for index in range(len(run.preset.contract.photos)):
+            try:
+                data, content_type = await self.backend.job_input(job.id, index)
+            except BackendError as exc:
+                raise _InputMissing(f"photo {index + 1} could not be read: {exc.message}") from exc
+            extension = mimetypes.guess_extension(content_type.split(";")[0].strip()) or ".png"
+            names.append(
+                await self.comfy.upload_image(
+                    data,
+                    workflow.input_name(job.id, run.attempt, index, extension),
+                    overwrite=True,
+                )
+            )
         prompt = workflow.build_workflow(
             run.preset,
-            photos=[name],
+            photos=names,
             prompt=job.prompt,
-            chosen={},
+            chosen=job.options,
             job_id=job.id,
             attempt=run.attempt,
         )
@@ -394,12 +402,13 @@ class Worker:
                 ours = workflow.our_outputs(
                     outputs, run.job.id, run.attempt, run.preset.contract.output.node
                 )
-                image = ours[0] if ours else None
-                if image is None:
+                if not ours:
                     raise StaleOutput(
-                        f"ComfyUI returned {[o.filename for o in outputs]}, not this attempt's file"
+                        f"ComfyUI returned {[o.filename for o in outputs]}, not this attempt's "
+                        "files"
                     )
-                data = await self.comfy.download(image)
+                # All of them before anything is stored: a job never has half its outputs.
+                saved = [(image.filename, await self.comfy.download(image)) for image in ours]
             except ComfyUIUnavailable as exc:
                 if run.executing and await self._crashed_under(run, exc):
                     return
@@ -429,7 +438,7 @@ class Worker:
                     await self._stop_prompt(run.prompt_id)
                 await self._settle_run(run, exc)
                 return
-            self._spawn(run.delivery, self._finish_success(run, data, image.filename))
+            self._spawn(run.delivery, self._finish_success(run, saved))
             return
 
     async def _crashed_under(self, run: Run, exc: ComfyUIError) -> bool:
@@ -494,6 +503,8 @@ class Worker:
             kind = FailureKind.CRASHED
         elif isinstance(exc, _ResultRefused):
             kind = FailureKind.REFUSED
+        elif isinstance(exc, _Undeliverable):
+            kind = exc.kind
         elif isinstance(exc, StaleOutput):
             kind = FailureKind.EXECUTION
         else:
@@ -538,12 +549,15 @@ class Worker:
             await self.live.set(job.id, "failed")
         self._spawn(delivery, self._finish_failed(delivery, job, preset, kind))
 
-    async def _finish_success(self, run: Run, data: bytes, filename: str) -> None:
+    async def _finish_success(self, run: Run, saved: list[tuple[str, bytes]]) -> None:
+        """Store every output of the run in one request, render them for Telegram, mark the
+        job succeeded, deliver, acknowledge."""
         job = run.job
+        files = [(data, filename, _mime_of(filename)) for filename, data in saved]
         try:
-            await self._check_result(data)
+            await self._check_result(files)
             try:
-                await _retrying(lambda: self.backend.put_result(job.id, data, filename))
+                job = await _retrying(lambda: self.backend.put_outputs(job.id, files))
             except BackendUnavailable as exc:
                 if not await self._backend_answers(job.id):
                     raise
@@ -551,7 +565,14 @@ class Worker:
                 # the connection, or a fault of its storage. A failed run: bounded retries.
                 raise _UploadLost(f"the backend did not take the result: {exc}") from exc
             with contextlib.suppress(RedisError, OSError):
-                await self.live.cache_result(job.id, data, self.config.result_cache_seconds)
+                await self.live.cache_results(job.id, files, self.config.result_cache_seconds)
+            outputs = await _output_files(job, run.preset, files)
+            try:
+                rendered = await self.messages.prepare_result(run.preset, outputs)
+            except encode.TooLarge as exc:
+                raise _Undeliverable(str(exc), FailureKind.TOO_LARGE) from exc
+            except encode.EncodeError as exc:
+                raise _Undeliverable(str(exc), FailureKind.REFUSED) from exc
             job = await _retrying(lambda: self.backend.set_status(job.id, "succeeded"))
         except BackendUnavailable:
             raise  # the backend is down, not the job's fault: let it go, no attempt used
@@ -563,7 +584,7 @@ class Worker:
                 return
             await self._settle_run(run, exc)  # refused for good: no retry can help
             return
-        except _UploadLost as exc:
+        except (_UploadLost, _Undeliverable) as exc:
             log.warning("job %s: %s", job.id, exc)
             await self._settle_run(run, exc)
             return
@@ -574,8 +595,11 @@ class Worker:
             return
         with contextlib.suppress(RedisError, OSError):
             await self.live.set(job.id, "succeeded", progress=100, worker=self.config.name)
-        log.info("job %s: succeeded in %.1fs", job.id, time.monotonic() - run.started)
-        await self.messages.deliver_result(job, run.preset, data, filename)
+        log.info(
+            "job %s: succeeded in %.1fs with %d output(s)",
+            job.id, time.monotonic() - run.started, len(files),
+        )  # fmt: skip
+        await self.messages.deliver_result(job, run.preset, rendered)
         await self._ack(run.delivery)
 
     async def _backend_answers(self, job_id: str) -> bool:
@@ -585,29 +609,36 @@ class Worker:
             return False
         return True
 
-    async def _check_result(self, data: bytes) -> None:
-        """Refuse here a result the backend would refuse: a body over its limit is cut off
+    async def _check_result(self, files: Sequence[tuple[bytes, str, str]]) -> None:
+        """Refuse here outputs the backend would refuse: a body over its limit is cut off
         with the connection, which looks like an outage, not like the 413 it is."""
         limits = await self._result_limits()
         if limits is None:
             return
-        if len(data) > limits.result_max_bytes:
+        if len(files) > limits.max_outputs:
             raise _ResultRefused(
-                f"the result is {len(data):,} bytes, over the backend's limit of "
-                f"{limits.result_max_bytes:,}"
+                f"the run saved {len(files)} files, over the backend's limit of "
+                f"{limits.max_outputs}"
             )
-        try:
-            with Image.open(io.BytesIO(data)) as image:
-                width, height = image.size
-        except Image.DecompressionBombError as exc:
-            raise _ResultRefused(f"the result has far too many pixels: {exc}") from None
-        except Exception:
-            return  # not ours to judge: the backend says what it makes of it
-        if width * height > limits.result_max_pixels:
-            raise _ResultRefused(
-                f"the result is {width}x{height} pixels, over the backend's limit of "
-                f"{limits.result_max_pixels:,}"
-            )
+        for n, (data, _filename, _mime) in enumerate(files):
+            name = "the result" if len(files) == 1 else f"output {n + 1}"
+            if len(data) > limits.result_max_bytes:
+                raise _ResultRefused(
+                    f"{name} is {len(data):,} bytes, over the backend's limit of "
+                    f"{limits.result_max_bytes:,}"
+                )
+            try:
+                with Image.open(io.BytesIO(data)) as image:
+                    width, height = image.size
+            except Image.DecompressionBombError as exc:
+                raise _ResultRefused(f"{name} has far too many pixels: {exc}") from None
+            except Exception:
+                continue  # a video, or not ours to judge: the backend says what it makes of it
+            if width * height > limits.result_max_pixels:
+                raise _ResultRefused(
+                    f"{name} is {width}x{height} pixels, over the backend's limit of "
+                    f"{limits.result_max_pixels:,}"
+                )
 
     async def _result_limits(self) -> ResultLimits | None:
         if self._limits is not None and time.monotonic() - self._limits[0] < 60:
@@ -634,10 +665,17 @@ class Worker:
         if job.status == "failed":
             await self._finish_failed(delivery, job, preset, error_kind(job.error))
             return
-        data = await self.live.cached_result(job.id)
-        if data is None:
-            data, _ = await _retrying(lambda: self.backend.job_result(job.id))
-        await self.messages.deliver_result(job, preset, data, f"{job.id}.png")
+        files = await self.live.cached_results(job.id)
+        if files is None or len(files) != len(job.outputs):
+            files = []
+            for output in job.outputs:
+                data, content_type = await _retrying(
+                    lambda index=output.index: self.backend.job_output(job.id, index)
+                )
+                mime = content_type.split(";")[0].strip() or output.mime
+                files.append((data, f"{job.id}-{output.index}{_extension(mime)}", mime))
+        outputs = await _output_files(job, preset, files)
+        await self.messages.deliver_outputs(job, preset, outputs)
         await self._ack(delivery)
 
     # -- plumbing -------------------------------------------------------------------------
@@ -796,6 +834,60 @@ class _InputMissing(Exception):
 
 class _ResultRefused(Exception):
     """The result is beyond what the backend takes: no retry will change that."""
+
+
+class _Undeliverable(Exception):
+    """The stored outputs cannot be sent to Telegram (too large even encoded smaller)."""
+
+    def __init__(self, message: str, kind: FailureKind) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def _mime_of(filename: str) -> str:
+    """An output's type from its extension (png, webp, mp4...), as ComfyUI named it."""
+    return mimetypes.guess_type(filename)[0] or "application/octet-stream"
+
+
+def _extension(mime: str) -> str:
+    return {"image/png": ".png", "image/webp": ".webp", "video/mp4": ".mp4"}.get(
+        mime, mimetypes.guess_extension(mime) or ""
+    )
+
+
+async def _output_files(
+    job: Job, preset: Preset | None, files: Sequence[tuple[bytes, str, str]]
+) -> list[OutputFile]:
+    """The outputs with what delivery needs of each: the kind the backend recorded (else
+    the preset's), and dimensions and length read from the bytes."""
+    recorded = {output.index: output for output in job.outputs}
+    default = preset.contract.output.kind.value if preset is not None else "image"
+
+    def build() -> list[OutputFile]:
+        built = []
+        for index, (data, filename, mime) in enumerate(files):
+            known = recorded.get(index)
+            kind = str(known.kind) if known is not None else default
+            try:
+                facts = encode.probe(data, kind)
+            except encode.EncodeError:
+                facts = encode.Facts()  # delivery sends what it cannot read as a file
+            built.append(
+                OutputFile(
+                    index=index,
+                    data=data,
+                    filename=filename,
+                    mime=mime,
+                    kind=kind,
+                    width=facts.width,
+                    height=facts.height,
+                    frames=facts.frames,
+                    duration_seconds=facts.duration_seconds,
+                )
+            )
+        return built
+
+    return await asyncio.to_thread(build)
 
 
 class _UploadLost(Exception):
