@@ -13,10 +13,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import av
 import httpx
 import pytest
 import websockets
-from PIL import Image, ImageFilter
+from PIL import Image, ImageChops, ImageFilter, ImageStat
 
 from comfygram.comfyui import (
     ComfyUIClient,
@@ -901,3 +902,288 @@ async def test_the_client_finishes_a_prompt_among_preview_frames(
     outputs = await waiting
     assert [o.filename for o in outputs] == ["out_00001_.png"]
     assert [kind for _, kind in comfy.previews_sent] == [1, 1]  # sent, and skipped by the client
+
+
+# -- the model-free rich presets: pair, variants, fade ------------------------------------------
+
+RED, BLUE = (220, 40, 30), (30, 60, 210)
+
+
+async def run_preset(
+    client: ComfyUIClient, slug: str, photos: list[bytes], options: dict[str, str]
+) -> list[bytes]:
+    """The built-in preset filled through its contract as the worker fills it (photos, chosen
+    options, output prefix), run on the double; each output file's bytes in ComfyUI's order."""
+    preset = load_preset(BUILTIN / slug)
+    assert compatibility_problems(preset, await client.object_info()) == []
+    chosen = preset.contract.resolve(photos=len(photos), prompt=None, options=options)
+    names = [await upload(client, data) for data in photos]
+    built = preset.contract.apply(
+        preset.workflow,
+        photos=names,
+        prompt=None,
+        chosen=chosen,
+        output_prefix=f"comfygram/{slug}-{uuid.uuid4().hex}",
+    )
+    prompt_id = str(uuid.uuid4())
+    await client.submit(built, prompt_id)
+    outputs = await client.wait(prompt_id, deadline=time.monotonic() + preset.timeout_seconds)
+    return [await client.download(output) for output in outputs]
+
+
+def picture(data: bytes) -> Image.Image:
+    with Image.open(io.BytesIO(data)) as image:
+        return image.convert("RGB")
+
+
+def mean_difference(a: Image.Image, b: Image.Image) -> float:
+    """Mean absolute difference per channel value, 0..255."""
+    return sum(ImageStat.Stat(ImageChops.difference(a, b)).mean) / 3
+
+
+def colourful_photo(width: int, height: int) -> bytes:
+    """Red grows to the right, blue downwards, green is noise: a tint, a grey tone and a
+    mirror image each change it (as in tests/test_real_comfyui_rich_presets.py)."""
+    size = (width, height)
+    channels = (
+        Image.linear_gradient("L").rotate(90).resize(size),
+        Image.effect_noise(size, 60),
+        Image.linear_gradient("L").resize(size),
+    )
+    buffer = io.BytesIO()
+    Image.merge("RGB", channels).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def near(colour: Any, expected: Any, within: float) -> bool:
+    return all(abs(a - b) <= within for a, b in zip(colour, expected, strict=True))
+
+
+async def test_pair_preset_puts_both_photos_side_by_side(client: ComfyUIClient) -> None:
+    [result] = await run_preset(
+        client, "pair", [solid_png((300, 200), RED), solid_png((200, 400), BLUE)], {}
+    )
+    pair = picture(result)
+    # 300x200 -> 768x512 (ImageScale, width 0), 200x400 -> 256x512 (ImageStitch matching)
+    assert pair.size == (1024, 512)
+    assert pair.getpixel((384, 256)) == RED and pair.getpixel((896, 256)) == BLUE
+    assert pair.getpixel((767, 256)) == RED and pair.getpixel((768, 256)) == BLUE  # the seam
+
+
+async def test_variants_preset_gives_the_chosen_number_of_distinct_images(
+    client: ComfyUIClient,
+) -> None:
+    photo = colourful_photo(640, 480)
+    original = picture(photo).resize((512, 384), Image.Resampling.LANCZOS)
+    albums = {}
+    for count in ("2", "4"):
+        albums[count] = [
+            picture(f) for f in await run_preset(client, "variants", [photo], {"count": count})
+        ]
+        assert len(albums[count]) == int(count)
+        assert all(v.size == (512, 384) for v in albums[count])  # longest side 512
+        for i, variant in enumerate(albums[count]):
+            assert mean_difference(variant, original) > 5, f"variant {i} is the photo itself"
+            for j, other in enumerate(albums[count][:i]):
+                assert mean_difference(variant, other) > 5, f"variants {j} and {i} look alike"
+    assert [two.tobytes() for two in albums["2"]] == [four.tobytes() for four in albums["4"][:2]]
+    warm, cool, vintage, mirrored = albums["4"]
+    centre = (256, 192)
+    assert warm.getpixel(centre)[0] > cool.getpixel(centre)[0]  # orange vs blue soft light
+    assert cool.getpixel(centre)[2] > warm.getpixel(centre)[2]
+    r, g, b = vintage.getpixel(centre)
+    assert r > g > b  # a sepia tone
+    assert mirrored.tobytes() == original.transpose(Image.Transpose.FLIP_LEFT_RIGHT).tobytes()
+
+
+def mp4_facts(data: bytes, probe: list[int]) -> dict[str, Any]:
+    """Codec, frame count, rate, duration, size and the mean colour of frames ``probe``."""
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        frames = [frame.to_image() for frame in container.decode(video=0)]
+        return {
+            "codec": stream.codec_context.name,
+            "frames": stream.frames,
+            "decoded": len(frames),
+            "fps": float(stream.average_rate or 0),
+            "duration": (container.duration or 0) / 1e6,
+            "size": (stream.width, stream.height),
+            "colours": {k: ImageStat.Stat(frames[k]).mean for k in probe},
+        }
+
+
+@pytest.mark.parametrize(("length", "frames"), [("2s", 48), ("4s", 96)])
+async def test_fade_preset_is_an_h264_mp4_of_the_chosen_length(
+    client: ComfyUIClient, length: str, frames: int
+) -> None:
+    [video] = await run_preset(client, "fade", [solid_png((300, 200), RED)], {"length": length})
+    assert video[4:8] == b"ftyp"
+    every = list(range(frames))
+    facts = mp4_facts(video, every)
+    assert facts["codec"] == "h264"
+    assert facts["frames"] == facts["decoded"] == frames
+    assert facts["fps"] == 24.0
+    assert facts["duration"] == pytest.approx(frames / 24, abs=0.05)
+    assert facts["size"] == (512, 342)  # 300x200 -> 256x171 -> doubled
+    # every frame on the line from the photo to its negative (the real test: within 6)
+    negative = [255 - c for c in RED]
+    for k in every:
+        expected = [
+            (a * (frames - 1 - k) + b * k) / (frames - 1)
+            for a, b in zip(RED, negative, strict=True)
+        ]
+        assert near(facts["colours"][k], expected, 5), (k, facts["colours"][k], expected)
+
+
+STRIPES = [(200, 0, 0), (0, 200, 0), (0, 0, 200)]  # thirds of a 60x40 photo, left to right
+GREY_BLUE = (0x33, 0x66, 0x99)
+
+
+def stripes_png() -> bytes:
+    photo = Image.new("RGB", (60, 40))
+    for i, colour in enumerate(STRIPES):
+        photo.paste(colour, (20 * i, 0, 20 * i + 20, 40))
+    buffer = io.BytesIO()
+    photo.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def scaling_and_compositing(photo: str, prefix: str) -> dict[str, Any]:
+    """The nodes the rich presets brought, each on its own and saved under ``prefix/<name>``:
+    ImageScale (centre crop, one side 0), ImageScaleToMaxDimension (wide and tall),
+    EmptyImage, ImageFromBatch (and its clamping), ImageCompositeMasked (placed, masked,
+    resized source) and ImageBlend's signed difference and ComfyUI's soft light."""
+
+    def node(kind: str, **inputs: Any) -> dict[str, Any]:
+        return {"class_type": kind, "inputs": inputs}
+
+    def empty(width: int, height: int, colour: int, batch: int = 1) -> dict[str, Any]:
+        return node("EmptyImage", width=width, height=height, batch_size=batch, color=colour)
+
+    def scale(width: int, height: int, method: str, crop: str) -> dict[str, Any]:
+        return node(
+            "ImageScale",
+            image=["1", 0],
+            upscale_method=method,
+            width=width,
+            height=height,
+            crop=crop,
+        )
+
+    def composite(destination: str, source: str, **inputs: Any) -> dict[str, Any]:
+        return node(
+            "ImageCompositeMasked", destination=[destination, 0], source=[source, 0], **inputs
+        )
+
+    nodes = {
+        "1": node("LoadImage", image=photo),
+        "scaled": scale(30, 30, "bilinear", "center"),
+        "by_height": scale(0, 20, "nearest-exact", "disabled"),
+        "tall": scale(20, 50, "area", "center"),  # the middle stripe only
+        "max_tall": node(
+            "ImageScaleToMaxDimension", image=["tall", 0], upscale_method="lanczos", largest_size=25
+        ),
+        "max_wide": node(
+            "ImageScaleToMaxDimension", image=["1", 0], upscale_method="bilinear", largest_size=45
+        ),
+        "empty": empty(16, 12, 0x336699, batch=3),
+        "invert": node("ImageInvert", image=["1", 0]),
+        "batch": node("ImageBatch", image1=["1", 0], image2=["invert", 0]),
+        "repeat": node("RepeatImageBatch", image=["batch", 0], amount=2),
+        "pick": node("ImageFromBatch", image=["repeat", 0], batch_index=1, length=2),
+        "clamped": node("ImageFromBatch", image=["repeat", 0], batch_index=9, length=5),
+        "pasted": composite("empty", "1", x=4, y=2, resize_source=False),
+        "white": empty(60, 40, 0xFFFFFF),
+        "half": empty(4, 4, 0x800000),
+        "half_mask": node("ImageToMask", image=["half", 0], channel="red"),
+        "masked": composite("1", "white", x=0, y=0, resize_source=False, mask=["half_mask", 0]),
+        "resized": composite("empty", "1", x=0, y=0, resize_source=True),
+        "grey": empty(8, 8, 0x646464),
+        "difference": node(
+            "ImageBlend",
+            image1=["1", 0],
+            image2=["grey", 0],
+            blend_factor=0.5,
+            blend_mode="difference",
+        ),
+        "light": empty(8, 8, 0xC0C0C0),
+        "soft_light": node(
+            "ImageBlend",
+            image1=["1", 0],
+            image2=["light", 0],
+            blend_factor=1.0,
+            blend_mode="soft_light",
+        ),
+    }
+    steps = {
+        "1",
+        "tall",
+        "invert",
+        "batch",
+        "repeat",
+        "white",
+        "half",
+        "half_mask",
+        "grey",
+        "light",
+    }
+    for name in [n for n in nodes if n not in steps]:  # save the others
+        nodes[f"save_{name}"] = node(
+            "SaveImage", images=[name, 0], filename_prefix=f"{prefix}/{name}"
+        )
+    return nodes
+
+
+# (node, image of its batch, pixel) -> colour, as ComfyUI 0.3.64 computes it
+SCALING_AND_COMPOSITING_PIXELS = {
+    ("scaled", 0, (2, 15)): STRIPES[0],  # the centre crop keeps half of the outer stripes
+    ("scaled", 0, (15, 15)): STRIPES[1],
+    ("scaled", 0, (27, 15)): STRIPES[2],
+    ("by_height", 0, (29, 19)): STRIPES[2],
+    ("max_tall", 0, (0, 0)): STRIPES[1],
+    ("max_tall", 0, (9, 24)): STRIPES[1],
+    ("max_wide", 0, (44, 29)): STRIPES[2],
+    ("empty", 2, (15, 11)): GREY_BLUE,
+    ("pick", 0, (0, 0)): (54, 255, 255),  # the negative, then the photo
+    ("pick", 1, (0, 0)): STRIPES[0],
+    ("clamped", 0, (0, 0)): (54, 255, 255),  # the last image of the batch
+    ("pasted", 1, (3, 1)): GREY_BLUE,  # the photo's corner at (4, 2), cut at the border
+    ("pasted", 1, (4, 2)): STRIPES[0],
+    ("pasted", 2, (15, 11)): STRIPES[0],
+    ("masked", 0, (5, 5)): (227, 128, 128),  # halfway to white: mask 128/255
+    ("masked", 0, (55, 5)): (128, 128, 227),
+    ("resized", 0, (1, 6)): (199, 0, 0),  # the photo shrunk to the destination's 16x12
+    ("resized", 0, (8, 6)): (0, 199, 0),
+    ("resized", 0, (14, 6)): STRIPES[2],
+    ("difference", 0, (5, 5)): (150, 0, 0),  # a - 0.5 * b, clamped (not |a - b|)
+    ("soft_light", 0, (5, 5)): (213, 0, 0),  # 0.784 + (2 * 0.753 - 1) * (sqrt(0.784) - 0.784)
+}
+SCALING_AND_COMPOSITING_SIZES = {
+    "scaled": [(30, 30)],
+    "by_height": [(30, 20)],
+    "max_tall": [(10, 25)],
+    "max_wide": [(45, 30)],
+    "empty": [(16, 12)] * 3,
+    "pick": [(60, 40)] * 2,
+    "clamped": [(60, 40)],
+    "pasted": [(16, 12)] * 3,
+    "masked": [(60, 40)],
+    "resized": [(16, 12)] * 3,
+    "difference": [(60, 40)],
+    "soft_light": [(60, 40)],
+}
+
+
+async def test_scaling_batch_and_composite_nodes_behave_as_comfyui(
+    comfy: ComfyUIDouble, client: ComfyUIClient
+) -> None:
+    name = await upload(client, stripes_png())
+    outputs = (await execute(comfy, scaling_and_compositing(name, "nodes")))["outputs"]
+    saved: dict[str, list[Image.Image]] = {}
+    for node_id, output in outputs.items():
+        saved[node_id.removeprefix("save_")] = [
+            image_of(await view(comfy, file)).convert("RGB") for file in output["images"]
+        ]
+    assert {k: [i.size for i in v] for k, v in saved.items()} == SCALING_AND_COMPOSITING_SIZES
+    for (node_id, index, xy), colour in SCALING_AND_COMPOSITING_PIXELS.items():
+        assert near(saved[node_id][index].getpixel(xy), colour, 1), (node_id, index, xy)

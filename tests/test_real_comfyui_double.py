@@ -15,16 +15,23 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import av
 import httpx
 import pytest
 import websockets
-from PIL import Image
+from PIL import Image, ImageChops, ImageStat
 
 from comfygram.presets import BUILTIN_DIR, load_preset
 from comfygram.worker import workflow
 from tests import images
 from tests.doubles.comfyui import MP4_STANDIN_MARKER, ComfyUIDouble, read_mp4_standin
 from tests.real_comfyui import COMFYUI_HOME, RealComfyUI, real_comfyui
+from tests.test_comfyui_double import (
+    SCALING_AND_COMPOSITING_PIXELS,
+    colourful_photo,
+    scaling_and_compositing,
+    stripes_png,
+)
 
 __all__ = ["real_comfyui"]  # the fixture, imported for pytest
 pytestmark = pytest.mark.real_comfyui
@@ -188,7 +195,9 @@ async def test_upload_view_queue_and_the_small_endpoints_answer_alike(servers):
     assert fake == real
 
 
-async def run_over_socket(client: httpx.AsyncClient, workflow: dict) -> tuple[list, dict]:
+async def run_over_socket(
+    client: httpx.AsyncClient, workflow: dict, timeout: float = 15
+) -> tuple[list, dict]:
     """Submit on a fresh socket; (messages of the prompt as (type, node), history entry)."""
     client_id, prompt_id = uuid.uuid4().hex, str(uuid.uuid4())
     url = str(client.base_url).replace("http://", "ws://") + f"/ws?clientId={client_id}"
@@ -198,7 +207,7 @@ async def run_over_socket(client: httpx.AsyncClient, workflow: dict) -> tuple[li
         body = {"prompt": workflow, "client_id": client_id, "prompt_id": prompt_id}
         assert (await client.post("/prompt", json=body)).status_code == 200
         seen: list[tuple[str, Any]] = []
-        async with asyncio.timeout(15):
+        async with asyncio.timeout(timeout):
             while ("executing", None) not in seen:
                 message = json.loads(await ws.recv())
                 data = message["data"]
@@ -427,3 +436,128 @@ async def test_batch_animation_and_video_outputs_are_reported_and_served_alike(s
             assert facts["frames"] == 12 and facts["duration"] == 2.0
         else:
             assert fake_facts == facts, name
+
+
+def mean_difference(a: Image.Image, b: Image.Image) -> float:
+    """Mean absolute difference per channel value, 0..255."""
+    return sum(ImageStat.Stat(ImageChops.difference(a, b)).mean) / 3
+
+
+async def served_files(client: httpx.AsyncClient, entry: dict) -> dict[str, list[Any]]:
+    """Each output node's files from /view: (content type, picture) for an image, (content
+    type, the decoded frames) for a video."""
+    served: dict[str, list[Any]] = {}
+    for node_id, output in entry["outputs"].items():
+        for file in output["images"]:
+            view = await client.get("/view", params=file)
+            assert view.status_code == 200
+            content_type = view.headers["content-type"]
+            if content_type == "video/mp4":
+                with av.open(io.BytesIO(view.content)) as container:
+                    content = [frame.to_image() for frame in container.decode(video=0)]
+            else:
+                with Image.open(io.BytesIO(view.content)) as image:
+                    content = image.convert("RGB")
+            served.setdefault(node_id, []).append((content_type, content))
+    return served
+
+
+def comparable(seen: list, entry: dict) -> tuple[list, dict]:
+    """The messages (ComfyUI runs independent nodes in an order of its own) and the history
+    entry's shape, with every file name (they are the same on both)."""
+    shape = history_shape(entry)
+    shape["prompt"][3] = sorted(shape["prompt"][3])  # output nodes, from a set on the real one
+    shape["outputs"] = entry["outputs"]
+    shape["meta"] = dict(sorted(entry["meta"].items()))
+    return sorted(seen, key=str), shape
+
+
+async def test_scaling_batch_and_composite_nodes_give_the_same_pictures(servers):
+    """ImageScale, ImageScaleToMaxDimension, EmptyImage, ImageFromBatch, ImageCompositeMasked
+    and ImageBlend's difference and soft light: the same files, sizes and batch lengths, the
+    pixels the fast test pins within a step, and whole pictures alike (except where ComfyUI
+    shrinks with torch's bilinear, which does not antialias as Pillow does)."""
+    name, prefix = f"nodes-{uuid.uuid4().hex}.png", f"nodes/{uuid.uuid4()}"
+    results = []
+    for client in servers:
+        await upload(client, name, stripes_png())
+        seen, entry = await run_over_socket(client, scaling_and_compositing(name, prefix))
+        results.append((comparable(seen, entry), await served_files(client, entry)))
+    (real_run, real), (fake_run, fake) = results
+    assert fake_run == real_run
+    assert {n: [(t, p.size) for t, p in files] for n, files in fake.items()} == {
+        n: [(t, p.size) for t, p in files] for n, files in real.items()
+    }
+    for (node_id, index, xy), colour in SCALING_AND_COMPOSITING_PIXELS.items():
+        for files in (real, fake):
+            got = files[f"save_{node_id}"][index][1].getpixel(xy)
+            assert all(abs(a - b) <= 1 for a, b in zip(got, colour, strict=True)), (node_id, xy)
+    for node_id, files in real.items():
+        bound = 8 if node_id in ("save_resized", "save_max_wide") else 1
+        for (_, a), (_, b) in zip(files, fake[node_id], strict=True):
+            assert mean_difference(a, b) <= bound, node_id
+
+
+RICH_PRESET_RUNS = [
+    ("pair", ["red", "blue"], {}),
+    ("variants", ["colourful"], {"count": "2"}),
+    ("variants", ["colourful"], {"count": "4"}),
+    ("fade", ["red"], {"length": "2s"}),
+    ("fade", ["red"], {"length": "4s"}),
+]
+
+
+async def test_the_rich_presets_give_the_same_outputs(servers):
+    """pair, variants (2 and 4) and fade (2 s and 4 s) filled through their contracts: the same
+    messages and history (cached nodes included: the runs follow each other), the same content
+    types, sizes, image counts and frame counts, and pictures within a few steps (the double
+    works in 8 bits between nodes, ComfyUI in float32; H.264 adds its own)."""
+    tag = uuid.uuid4().hex
+    photos = {
+        "red": images.png(300, 200, (220, 40, 30)),
+        "blue": images.png(200, 400, (30, 60, 210)),
+        "colourful": colourful_photo(640, 480),
+    }
+    results = []
+    for client in servers:
+        for key, data in photos.items():
+            await upload(client, f"rich-{key}-{tag}.png", data)
+        # a prompt of other nodes first, so that ComfyUI's cache holds nothing of the presets
+        await run_over_socket(client, invert(f"rich-red-{tag}.png", f"rich/{tag}-reset"))
+        runs = []
+        for slug, slots, options in RICH_PRESET_RUNS:
+            preset = load_preset(BUILTIN_DIR / slug)
+            built = preset.contract.apply(
+                preset.workflow,
+                photos=[f"rich-{key}-{tag}.png" for key in slots],
+                prompt=None,
+                chosen=preset.contract.resolve(photos=len(slots), prompt=None, options=options),
+                output_prefix=f"rich/{tag}-{slug}-{len(runs)}",
+            )
+            seen, entry = await run_over_socket(client, built, timeout=preset.timeout_seconds)
+            runs.append((comparable(seen, entry), await served_files(client, entry)))
+        results.append(runs)
+    for (slug, _, options), (real_run, real), (fake_run, fake) in zip(
+        RICH_PRESET_RUNS, *results, strict=True
+    ):
+        case = (slug, options)
+        assert fake_run == real_run, case
+        [(node_id, real_files)] = real.items()
+        fake_files = fake[node_id]
+        assert [t for t, _ in fake_files] == [t for t, _ in real_files], case
+        if slug == "fade":
+            [(_, real_frames)], [(_, fake_frames)] = real_files, fake_files
+            assert len(fake_frames) == len(real_frames) == {"2s": 48, "4s": 96}[options["length"]]
+            for k, (a, b) in enumerate(zip(real_frames, fake_frames, strict=True)):
+                assert a.size == b.size == (512, 342)
+                real_mean, fake_mean = ImageStat.Stat(a).mean, ImageStat.Stat(b).mean
+                assert all(abs(x - y) <= 5 for x, y in zip(real_mean, fake_mean, strict=True)), (
+                    case,
+                    k,
+                )
+        else:
+            assert [p.size for _, p in fake_files] == [p.size for _, p in real_files], case
+            for (_, a), (_, b) in zip(real_files, fake_files, strict=True):
+                assert mean_difference(a, b) <= 1.5, case
+    # one picture, an album of 2 and of 4, two videos (on the real server)
+    assert [len(next(iter(served.values()))) for _, served in results[0]] == [1, 2, 4, 1, 1]

@@ -7,8 +7,15 @@ OOM text) follows ComfyUI's nodes.py and execution.py of that release. It runs L
 ImageInvert, ImageScaleBy, ImageBlur, ImageSharpen, ImageToMask, MaskToImage, ImageBlend, SaveImage
 and PreviewImage for real with Pillow, one prompt at a time, every IMAGE a batch (a list of
 images); and the rich presets' nodes: ImageStitch, ImageFlip, ImageRotate, RepeatImageBatch,
-ImageBatch, CreateVideo, SaveVideo, SaveAnimatedWEBP and SaveAnimatedPNG (``/object_info`` copied
-from the real server, comfyui_rich_nodes.json). A batch SaveImage writes one file per image
+ImageBatch, ImageFromBatch, EmptyImage, ImageScale, ImageScaleToMaxDimension,
+ImageCompositeMasked, CreateVideo, SaveVideo, SaveAnimatedWEBP and SaveAnimatedPNG
+(``/object_info`` copied from the real server, comfyui_rich_nodes.json), enough to run the
+built-in pair, variants and fade presets end to end. Sizes, batch lengths and crops follow
+ComfyUI's code (``common_upscale``, ``repeat_to_batch_size``, the composite's clipping);
+ImageBlend uses ComfyUI's formula for each mode. The double keeps 8 bits between nodes where
+ComfyUI keeps float32, and Pillow's bilinear/bicubic/area resampling antialiases where torch's
+does not: colours stay within a few steps (lanczos is Pillow's on both). A batch SaveImage
+writes one file per image
 (``prefix_00001_.png``, ``prefix_00002_.png``...); SaveVideo and SaveAnimated* write one file and
 add ``animated: [true]``, all under ``images`` as ComfyUI reports them; ``/view`` answers
 image/png, image/webp or video/mp4. SaveVideo writes a real H.264 MP4 with PyAV as ComfyUI's
@@ -74,9 +81,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import io
 import json
+import math
 import os
 import socket
 import struct
@@ -89,7 +98,7 @@ from typing import Any
 
 import av
 import uvicorn
-from PIL import Image, ImageChops, ImageFilter, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -111,7 +120,8 @@ OUTPUT_NODES = {"SaveImage", "PreviewImage", *ANIMATED_NODES}
 PREVIEWLESS = {"LoadImage", *OUTPUT_NODES}
 # The model-free nodes rich presets use, ``/object_info`` entries as ComfyUI 0.3.64 answers them
 # (copied from the real server): ImageStitch, ImageFlip, ImageRotate, RepeatImageBatch,
-# ImageBatch, ImageBlend, CreateVideo, SaveVideo, SaveAnimatedWEBP, SaveAnimatedPNG.
+# ImageBatch, ImageBlend, CreateVideo, SaveVideo, SaveAnimatedWEBP, SaveAnimatedPNG, EmptyImage,
+# ImageCompositeMasked, ImageScaleToMaxDimension, ImageScale, ImageFromBatch.
 RICH_NODE_INFO: dict[str, dict[str, Any]] = json.loads(
     (Path(__file__).with_name("comfyui_rich_nodes.json")).read_text()
 )
@@ -514,22 +524,62 @@ def _model_nodes(models: dict[str, list[str]]) -> dict[str, dict[str, Any]]:
     }
 
 
+def _blend_mode(a: float, b: float, mode: str) -> float:
+    """``Blend.blend_mode`` of ComfyUI 0.3.64 (comfy_extras/nodes_post_processing.py) for one
+    channel value, both in 0..1 (``difference`` is signed there: ``a - b``, clamped later)."""
+    if mode == "normal":
+        return b
+    if mode == "multiply":
+        return a * b
+    if mode == "screen":
+        return 1 - (1 - a) * (1 - b)
+    if mode == "overlay":
+        return 2 * a * b if a <= 0.5 else 1 - 2 * (1 - a) * (1 - b)
+    if mode == "soft_light":
+        if b <= 0.5:
+            return a - (1 - 2 * b) * a * (1 - a)
+        g = ((16 * a - 12) * a + 4) * a if a <= 0.25 else math.sqrt(a)
+        return a + (2 * b - 1) * (g - a)
+    return a - b  # difference
+
+
+@functools.lru_cache(maxsize=64)
+def _blend_table(mode: str, factor: float) -> bytes:
+    """ImageBlend for every pair of 8-bit values: entry ``a << 8 | b`` is
+    ``clamp(a * (1 - factor) + mode(a, b) * factor)``, rounded to 8 bits."""
+    table = bytearray(65536)
+    for a in range(256):
+        for b in range(256):
+            x = a / 255
+            value = x * (1 - factor) + _blend_mode(x, b / 255, mode) * factor
+            table[a << 8 | b] = round(min(1.0, max(0.0, value)) * 255)
+    return bytes(table)
+
+
+def _constant(image: Image.Image) -> tuple[int, ...] | None:
+    """The colour of a one-colour image, else None."""
+    extrema = image.getextrema()
+    if all(low == high for low, high in extrema):
+        return tuple(low for low, _ in extrema)
+    return None
+
+
 def _blend(first: Image.Image, second: Image.Image, factor: float, mode: str) -> Image.Image:
-    """``ImageBlend``: ``first * (1 - factor) + blended * factor``, ``blended`` being ``second``
-    combined with ``first`` by ``mode`` (within a step of ComfyUI's float32 result per node)."""
-    if second.size != first.size:
-        second = second.resize(first.size, Image.Resampling.BICUBIC)
-    combine = {
-        "normal": lambda a, b: b,
-        "multiply": ImageChops.multiply,
-        "screen": ImageChops.screen,
-        "overlay": ImageChops.overlay,
-        "soft_light": ImageChops.soft_light,
-        "difference": ImageChops.difference,
-    }.get(mode)
-    if combine is None:  # unchecked at POST /prompt: ComfyUI fails when it runs
+    """``ImageBlend``: ``first * (1 - factor) + mode(first, second) * factor``, clamped, with
+    ComfyUI's formula for each mode (within a step of its float32 result per node). ``second``
+    of another size is scaled to ``first``'s (bicubic, centre crop) first, as ComfyUI does."""
+    if mode not in BLEND_MODES:  # unchecked at POST /prompt: ComfyUI fails when it runs
         raise _NodeFailed("ValueError", f"Unsupported blend mode: {mode}\n")
-    return Image.blend(first, combine(first, second), factor)
+    if second.size != first.size:
+        second = _upscale(second, first.size, "bicubic", "center")
+    table = _blend_table(mode, factor)
+    colour = _constant(second)
+    if colour is not None:  # one lookup table per channel (an EmptyImage colour, a mask)
+        return first.point([table[a << 8 | b] for b in colour for a in range(256)])
+    mixed = bytes(
+        [table[a << 8 | b] for a, b in zip(first.tobytes(), second.tobytes(), strict=True)]
+    )
+    return Image.frombytes("RGB", first.size, mixed)
 
 
 def _jpeg(image: Image.Image) -> bytes:
@@ -592,6 +642,95 @@ def read_mp4_standin(data: bytes) -> dict[str, Any]:
             "height": stream.height,
             "duration": container.duration / av.time_base,
         }
+
+
+# Pillow's nearest resampling is ComfyUI's nearest-exact; ``area`` (adaptive average pooling)
+# is a box filter. Pixels of the torch methods differ a little (no antialiasing there), sizes
+# never; lanczos is Pillow's in ComfyUI too (comfy.utils.lanczos).
+RESAMPLING = {
+    "nearest-exact": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "area": Image.Resampling.BOX,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+    "bislerp": Image.Resampling.BILINEAR,
+}
+
+
+def _upscale(image: Image.Image, size: tuple[int, int], method: str, crop: str) -> Image.Image:
+    """``comfy.utils.common_upscale``: with ``crop == "center"`` the middle of ``image`` with
+    the new aspect ratio is cut out first (ComfyUI's rounding), then it is resized to ``size``."""
+    width, height = size
+    if crop == "center":
+        old_aspect, new_aspect = image.width / image.height, width / height
+        x = y = 0
+        if old_aspect > new_aspect:
+            x = round((image.width - image.width * (new_aspect / old_aspect)) / 2)
+        elif old_aspect < new_aspect:
+            y = round((image.height - image.height * (old_aspect / new_aspect)) / 2)
+        image = image.crop((x, y, image.width - x, image.height - y))
+    if image.size == size:
+        return image
+    return image.resize(size, RESAMPLING.get(method, Image.Resampling.BILINEAR))
+
+
+def _scale(image: Image.Image, width: int, height: int, method: str, crop: str) -> Image.Image:
+    """``ImageScale``: 0 for one side keeps the aspect ratio; 0 for both changes nothing."""
+    if width == 0 and height == 0:
+        return image
+    if width == 0:
+        width = max(1, round(image.width * height / image.height))
+    elif height == 0:
+        height = max(1, round(image.height * width / image.width))
+    return _upscale(image, (width, height), method, crop)
+
+
+def _max_dimension(image: Image.Image, largest: int) -> tuple[int, int]:
+    """``ImageScaleToMaxDimension``'s new size: the longest side ``largest``, the other rounded."""
+    width, height = image.size
+    if height > width:
+        return round(width / height * largest), largest
+    if width > height:
+        return largest, round(height / width * largest)
+    return largest, largest
+
+
+def _repeat_to(batch: list[Any], length: int) -> list[Any]:
+    """``comfy.utils.repeat_to_batch_size``: cut to ``length`` or repeated until it is."""
+    return [batch[i % len(batch)] for i in range(length)]
+
+
+def _composite(
+    destinations: list[Image.Image],
+    sources: list[Image.Image],
+    x: int,
+    y: int,
+    resize_source: bool,
+    masks: list[Image.Image] | None,
+) -> list[Image.Image]:
+    """``ImageCompositeMasked`` (comfy_extras/nodes_mask.py ``composite``): each source pasted
+    at (x, y) on its destination, weighted by its mask (scaled to the source, bilinear); the
+    sources and masks are repeated or cut to the destination batch, which gives the length."""
+    size = destinations[0].size
+    if resize_source:
+        sources = [image.resize(size, Image.Resampling.BILINEAR) for image in sources]
+    sources = _repeat_to(sources, len(destinations))
+    source_size = sources[0].size
+    if masks is None:
+        masks = [Image.new("L", source_size, 255)]
+    masks = [_fit(mask, source_size) for mask in masks]
+    masks = _repeat_to(masks, len(sources))
+    x, y = min(x, size[0]), min(y, size[1])  # x, y >= 0 (their minimum)
+    visible = (min(source_size[0], size[0] - x), min(source_size[1], size[1] - y))
+    box = (x, y, x + visible[0], y + visible[1])
+    result = []
+    for destination, source, mask in zip(destinations, sources, masks, strict=True):
+        out = destination.copy()
+        if visible[0] > 0 and visible[1] > 0:
+            part = (0, 0, *visible)
+            out.paste(Image.composite(source.crop(part), out.crop(box), mask.crop(part)), box[:2])
+        result.append(out)
+    return result
 
 
 def _fit(image: Image.Image, size: tuple[int, int]) -> Image.Image:
@@ -1739,7 +1878,7 @@ class ComfyUIDouble:
 
             def scaled(image: Image.Image) -> Image.Image:
                 size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-                return image.resize(size, Image.Resampling.LANCZOS)
+                return _upscale(image, size, str(inputs["upscale_method"]), "disabled")
 
             values[node_id] = each("image", scaled)
         elif kind == "ImageBlur":
@@ -1787,7 +1926,44 @@ class ComfyUIDouble:
         elif kind == "ImageBatch":
             first, second = linked("image1"), linked("image2")
             size = first[0].size  # ComfyUI scales the second batch to the first's size
-            values[node_id] = list(first) + [_fit(image, size) for image in second]
+            values[node_id] = list(first) + [
+                _upscale(image, size, "bilinear", "center") for image in second
+            ]
+        elif kind == "ImageFromBatch":
+            batch = linked("image")
+            start = min(len(batch) - 1, int(inputs["batch_index"]))
+            values[node_id] = list(batch[start : start + int(inputs["length"])])
+        elif kind == "EmptyImage":
+            color = int(inputs["color"])
+            size = (int(inputs["width"]), int(inputs["height"]))
+            fill = (color >> 16 & 0xFF, color >> 8 & 0xFF, color & 0xFF)
+            values[node_id] = [Image.new("RGB", size, fill)] * int(inputs["batch_size"])
+        elif kind == "ImageScale":
+            values[node_id] = each(
+                "image",
+                lambda image: _scale(
+                    image,
+                    int(inputs["width"]),
+                    int(inputs["height"]),
+                    str(inputs["upscale_method"]),
+                    str(inputs["crop"]),
+                ),
+            )
+        elif kind == "ImageScaleToMaxDimension":
+            largest, method = int(inputs["largest_size"]), str(inputs["upscale_method"])
+            values[node_id] = each(
+                "image",
+                lambda image: _upscale(image, _max_dimension(image, largest), method, "disabled"),
+            )
+        elif kind == "ImageCompositeMasked":
+            values[node_id] = _composite(
+                linked("destination"),
+                linked("source"),
+                int(inputs["x"]),
+                int(inputs["y"]),
+                bool(inputs["resize_source"]),
+                linked("mask") if "mask" in inputs else None,
+            )
         elif kind == "ImageStitch":
             first = linked("image1")
             if "image2" not in inputs:
