@@ -40,3 +40,11 @@ def test_worker_pipeline_bench_reports_every_stage():
     ):
         [line] = [line for line in output.splitlines() if line.startswith(stage)]
         assert len(line[len(stage) :].split()) == 4, line  # p50/p95, with and without prefetch
+
+
+@pytest.mark.timeout(180)
+def test_delivery_bench_reports_an_album_and_a_video():
+    output = bench("delivery.py", "--jobs", "1", "--side", "160", "--frames", "8")
+    for kind in ("album", "video"):
+        [line] = [line for line in output.splitlines() if line.startswith(kind + " ")]
+        assert len(line.split()) == 4 and float(line.split()[1]) > 0, line  # p50, p95, max

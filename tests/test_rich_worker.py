@@ -18,6 +18,7 @@ import pytest
 from PIL import Image, ImageChops
 
 from comfygram.worker import encode
+from comfygram.worker.messages import UserMessages
 from tests import images
 from tests.stack import Stack, eventually, running_stack
 from tests.test_worker_crash import _gpu_holder, _workers
@@ -329,6 +330,32 @@ async def test_a_result_that_cannot_fit_fails_with_one_refund_and_one_apology(
     (apology,) = ok(stack, "sendMessage")
     assert "too large to send" in apology.params["text"]
     assert len(stack.comfyui.prompts_received) == 1
+
+
+@pytest.mark.parametrize("cached", [True, False], ids=["from the Redis cache", "from the backend"])
+async def test_an_album_recorded_but_not_sent_is_sent_once_from_the_stored_outputs(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, cached: bool
+):
+    """The finisher dies after the job is succeeded and before anything is sent: after its
+    lease the job is taken up again and the album rendered from what was stored."""
+    real = UserMessages.deliver_result
+    calls = 0
+
+    async def dies_once(self, *args, **kwargs):
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a bug nobody foresaw")
+        return await real(self, *args, **kwargs)
+
+    monkeypatch.setattr(UserMessages, "deliver_result", dies_once)
+    job_id = await create(stack, "album4")
+    stack.start_worker(result_cache_seconds=3600 if cached else 0)
+    job = await stack.settled(job_id, timeout=30)
+    assert (job.status, job.delivery_status, calls) == ("succeeded", "delivered", 2)
+    (album,) = ok(stack, "sendMediaGroup")
+    assert len(album.files) == 4
+    assert len(stack.comfyui.prompts_received) == 1  # not run again
 
 
 # -- a worker killed (SIGKILL) in the middle of a multi-output job ------------------------------

@@ -151,7 +151,7 @@ class UserMessages:
         be rendered any more is recorded as an undelivered result."""
         try:
             rendered = await self.prepare_result(preset, files)
-        except (TooLarge, EncodeError) as exc:
+        except (TooLarge, EncodeError, ValueError) as exc:  # ValueError: no outputs at all
             claimed = await self._claim(job)
             if claimed is not None:
                 await self.backend.record_delivery(job.id, "failed", f"not sendable: {exc}")
