@@ -101,6 +101,26 @@ PAIR = {
     "4": node("SaveImage", images=["3", 0], filename_prefix="pair"),
 }
 
+MANY = {
+    "1": node("LoadImage", image="x.png"),
+    "2": node("RepeatImageBatch", image=["1", 0], amount=12),
+    "3": node("SaveImage", images=["2", 0], filename_prefix="many"),
+}
+COUNT_OPTION = """
+[[options]]
+id = "count"
+title = { en = "Count", ru = "Count" }
+default = "12"
+  [[options.choices]]
+  id = "12"
+  title = { en = "12", ru = "12" }
+  sets = [{ node = "2", input = "amount", value = 12 }]
+  [[options.choices]]
+  id = "21"
+  title = { en = "21", ru = "21" }
+  sets = [{ node = "2", input = "amount", value = 21 }]
+"""
+
 LENGTH_OPTION = """
 [[options]]
 id = "length"
@@ -142,6 +162,7 @@ def presets_dir(tmp_path: Path) -> Path:
     write_preset(root, "clip", manifest(1, "Clip", "6", extra=LENGTH_OPTION), CLIP)
     write_preset(root, "loop", manifest(1, "Loop", "5", extra=LENGTH_OPTION), LOOP)
     write_preset(root, "pair2", manifest(2, "Pair", "4", inputs=TWO_PHOTOS), PAIR)
+    write_preset(root, "many", manifest(1, "Many", "3", extra=COUNT_OPTION), MANY)
     return root
 
 
@@ -330,6 +351,29 @@ async def test_a_result_that_cannot_fit_fails_with_one_refund_and_one_apology(
     (apology,) = ok(stack, "sendMessage")
     assert "too large to send" in apology.params["text"]
     assert len(stack.comfyui.prompts_received) == 1
+
+
+async def test_more_than_10_images_go_as_even_albums_then_the_buttons(stack: Stack):
+    job_id = await create(stack, "many", options={"count": "12"})
+    stack.start_worker()
+    job = await stack.settled(job_id)
+    assert (job.status, job.delivery_status, len(job.outputs)) == ("succeeded", "delivered", 12)
+    albums = ok(stack, "sendMediaGroup")
+    assert [len(a.files) for a in albums] == [6, 6]  # never 10 and a lone 2
+    (buttons,) = ok(stack, "sendMessage")
+    assert buttons.at >= albums[-1].at and buttons.params["reply_markup"] is not None
+
+
+async def test_more_outputs_than_the_backend_takes_fail_with_one_refund(stack: Stack):
+    job_id = await create(stack, "many", options={"count": "21"})
+    stack.start_worker()
+    job = await stack.settled(job_id)
+    assert job.status == "failed" and job.error.startswith("refused:")
+    assert "21 files, over the backend's limit of 20" in job.error
+    assert job.outputs == [] and await balance(stack) == START_BALANCE
+    assert ok(stack, "sendMediaGroup") == []
+    (apology,) = ok(stack, "sendMessage")
+    assert "could not be saved" in apology.params["text"]
 
 
 @pytest.mark.parametrize("cached", [True, False], ids=["from the Redis cache", "from the backend"])
