@@ -324,6 +324,10 @@ async def test_doctor_says_whether_comfyui_sends_previews(tmp_path):
         doctor.OK,
         "not sent (no preset it can run asks for them)",
     )
+    async with ComfyUIDouble(tmp_path / "previewing", previews=True) as comfy:
+        checks = _by_name(await doctor.check_comfyui(_settings(comfyui_url=comfy.url)))
+    previews = checks["comfyui previews"]
+    assert (previews.status, previews.detail) == (doctor.OK, "sent (--preview-method auto)")
 
 
 def test_the_previews_line_by_method_and_presets():

@@ -1065,7 +1065,11 @@ class ComfyUIDouble:
             await asyncio.sleep(0)
 
     async def _system_stats(self, request: Request) -> Response:
-        return _json(SYSTEM_STATS)
+        if not self.previews:
+            return _json(SYSTEM_STATS)
+        system = {**SYSTEM_STATS["system"]}
+        system["argv"] = [*system["argv"], "--preview-method", "auto"]
+        return _json({**SYSTEM_STATS, "system": system})
 
     def _node_info(self) -> dict[str, Any]:
         info = json.loads(json.dumps(NODE_INFO))
