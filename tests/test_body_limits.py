@@ -92,7 +92,7 @@ async def flood(
 ) -> tuple[int, dict[str, str], bytes, int]:
     """Stream a chunked body of up to FLOOD bytes; the answer and how much got sent."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    method = "PUT" if path.endswith("/result") else "POST"
+    method = "PUT" if path.endswith(("/result", "/outputs")) else "POST"
     writer.write(request_head(method, path, port, headers))
     opening = OPENINGS.get(headers.get("Content-Type", ""), b"")
     if opening:
@@ -132,6 +132,12 @@ AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
         ("/api/jobs/create", {**AUTH, "Content-Type": MULTIPART}, 413),
         (
             "/api/jobs/00000000-0000-0000-0000-000000000000/result",
+            {**AUTH, "Content-Type": MULTIPART},
+            413,
+        ),
+        # All of an attempt's outputs: 4 x the per-file limit (32 MB here), still refused.
+        (
+            "/api/jobs/00000000-0000-0000-0000-000000000000/outputs",
             {**AUTH, "Content-Type": MULTIPART},
             413,
         ),
