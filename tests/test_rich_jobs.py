@@ -20,9 +20,11 @@ from fastapi import FastAPI
 from PIL import Image
 from sqlalchemy import func, select, text
 
-from comfygram.backend import db
+from comfygram.backend import db, jobs
 from comfygram.backend.limits import MULTIPART_SLACK, body_limit
 from comfygram.backend.models import Job, JobFile, LedgerEntry, User
+from comfygram.backend.models import Preset as PresetRow
+from comfygram.backend.presets import contract_of
 from comfygram.backend.schemas import JobOut
 from comfygram.settings import Settings
 from tests import images
@@ -483,6 +485,29 @@ async def test_the_result_shorthand_goes_through_the_outputs(
     assert limits["max_outputs"] == 20
 
 
+async def test_an_operators_free_retry_keeps_every_photo_and_option(
+    app: FastAPI, api: httpx.AsyncClient, funded: int
+) -> None:
+    job_id = await processing_job(
+        api, funded, "duo", images=[RED, BLUE], options={"count": "4"}, prompt="hi"
+    )
+    await api.post(f"/api/jobs/{job_id}/status", json={"status": "failed", "error": "x: y"})
+    paid = await balance(api, funded)
+    async with app.state.sessions() as session:
+        created = await jobs.retry_free(session, app.state.store, job_id, 3, 20_000_000)
+        await session.commit()
+        retried = created.job
+        assert (retried.options, retried.prompt, retried.price) == (
+            {"count": "4", "frame": "none"},
+            "hi",
+            0,
+        )
+    for index, sent in enumerate((RED, BLUE)):
+        got = await api.get(f"/api/jobs/{retried.id}/inputs/{index}")
+        assert got.content == sent
+    assert await balance(api, funded) == paid
+
+
 # -- presets --------------------------------------------------------------------------------
 
 
@@ -594,6 +619,13 @@ async def test_migration_0005_carries_an_old_job_over(empty_database: str, tmp_p
             assert (out.options, out.has_result, job.request_digest) == ({}, True, None)
             other = await session.get(Job, old[:-1] + "6")
             assert (len(other.inputs), other.outputs) == (1, [])
+            # A preset row from before contracts reads as one photo in, one image out.
+            gone = contract_of(await session.get(PresetRow, "gone"))
+            assert ([p.name for p in gone.photos], gone.prompt, gone.output.kind) == (
+                ["photo"],
+                None,
+                "image",
+            )
         async with engine.begin() as connection:
             await connection.run_sync(
                 lambda sync: command.downgrade(db._alembic_config(sync), "0004")
