@@ -79,6 +79,25 @@ class World:
     telegram: TelegramDouble
     backend: BackendClient
     runtime: BotRuntime
+    # The polling task of `runtime` (polling worlds only), replaced by restart_bot().
+    task: asyncio.Task[None] | None = None
+
+    async def restart_bot(self) -> None:
+        """Stop the bot and start a new one (new process state: a new dispatcher, catalog and
+        caches) on the same Redis, backend and Telegram, as a deploy or a crash would; whatever
+        a conversation needs must therefore be in Redis."""
+        assert self.task is not None, "only a polling world restarts its bot"
+        await self.settle()
+        await self.runtime.stop()
+        await asyncio.wait_for(self.task, 15)
+        backend = BackendClient(self.settings.backend_url, API_TOKEN)
+        self.runtime = BotRuntime(
+            self.settings, backend=backend, status_interval=0.3, payments_interval=0.3
+        )
+        polls = len(self.telegram.sent("getUpdates"))
+        self.task = asyncio.create_task(self.runtime.run_polling(handle_signals=False))
+        while len(self.telegram.sent("getUpdates")) <= polls:  # the new bot polls
+            await asyncio.sleep(0.01)
 
     async def settle(self, timeout: float = 10) -> None:
         """Wait until the bot has taken every update sent so far and finished handling it."""
@@ -176,13 +195,15 @@ async def polling_world(
             current, backend=bot_backend, status_interval=0.3, payments_interval=0.3
         )
         task = asyncio.create_task(runtime.run_polling(handle_signals=False))
+        world = World(current, telegram, client, runtime, task)
         try:
             while not telegram.sent("getUpdates"):  # polling has begun
                 await asyncio.sleep(0.01)
-            yield World(current, telegram, client, runtime)
+            yield world
         finally:
-            await runtime.stop()
-            await asyncio.wait_for(task, 15)
+            await world.runtime.stop()
+            assert world.task is not None
+            await asyncio.wait_for(world.task, 15)
 
 
 @contextlib.asynccontextmanager

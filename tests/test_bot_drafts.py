@@ -1,10 +1,11 @@
 """The order's questions as a preset's contract decides them (``bot.drafts``, pure): which
 question comes next, what Back undoes, albums filling slots, prices of choices, the order's
-fingerprint, and callback data within Telegram's 64 bytes."""
+fingerprint, the buttons with their prices, and callback data within Telegram's 64 bytes."""
 
 from __future__ import annotations
 
-from comfygram.bot import drafts
+from comfygram.api import Preset
+from comfygram.bot import drafts, keyboards
 from comfygram.bot.callbacks import OptionPick, OrderStep
 from comfygram.bot.drafts import Draft, Step, StepKind
 from comfygram.bot.sources import PhotoSource
@@ -149,3 +150,56 @@ def test_order_buttons_fit_telegram_callback_data():
     assert longest == f"opt:{'o' * 16}:{'c' * 16}" and len(longest.encode()) <= 64
     for action in ("back", "cancel", "skip", "go"):
         assert OrderStep.unpack(OrderStep(action=action).pack()).action == action
+
+
+def _preset(slug: str, price: int, rules: Contract) -> Preset:
+    return Preset(
+        slug=slug,
+        title={"en": "Duo", "ru": "Дуэт"},
+        description={"en": "", "ru": ""},
+        price=price,
+        takes_prompt=rules.prompt is not None,
+        contract=rules,
+        kind=rules.output.kind,
+    )
+
+
+def _buttons(markup) -> list[list[tuple[str, str]]]:
+    return [[(b.text, b.callback_data) for b in row] for row in markup.inline_keyboard]
+
+
+def test_option_buttons_show_their_prices_and_a_preset_the_least():
+    preset = _preset("duo", 5, contract())
+    assert _buttons(keyboards.presets([preset], "en")) == [[("Duo · from 5 💎", "ps:duo")]]
+    assert _buttons(keyboards.presets([preset], "ru")) == [[("Дуэт · от 5 💎", "ps:duo")]]
+    count = _buttons(keyboards.option_choices(preset, Draft(preset="duo"), 0, "en"))
+    assert count == [
+        [("2 · 5 💎", "opt:count:2")],
+        [("4 · 10 💎", "opt:count:4")],
+        [("◀️ Back", "ord:back"), ("✖️ Cancel", "ord:cancel")],
+    ]
+    # The prices follow the choices made so far.
+    draft = Draft(preset="duo", options={"count": "4"})
+    style = _buttons(keyboards.option_choices(preset, draft, 1, "ru"))
+    assert style == [
+        [("Просто · 10 💎", "opt:style:plain")],
+        [("Золото · 16 💎", "opt:style:gold")],
+        [("◀️ Назад", "ord:back"), ("✖️ Отмена", "ord:cancel")],
+    ]
+    # Choices that all cost the same show no price.
+    flat = Option(
+        id="look",
+        title={"en": "Look"},
+        default="a",
+        choices=(Choice(id="a", title={"en": "A"}), Choice(id="b", title={"en": "B"})),
+    )
+    same = _preset("flat", 5, contract(options=False).model_copy(update={"options": (flat,)}))
+    assert _buttons(keyboards.presets([same], "en")) == [[("Duo · 5 💎", "ps:flat")]]
+    plain = _buttons(keyboards.option_choices(same, Draft(preset="flat"), 0, "en"))
+    assert plain[:2] == [[("A", "opt:look:a")], [("B", "opt:look:b")]]
+    assert _buttons(keyboards.confirmation("en", 6))[0] == [("✅ Start · 6 💎", "ord:go")]
+    assert _buttons(keyboards.confirmation("en", 0))[0] == [("✅ Start · free", "ord:go")]
+    assert _buttons(keyboards.question("en", skip=True)) == [
+        [("⏭ Skip", "ord:skip")],
+        [("◀️ Back", "ord:back"), ("✖️ Cancel", "ord:cancel")],
+    ]

@@ -14,7 +14,7 @@ from PIL import Image
 from comfygram.settings import Settings
 from tests import images
 from tests.bot_helpers import World, fast_chat_pace, polling_world  # noqa: F401
-from tests.doubles.telegram import QUERY_TOO_OLD, UserDriver
+from tests.doubles.telegram import QUERY_TOO_OLD, Call, UserDriver
 
 pytestmark = pytest.mark.usefixtures("fast_chat_pace")
 
@@ -39,6 +39,13 @@ async def _started(world: World, telegram_id: int, credits: int = 0) -> UserDriv
             telegram_id, credits, reason="tests", actor="tests", idempotency_key=f"t{telegram_id}"
         )
     return user
+
+
+async def _second_page(world: World, user: UserDriver, keyboard: Call) -> None:
+    """Turn the preset keyboard to its second page (the cheapest presets fill the first)."""
+    since = world.mark()
+    await user.press(keyboard.result, "pp:1")
+    await world.reply(user, method="editMessageReplyMarkup", since=since)
 
 
 def _queued_messages(world: World, chat_id: int) -> list[str]:
@@ -106,6 +113,7 @@ async def test_the_price_is_checked_before_asking_for_the_prompt(world: World):
     user = await _started(world, 6003)  # 3 credits; "edit" costs more
     await user.send_photo(images.png())
     keyboard = await world.reply(user, containing="Nice photo")
+    await _second_page(world, user, keyboard)
     since = world.mark()
     await user.press(keyboard.result, "ps:edit")
     offer = await world.reply(user, containing="Not enough credits", since=since)
@@ -124,6 +132,7 @@ async def test_the_price_is_checked_before_asking_for_the_photo(world: World):
     user = await _started(world, 6004)  # 3 credits; "oil" costs 5
     await user.send_text("🎨 Presets")
     keyboard = await world.reply(user, containing="then send me the photo")
+    await _second_page(world, user, keyboard)
     since = world.mark()
     await user.press(keyboard.result, "ps:oil")
     offer = await world.reply(user, containing="Not enough credits", since=since)
@@ -163,14 +172,16 @@ async def test_an_album_gets_one_keyboard_and_its_first_photo_is_the_order(world
     user = await _started(world, 6006)
     since = world.mark()
     await user.send_album([images.jpeg(64, 48), images.jpeg(80, 60), images.jpeg(96, 72)])
-    keyboard = await world.reply(user, containing="Nice photo", since=since)
+    keyboard = await world.reply(user, containing="Nice photos", since=since)
     await world.settle()
     sent = [c.params["text"] for c in world.telegram.calls[since:] if c.method == "sendMessage"]
     assert len([text for text in sent if "Nice photo" in text]) == 1, sent
-    assert len([text for text in sent if "3 photos" in text]) == 1, sent
     assert not [text for text in sent if "a lot at once" in text], sent
     await user.press(keyboard.result, "ps:bw")
     await world.reply(user, containing="Queued", since=since)
+    # A one-photo preset: the first photo is used, and the user is told so.
+    sent = [c.params["text"] for c in world.telegram.calls[since:] if c.method == "sendMessage"]
+    assert "📷 You sent 3 photos; I'll work with the first one." in sent[-2]
     (job,) = await world.backend.jobs(6006)
     data, _type = await world.backend.job_input(job.id)
     assert Image.open(io.BytesIO(data)).size == (64, 48)

@@ -7,15 +7,22 @@ from comfygram.bot import keyboards
 from comfygram.bot.callbacks import Again, Buy, PresetChoice
 from comfygram.bot.status import Eta, format_wait, queued_text
 from comfygram.bot.texts import text
+from comfygram.presets.contract import Contract, MediaKind, OutputSpec, PhotoSlot
 
 
-def _preset(number: int, price: int = 1) -> Preset:
+def _preset(number: int, price: int = 1, contract: Contract | None = None) -> Preset:
+    contract = contract or Contract(
+        photos=(PhotoSlot(name="photo", node="1"),),
+        output=OutputSpec(node="2", kind=MediaKind.IMAGE),
+    )
     return Preset(
         slug=f"p{number}",
         title={"en": f"Preset {number}", "ru": f"Пресет {number}"},
         description={"en": "", "ru": ""},
         price=price,
-        takes_prompt=False,
+        takes_prompt=contract.prompt is not None,
+        contract=contract,
+        kind=contract.output.kind,
     )
 
 

@@ -2,8 +2,8 @@
 answered once, not once per photo.
 
 Each photo of the album is noted in Redis; the first one to arrive (in any bot process) waits
-until no more have come for a moment, then answers for the whole album with its first photo
-(the lowest message id): today's presets take one photo.
+until no more have come for a moment, then answers for the whole album: its photos in the order
+they were sent (by message id) fill a preset's photo slots in turn.
 """
 
 from __future__ import annotations
@@ -31,11 +31,18 @@ class _Item(BaseModel):
 
 @dataclass
 class Album:
-    """The album as it arrived: the photo to use, its message, and how many were sent."""
+    """The album as it arrived: its photos in order, and its first message."""
 
-    first: PhotoSource
+    photos: list[PhotoSource]
     message_id: int
-    count: int
+
+    @property
+    def first(self) -> PhotoSource:
+        return self.photos[0]
+
+    @property
+    def count(self) -> int:
+        return len(self.photos)
 
 
 class Albums:
@@ -83,5 +90,5 @@ class Albums:
             seen = count
             await asyncio.sleep(self.quiet_seconds)
         photos = [_Item.model_validate_json(raw) for raw in await self.redis.lrange(items, 0, -1)]
-        first = min(photos, key=lambda photo: photo.message_id)
-        return Album(first=first.source, message_id=first.message_id, count=len(photos))
+        photos.sort(key=lambda photo: photo.message_id)
+        return Album(photos=[p.source for p in photos], message_id=photos[0].message_id)

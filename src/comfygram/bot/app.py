@@ -34,6 +34,7 @@ from comfygram.bot import blocking
 from comfygram.bot.albums import Albums
 from comfygram.bot.blocking import BlockedFlags, HeardFromMiddleware
 from comfygram.bot.catalog import PresetCatalog
+from comfygram.bot.confirmations import Confirmations
 from comfygram.bot.keys import bot_key
 from comfygram.bot.languages import LanguageStore
 from comfygram.bot.middlewares import (
@@ -180,6 +181,7 @@ def create_dispatcher(
         blocked_flags=blocked_flags,
         catalog=PresetCatalog(backend),
         sources=SourceStore(redis, prefix),
+        confirmations=Confirmations(redis, prefix),
         albums=Albums(redis, prefix),
         tracker=tracker,
         pending=PendingPayments(redis, prefix, backend, tg, interval=payments_interval),

@@ -1,16 +1,18 @@
-"""Turning a photo and a preset into a job, and the one status message that follows it.
+"""Turning photos, a preset and its options into a job, and the one status message that
+follows it.
 
-The idempotency key comes from the Telegram update that asked for the job (the keyboard, photo
-or prompt message), so a retried update, a double tap or a retry after a backend timeout
-replays the same job instead of charging again. Only while that job is alive, though: once it
-has ended (cancelled, failed, succeeded), pressing the same button again is a new order, so
-the key moves on to its next generation (a counter per key in Redis).
+The idempotency key comes from the Telegram update that asked for the job (the keyboard, photo,
+prompt or confirmation message), so a retried update, a double tap or a retry after a backend
+timeout replays the same job instead of charging again. Only while that job is alive, though:
+once it has ended (cancelled, failed, succeeded), pressing the same button again is a new
+order, so the key moves on to its next generation (a counter per key in Redis).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from aiogram import Bot
@@ -68,6 +70,12 @@ _REFUSALS = {
     "idempotency_key_reused": "bot.order.already_done",
     "job_not_found": "bot.photo.gone",
     "user_banned": "bot.errors.banned",
+    # The preset changed between the questions and the order (an operator's edit).
+    "photo_missing": "bot.order.preset_changed",
+    "too_many_photos": "bot.order.preset_changed",
+    "prompt_not_accepted": "bot.order.preset_changed",
+    "unknown_option": "bot.order.preset_changed",
+    "unknown_choice": "bot.order.preset_changed",
 }
 
 
@@ -97,16 +105,21 @@ class Orders:
         user: User,
         chat_id: int,
         lang: str,
-        source: PhotoSource,
+        photos: Sequence[PhotoSource],
         preset: Preset,
         key: str,
         prompt: str | None = None,
+        *,
+        options: Mapping[str, str] | None = None,
     ) -> Job | None:
-        """Create the job and report it; every refusal is told to the user. None if refused."""
+        """Create the job from its photos (in slot order), prompt and chosen options, and
+        report it; every refusal is told to the user. None if refused."""
+        limit = image_limit(self.settings)
         try:
-            image, filename = await load_image(
-                source, self.bot, self.backend, image_limit(self.settings), self.images
-            )
+            images = [
+                await load_image(source, self.bot, self.backend, limit, self.images)
+                for source in photos
+            ]
         except ImageTooLarge:
             await self._say(chat_id, lang, "bot.photo.too_large")
             return None
@@ -117,7 +130,9 @@ class Orders:
             await self._refused(chat_id, lang, exc)
             return None
         try:
-            job, replayed = await self._create_fresh(user, preset, image, filename, prompt, key)
+            job, replayed = await self._create_fresh(
+                user, preset, images, prompt, dict(options or {}), key
+            )
         except BackendError as exc:
             await self._refused(chat_id, lang, exc)
             return None
@@ -136,9 +151,9 @@ class Orders:
         self,
         user: User,
         preset: Preset,
-        image: bytes,
-        filename: str,
+        images: list[tuple[bytes, str]],
         prompt: str | None,
+        options: dict[str, str],
         key: str,
     ) -> tuple[Job, bool]:
         """Create the job, or replay the one this key made while it is alive; a replayed job
@@ -147,7 +162,7 @@ class Orders:
         generation = int(await self.redis.get(counter) or 0)
         for _ in range(MAX_GENERATIONS):
             keyed = key if generation == 0 else f"{key}:g{generation}"
-            job, replayed = await self._create(user, preset, image, filename, prompt, keyed)
+            job, replayed = await self._create(user, preset, images, prompt, options, keyed)
             if not (replayed and job.status in ENDED):
                 return job, replayed
             log.info("job %s for key %s has ended (%s); a new order", job.id, key, job.status)
@@ -160,14 +175,19 @@ class Orders:
         self,
         user: User,
         preset: Preset,
-        image: bytes,
-        filename: str,
+        images: list[tuple[bytes, str]],
         prompt: str | None,
+        options: dict[str, str],
         key: str,
     ) -> tuple[Job, bool]:
         try:
             return await self.backend.create_job(
-                user.id, preset.slug, [(image, filename)], prompt=prompt, idempotency_key=key
+                user.id,
+                preset.slug,
+                images,
+                prompt=prompt,
+                options=options or None,
+                idempotency_key=key,
             )
         except BackendError as exc:
             if exc.code != "user_not_found":
@@ -180,7 +200,12 @@ class Orders:
             language_code=user.language_code,
         )
         return await self.backend.create_job(
-            user.id, preset.slug, [(image, filename)], prompt=prompt, idempotency_key=key
+            user.id,
+            preset.slug,
+            images,
+            prompt=prompt,
+            options=options or None,
+            idempotency_key=key,
         )
 
     async def report(self, job: Job, chat_id: int, lang: str) -> None:

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 from aiogram import Bot
 from aiogram.exceptions import TelegramAPIError, TelegramBadRequest
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 from redis.asyncio import Redis
 
 from comfygram.api import BackendClient
@@ -39,6 +39,11 @@ class PhotoSource(BaseModel):
     file_size: int | None = None
     filename: str = "photo.jpg"
     job_id: str | None = None
+    # Which of that job's inputs (a job of a several-photo preset has one per slot).
+    index: int = 0
+
+
+_Photos = TypeAdapter(list[PhotoSource])
 
 
 class ImageTooLarge(Exception):
@@ -57,14 +62,19 @@ class SourceStore:
     def _key(self, chat_id: int, message_id: int) -> str:
         return bot_key(self.prefix, "keyboard", chat_id, message_id)
 
-    async def attach(self, chat_id: int, message_id: int, source: PhotoSource) -> None:
-        await self.redis.set(
-            self._key(chat_id, message_id), source.model_dump_json(), ex=KEYBOARD_TTL_SECONDS
-        )
+    async def attach(self, chat_id: int, message_id: int, photos: list[PhotoSource]) -> None:
+        """Tie the keyboard to its photos (several for an album, in the order sent)."""
+        raw = _Photos.dump_json(photos).decode()
+        await self.redis.set(self._key(chat_id, message_id), raw, ex=KEYBOARD_TTL_SECONDS)
 
-    async def find(self, chat_id: int, message_id: int) -> PhotoSource | None:
+    async def find(self, chat_id: int, message_id: int) -> list[PhotoSource]:
+        """The keyboard's photos; none for a keyboard sent before any photo (preset first)."""
         raw = await self.redis.get(self._key(chat_id, message_id))
-        return PhotoSource.model_validate_json(raw) if raw else None
+        if not raw:
+            return []
+        if raw.lstrip().startswith("{"):  # stored before albums kept all their photos
+            return [PhotoSource.model_validate_json(raw)]
+        return _Photos.validate_json(raw)
 
 
 class ImageCache:
@@ -134,7 +144,7 @@ async def load_image(
 ) -> tuple[bytes, str]:
     """The photo's bytes and a file name for the upload."""
     if source.job_id is not None:
-        data, _content_type = await backend.job_input(source.job_id)
+        data, _content_type = await backend.job_input(source.job_id, source.index)
         return data, source.filename
     assert source.file_id is not None
     if source.file_size is not None and source.file_size > limit:

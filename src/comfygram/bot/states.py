@@ -6,10 +6,14 @@ from aiogram.fsm.state import State, StatesGroup
 
 
 class Order(StatesGroup):
-    """Photo, preset and prompt may come in either order; these wait for the missing part.
+    """An order being put together, one question at a time (see ``bot.drafts``).
 
-    Data: ``preset`` (slug), ``prompt`` (text or None), ``source`` (a PhotoSource or None).
+    Data: ``draft`` (a Draft: the preset, the photos, options and prompt given so far, and the
+    message asking the current question). Data written before drafts existed (``preset``,
+    ``prompt``, ``source``) is read as a draft too.
     """
 
     waiting_photo = State()
+    choosing_option = State()
     waiting_prompt = State()
+    confirming = State()

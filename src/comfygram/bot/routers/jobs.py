@@ -15,6 +15,7 @@ from comfygram.api import BackendClient, BackendError, Job
 from comfygram.bot import keyboards
 from comfygram.bot.callbacks import CancelJob
 from comfygram.bot.catalog import PresetCatalog
+from comfygram.bot.confirmations import Confirmations
 from comfygram.bot.replies import send
 from comfygram.bot.status import QueueTracker
 from comfygram.bot.texts import text
@@ -67,11 +68,15 @@ async def cancel_command(
     lang: str,
     catalog: PresetCatalog,
     tracker: QueueTracker,
+    confirmations: Confirmations,
 ) -> None:
     """Stop a half-made order, else cancel the queued job (or offer a choice of several)."""
     assert message.from_user is not None
     chat_id = message.chat.id
     if await state.get_state() is not None:
+        draft = (await state.get_data()).get("draft") or {}
+        if draft.get("asked") is not None:  # a confirmation's Start button no longer acts
+            await confirmations.drop(chat_id, draft["asked"])
         await state.clear()
         await send(tg, chat_id, t(lang, "bot.cancel.order_dropped"))
         return
