@@ -1,9 +1,11 @@
 """The worker: takes jobs from the queue and runs them on one ComfyUI, one at a time.
 
-The flow of one job (docs/architecture.md): take it from the stream, mark it ``processing``
-through the backend, upload the photo, submit the preset's workflow under a prompt id derived
-from the job and attempt, wait for it, download the result, store it through the backend, mark it
-``succeeded``, send it to the user, and only then acknowledge it on the stream. A worker
+The flow of one job (docs/architecture.md, docs/worker.md): take it from the stream, mark it
+``processing`` through the backend, upload its photos (one per slot), submit the preset's
+workflow with the job's options under a prompt id derived from the job and attempt, wait for it,
+download every file the attempt saved, store them all through the backend in one request, render
+them for Telegram, mark it ``succeeded``, send them to the user, and only then acknowledge it on
+the stream. A worker
 killed anywhere leaves the job pending on the stream; after its lease another worker (or this
 one, restarted) takes it and picks up where the record says it stopped, re-attaching to the
 prompt in ComfyUI when it is still there.
