@@ -1,7 +1,8 @@
 """The order conversation a preset's contract drives: each photo slot in turn (or an album at
 once), the options as buttons with their prices, the prompt (skippable when optional), one
 confirmation with the final price, then the queue; Back and Cancel at every step; wrong media
-told what is expected; a bot restarted mid-way carries on; a double tap on Start is one job.
+told what is expected; a bot restarted mid-way carries on; a double tap on Start is one job;
+the result's "another preset" button brings back all the job's photos.
 
 The bot polls the Telegram double and talks to the real backend (uvicorn on loopback); real
 Redis. The presets are a test folder (PRESETS_DIR): `duo` takes two photos (the first slot has
@@ -17,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup
 from PIL import Image
 
 from comfygram.settings import Settings
+from comfygram.telegram import create_bot
 from tests import images
 from tests.bot_helpers import World, fast_chat_pace, polling_world  # noqa: F401
 from tests.doubles.telegram import Call, UserDriver
@@ -505,3 +508,43 @@ async def test_variants_four_cost_double_as_shown_and_charged(world: World):
     (job,) = await world.backend.jobs(7012)
     assert (job.preset, job.options, job.price) == ("variants", {"count": "4"}, 4)
     assert (await world.backend.user(7012)).balance == 13 - 4
+
+
+async def test_another_preset_on_a_finished_job_brings_all_its_photos(world: World):
+    """The result's "again" button: the job's photos, fetched back from the backend, fill the
+    next preset's slots in their order."""
+    user = await _started(world, 7013, credits=10)
+    since = world.mark()
+    await user.send_album([images.jpeg(64, 48), images.jpeg(80, 60)])
+    keyboard = await world.reply(user, containing="Nice photos", since=since)
+    await _pick(world, user, keyboard, "pair")
+    confirm = await world.reply(user, containing="Price", since=since)
+    await user.press(confirm.result, "ord:go")
+    await world.reply(user, containing="Queued: position", since=since)
+    await world.settle()
+    (job,) = await world.backend.jobs(7013)
+    await world.backend.set_status(job.id, "cancelled")
+    # What the worker sends with a result: a message with the "again" button.
+    bot = create_bot(world.settings)
+    try:
+        markup = InlineKeyboardMarkup(
+            inline_keyboard=[[InlineKeyboardButton(text="again", callback_data=f"again:{job.id}")]]
+        )
+        result = await bot.send_message(7013, "result", reply_markup=markup)
+    finally:
+        await bot.session.close()
+    since = world.mark()
+    await user.press(result.model_dump(), f"again:{job.id}")
+    keyboard = await world.reply(user, containing="Nice photos", since=since)
+    await _pick(world, user, keyboard, "duo")
+    option = await world.reply(user, containing="Gap between them", since=since)
+    await user.press(option.result, "opt:gap:none")
+    prompt = await world.reply(user, containing="or press Skip", since=since)
+    await user.press(prompt.result, "ord:skip")
+    confirm = await world.reply(user, containing="Price", since=since)
+    await user.press(confirm.result, "ord:go")
+    await world.reply(user, containing="Queued: position", since=since)
+    await world.settle()
+    (new,) = [j for j in await world.backend.jobs(7013) if j.id != job.id]
+    assert new.preset == "duo"
+    assert [await _size(world, new.id, i) for i in (0, 1)] == [(64, 48), (80, 60)]
