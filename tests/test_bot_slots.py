@@ -548,3 +548,28 @@ async def test_another_preset_on_a_finished_job_brings_all_its_photos(world: Wor
     (new,) = [j for j in await world.backend.jobs(7013) if j.id != job.id]
     assert new.preset == "duo"
     assert [await _size(world, new.id, i) for i in (0, 1)] == [(64, 48), (80, 60)]
+
+
+async def test_a_one_photo_preset_with_a_required_prompt_keeps_the_short_way(world: World):
+    """`edit` picked first: its photo, then its prompt, and the job is queued on the prompt
+    (no confirmation). A photo too large to take leaves the question where it was."""
+    user = await _started(world, 7014, credits=20)
+    since = world.mark()
+    await user.send_text("🎨 Presets")
+    keyboard = await world.reply(user, containing="then send me the photo", since=since)
+    await _pick(world, user, keyboard, "edit")
+    await world.reply(user, containing="Now send me the photo for", since=since)
+    big = images.png(1400, 1400) + b"\x00" * (3 * 1024 * 1024)  # over MAX_UPLOAD_BYTES (2 MB)
+    await user.send_document(big, "big.png", "image/png")
+    await world.reply(user, containing="That file is too big", since=since)
+    await user.send_photo(images.jpeg(80, 60))
+    ask = await world.reply(user, containing="describe the edit", since=since)
+    assert "ord:skip" not in _buttons(ask)  # required: no Skip
+    await user.send_text("make it snowy")
+    await world.reply(user, containing="Queued: position", since=since)
+    await world.settle()
+    texts = [c.params["text"] for c in world.telegram.sent("sendMessage", 7014)]
+    assert not [t for t in texts if "Price:" in t]
+    (job,) = await world.backend.jobs(7014)
+    assert (job.preset, job.prompt, job.options) == ("edit", "make it snowy", {})
+    assert await _size(world, job.id, 0) == (80, 60)
