@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import re
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from html.parser import HTMLParser
 
+import av
 import httpx
 from fastapi import FastAPI
+from PIL import Image
 from pydantic import SecretStr
 
 from comfygram.backend.models import Job, JobFile, Payment, User
@@ -109,3 +114,104 @@ def seeded_payment(
         telegram_payment_charge_id=f"c-{key}" if paid_at else None,
         paid_at=paid_at,
     )
+
+
+def h264_mp4(frames: int = 12, fps: int = 8, width: int = 64, height: int = 48) -> bytes:
+    """A real H.264 MP4 (yuv420p, faststart not needed) of `frames` frames at `fps`, made with
+    PyAV, as ComfyUI's SaveVideo writes one."""
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4") as out:
+        stream = out.add_stream("h264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for n in range(frames):
+            picture = Image.new("RGB", (width, height), (n * 20 % 256, 90, 160))
+            for packet in stream.encode(av.VideoFrame.from_image(picture)):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return buffer.getvalue()
+
+
+@dataclass
+class MediaCard:
+    """One input or output card of a job's page, as the HTML has it."""
+
+    name: str  # "input-0", "output-3"
+    kind: str
+    label: str = ""
+    title: str = ""
+    # "img" or "video" (the element shown), or None when the card says the file is gone.
+    element: str | None = None
+    src: str | None = None
+    # A video's element attributes and its <source type>.
+    video: dict[str, str | None] = field(default_factory=dict)
+    source_type: str | None = None
+    gone: str | None = None
+    full: str | None = None
+    facts: dict[str, str] = field(default_factory=dict)
+
+
+class _CardParser(HTMLParser):
+    """Reads the cards (div[data-media]) of the job page, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cards: list[MediaCard] = []
+        self._card: MediaCard | None = None
+        self._depth = 0
+        self._text: tuple[str, str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if self._card is None:
+            if tag == "div" and "data-media" in a:
+                self._card = MediaCard(name=a["data-media"] or "", kind=a.get("data-kind") or "")
+                self.cards.append(self._card)
+                self._depth = 1
+            return
+        card = self._card
+        if tag == "div":
+            self._depth += 1
+            if "fw-bold" in (a.get("class") or ""):
+                self._text = ("label", "")
+            elif "text-muted" in (a.get("class") or ""):
+                self._text = ("title", "")
+        elif tag == "img":
+            card.element, card.src = "img", a.get("src")
+        elif tag == "video":
+            card.element, card.video = "video", a
+        elif tag == "source":
+            card.src, card.source_type = a.get("src"), a.get("type")
+        elif "data-gone" in a:
+            self._text = ("gone", "")
+        elif tag == "td" and "data-fact" in a:
+            self._text = (f"fact:{a['data-fact']}", "")
+        elif tag == "a" and "data-full" in a:
+            card.full = a.get("href")
+
+    def handle_data(self, data: str) -> None:
+        if self._text is not None:
+            self._text = (self._text[0], self._text[1] + data)
+
+    def handle_endtag(self, tag: str) -> None:
+        card = self._card
+        if card is None:
+            return
+        if self._text is not None and tag in ("div", "p", "td"):
+            name, text = self._text[0], self._text[1].strip()
+            if name.startswith("fact:"):
+                card.facts[name[5:]] = text
+            else:
+                setattr(card, name, text)
+            self._text = None
+        if tag == "div":
+            self._depth -= 1
+            if self._depth == 0:
+                self._card = None
+
+
+def media_cards(html: str) -> dict[str, MediaCard]:
+    """The job page's input and output cards by name ("input-0", "output-1", ...), in order."""
+    parser = _CardParser()
+    parser.feed(html)
+    return {card.name: card for card in parser.cards}

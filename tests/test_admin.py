@@ -1,7 +1,9 @@
 """The admin panel at /admin: login, views, the operator's actions, the dashboard and media.
 
 A real backend in-process (SQLite and PostgreSQL), real Redis; requests go through the panel's
-HTML forms as a browser would send them.
+HTML forms as a browser would send them. Besides the built-in presets, the rich test presets
+(tests/rich_presets.py: `duo` two photos and options, `clip` a video, `loop` an animation)
+give jobs with several inputs and outputs of every kind.
 """
 
 from __future__ import annotations
@@ -32,19 +34,23 @@ from tests.admin_helpers import (
     ADMIN_PASSWORD,
     ADMIN_USERNAME,
     csrf,
+    h264_mp4,
     login,
+    media_cards,
     panel_client,
     seeded_job,
     seeded_payment,
     stat,
     with_admin,
 )
-from tests.helpers import API_TOKEN, backend_client, create_job, register
+from tests.helpers import API_TOKEN, backend_client, create_job, grant, register
+from tests.rich_presets import write_rich_presets
 
 
 @pytest.fixture
-async def app(settings, redis):
-    application = create_app(with_admin(settings))
+async def app(settings, redis, tmp_path):
+    presets = write_rich_presets(tmp_path / "presets")
+    application = create_app(with_admin(settings, presets_dir=presets))
     async with application.router.lifespan_context(application):
         yield application
 
@@ -259,6 +265,8 @@ def test_admin_settings_from_the_environment(monkeypatch):
         ("POST", "/admin/preset/follow-file/bw"),
         ("GET", "/admin/media/jobs/00000000-0000-0000-0000-000000000000/input"),
         ("GET", "/admin/media/jobs/00000000-0000-0000-0000-000000000000/result"),
+        ("GET", "/admin/media/jobs/00000000-0000-0000-0000-000000000000/inputs/0"),
+        ("GET", "/admin/media/jobs/00000000-0000-0000-0000-000000000000/outputs/0"),
     ],
 )
 async def test_everything_needs_the_login(browser, method, path):
@@ -437,28 +445,264 @@ async def test_job_details_show_images_error_attempts_and_timings(admin, api, ap
     page = await admin.get(f"/admin/job/details/{job['id']}")
     assert page.status_code == 200
     media = f"/admin/media/jobs/{job['id']}"
-    assert f'<a href="{media}/input"><img alt="input" src="{media}/input"' in page.text
-    assert f'<a href="{media}/result"><img alt="result" src="{media}/result"' in page.text
+    cards = media_cards(page.text)
+    assert list(cards) == ["input-0", "output-0"]
+    assert (cards["input-0"].element, cards["input-0"].src) == ("img", f"{media}/inputs/0")
+    assert cards["input-0"].label == "input 0: photo"
+    assert cards["input-0"].facts["dimensions"] == "80×60"
+    assert (cards["output-0"].element, cards["output-0"].src) == ("img", f"{media}/outputs/0")
+    assert cards["output-0"].full == f"{media}/outputs/0"
+    assert cards["output-0"].facts["dimensions"] == "160×120"
+    assert "frames" not in cards["output-0"].facts  # a still image has none
+    assert f'<a href="{media}/outputs/0" target="_blank" rel="noopener"><img' in page.text
     assert "ComfyUI timed out" in page.text and "gpu-2" in page.text
     for label in ("created", "started", "finished", "queue wait", "run time"):
         assert f'data-timing="{label}"' in page.text
     assert re.search(r'data-timing="run time">\d+\.\d s<', page.text)
 
-    assert (await admin.get(f"{media}/input")).content == photo
-    served = await admin.get(f"{media}/result")
-    assert served.content == result and served.headers["content-type"] == "image/png"
+    # The first of each also at the older addresses.
+    for path in (f"{media}/input", f"{media}/inputs/0"):
+        assert (await admin.get(path)).content == photo
+    for path in (f"{media}/result", f"{media}/outputs/0"):
+        served = await admin.get(path)
+        assert served.content == result and served.headers["content-type"] == "image/png"
     missing = await admin.get("/admin/media/jobs/00000000-0000-0000-0000-000000000000/input")
     assert missing.status_code == 404
     assert (await admin.get("/admin/media/jobs/not-a-job/input")).status_code == 404
+    assert (await admin.get("/admin/media/jobs/not-a-job/outputs/0")).status_code == 404
 
 
 async def test_a_job_without_result_has_no_result_image(admin, api):
     await register(api, 1001)
     job = await new_job(api, 1001)
     page = await admin.get(f"/admin/job/details/{job['id']}")
-    assert 'alt="input"' in page.text and 'alt="result"' not in page.text
-    media = f"/admin/media/jobs/{job['id']}/result"
-    assert (await admin.get(media)).status_code == 404
+    assert list(media_cards(page.text)) == ["input-0"]
+    assert 'id="no-outputs"' in page.text and "No output (queued)" in page.text
+    media = f"/admin/media/jobs/{job['id']}"
+    assert (await admin.get(f"{media}/result")).status_code == 404
+    assert (await admin.get(f"{media}/outputs/0")).status_code == 404
+
+
+# -- a job's inputs and outputs (issue 12) ----------------------------------------------------
+
+ALBUM = [images.png(30 + 10 * n, 20 + n, (60 * n, 10, 200)) for n in range(4)]
+PERSON, PLACE = images.png(40, 30, (200, 0, 0)), images.png(50, 30, (0, 0, 200))
+
+
+async def finished_job(api, preset: str, outputs: list[bytes], mime: str, **fields) -> str:
+    """A succeeded job of `preset` (user 1001, funded) whose one upload was `outputs`."""
+    created = await create_job(api, 1001, preset, **fields)
+    assert created.status_code == 201, created.text
+    job_id = created.json()["id"]
+    await status(api, job_id, "processing", worker="gpu-1")
+    files = [("file", (f"out-{n}", blob, mime)) for n, blob in enumerate(outputs)]
+    stored = await api.put(f"/api/jobs/{job_id}/outputs", files=files)
+    assert stored.status_code == 200, stored.text
+    await status(api, job_id, "succeeded")
+    return job_id
+
+
+@pytest.fixture
+async def album_job(api) -> str:
+    """A `duo` job: two photos (person, place), options 4 and gold, an album of 4 out."""
+    await register(api, 1001)
+    await grant(api, 1001, 20, "album")
+    return await finished_job(
+        api,
+        "duo",
+        ALBUM,
+        "image/png",
+        images=[PERSON, PLACE],
+        options={"count": "4", "frame": "gold"},
+        prompt="at the beach",
+    )
+
+
+def assert_served_inline(response: httpx.Response, content: bytes, mime: str) -> None:
+    assert response.status_code == 200, response.text
+    assert response.content == content
+    assert response.headers["content-type"] == mime
+    assert response.headers["content-disposition"].startswith("inline;")
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["cache-control"] == "private, no-store"
+
+
+async def test_a_job_page_shows_its_options_every_photo_and_the_whole_album(admin, api, album_job):
+    page = await admin.get(f"/admin/job/details/{album_job}")
+    assert page.status_code == 200
+    html = page.text
+    # The options by their titles in the preset, the ids beside them.
+    assert re.search(
+        r'data-option="count">\s*<td>How many</td>\s*<td><b>4</b>.*?\(count = 4\)', html
+    )
+    assert re.search(r'data-option="frame">\s*<td>Frame</td>\s*<td><b>Gold</b>', html)
+    assert "at the beach" in html and "Duo" in html
+
+    cards = media_cards(html)
+    assert list(cards) == ["input-0", "input-1", "output-0", "output-1", "output-2", "output-3"]
+    media = f"/admin/media/jobs/{album_job}"
+    person, place = cards["input-0"], cards["input-1"]
+    assert (person.label, person.title) == ("input 0: person", "Send the person")
+    assert (place.label, place.title) == ("input 1: place", "")  # no title in the preset
+    assert person.facts == {
+        "kind": "image",
+        "type": "image/png",
+        "size": f"{len(PERSON)} B",
+        "dimensions": "40×30",
+    }
+    assert place.facts["dimensions"] == "50×30"
+    for index, photo in enumerate((PERSON, PLACE)):
+        card = cards[f"input-{index}"]
+        assert (card.element, card.src, card.full) == ("img", f"{media}/inputs/{index}", card.src)
+        assert_served_inline(await admin.get(card.src), photo, "image/png")
+    for index, image in enumerate(ALBUM):
+        card = cards[f"output-{index}"]
+        assert (card.kind, card.element, card.label) == ("image", "img", f"output {index}")
+        assert card.src == card.full == f"{media}/outputs/{index}"
+        assert card.facts["dimensions"] == f"{30 + 10 * index}×{20 + index}"
+        served = await admin.get(card.src)
+        assert_served_inline(served, image, "image/png")
+        assert f'filename="{album_job}-output-{index}.png"' in served.headers["content-disposition"]
+
+    # The list shows the album with a thumbnail of its first image.
+    listed = (await admin.get("/admin/job/list")).text
+    assert 'data-output="album of 4"' in listed
+    assert f'<img src="{media}/outputs/0" alt="album of 4" loading="lazy"' in listed
+
+
+@pytest.mark.parametrize(
+    "index", ["4", "-1", "abc", "1.5", "00000", "99999", "%20", "0x1", "1e3", "0/0"]
+)
+async def test_a_malformed_or_missing_media_index_is_not_found(admin, api, album_job, index):
+    for folder in ("inputs", "outputs"):
+        response = await admin.get(f"/admin/media/jobs/{album_job}/{folder}/{index}")
+        assert response.status_code == 404, (folder, index, response.text)
+    assert (await admin.get(f"/admin/media/jobs/{album_job}/inputs/2")).status_code == 404
+    assert (await admin.get(f"/admin/media/jobs/{album_job}/thumbs/0")).status_code == 404
+
+
+async def test_media_is_refused_without_the_admin_session(app, api, album_job):
+    paths = [f"/admin/media/jobs/{album_job}/{p}" for p in ("inputs/1", "outputs/3", "result")]
+    async with panel_client(app) as stranger, backend_client(app) as with_api_token:
+        for client in (stranger, with_api_token):
+            for path in paths:
+                response = await client.get(path, headers={"Range": "bytes=0-9"})
+                assert response.status_code == 302, (path, response.status_code)
+                assert response.headers["location"].endswith("/admin/login")
+                assert b"PNG" not in response.content
+
+
+async def test_a_video_output_plays_in_the_page_and_seeks_with_range(admin, api):
+    await register(api, 1001)
+    video = h264_mp4(frames=12, fps=8, width=64, height=48)
+    job_id = await finished_job(api, "clip", [video], "video/mp4")
+    page = await admin.get(f"/admin/job/details/{job_id}")
+    card = media_cards(page.text)["output-0"]
+    url = f"/admin/media/jobs/{job_id}/outputs/0"
+    assert (card.kind, card.element, card.src, card.source_type) == (
+        "video",
+        "video",
+        url,
+        "video/mp4",
+    )
+    assert "controls" in card.video and card.video["preload"] == "metadata"
+    assert card.facts == {
+        "kind": "video",
+        "type": "video/mp4",
+        "size": f"{len(video) / 1024:.1f} KB" if len(video) >= 1024 else f"{len(video)} B",
+        "dimensions": "64×48",
+        "frames": "12",
+        "duration": "1.5 s",
+    }
+    assert card.full == url
+
+    whole = await admin.get(url)
+    assert_served_inline(whole, video, "video/mp4")
+    assert whole.headers["accept-ranges"] == "bytes"
+    # What a browser asks to seek: a byte range, answered 206 with just those bytes.
+    part = await admin.get(url, headers={"Range": "bytes=100-199"})
+    assert part.status_code == 206, part.text
+    assert part.content == video[100:200]
+    assert part.headers["content-range"] == f"bytes 100-199/{len(video)}"
+    assert part.headers["content-type"] == "video/mp4"
+    assert part.headers["x-content-type-options"] == "nosniff"
+    tail = await admin.get(url, headers={"Range": "bytes=-64"})
+    assert tail.status_code == 206 and tail.content == video[-64:]
+    beyond = await admin.get(url, headers={"Range": f"bytes={len(video) + 10}-"})
+    assert beyond.status_code == 416
+    head = await admin.head(url)
+    assert head.status_code == 200 and head.headers["content-length"] == str(len(video))
+
+    listed = (await admin.get("/admin/job/list")).text
+    assert 'data-output="video 1.5 s"' in listed
+
+
+async def test_an_animation_output_is_an_image_that_plays(admin, api):
+    await register(api, 1001)
+    animation = images.animated("WEBP", frames=5)
+    job_id = await finished_job(api, "loop", [animation], "image/webp")
+    card = media_cards((await admin.get(f"/admin/job/details/{job_id}")).text)["output-0"]
+    assert (card.kind, card.element) == ("animation", "img")
+    assert card.facts["frames"] == "5" and card.facts["dimensions"] == "40×30"
+    assert_served_inline(await admin.get(card.src), animation, "image/webp")
+    listed = (await admin.get("/admin/job/list")).text
+    assert f'<img src="{card.src}" alt="animation" loading="lazy"' in listed
+
+
+async def test_retention_deleted_media_shows_when_instead_of_broken_elements(
+    admin, api, app, album_job
+):
+    from comfygram.backend import retention
+
+    long_ago = datetime.now(UTC) - timedelta(days=400)
+    async with app.state.sessions() as session:
+        row = await session.get(Job, album_job)
+        row.finished_at = long_ago
+        await session.commit()
+    assert await retention.sweep_once(app.state.sessions, app.state.store, 30) == 1
+    today = datetime.now(UTC).strftime("%Y-%m-%d")
+
+    page = await admin.get(f"/admin/job/details/{album_job}")
+    assert page.status_code == 200
+    cards = media_cards(page.text)
+    assert len(cards) == 6  # what each file was is kept
+    for card in cards.values():
+        assert card.element is None and card.src is None and card.full is None
+        assert card.gone == f"deleted on {today}"
+    assert cards["output-2"].facts["dimensions"] == "50×22"
+    assert "<img" not in page.text.split('id="job-inputs"', 1)[1].split('id="job-timings"')[0]
+    media = f"/admin/media/jobs/{album_job}"
+    for path in ("inputs/0", "outputs/3", "result"):
+        gone = await admin.get(f"{media}/{path}")
+        assert gone.status_code == 410 and f"deleted on {today}" in gone.text
+    listed = (await admin.get("/admin/job/list")).text
+    assert 'data-output="album of 4">album of 4, deleted<' in listed
+    assert f'src="{media}/outputs/0"' not in listed
+
+
+async def test_a_file_gone_from_disk_is_said_so(admin, api, app, album_job):
+    async with app.state.sessions() as session:
+        row = await session.get(Job, album_job)
+        lost = row.outputs[1].path
+    app.state.store.path(lost).unlink()
+    cards = media_cards((await admin.get(f"/admin/job/details/{album_job}")).text)
+    assert cards["output-1"].element is None
+    assert cards["output-1"].gone == "the file is no longer stored"
+    assert cards["output-0"].element == cards["output-2"].element == "img"
+    media = f"/admin/media/jobs/{album_job}"
+    assert (await admin.get(f"{media}/outputs/1")).status_code == 404
+
+
+async def test_options_the_preset_no_longer_has_show_their_ids(admin, api, app, album_job):
+    async with app.state.sessions() as session:
+        row = await session.get(Job, album_job)
+        row.options = {"count": "8", "frame": "gold", "glow": "on"}
+        await session.commit()
+    html = (await admin.get(f"/admin/job/details/{album_job}")).text
+    assert re.search(r'data-option="count">\s*<td>How many</td>\s*<td><b>8</b>', html)
+    assert "no longer a choice of this preset" in html
+    assert re.search(r'data-option="glow">\s*<td>glow</td>\s*<td><b>on</b>', html)
+    assert "no longer in this preset" in html
 
 
 async def test_refund_happens_once_and_not_while_active(admin, api, app):
@@ -790,4 +1034,5 @@ async def test_job_details_say_when_retention_deleted_the_media(admin, api, app)
     page = await admin.get(f"/admin/job/details/{job['id']}")
     assert page.status_code == 200
     assert "Media deleted by retention on" in page.text
-    assert '<img alt="input"' not in page.text
+    (card,) = media_cards(page.text).values()
+    assert card.element is None and card.gone.startswith("deleted on ")

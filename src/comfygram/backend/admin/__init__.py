@@ -20,13 +20,10 @@ from sqladmin import Admin
 from sqladmin.authentication import login_required
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.datastructures import State
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import FileResponse, RedirectResponse, Response
+from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from comfygram.backend import jobs
-from comfygram.backend.errors import ApiError
 from comfygram.backend.storage import MediaStore
 from comfygram.backend.workers import WorkerRegistry
 from comfygram.queue import JobQueue
@@ -107,32 +104,6 @@ class _Admin(Admin):
         return RedirectResponse(f"{self.base_url}/dashboard", status_code=302)
 
 
-def _media_route(panel: Panel, admin: _Admin, kind: str) -> Route:
-    async def media(request: Request) -> Response:
-        auth = admin.authentication_backend
-        allowed = await auth.authenticate(request) if auth is not None else False
-        if isinstance(allowed, Response):
-            return allowed
-        if not allowed:
-            return RedirectResponse(request.url_for("admin:login"), status_code=302)
-        async with panel.sessions() as session:
-            try:
-                job = await jobs.get_job(session, request.path_params["job_id"])
-            except ApiError:
-                raise HTTPException(404, "No such job.") from None
-        # The first photo and the first output (the gallery of all of them comes later).
-        files = job.inputs if kind == "input" else job.outputs
-        stored = files[0] if files else None
-        path = panel.store.path(stored.path) if stored is not None else None
-        if stored is None or path is None or not path.is_file():
-            raise HTTPException(404, f"Job {job.id} has no {kind} image.")
-        return FileResponse(
-            path, media_type=stored.mime, headers={"Cache-Control": "private, no-store"}
-        )
-
-    return Route(f"/media/jobs/{{job_id}}/{kind}", media, name=f"media-{kind}")
-
-
 def _logout_route(panel: Panel, admin: _Admin) -> Route:
     """Logout is a POST carrying the CSRF token (checked by the guard); a GET (a link, an image
     on another site) only shows the button."""
@@ -185,6 +156,7 @@ def mount_admin(app: FastAPI, settings: Settings) -> Admin | None:
     """
     from comfygram.backend.admin.auth import AdminAuth, csrf_token
     from comfygram.backend.admin.dashboard import DashboardView
+    from comfygram.backend.admin.media import media_routes
     from comfygram.backend.admin.views import VIEWS
 
     settings.check_admin_password()
@@ -206,8 +178,8 @@ def mount_admin(app: FastAPI, settings: Settings) -> Admin | None:
     for view in (DashboardView, *VIEWS):
         # A subclass per app: sqladmin keeps its state on the view classes.
         admin.add_view(type(view.__name__, (view,), {"panel": panel}))
-    for kind in ("input", "result"):
-        admin.admin.router.routes.insert(0, _media_route(panel, admin, kind))
+    for route in reversed(media_routes(panel, admin)):
+        admin.admin.router.routes.insert(0, route)
     routes = admin.admin.router.routes
     routes[:] = [r for r in routes if getattr(r, "name", None) != "logout"]
     routes.insert(0, _logout_route(panel, admin))

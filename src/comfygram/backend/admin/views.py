@@ -27,8 +27,10 @@ from wtforms.validators import InputRequired, NumberRange
 from comfygram.backend import accounts, jobs, presets
 from comfygram.backend.admin import BASE_URL
 from comfygram.backend.admin.auth import csrf_ok
+from comfygram.backend.admin.media import chosen_options, gallery, output_summary
 from comfygram.backend.errors import ApiError
-from comfygram.backend.models import Job, LedgerEntry, Payment, Preset, User
+from comfygram.backend.models import FileRole, Job, LedgerEntry, Payment, Preset, User
+from comfygram.backend.presets import contract_of
 from comfygram.domain.jobs import DeliveryStatus, JobStatus
 from comfygram.domain.ledger import Reason
 
@@ -108,6 +110,10 @@ def _seconds(start: datetime | None, end: datetime | None) -> str:
 
 def _user_link(model: Any, _attribute: Any) -> Markup:
     return Markup('<a href="{0}/user/details/{1}">{1}</a>').format(BASE_URL, model.user_id)
+
+
+def _outputs(model: Any, _attribute: Any) -> Markup:
+    return output_summary(model, BASE_URL)
 
 
 def _telegram_id_term(term: str) -> int | None:
@@ -329,11 +335,26 @@ class JobAdmin(_View, model=Job):
         Job.status,
         Job.attempts,
         Job.price,
+        "outputs",
         Job.delivery_status,
         Job.worker,
         Job.created_at,
         Job.finished_at,
     ]
+    # The list's columns without the thumbnails (a file list is no CSV cell).
+    column_export_list = [
+        Job.id,
+        Job.user_id,
+        Job.preset_slug,
+        Job.status,
+        Job.attempts,
+        Job.price,
+        Job.delivery_status,
+        Job.worker,
+        Job.created_at,
+        Job.finished_at,
+    ]
+    column_labels = {"outputs": "output"}
     column_details_list = [
         Job.id,
         Job.user_id,
@@ -349,7 +370,6 @@ class JobAdmin(_View, model=Job):
         Job.delivered_at,
         Job.worker,
         Job.idempotency_key,
-        Job.options,
         Job.created_at,
         Job.started_at,
         Job.finished_at,
@@ -367,9 +387,32 @@ class JobAdmin(_View, model=Job):
             title="Delivery",
         ),
     ]
-    column_formatters = {Job.user_id: _user_link}
+    column_formatters = {Job.user_id: _user_link, "outputs": _outputs}
     column_formatters_detail = {Job.user_id: _user_link}
     details_template = "comfygram/job_details.html"
+
+    async def details_context(self, request: Request) -> dict[str, Any]:
+        """The options with their titles, and every input and output as the gallery shows it
+        (titles from the preset's contract as last synced; ids alone when it is gone)."""
+        pk = request.path_params["pk"]
+        if not identifier_ok(Job, pk):
+            return {}
+        async with self.panel.sessions() as session:
+            job = await session.get(Job, pk)
+            preset = await session.get(Preset, job.preset_slug) if job is not None else None
+        if job is None:
+            return {}
+        try:
+            contract = contract_of(preset) if preset is not None else None
+        except ValueError:  # a manifest this version cannot read: show ids only
+            contract = None
+        store, base = self.panel.store, self.panel.base_url
+        return {
+            "preset_title": preset.title_en if preset is not None else job.preset_slug,
+            "chosen_options": chosen_options(job, contract),
+            "inputs": gallery(job, FileRole.INPUT, contract, store, base),
+            "outputs": gallery(job, FileRole.OUTPUT, contract, store, base),
+        }
 
     def search_placeholder(self) -> str:
         return "job id or the user's Telegram id"
