@@ -2,7 +2,8 @@
 
 - ``image``: a still JPEG, PNG or WebP (the checks of images.py, first frame decoded).
 - ``animation``: an animated WebP or PNG (what SaveAnimatedWEBP/SaveAnimatedPNG write); every
-  frame is decoded, which finds a damaged one and gives the frame count and duration.
+  frame is decoded, which finds a damaged one and gives the frame count and duration, so its
+  pixels x frames are bounded (images.MAX_PIXEL_FRAMES) before any decode.
 - ``video``: an MP4 with an H.264 video stream (what SaveVideo writes); PyAV reads its
   container, counts the stream's packets (a cut-off file has fewer than it declares) and
   decodes the first frame.
@@ -163,11 +164,9 @@ def _video(data: bytes, max_pixels: int) -> MediaInfo:
                 "unreadable",
                 f"The video is {width}x{height} pixels; at most {max_pixels:,} are accepted.",
             )
+        # Only the first frame is decoded, so the length of a video is bounded by its bytes
+        # (result_max_bytes), not by pixels x frames as an animation's is.
         declared = stream.frames
-        try:
-            check_pixel_frames(width, height, max(declared, 1), MAX_PIXEL_FRAMES)
-        except ImageRejected as exc:
-            raise _rejected(exc) from None
         packets, decoded, last_end = 0, False, 0
         try:
             for packet in container.demux(stream):
@@ -180,18 +179,12 @@ def _video(data: bytes, max_pixels: int) -> MediaInfo:
                     decoded = bool(packet.decode())
             if not decoded:
                 decoded = any(True for _ in stream.codec_context.decode(None))
-        except MediaRejected:
-            raise
         except Exception:
             raise MediaRejected(
                 "unreadable", "The video is damaged: its frames cannot be read."
             ) from None
         if packets == 0 or not decoded or (declared and packets < declared):
             raise MediaRejected("unreadable", "The video is damaged or incomplete.")
-        try:
-            check_pixel_frames(width, height, packets, MAX_PIXEL_FRAMES)
-        except ImageRejected as exc:
-            raise _rejected(exc) from None
         time_base = stream.time_base or Fraction(1, 1)
         if stream.duration:
             seconds = float(stream.duration * time_base)
