@@ -44,7 +44,8 @@ async def _workers(stack: Stack, *names: str) -> dict[str, subprocess.Popen[byte
         seen = {w["name"] for w in await stack.backend.workers()}
         return seen >= set(names)
 
-    await eventually(reported, timeout=30)
+    # Importing aiogram alone takes seconds on a loaded machine (two processes start at once).
+    await eventually(reported, timeout=60)
     return processes
 
 
@@ -77,7 +78,7 @@ async def _crash_and_recover(
     await eventually(lambda: reached(job.id), timeout=20)
     stack.kill(processes[await _gpu_holder(stack)])
     restore()
-    final = await stack.settled(job.id, timeout=30)
+    final = await stack.settled(job.id, timeout=60)
     assert final.status == "succeeded"
     assert final.attempts == 0
     assert (await stack.backend.user(USER)).balance == 12  # charged once, never refunded
@@ -154,7 +155,7 @@ async def test_flushed_redis_and_a_dead_worker_lose_no_job(settings, tmp_path):
             redis = Redis.from_url(server.url)
             await redis.flushall()
             await redis.aclose()
-            final = await stack.settled(job.id, timeout=30)
+            final = await stack.settled(job.id, timeout=60)
             assert final.status == "succeeded"
             assert len([c for c in stack.telegram.sent("sendPhoto") if c.ok]) == 1
     finally:
