@@ -9,6 +9,7 @@ presets' contracts, and migration 0005 carrying an old job's files over.
 from __future__ import annotations
 
 import io
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -55,19 +56,30 @@ def photo(color: tuple[int, int, int], width: int = 40, height: int = 30) -> byt
 RED, BLUE, GREEN = photo((200, 0, 0)), photo((0, 0, 200), 50, 30), photo((0, 200, 0))
 
 
-def mp4(frames: int = 12, fps: int = 8, width: int = 64, height: int = 48, codec: str = "h264"):
-    """A real MP4 of `frames` frames at `fps`, encoded with PyAV."""
-    buffer = io.BytesIO()
-    with av.open(buffer, "w", format="mp4") as out:
-        stream = out.add_stream(codec, rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        for n in range(frames):
-            picture = Image.new("RGB", (width, height), (n * 20 % 256, 90, 160))
-            for packet in stream.encode(av.VideoFrame.from_image(picture)):
+def mp4(
+    frames: int = 12,
+    fps: int = 8,
+    width: int = 64,
+    height: int = 48,
+    codec: str = "h264",
+    *,
+    faststart: bool = False,
+) -> bytes:
+    """A real MP4 of `frames` frames at `fps`, encoded with PyAV; `faststart` puts its index
+    first, so the file ends in the last frame's bytes."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "v.mp4"
+        options = {"movflags": "faststart"} if faststart else {}
+        with av.open(str(path), "w", format="mp4", options=options) as out:
+            stream = out.add_stream(codec, rate=fps)
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            for n in range(frames):
+                picture = Image.effect_noise((width, height), 60 + n).convert("RGB")
+                for packet in stream.encode(av.VideoFrame.from_image(picture)):
+                    out.mux(packet)
+            for packet in stream.encode():
                 out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return buffer.getvalue()
+        return path.read_bytes()
 
 
 async def world(app: FastAPI) -> dict[str, Any]:
@@ -421,6 +433,8 @@ WRONG_OUTPUTS = [
     ("video-preset-png", "clip", lambda: [RED], "unsupported_output", "Output 0: "),
     ("video-preset-mpeg4", "clip", lambda: [mp4(codec="mpeg4")], "unsupported_output", ""),
     ("video-preset-cut-mp4", "clip", lambda: [mp4()[:-300]], "bad_output", ""),
+    # Cut in its last frame: the demuxer alone would hand back the stump as a whole frame.
+    ("video-preset-cut-last-frame", "clip", lambda: [mp4(faststart=True)[:-10]], "bad_output", ""),
     ("video-preset-half-mp4", "clip", lambda: [mp4()[: len(mp4()) // 2]], "bad_output", ""),
     ("animation-preset-mp4", "loop", lambda: [mp4()], "unsupported_output", ""),
     ("animation-preset-jpeg", "loop", lambda: [images.jpeg()], "unsupported_output", ""),
