@@ -9,6 +9,7 @@ give jobs with several inputs and outputs of every kind.
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import re
 import subprocess
@@ -18,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
+from PIL import Image
 from pydantic import SecretStr
 from sqlalchemy import func, select
 
@@ -267,6 +269,7 @@ def test_admin_settings_from_the_environment(monkeypatch):
         ("GET", "/admin/media/jobs/00000000-0000-0000-0000-000000000000/result"),
         ("GET", "/admin/media/jobs/00000000-0000-0000-0000-000000000000/inputs/0"),
         ("GET", "/admin/media/jobs/00000000-0000-0000-0000-000000000000/outputs/0"),
+        ("GET", "/admin/media/jobs/00000000-0000-0000-0000-000000000000/thumbnail"),
     ],
 )
 async def test_everything_needs_the_login(browser, method, path):
@@ -466,6 +469,9 @@ async def test_job_details_show_images_error_attempts_and_timings(admin, api, ap
     for path in (f"{media}/result", f"{media}/outputs/0"):
         served = await admin.get(path)
         assert served.content == result and served.headers["content-type"] == "image/png"
+    # The job list's thumbnail: within 128 x 96, the result's colour.
+    small = await thumbnail(admin, job["id"])
+    assert small.size == (128, 96) and near(small.getpixel((64, 48)), (9, 9, 9))
     missing = await admin.get("/admin/media/jobs/00000000-0000-0000-0000-000000000000/input")
     assert missing.status_code == 404
     assert (await admin.get("/admin/media/jobs/not-a-job/input")).status_code == 404
@@ -481,6 +487,9 @@ async def test_a_job_without_result_has_no_result_image(admin, api):
     media = f"/admin/media/jobs/{job['id']}"
     assert (await admin.get(f"{media}/result")).status_code == 404
     assert (await admin.get(f"{media}/outputs/0")).status_code == 404
+    assert (await admin.get(f"{media}/thumbnail")).status_code == 404
+    listed = await admin.get("/admin/job/list")
+    assert f"{media}/thumbnail" not in listed.text
 
 
 # -- a job's inputs and outputs (issue 12) ----------------------------------------------------
@@ -516,6 +525,23 @@ async def album_job(api) -> str:
         options={"count": "4", "frame": "gold"},
         prompt="at the beach",
     )
+
+
+async def thumbnail(admin: httpx.AsyncClient, job_id: str) -> Image.Image:
+    """The job list's thumbnail of the job's first output, checked as served."""
+    response = await admin.get(f"/admin/media/jobs/{job_id}/thumbnail")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/webp"
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["cache-control"] == "private, no-store"
+    picture = Image.open(io.BytesIO(response.content))
+    assert picture.format == "WEBP"
+    return picture.convert("RGB")
+
+
+def near(pixel: tuple[int, ...], color: tuple[int, int, int], tolerance: int = 6) -> bool:
+    """Whether a pixel of a lossy thumbnail is `color`, give or take `tolerance` per channel."""
+    return all(abs(a - b) <= tolerance for a, b in zip(pixel[:3], color, strict=True))
 
 
 def assert_served_inline(response: httpx.Response, content: bytes, mime: str) -> None:
@@ -566,8 +592,8 @@ async def test_a_job_page_shows_its_options_every_photo_and_the_whole_album(admi
 
     # The list shows the album with a thumbnail of its first image.
     listed = (await admin.get("/admin/job/list")).text
-    assert 'data-output="album of 4"' in listed
-    assert f'<img src="{media}/outputs/0" alt="album of 4" loading="lazy"' in listed
+    assert f'<img src="{media}/thumbnail" alt="album of 4" loading="lazy"' in listed
+    assert (await thumbnail(admin, album_job)).size == (30, 20)  # never made larger
 
 
 @pytest.mark.parametrize(
@@ -582,7 +608,10 @@ async def test_a_malformed_or_missing_media_index_is_not_found(admin, api, album
 
 
 async def test_media_is_refused_without_the_admin_session(app, api, album_job):
-    paths = [f"/admin/media/jobs/{album_job}/{p}" for p in ("inputs/1", "outputs/3", "result")]
+    paths = [
+        f"/admin/media/jobs/{album_job}/{p}"
+        for p in ("inputs/1", "outputs/3", "result", "thumbnail")
+    ]
     async with panel_client(app) as stranger, backend_client(app) as with_api_token:
         for client in (stranger, with_api_token):
             for path in paths:
@@ -634,7 +663,11 @@ async def test_a_video_output_plays_in_the_page_and_seeks_with_range(admin, api)
     assert head.status_code == 200 and head.headers["content-length"] == str(len(video))
 
     listed = (await admin.get("/admin/job/list")).text
-    assert 'data-output="video 1.5 s"' in listed
+    assert f'<img src="/admin/media/jobs/{job_id}/thumbnail" alt="video 1.5 s"' in listed
+    # The video's first frame.
+    frame = await thumbnail(admin, job_id)
+    assert frame.size == (64, 48)
+    assert near(frame.getpixel((32, 24)), (0, 90, 160), 12)
 
 
 async def test_an_animation_output_is_an_image_that_plays(admin, api):
@@ -646,7 +679,9 @@ async def test_an_animation_output_is_an_image_that_plays(admin, api):
     assert card.facts["frames"] == "5" and card.facts["dimensions"] == "40×30"
     assert_served_inline(await admin.get(card.src), animation, "image/webp")
     listed = (await admin.get("/admin/job/list")).text
-    assert f'<img src="{card.src}" alt="animation" loading="lazy"' in listed
+    assert f'src="/admin/media/jobs/{job_id}/thumbnail" alt="animation"' in listed
+    first = await thumbnail(admin, job_id)
+    assert first.size == (40, 30) and near(first.getpixel((20, 15)), images.FRAME_COLORS[0])
 
 
 async def test_retention_deleted_media_shows_when_instead_of_broken_elements(
@@ -677,7 +712,8 @@ async def test_retention_deleted_media_shows_when_instead_of_broken_elements(
         assert gone.status_code == 410 and f"deleted on {today}" in gone.text
     listed = (await admin.get("/admin/job/list")).text
     assert 'data-output="album of 4">album of 4, deleted<' in listed
-    assert f'src="{media}/outputs/0"' not in listed
+    assert f'src="{media}/thumbnail"' not in listed
+    assert (await admin.get(f"{media}/thumbnail")).status_code == 410
 
 
 async def test_a_file_gone_from_disk_is_said_so(admin, api, app, album_job):

@@ -254,6 +254,9 @@ def test_an_operator_sees_the_album_and_the_video_plays(backend_url: str):
         thumbnail = browser.find('[data-output="album of 4"] img')
         assert browser.loaded_image_width(thumbnail) == ALBUM_SIZES[0][0]
         assert browser.find('[data-output="video 2.0 s"]').text == "video 2.0 s"
+        frame = browser.find('[data-output="video 2.0 s"] img')
+        assert browser.loaded_image_width(frame) == 128  # the first frame, within 128 x 96
+        browser.screenshot("admin-job-list")
 
         # Both photos and the four images of the album, each decoded at its own size.
         browser.open(f"{admin}/job/details/{duo}")

@@ -5,17 +5,27 @@ The files are served as the API serves them (``GET /api/jobs/{id}/inputs/{index}
 ``…/outputs/{index}``), but to a logged-in operator instead of an API token: inline, with the
 stored content type and ``nosniff`` (a browser shows the file, never guesses another type), and
 with HTTP Range (Starlette's FileResponse), which browsers need to seek and play an MP4.
+
+The job list shows a small thumbnail of each job's first output, made on request (a list of 50
+jobs would otherwise load 50 full outputs, megabytes each, on every view: media is never
+cached, see ``Cache-Control`` below).
 """
 
 from __future__ import annotations
 
+import asyncio
+import io
+import logging
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
+import av
 from markupsafe import Markup
+from PIL import Image
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, RedirectResponse, Response
@@ -32,6 +42,14 @@ if TYPE_CHECKING:
 
     from comfygram.backend.admin import Panel
 
+log = logging.getLogger(__name__)
+
+# The job list's thumbnails fit in this box (twice the 64 x 48 they are shown at, for HiDPI).
+THUMBNAIL_BOX = (128, 96)
+# Thumbnails are made in their own two threads per backend process (an executor, unlike a
+# semaphore, belongs to no event loop), so a list page's burst of them cannot take every core
+# from the API; the others wait their turn.
+_THUMBNAILER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="admin-thumbnail")
 # An index is a few digits; anything else (a sign, a letter, a huge number) is no file: 404.
 _INDEX = re.compile(r"[0-9]{1,4}")
 
@@ -177,29 +195,69 @@ def chosen_options(job: Job, contract: Contract | None) -> list[ChosenOption]:
 
 
 def output_summary(job: Job, base_url: str) -> Markup:
-    """The job list's cell: a small thumbnail of the first output (an image or an animation),
-    or the kind, the count and a video's length; "deleted" after retention."""
+    """The job list's cell: a small thumbnail of the first output with the kind and count
+    ("album of 4", "video 2.0 s"); "deleted" after retention, "—" before any output."""
     outputs = job.outputs
     if not outputs:
         return Markup('<span class="text-muted">—</span>')
     first = outputs[0]
-    if first.kind == "video":
+    if len(outputs) > 1:
+        text = f"album of {len(outputs)}" if first.kind == "image" else f"{len(outputs)} files"
+    elif first.kind == "video":
         text = f"video {seconds(first.duration_ms)}"
-    elif len(outputs) > 1:
-        text = f"album of {len(outputs)}"
     else:
         text = first.kind
-    if len(outputs) > 1 and first.kind == "video":
-        text = f"{len(outputs)} videos"
     if job.media_deleted_at is not None:
         return Markup('<span class="text-muted" data-output="{0}">{0}, deleted</span>').format(text)
-    if first.kind == "video":
-        return Markup('<span data-output="{0}">{0}</span>').format(text)
-    url = media_url(base_url, job.id, FileRole.OUTPUT, 0)
+    url = f"{base_url}/media/jobs/{job.id}/thumbnail"
     return Markup(
         '<span data-output="{0}"><img src="{1}" alt="{0}" loading="lazy" '
-        'style="max-width: 64px; max-height: 48px;" class="me-1">{0}</span>'
+        'style="max-width: 64px; max-height: 48px;" class="me-1" '
+        "onerror=\"this.style.display='none'\">{0}</span>"
     ).format(text, url)
+
+
+def thumbnail(path: Path, kind: str) -> bytes:
+    """A WebP of the file's first frame (an image's only one) within THUMBNAIL_BOX."""
+    if kind == "video":
+        with av.open(str(path)) as container:
+            picture = next(container.decode(video=0)).to_image()
+    else:
+        with Image.open(path) as source:
+            source.draft("RGB", THUMBNAIL_BOX)  # a JPEG is decoded at a fraction of its size
+            picture = source.convert("RGBA" if "A" in source.getbands() else "RGB")
+    picture.thumbnail(THUMBNAIL_BOX)
+    buffer = io.BytesIO()
+    picture.save(buffer, "WEBP", quality=80)
+    return buffer.getvalue()
+
+
+async def _thumbnail_response(job: Job, store: MediaStore) -> Response:
+    if not job.outputs:
+        raise HTTPException(404, f"Job {job.id} has no output yet.")
+    if job.media_deleted_at is not None:
+        when = day(job.media_deleted_at)
+        raise HTTPException(410, f"Job {job.id}'s outputs were deleted on {when}.")
+    first = job.outputs[0]
+    if not _stored(store, first):
+        raise HTTPException(404, f"Job {job.id}'s output 0 is no longer stored.")
+    loop = asyncio.get_running_loop()
+    try:
+        data = await loop.run_in_executor(
+            _THUMBNAILER, thumbnail, store.path(first.path), first.kind
+        )
+    except Exception as exc:  # a file that no longer decodes: the list shows the text alone
+        log.warning("no thumbnail of job %s: %s", job.id, type(exc).__name__)
+        raise HTTPException(404, "No thumbnail of this output.") from None
+    return Response(
+        data,
+        media_type="image/webp",
+        headers={
+            "Content-Disposition": f'inline; filename="{job.id}-thumbnail.webp"',
+            "Cache-Control": "private, no-store",
+            "X-Content-Type-Options": "nosniff",
+        },
+    )
 
 
 async def _authenticated(admin: Admin, request: Request) -> Response | None:
@@ -239,8 +297,16 @@ def _file_response(job: Job, role: str, index: int, store: MediaStore) -> FileRe
 
 
 def media_routes(panel: Panel, admin: Admin) -> list[Route]:
-    """``/media/jobs/{job id}/inputs/{index}`` and ``…/outputs/{index}``, plus the older
-    ``…/input`` and ``…/result`` (the first of each), for a logged-in operator only."""
+    """``/media/jobs/{job id}/inputs/{index}`` and ``…/outputs/{index}``, the older ``…/input``
+    and ``…/result`` (the first of each), and ``…/thumbnail`` (of the first output), for a
+    logged-in operator only."""
+
+    async def load(request: Request) -> Job:
+        async with panel.sessions() as session:
+            try:
+                return await jobs.get_job(session, request.path_params["job_id"])
+            except ApiError:
+                raise HTTPException(404, "No such job.") from None
 
     async def serve(request: Request, role: str, raw_index: str) -> Response:
         refused = await _authenticated(admin, request)
@@ -248,12 +314,13 @@ def media_routes(panel: Panel, admin: Admin) -> list[Route]:
             return refused
         if not _INDEX.fullmatch(raw_index):
             raise HTTPException(404, f"No such {role}.")
-        async with panel.sessions() as session:
-            try:
-                job = await jobs.get_job(session, request.path_params["job_id"])
-            except ApiError:
-                raise HTTPException(404, "No such job.") from None
-        return _file_response(job, role, int(raw_index), panel.store)
+        return _file_response(await load(request), role, int(raw_index), panel.store)
+
+    async def first_thumbnail(request: Request) -> Response:
+        refused = await _authenticated(admin, request)
+        if refused is not None:
+            return refused
+        return await _thumbnail_response(await load(request), panel.store)
 
     def indexed(role: str) -> Any:
         async def endpoint(request: Request) -> Response:
@@ -273,4 +340,5 @@ def media_routes(panel: Panel, admin: Admin) -> list[Route]:
         Route(f"{base}/outputs/{{index}}", indexed(FileRole.OUTPUT), name="media-outputs"),
         Route(f"{base}/input", first_input, name="media-input"),
         Route(f"{base}/result", first_output, name="media-result"),
+        Route(f"{base}/thumbnail", first_thumbnail, name="media-thumbnail"),
     ]
