@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 import httpx
@@ -18,13 +19,50 @@ from comfygram.settings import Settings
 from tests.helpers import API_TOKEN, backend_client
 
 WEBHOOK_SECRET = "test_webhook_secret_77"
-# One database per test run (named after the process), so two runs on one machine never meet.
-POSTGRES_URL = os.environ.get(
-    "TEST_POSTGRES_URL",
-    f"postgresql+asyncpg://postgres@127.0.0.1:5432/comfygram_test_{os.getpid()}",
-)
+# The pytest-xdist worker this process is ("gw0", "gw1", ...), "" when pytest runs alone.
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+
+
+def _postgres_url() -> str:
+    """One database per pytest process (named after it), so neither two runs on one machine nor
+    two xdist workers of one run ever meet; a TEST_POSTGRES_URL gets the worker's name added."""
+    configured = os.environ.get("TEST_POSTGRES_URL")
+    if not configured:
+        return f"postgresql+asyncpg://postgres@127.0.0.1:5432/comfygram_test_{os.getpid()}"
+    if not XDIST_WORKER:
+        return configured
+    url = make_url(configured)
+    return url.set(database=f"{url.database}_{XDIST_WORKER}").render_as_string(hide_password=False)
+
+
+POSTGRES_URL = _postgres_url()
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 DATABASES = ["sqlite", "postgres"]
+
+
+# The real-ComfyUI tier (docs/testing.md): its tests share ComfyUI's one models/ folder, where
+# placeholder files come and go, and a session-scoped server, so they all run on one worker.
+REAL_COMFYUI_TESTS = "tests/test_real_comfyui"
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: unused when pytest runs alone
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``-n N`` (as scripts/test runs): each test is sent to the next free worker, except the
+    real-ComfyUI tier, which is one unit of work, sent first, on one worker.
+
+    xdist's own ``--dist loadgroup`` would do this with a marker, but it renames test ids in a
+    way pytest 9 ignores; this scheduler goes by the file name instead.
+    """
+    if config.getoption("dist") != "load":  # another --dist asked for explicitly
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Scheduling(LoadScopeScheduling):
+        # Units are sent largest first, so the tier starts at once beside the single tests.
+        def _split_scope(self, nodeid: str) -> str:
+            return "real_comfyui" if nodeid.startswith(REAL_COMFYUI_TESTS) else nodeid
+
+    return Scheduling(config, log)
 
 
 async def _postgres_admin(statement: str) -> None:
