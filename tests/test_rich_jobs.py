@@ -19,6 +19,7 @@ import pytest
 from alembic import command
 from fastapi import FastAPI
 from PIL import Image
+from prometheus_client import REGISTRY
 from sqlalchemy import func, select, text
 
 from comfygram.backend import db, jobs
@@ -357,6 +358,36 @@ async def test_an_album_is_stored_in_one_request_and_served_by_index(
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "output_not_found"
     done = await api.post(f"/api/jobs/{job_id}/status", json={"status": "succeeded"})
     assert done.status_code == 200 and len(done.json()["outputs"]) == 3
+
+
+async def test_choices_and_stored_outputs_are_counted(api: httpx.AsyncClient, funded: int) -> None:
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    gold = sample("comfygram_option_choices_total", preset="duo", option="frame", choice="gold")
+    two = sample("comfygram_option_choices_total", preset="duo", option="count", choice="2")
+    images, image_bytes = (
+        sample("comfygram_outputs_total", kind="image"),
+        sample("comfygram_output_bytes_total", kind="image"),
+    )
+    job_id = await processing_job(api, funded, "duo", options={"frame": "gold"})
+    album = [photo((0, n * 90, 0)) for n in range(2)]
+    assert (await put_outputs(api, job_id, *album)).status_code == 200
+    # A refused upload counts nothing.
+    assert (await put_outputs(api, job_id, b"not an image")).status_code in (415, 422)
+
+    assert (
+        sample("comfygram_option_choices_total", preset="duo", option="frame", choice="gold")
+        == gold + 1
+    )
+    # The default taken for an option not sent counts as chosen too.
+    assert sample("comfygram_option_choices_total", preset="duo", option="count", choice="2") == (
+        two + 1
+    )
+    assert sample("comfygram_outputs_total", kind="image") == images + 2
+    assert sample("comfygram_output_bytes_total", kind="image") == image_bytes + sum(
+        map(len, album)
+    )
 
 
 async def test_a_second_attempt_replaces_the_first_and_its_files(

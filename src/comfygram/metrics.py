@@ -17,6 +17,17 @@ JOBS_FINISHED = Counter(
 JOBS_REFUNDED = Counter(
     "comfygram_jobs_refunded_total", "Jobs whose charge was refunded.", ["preset"]
 )
+OPTIONS_CHOSEN = Counter(
+    "comfygram_option_choices_total",
+    "Choices made in created jobs, defaults included: what sells.",
+    ["preset", "option", "choice"],
+)
+OUTPUTS_STORED = Counter(
+    "comfygram_outputs_total", "Outputs stored, by kind (image, animation, video).", ["kind"]
+)
+OUTPUT_BYTES = Counter(
+    "comfygram_output_bytes_total", "Bytes of outputs stored, by kind.", ["kind"]
+)
 JOB_RETRIES = Counter("comfygram_job_retries_total", "Runs that ended in a retry.", ["preset"])
 QUEUE_LENGTH = Gauge("comfygram_queue_length", "Jobs waiting or running, as Redis holds them.")
 QUEUE_WAIT = Histogram(

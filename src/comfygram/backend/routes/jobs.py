@@ -160,6 +160,8 @@ async def create_job(
         response.headers["Idempotent-Replayed"] = "true"
     else:
         metrics.JOBS_CREATED.labels(job.preset_slug).inc()
+        for option, choice in (job.options or {}).items():
+            metrics.OPTIONS_CHOSEN.labels(job.preset_slug, option, choice).inc()
         try:
             await queue.enqueue(job.id, jobs.queue_payload(job))
         except (RedisError, OSError) as exc:
@@ -349,6 +351,9 @@ async def _attach(
         raise
     # Only now is the earlier attempt's media unreferenced.
     await store.delete_all(replaced.removed)
+    for data, info in outputs:
+        metrics.OUTPUTS_STORED.labels(info.kind.value).inc()
+        metrics.OUTPUT_BYTES.labels(info.kind.value).inc(len(data))
     return await _job_out(session, job_id)
 
 
