@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
+import struct
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -12,6 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from comfygram import comfyui
 from comfygram.comfyui import (
     ComfyUIClient,
     ComfyUIError,
@@ -22,8 +25,9 @@ from comfygram.comfyui import (
     PromptRejected,
     PromptTimeout,
     explain_rejection,
+    parse_preview,
 )
-from tests.doubles.comfyui import ComfyUIDouble
+from tests.doubles.comfyui import ComfyUIDouble, preview_frame, preview_with_metadata
 
 
 @pytest.fixture
@@ -435,3 +439,109 @@ async def test_unreachable_server_is_unavailable(tmp_path: Path) -> None:
             await c.system_stats()
         with pytest.raises(ComfyUIUnavailable):
             await c.submit(invert_workflow("a.png"), "p")
+
+
+# -- preview frames -----------------------------------------------------------------------------
+
+
+def jpeg_of(image: bytes) -> tuple[int, int]:
+    with Image.open(io.BytesIO(image)) as opened:
+        assert opened.format == "JPEG"
+        return opened.size
+
+
+def test_preview_frame_without_metadata_is_parsed() -> None:
+    # Built as ComfyUI's send_image does: event 1, image type 1 (JPEG), the JPEG.
+    frame = preview_frame(Image.new("RGB", (40, 30), (10, 20, 30)))
+    preview = parse_preview(frame)
+    assert preview is not None
+    assert (preview.mime, preview.prompt_id) == ("image/jpeg", None)
+    assert jpeg_of(preview.image) == (512, 384)  # fitted to --preview-size as ComfyUI does
+
+
+def test_preview_frame_with_metadata_names_its_prompt() -> None:
+    metadata = {"node_id": "3", "prompt_id": "p-1", "display_node_id": "3"}
+    frame = preview_with_metadata(Image.new("RGB", (20, 10)), metadata)
+    preview = parse_preview(frame)
+    assert preview is not None
+    assert (preview.mime, preview.prompt_id) == ("image/jpeg", "p-1")
+    assert jpeg_of(preview.image) == (512, 256)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        b"",
+        b"\x00\x00\x00\x01",  # cut before the image type
+        struct.pack(">II", 1, 1),  # no image
+        struct.pack(">II", 1, 7) + b"data",  # an unknown image type
+        struct.pack(">II", 2, 0) + b"raw",  # UNENCODED_PREVIEW_IMAGE: not ours to show
+        struct.pack(">II", 3, 4) + b"text",  # TEXT
+        struct.pack(">II", 4, 100) + b"{}",  # metadata longer than the frame
+        struct.pack(">II", 4, 3) + b"{x}" + b"jpeg",  # metadata not JSON
+        struct.pack(">II", 4, 2) + b"[]" + b"jpeg",  # metadata not an object
+        struct.pack(">II", 4, 2) + b"{}",  # no image after the metadata
+        struct.pack(">II", 4, 27) + b'{"image_type": "image/tga"}' + b"x",
+    ],
+)
+def test_other_or_broken_frames_are_no_preview(frame: bytes) -> None:
+    assert parse_preview(frame) is None
+
+
+async def run_two_prompts(
+    comfy: ComfyUIDouble, client: ComfyUIClient
+) -> tuple[list[bytes], str, str]:
+    """Two prompts of this client run one after the other while wait() follows the second;
+    what its on_preview got, and both prompt ids."""
+    comfy.previews = True
+    comfy.cache_enabled = False
+    comfy.execution_delay = 0.1  # still running when wait() first asks /history
+    seen: list[bytes] = []
+
+    async def on_preview(image: bytes) -> None:
+        seen.append(image)
+
+    comfy.pause()
+    first = await submit_invert(client, (10, 10, 10))
+    second = await submit_invert(client, (250, 250, 250))
+    waiting = asyncio.create_task(client.wait(second, deadline=soon(), on_preview=on_preview))
+    async with asyncio.timeout(5):
+        await comfy.socket_connected(client.client_id)
+    comfy.resume()
+    await waiting
+    return seen, first, second
+
+
+def shade(image: bytes) -> int:
+    with Image.open(io.BytesIO(image)) as opened:
+        return opened.convert("L").getpixel((0, 0))
+
+
+async def test_wait_shows_only_its_own_prompts_previews(
+    comfy: ComfyUIDouble, client: ComfyUIClient
+) -> None:
+    seen, _, _ = await run_two_prompts(comfy, client)
+    # The client offered supports_preview_metadata, so the frames name their prompt (the
+    # first may beat the offer to the server: a plain frame, told apart by "executing") ...
+    assert len(comfy.previews_sent) == 4 and comfy.previews_sent[-1][1] == 4
+    # ... and only the second prompt's two frames (of its light photo) reach the callback.
+    assert len(seen) == 2
+    assert all(shade(image) > 200 for image in seen)
+
+
+async def test_frames_without_metadata_count_only_while_this_prompt_executes(
+    comfy: ComfyUIDouble, client: ComfyUIClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A server that does not take the offer (as before ComfyUI's preview metadata) sends
+    # plain PREVIEW_IMAGE frames: they are ours only between our "executing" and its end.
+    monkeypatch.setattr(comfyui, "_FEATURE_FLAGS", json.dumps({"type": "hello", "data": {}}))
+    seen, _, _ = await run_two_prompts(comfy, client)
+    assert [kind for _, kind in comfy.previews_sent] == [1, 1, 1, 1]
+    assert len(seen) == 2
+    assert all(shade(image) > 200 for image in seen)
+
+
+async def test_no_callback_no_trouble(comfy: ComfyUIDouble, client: ComfyUIClient) -> None:
+    comfy.previews = True
+    prompt_id = await submit_invert(client)
+    assert len(await client.wait(prompt_id, deadline=soon())) == 1

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import mimetypes
+import struct
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -33,16 +34,20 @@ __all__ = [
     "Device",
     "ExecutionFailed",
     "OutputImage",
+    "Preview",
     "PromptInterrupted",
     "PromptRejected",
     "PromptTimeout",
     "PromptVanished",
     "SystemStats",
     "explain_rejection",
+    "parse_preview",
 ]
 
 ProgressCallback = Callable[[int], Awaitable[None]]
 StartCallback = Callable[[], Awaitable[None]]
+# Called with the image bytes (JPEG as ComfyUI encodes previews by default) of a preview frame.
+PreviewCallback = Callable[[bytes], Awaitable[None]]
 # Socket messages that show a prompt executing ("executing" with node null is its end).
 _RUNNING_SIGNS = frozenset({"execution_start", "executing", "progress", "progress_state"})
 
@@ -50,6 +55,15 @@ _RUNNING_SIGNS = frozenset({"execution_start", "executing", "progress", "progres
 # to its regular polling (the history write normally precedes that signal).
 _HISTORY_RETRIES = 10
 _HISTORY_RETRY_PAUSE = 0.05
+
+# ComfyUI's binary WebSocket events (protocol.py BinaryEventTypes): each frame starts with its
+# event as a big-endian uint32.
+PREVIEW_IMAGE = 1  # then the image type (uint32: 1 JPEG, 2 PNG) and the image
+PREVIEW_IMAGE_WITH_METADATA = 4  # then the metadata's length (uint32), its JSON, the image
+_IMAGE_TYPES = {1: "image/jpeg", 2: "image/png"}
+# Sent right after connecting, as ComfyUI's frontend does: from then on the server sends
+# previews as PREVIEW_IMAGE_WITH_METADATA, which names the prompt (comfy_execution/progress.py).
+_FEATURE_FLAGS = json.dumps({"type": "feature_flags", "data": {"supports_preview_metadata": True}})
 
 
 class ComfyUIError(Exception):
@@ -145,6 +159,47 @@ class SystemStats:
             if arg.startswith("--preview-method="):
                 return arg.partition("=")[2]
         return "none"
+
+
+@dataclass(frozen=True)
+class Preview:
+    """One preview frame: the image and, when the frame carries metadata, its prompt."""
+
+    image: bytes
+    mime: str
+    prompt_id: str | None = None
+
+
+def parse_preview(frame: bytes) -> Preview | None:
+    """A binary WebSocket frame as a Preview; None for any other event or a malformed frame.
+
+    PREVIEW_IMAGE is ``event, image type, image`` (server.py ``send_image``);
+    PREVIEW_IMAGE_WITH_METADATA is ``event, metadata length, metadata JSON (prompt_id,
+    node_id, image_type...), image`` (``send_image_with_metadata``)."""
+    if len(frame) < 8:
+        return None
+    event, word = struct.unpack(">II", frame[:8])
+    if event == PREVIEW_IMAGE:
+        mime = _IMAGE_TYPES.get(word)
+        image = frame[8:]
+        return Preview(image, mime) if mime and image else None
+    if event == PREVIEW_IMAGE_WITH_METADATA:
+        end = 8 + word
+        if end > len(frame):
+            return None
+        try:
+            metadata = json.loads(frame[8:end])
+        except ValueError:
+            return None
+        if not isinstance(metadata, dict):
+            return None
+        image = frame[end:]
+        mime = str(metadata.get("image_type") or "image/jpeg")
+        prompt_id = metadata.get("prompt_id")
+        if not image or mime not in _IMAGE_TYPES.values():
+            return None
+        return Preview(image, mime, None if prompt_id is None else str(prompt_id))
+    return None
 
 
 @dataclass(frozen=True)
@@ -326,13 +381,17 @@ class ComfyUIClient:
         on_progress: ProgressCallback | None = None,
         quiet_poll: float = 2.0,
         on_start: StartCallback | None = None,
+        on_preview: PreviewCallback | None = None,
     ) -> list[OutputImage]:
         """Wait until ``prompt_id`` is done and return its saved images (type ``output``).
 
         Listens on the WebSocket for progress and completion; whenever the socket is quiet
         for ``quiet_poll`` seconds, drops, or cannot connect, asks ``/history`` and
         ``/queue``. ``deadline`` is a ``time.monotonic()`` value. ``on_start`` is called once,
-        when the socket or ``/queue`` first shows the prompt executing.
+        when the socket or ``/queue`` first shows the prompt executing. ``on_preview`` gets
+        the image of each preview frame of this prompt: one whose metadata names it, or (from a
+        server that ignores ``supports_preview_metadata``) one that arrives while the socket's
+        last word is that this prompt executes.
 
         Raises ExecutionFailed, PromptInterrupted, ComfyUIUnavailable, PromptTimeout, or
         PromptVanished (in neither history nor queue), or ComfyUIError.
@@ -342,7 +401,8 @@ class ComfyUIClient:
             raise PromptTimeout(f"prompt {prompt_id} passed its deadline")
         try:
             async with asyncio.timeout(remaining):
-                return await self._wait(prompt_id, _Progress(on_progress, on_start), quiet_poll)
+                progress = _Progress(on_progress, on_start, on_preview)
+                return await self._wait(prompt_id, progress, quiet_poll)
         except TimeoutError as exc:
             if isinstance(exc, PromptTimeout) or time.monotonic() < deadline:
                 raise
@@ -356,11 +416,19 @@ class ComfyUIClient:
 
     async def _connect(self, open_timeout: float) -> ClientConnection | None:
         try:
-            return await websockets.connect(
+            ws = await websockets.connect(
                 self._ws_url(), open_timeout=open_timeout, close_timeout=2, max_size=None
             )
         except (OSError, TimeoutError, websockets.exceptions.WebSocketException):
             return None
+        try:
+            # Only a client's first message can offer its flags (server.py).
+            await ws.send(_FEATURE_FLAGS)
+        except websockets.exceptions.WebSocketException:
+            with contextlib.suppress(Exception):
+                await ws.close()
+            return None
+        return ws
 
     async def _wait(
         self, prompt_id: str, progress: _Progress, quiet_poll: float
@@ -402,13 +470,17 @@ class ComfyUIClient:
             except websockets.exceptions.ConnectionClosed:
                 return None
             if not isinstance(raw, str):
-                continue  # binary preview frames
+                await progress.frame(prompt_id, raw)
+                continue
             try:
                 message = json.loads(raw)
                 kind, data = message["type"], message.get("data") or {}
             except (ValueError, KeyError, TypeError):
                 continue
-            if not isinstance(data, dict) or data.get("prompt_id") != prompt_id:
+            if not isinstance(data, dict):
+                continue
+            progress.note(kind, data)
+            if data.get("prompt_id") != prompt_id:
                 continue
             quiet_until = time.monotonic() + quiet_poll
             if kind in _RUNNING_SIGNS and (kind != "executing" or data.get("node") is not None):
@@ -446,15 +518,47 @@ class ComfyUIClient:
 
 
 class _Progress:
-    """Reports strictly increasing percentages to an optional callback."""
+    """Reports strictly increasing percentages to an optional callback, and this prompt's
+    preview frames to another."""
 
     def __init__(
-        self, callback: ProgressCallback | None, on_start: StartCallback | None = None
+        self,
+        callback: ProgressCallback | None,
+        on_start: StartCallback | None = None,
+        on_preview: PreviewCallback | None = None,
     ) -> None:
         self.callback = callback
         self.on_start = on_start
+        self.on_preview = on_preview
         self.started = False
         self.last = -1
+        # The prompt the socket last said is executing (None: none, or it ended).
+        self.executing: str | None = None
+
+    def note(self, kind: str, data: dict[str, Any]) -> None:
+        """Follow which prompt executes, from any prompt's messages on the socket."""
+        prompt = data.get("prompt_id")
+        if not isinstance(prompt, str):
+            return
+        ended = kind in ("execution_success", "execution_error", "execution_interrupted") or (
+            kind == "executing" and data.get("node") is None
+        )
+        if ended:
+            if self.executing == prompt:
+                self.executing = None
+        elif kind in _RUNNING_SIGNS:
+            self.executing = prompt
+
+    async def frame(self, prompt_id: str, raw: bytes) -> None:
+        if self.on_preview is None:
+            return
+        preview = parse_preview(raw)
+        if preview is None:
+            return
+        # A frame without metadata cannot say whose it is: only while ours executes.
+        owner = preview.prompt_id if preview.prompt_id is not None else self.executing
+        if owner == prompt_id:
+            await self.on_preview(preview.image)
 
     async def start(self) -> None:
         if not self.started:
