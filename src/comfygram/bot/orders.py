@@ -10,14 +10,15 @@ order, so the key moves on to its next generation (a counter per key in Redis).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from aiogram import Bot
-from aiogram.methods import DeleteMessage
-from aiogram.types import User
+from aiogram.methods import DeleteMessage, SendPhoto
+from aiogram.types import BufferedInputFile, User
 from redis.asyncio import Redis
 
 from comfygram.api import BackendClient, BackendError, BackendUnavailable, Job, Preset
@@ -32,7 +33,7 @@ from comfygram.bot.sources import (
     PhotoSource,
     load_image,
 )
-from comfygram.bot.status import Eta, QueueTracker, queued_text
+from comfygram.bot.status import Eta, QueueTracker, queued_text, status_picture
 from comfygram.i18n import t
 from comfygram.logs import job_context
 from comfygram.settings import Settings
@@ -144,7 +145,9 @@ class Orders:
                 user.id,
                 preset.slug,
             )
-            await self.report(job, chat_id, lang)
+            # A previews preset's status message is a photo: its first photo, made small.
+            picture = images[0][0] if preset.contract.previews and images else None
+            await self.report(job, chat_id, lang, picture=picture)
         return job
 
     async def _create_fresh(
@@ -208,8 +211,13 @@ class Orders:
             idempotency_key=key,
         )
 
-    async def report(self, job: Job, chat_id: int, lang: str) -> None:
-        """Send the job's one status message, unless it has one (a replay, a double tap)."""
+    async def report(
+        self, job: Job, chat_id: int, lang: str, *, picture: bytes | None = None
+    ) -> None:
+        """Send the job's one status message, unless it has one (a replay, a double tap).
+
+        With ``picture`` (a previews preset) it is a photo with the status as its caption, so
+        the worker can show preview frames in it; else a text message."""
         if job.status != "queued" or job.status_message_id is not None:
             return
         claim = bot_key(self.prefix, "status-claim", job.id)
@@ -217,7 +225,13 @@ class Orders:
             return
         await self.eta.refresh()
         text = queued_text(lang, job.position, self.eta.seconds(job.position))
-        message = await send(self.tg, chat_id, text, keyboards.status_markup(job.id, lang))
+        markup = keyboards.status_markup(job.id, lang)
+        if picture is None:
+            message = await send(self.tg, chat_id, text, markup)
+        else:
+            photo = BufferedInputFile(await asyncio.to_thread(status_picture, picture), "job.jpg")
+            method = SendPhoto(chat_id=chat_id, photo=photo, caption=text, reply_markup=markup)
+            message = await self.tg.call(method, chat_id=chat_id)
         if message is None:
             return
         try:
@@ -235,7 +249,9 @@ class Orders:
                         edit=True,
                     )
                 return
-        await self.tracker.track(job, chat_id, message.message_id, lang, text)
+        await self.tracker.track(
+            job, chat_id, message.message_id, lang, text, photo=picture is not None
+        )
 
     async def _refused(self, chat_id: int, lang: str, error: BackendError) -> None:
         if error.code == "insufficient_credits":

@@ -5,18 +5,28 @@ takes the job; from then on the worker edits the same message. Tracked jobs live
 hash, so a restarted bot (or another replica) carries on; one Redis lock per round keeps
 several processes from doing the same edits. Each round costs one backend call for the whole
 queue, and an edit only where the text changed, through the shared Telegram rate budget.
+
+A preset with live previews gets a photo status message instead (the user's first photo, made
+small, with the status as its caption), because the worker later swaps in ComfyUI's preview
+frames with editMessageMedia, which cannot turn a text message into a photo. Its edits are
+caption edits.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import math
 import secrets
 import time
+from typing import Any
 
-from aiogram.methods import EditMessageText
+from aiogram.exceptions import TelegramBadRequest
+from aiogram.methods import EditMessageCaption, EditMessageText
+from aiogram.types import InlineKeyboardMarkup
+from PIL import Image, ImageOps
 from pydantic import BaseModel
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -81,12 +91,71 @@ def queued_text(lang: str, position: int, seconds: int | None) -> str:
     return t(lang, "bot.status.queued", position=position, wait=format_wait(lang, seconds))
 
 
+# The photo status message: within this many pixels (a preview frame is within 512).
+STATUS_PICTURE_SIZE = 512
+
+
+def status_picture(data: bytes) -> bytes:
+    """The picture of a photo status message: the photo made small, as JPEG; a plain grey one
+    when the photo cannot be read (a status message it must be, all the same)."""
+    try:
+        with Image.open(io.BytesIO(data)) as opened:
+            opened.draft("RGB", (STATUS_PICTURE_SIZE, STATUS_PICTURE_SIZE))
+            image = ImageOps.exif_transpose(opened).convert("RGB")
+            image.thumbnail((STATUS_PICTURE_SIZE, STATUS_PICTURE_SIZE))
+    except (OSError, ValueError, Image.DecompressionBombError):
+        image = Image.new("RGB", (64, 64), (128, 128, 128))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()
+
+
+def status_edit(
+    chat_id: int,
+    message_id: int,
+    text: str,
+    *,
+    photo: bool,
+    markup: InlineKeyboardMarkup | None = None,
+) -> EditMessageText | EditMessageCaption:
+    """The edit that puts ``text`` into a status message: its caption when it is a photo."""
+    if photo:
+        return EditMessageCaption(
+            chat_id=chat_id, message_id=message_id, caption=text, reply_markup=markup
+        )
+    return EditMessageText(chat_id=chat_id, message_id=message_id, text=text, reply_markup=markup)
+
+
+async def edit_status(
+    tg: TelegramSender,
+    chat_id: int,
+    message_id: int,
+    text: str,
+    *,
+    photo: bool,
+    markup: InlineKeyboardMarkup | None = None,
+    edit: bool = True,
+) -> Any:
+    """Edit a status message's text or caption; when it turns out to be of the other kind
+    (a caller that cannot know), the other edit."""
+    try:
+        method = status_edit(chat_id, message_id, text, photo=photo, markup=markup)
+        return await tg.call(method, chat_id=chat_id, edit=edit)
+    except TelegramBadRequest as exc:
+        wrong = "no caption in the message" if photo else "no text in the message"
+        if wrong not in exc.message.lower():
+            raise
+    method = status_edit(chat_id, message_id, text, photo=not photo, markup=markup)
+    return await tg.call(method, chat_id=chat_id, edit=edit)
+
+
 class Tracked(BaseModel):
     telegram_id: int
     chat_id: int
     message_id: int
     lang: str
     text: str
+    photo: bool = False  # a photo status message (a previews preset): edit its caption
 
 
 class QueueTracker:
@@ -107,13 +176,16 @@ class QueueTracker:
         self.key = bot_key(prefix, "tracked")
         self.lock = bot_key(prefix, "tracked", "lock")
 
-    async def track(self, job: Job, chat_id: int, message_id: int, lang: str, text: str) -> None:
+    async def track(
+        self, job: Job, chat_id: int, message_id: int, lang: str, text: str, photo: bool = False
+    ) -> None:
         entry = Tracked(
             telegram_id=job.telegram_id,
             chat_id=chat_id,
             message_id=message_id,
             lang=lang,
             text=text,
+            photo=photo,
         )
         await self.redis.hset(self.key, job.id, entry.model_dump_json())
 
@@ -186,8 +258,8 @@ class QueueTracker:
             markup = None
             if keep_button:
                 markup = keyboards.status_markup(job_id, entry.lang)
-            method = EditMessageText(
-                chat_id=entry.chat_id, message_id=entry.message_id, text=text, reply_markup=markup
+            method = status_edit(
+                entry.chat_id, entry.message_id, text, photo=entry.photo, markup=markup
             )
             try:
                 async with self.tg.handover.bot_edit(entry.chat_id, entry.message_id) as ours:

@@ -8,6 +8,10 @@ Each job's final message is sent at most once, across crashes: the worker first 
 delivery on the job (``sending``) through the backend, and only the claimant sends. A worker
 killed between the claim and recording the outcome leaves the job ``sending``; the next one
 records it as failed instead of sending a second copy (Telegram has no idempotent send).
+
+A preset with live previews has a photo status message (the bot sends it so: a text message
+cannot become a photo), so its progress edits the caption, and LivePreview puts ComfyUI's
+newest preview frame into it with editMessageMedia.
 """
 
 from __future__ import annotations
@@ -16,13 +20,16 @@ import asyncio
 import contextlib
 import html
 import logging
+import math
 import time
 from collections.abc import Sequence
 from typing import Any
 
-from aiogram.exceptions import TelegramAPIError
+from aiogram.exceptions import TelegramAPIError, TelegramBadRequest
 from aiogram.methods import (
     DeleteMessage,
+    EditMessageCaption,
+    EditMessageMedia,
     EditMessageText,
     SendAnimation,
     SendDocument,
@@ -57,6 +64,9 @@ _BAR_CELLS = 10
 # How long a result or apology keeps trying through a Telegram outage before it is given up.
 FINAL_SEND_PATIENCE_SECONDS = 600.0
 _PATIENT_PAUSE_MAX = 30.0
+# At most one preview frame per this many seconds: each is an upload, and progress edits share
+# the chat's edit budget with them.
+PREVIEW_INTERVAL_SECONDS = 4.0
 
 
 def progress_bar(percent: int) -> str:
@@ -72,6 +82,20 @@ def _title(preset: Preset | None, language: str | None, slug: str) -> str:
     return html.escape(title, quote=False)
 
 
+def photo_status(preset: Preset | None) -> bool:
+    """Whether the job's status message is a photo (the bot sends it so for previews)."""
+    return preset is not None and preset.contract.previews
+
+
+def status_edit(
+    chat_id: int, message_id: int, text: str, *, photo: bool
+) -> EditMessageText | EditMessageCaption:
+    """The edit that puts ``text`` into a status message: its caption when it is a photo."""
+    if photo:
+        return EditMessageCaption(chat_id=chat_id, message_id=message_id, caption=text)
+    return EditMessageText(chat_id=chat_id, message_id=message_id, text=text)
+
+
 class UserMessages:
     def __init__(
         self,
@@ -80,46 +104,85 @@ class UserMessages:
         *,
         patience_seconds: float = FINAL_SEND_PATIENCE_SECONDS,
         upload_max_bytes: int | None = None,
+        preview_interval: float | None = None,
     ) -> None:
         self.backend = backend
         self.sender = sender
         self.patience_seconds = patience_seconds
         # Telegram's limit on a bot's uploads; lower in tests to exercise re-encoding.
         self.upload_max_bytes = upload_max_bytes or encode.UPLOAD_MAX_BYTES
+        self.preview_interval = (
+            PREVIEW_INTERVAL_SECONDS if preview_interval is None else preview_interval
+        )
 
-    async def show_progress(self, job: Job, preset: Preset, percent: int) -> None:
-        """Edit the job's status message, when the shared rate budget allows it now."""
-        if job.status_chat_id is None or job.status_message_id is None:
-            return
-        text = t(
+    def progress_text(self, job: Job, preset: Preset | None, percent: int) -> str:
+        return t(
             job.language,
             "worker.processing",
             title=_title(preset, job.language, job.preset),
             bar=progress_bar(percent),
             percent=percent,
         )
-        method = EditMessageText(
-            chat_id=job.status_chat_id, message_id=job.status_message_id, text=text
+
+    async def show_progress(self, job: Job, preset: Preset, percent: int) -> None:
+        """Edit the job's status message, when the shared rate budget allows it now."""
+        if job.status_chat_id is None or job.status_message_id is None:
+            return
+        method = status_edit(
+            job.status_chat_id,
+            job.status_message_id,
+            self.progress_text(job, preset, percent),
+            photo=photo_status(preset),
         )
         try:
             await self._take_status_message(job.status_chat_id, job.status_message_id)
             await self.sender.edit_progress(method, chat_id=job.status_chat_id)
-        except (MessageGone, UserBlocked, TelegramUnavailable) as exc:
+        except (MessageGone, UserBlocked, TelegramUnavailable, TelegramBadRequest) as exc:
+            # TelegramBadRequest: a status message of the other kind (sent before the preset
+            # changed); progress is a courtesy, the job carries on.
             log.info("job %s: progress not shown: %s", job.id, type(exc).__name__)
 
-    async def show_retrying(self, job: Job, max_attempts: int) -> None:
+    def live_preview(self, job: Job, preset: Preset | None) -> LivePreview | None:
+        """A LivePreview for the job, or None when its status message shows none."""
+        if not photo_status(preset) or job.status_chat_id is None:
+            return None
+        if job.status_message_id is None:
+            return None
+        return LivePreview(self, job, preset, self.preview_interval)
+
+    async def show_preview(
+        self, job: Job, preset: Preset | None, image: bytes, percent: int
+    ) -> bool:
+        """Put a preview frame into the job's photo status message, captioned with its
+        progress, when the shared rate budget allows an edit now (else it is skipped)."""
+        if job.status_chat_id is None or job.status_message_id is None:
+            return False
+        caption = self.progress_text(job, preset, percent)
+        media = InputMediaPhoto(media=BufferedInputFile(image, "preview.jpg"), caption=caption)
+        method = EditMessageMedia(
+            chat_id=job.status_chat_id, message_id=job.status_message_id, media=media
+        )
+        try:
+            await self._take_status_message(job.status_chat_id, job.status_message_id)
+            return await self.sender.edit_progress(method, chat_id=job.status_chat_id) is not None
+        except (MessageGone, UserBlocked, TelegramUnavailable, TelegramBadRequest) as exc:
+            log.info("job %s: preview not shown: %s", job.id, type(exc).__name__)
+            return False
+
+    async def show_retrying(
+        self, job: Job, max_attempts: int, preset: Preset | None = None
+    ) -> None:
         if job.status_chat_id is None or job.status_message_id is None:
             return
         text = t(
             job.language, "worker.retrying", attempt=job.attempts + 1, max_attempts=max_attempts
         )
-        method = EditMessageText(
-            chat_id=job.status_chat_id, message_id=job.status_message_id, text=text
-        )
+        photo = photo_status(preset)
+        method = status_edit(job.status_chat_id, job.status_message_id, text, photo=photo)
         try:
             await self._take_status_message(job.status_chat_id, job.status_message_id)
             await self.sender.call(method, chat_id=job.status_chat_id, edit=True)
-        except (MessageGone, UserBlocked, TelegramUnavailable) as exc:
+        except (MessageGone, UserBlocked, TelegramUnavailable, TelegramBadRequest) as exc:
             log.info("job %s: retry notice not shown: %s", job.id, type(exc).__name__)
 
     async def prepare_result(
@@ -329,3 +392,56 @@ class UserMessages:
         except RedisError as exc:
             # Worst case a stale "queued" line shows until the next progress edit.
             log.warning("status message not handed over: %s", type(exc).__name__)
+
+
+class LivePreview:
+    """The newest preview frame of one run, shown in the job's photo status message.
+
+    ``offer`` only keeps the frame (the WebSocket reader is not held up by an upload); one
+    task sends the newest frame at most every ``interval`` seconds, through the skippable
+    edit budget, so a frame that finds no slot is dropped, never queued. ``close`` waits for
+    an edit in flight and ends it all: nothing is edited after it (the result may follow).
+    """
+
+    def __init__(
+        self, messages: UserMessages, job: Job, preset: Preset | None, interval: float
+    ) -> None:
+        self.messages = messages
+        self.job = job
+        self.preset = preset
+        self.interval = interval
+        self.percent = 0  # the caption's progress, kept current by the progress callback
+        self.shown = 0  # frames Telegram took
+        self._latest: bytes | None = None
+        self._sent_at = -math.inf
+        self._closed = False
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def offer(self, image: bytes) -> None:
+        if self._closed:
+            return
+        self._latest = image  # the newest wins
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._pump())
+
+    async def _pump(self) -> None:
+        while self._latest is not None and not self._closed:
+            pause = self._sent_at + self.interval - time.monotonic()
+            if pause > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), pause)
+                continue
+            frame, self._latest = self._latest, None
+            self._sent_at = time.monotonic()
+            if await self.messages.show_preview(self.job, self.preset, frame, self.percent):
+                self.shown += 1
+
+    async def close(self) -> None:
+        self._closed = True
+        self._wake.set()
+        if self._task is not None:
+            try:
+                await self._task
+            except Exception:
+                log.exception("job %s: preview edits ended on an error", self.job.id)

@@ -66,7 +66,7 @@ from comfygram.worker.failures import (
     error_kind,
 )
 from comfygram.worker.gpu_lock import GpuLock
-from comfygram.worker.messages import UserMessages
+from comfygram.worker.messages import LivePreview, UserMessages
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -385,22 +385,34 @@ class Worker:
         async def on_start() -> None:
             run.executing = True
 
+        preview: LivePreview | None = None
+
         async def on_progress(percent: int) -> None:
             with contextlib.suppress(RedisError, OSError):
                 await self.live.set(
                     run.job.id, "processing", progress=percent, worker=self.config.name
                 )
+            if preview is not None:
+                preview.percent = percent
             await self.messages.show_progress(run.job, run.preset, percent)
 
         while True:
             try:
-                outputs = await self.comfy.wait(
-                    run.prompt_id,
-                    deadline=deadline,
-                    on_progress=on_progress,
-                    quiet_poll=self.config.quiet_poll_seconds,
-                    on_start=on_start,
-                )
+                # A previews preset's frames go into its photo status message while it runs;
+                # closed before anything else may touch that message (result, apology, retry).
+                preview = self.messages.live_preview(run.job, run.preset)
+                try:
+                    outputs = await self.comfy.wait(
+                        run.prompt_id,
+                        deadline=deadline,
+                        on_progress=on_progress,
+                        quiet_poll=self.config.quiet_poll_seconds,
+                        on_start=on_start,
+                        on_preview=None if preview is None else preview.offer,
+                    )
+                finally:
+                    if preview is not None:
+                        await preview.close()
                 ours = workflow.our_outputs(
                     outputs, run.job.id, run.attempt, run.preset.contract.output.node
                 )
@@ -543,7 +555,7 @@ class Worker:
             self._release(delivery)
             with contextlib.suppress(RedisError, OSError):
                 await self.live.set(job.id, "queued")
-            await self.messages.show_retrying(job, self.config.max_attempts)
+            await self.messages.show_retrying(job, self.config.max_attempts, preset)
             return
         log.error("job %s: failed for good after %d run(s): %s", job.id, job.attempts + 1, error)
         job = await _retrying(lambda: self.backend.set_status(job.id, "failed", error=error))

@@ -8,7 +8,6 @@ import logging
 from aiogram import Router
 from aiogram.filters import Command
 from aiogram.fsm.context import FSMContext
-from aiogram.methods import EditMessageText
 from aiogram.types import CallbackQuery, Message
 
 from comfygram.api import BackendClient, BackendError, Job
@@ -17,7 +16,7 @@ from comfygram.bot.callbacks import CancelJob
 from comfygram.bot.catalog import PresetCatalog
 from comfygram.bot.confirmations import Confirmations
 from comfygram.bot.replies import send
-from comfygram.bot.status import QueueTracker
+from comfygram.bot.status import QueueTracker, edit_status
 from comfygram.bot.texts import text
 from comfygram.i18n import t
 from comfygram.telegram import MessageGone, TelegramSender
@@ -131,13 +130,16 @@ async def _cancel(
         return
     await tracker.forget(job.id)
     if cancelled.status_chat_id is not None and cancelled.status_message_id is not None:
-        edit = EditMessageText(
-            chat_id=cancelled.status_chat_id,
-            message_id=cancelled.status_message_id,
-            text=t(lang, "bot.status.cancelled"),
-        )
+        # A previews preset's status message is a photo: edit_status edits its caption then.
         with contextlib.suppress(MessageGone):
-            await tg.call(edit, chat_id=cancelled.status_chat_id)
+            await edit_status(
+                tg,
+                cancelled.status_chat_id,
+                cancelled.status_message_id,
+                t(lang, "bot.status.cancelled"),
+                photo=False,
+                edit=False,
+            )
     account = await backend.user(cancelled.telegram_id)
     reply = text(lang, "bot.cancel.done", price=cancelled.price, balance=account.balance)
     await send(tg, chat_id, reply)
