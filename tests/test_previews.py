@@ -207,16 +207,22 @@ async def test_cancelling_a_queued_previews_job_edits_the_photos_caption(setting
 
 
 class Shown:
-    """Records what LivePreview would put into the status message, and when."""
+    """Records what LivePreview would put into the status message, and when; answers with
+    ``outcomes`` in turn (True shown, False skipped, None gone), then True."""
 
-    def __init__(self, delay: float = 0.0) -> None:
+    def __init__(self, delay: float = 0.0, outcomes: list[bool | None] | None = None) -> None:
         self.frames: list[tuple[float, bytes, int]] = []
+        self.tries: list[bytes] = []
         self.delay = delay
+        self.outcomes = list(outcomes or [])
 
-    async def show_preview(self, job, preset, image: bytes, percent: int) -> bool:
+    async def show_preview(self, job, preset, image: bytes, percent: int) -> bool | None:
         await asyncio.sleep(self.delay)  # an upload in flight
-        self.frames.append((time.monotonic(), image, percent))
-        return True
+        self.tries.append(image)
+        outcome = self.outcomes.pop(0) if self.outcomes else True
+        if outcome:
+            self.frames.append((time.monotonic(), image, percent))
+        return outcome
 
 
 async def test_the_newest_frame_wins_and_at_most_one_per_interval():
@@ -247,6 +253,29 @@ async def test_closing_waits_for_the_edit_in_flight_and_ends_the_rest():
     await asyncio.sleep(0.3)
     assert [image for _, image, _ in shown.frames] == [b"a"]
     assert shown.frames[0][0] <= closed
+
+
+async def test_a_skipped_frame_is_tried_again_unless_a_newer_one_came():
+    shown = Shown(outcomes=[False, False])
+    live = LivePreview(shown, job=None, preset=None, interval=0.2)  # type: ignore[arg-type]
+    await live.offer(b"a")  # skipped: no edit slot
+    await asyncio.sleep(0.1)
+    await live.offer(b"b")  # newer than the skipped one: it goes instead, skipped too
+    await asyncio.sleep(0.5)  # ... and is tried again, shown
+    await live.close()
+    assert shown.tries == [b"a", b"b", b"b"]
+    assert [image for _, image, _ in shown.frames] == [b"b"]
+
+
+async def test_a_message_that_cannot_show_previews_ends_them():
+    shown = Shown(outcomes=[None])
+    live = LivePreview(shown, job=None, preset=None, interval=0.05)  # type: ignore[arg-type]
+    await live.offer(b"a")  # the message is gone (or not a photo)
+    await asyncio.sleep(0.1)
+    await live.offer(b"b")
+    await asyncio.sleep(0.1)
+    await live.close()
+    assert shown.tries == [b"a"]
 
 
 def test_the_status_picture_is_the_photo_made_small():

@@ -67,6 +67,8 @@ _PATIENT_PAUSE_MAX = 30.0
 # At most one preview frame per this many seconds: each is an upload, and progress edits share
 # the chat's edit budget with them.
 PREVIEW_INTERVAL_SECONDS = 4.0
+# A frame that found no edit slot is tried again after this long (unless a newer one came).
+PREVIEW_RETRY_SECONDS = 1.0
 
 
 def progress_bar(percent: int) -> str:
@@ -152,11 +154,13 @@ class UserMessages:
 
     async def show_preview(
         self, job: Job, preset: Preset | None, image: bytes, percent: int
-    ) -> bool:
+    ) -> bool | None:
         """Put a preview frame into the job's photo status message, captioned with its
-        progress, when the shared rate budget allows an edit now (else it is skipped)."""
+        progress, if the shared rate budget allows an edit now. True: shown; False: skipped
+        (no edit slot now, Telegram busy); None: the message cannot show previews (gone, the
+        user blocked the bot, not a photo)."""
         if job.status_chat_id is None or job.status_message_id is None:
-            return False
+            return None
         caption = self.progress_text(job, preset, percent)
         media = InputMediaPhoto(media=BufferedInputFile(image, "preview.jpg"), caption=caption)
         method = EditMessageMedia(
@@ -165,9 +169,12 @@ class UserMessages:
         try:
             await self._take_status_message(job.status_chat_id, job.status_message_id)
             return await self.sender.edit_progress(method, chat_id=job.status_chat_id) is not None
-        except (MessageGone, UserBlocked, TelegramUnavailable, TelegramBadRequest) as exc:
+        except TelegramUnavailable as exc:
             log.info("job %s: preview not shown: %s", job.id, type(exc).__name__)
             return False
+        except (MessageGone, UserBlocked, TelegramBadRequest) as exc:
+            log.info("job %s: previews end: %s", job.id, type(exc).__name__)
+            return None
 
     async def show_retrying(
         self, job: Job, max_attempts: int, preset: Preset | None = None
@@ -399,8 +406,10 @@ class LivePreview:
 
     ``offer`` only keeps the frame (the WebSocket reader is not held up by an upload); one
     task sends the newest frame at most every ``interval`` seconds, through the skippable
-    edit budget, so a frame that finds no slot is dropped, never queued. ``close`` waits for
-    an edit in flight and ends it all: nothing is edited after it (the result may follow).
+    edit budget. Frames are never queued: a newer one replaces a waiting one, and one that
+    finds no edit slot is tried again shortly unless a newer one came meanwhile. ``close``
+    waits for an edit in flight and ends it all: nothing is edited after it (the result may
+    follow).
     """
 
     def __init__(
@@ -410,10 +419,12 @@ class LivePreview:
         self.job = job
         self.preset = preset
         self.interval = interval
+        # After a skipped frame (the chat's edit slot taken, by a progress edit say).
+        self.retry_pause = min(interval, PREVIEW_RETRY_SECONDS)
         self.percent = 0  # the caption's progress, kept current by the progress callback
         self.shown = 0  # frames Telegram took
         self._latest: bytes | None = None
-        self._sent_at = -math.inf
+        self._next_at = -math.inf
         self._closed = False
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -427,15 +438,22 @@ class LivePreview:
 
     async def _pump(self) -> None:
         while self._latest is not None and not self._closed:
-            pause = self._sent_at + self.interval - time.monotonic()
+            pause = self._next_at - time.monotonic()
             if pause > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), pause)
                 continue
             frame, self._latest = self._latest, None
-            self._sent_at = time.monotonic()
-            if await self.messages.show_preview(self.job, self.preset, frame, self.percent):
+            outcome = await self.messages.show_preview(self.job, self.preset, frame, self.percent)
+            if outcome is None:  # this message shows no previews: stop trying
+                self._closed = True
+            elif outcome:
                 self.shown += 1
+                self._next_at = time.monotonic() + self.interval
+            else:
+                if self._latest is None:
+                    self._latest = frame
+                self._next_at = time.monotonic() + self.retry_pause
 
     async def close(self) -> None:
         self._closed = True
