@@ -118,6 +118,13 @@ async def test_presets_check_passes_with_placeholder_model_files(real_comfyui: R
     # doctor checks disabled presets too, so kontext is there as well
     by_name = {c.name: c for c in everything}
     assert by_name["comfyui"].status == doctor.OK and "0.3.64" in by_name["comfyui"].detail
+    # With the models in place, the presets that ask for previews can run, and this ComfyUI
+    # (started without --preview-method) would not send them: doctor says so, presets check
+    # does not fail on it.
+    previews = by_name["comfyui previews"]
+    assert previews.status == doctor.WARN
+    assert "animate" in previews.detail and "scene" in previews.detail
+    assert "previews" not in result.stdout
     for slug in PRESETS:
         assert (by_name[f"preset {slug}"].status, by_name[f"preset {slug}"].detail) == (
             doctor.OK,

@@ -228,6 +228,7 @@ async def check_comfyui(
     settings: Settings,
     *,
     presets: bool = True,
+    previews: bool = True,
     only_enabled: bool = False,
     comfyui_url: str | None = None,
 ) -> list[Check]:
@@ -254,7 +255,8 @@ async def check_comfyui(
                 available = load_presets(settings.presets_dir)
                 object_info = await client.object_info()
                 runnable = [p for p in available if not compatibility_problems(p, object_info)]
-                checks.append(_previews_check(name, stats.preview_method, runnable))
+                if previews:
+                    checks.append(_previews_check(name, stats.preview_method, runnable))
                 checks += _preset_checks(available, object_info, only_enabled)
             return checks
 
