@@ -147,7 +147,10 @@ async def test_a_previews_preset_shows_frames_in_a_photo_status_message(
             assert frame.answered_at is not None and frame.answered_at <= result.at
         # Progress is a caption edit of the photo, never a text edit.
         captions = calls_to(world, "editMessageCaption", status_id)
-        assert captions and all("Processing" in c.params["caption"] for c in captions)
+        # (the bot's queue refresh may edit it first: "Queued", then only the worker's progress)
+        kinds = ["Processing" in c.params["caption"] for c in sorted(captions, key=lambda c: c.at)]
+        assert kinds and kinds[-1] and kinds == sorted(kinds)
+        assert all(c.params["caption"].startswith(("⏳ Queued", "⚙️ Processing")) for c in captions)
         assert not calls_to(world, "editMessageText", status_id)
         # Within the budget: one edit of the chat per telegram_edit_interval at most.
         edits = sorted(c.at for c in [*frames, *captions])
