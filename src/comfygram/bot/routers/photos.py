@@ -191,6 +191,20 @@ def _question(
     return _summary(lang, preset, draft, price), keyboards.confirmation(lang, price)
 
 
+async def _place(talk: Talk, preset: Preset, draft: Draft, key: str) -> None:
+    """Order what the draft holds, under ``key``."""
+    await talk.orders.place(
+        talk.user,
+        talk.chat_id,
+        talk.lang,
+        draft.photos,
+        preset,
+        key,
+        draft.prompt,
+        options=draft.options,
+    )
+
+
 async def _advance(talk: Talk, preset: Preset, draft: Draft, key_message: int) -> None:
     """Ask the next question, or place the order when nothing is left to ask (the short
     conversation; its idempotency key comes from ``key_message``, as it always has)."""
@@ -198,16 +212,7 @@ async def _advance(talk: Talk, preset: Preset, draft: Draft, key_message: int) -
     if step is None:
         await talk.state.clear()
         key = idempotency_key(talk.chat_id, key_message, preset.slug)
-        await talk.orders.place(
-            talk.user,
-            talk.chat_id,
-            talk.lang,
-            draft.photos,
-            preset,
-            key,
-            draft.prompt,
-            options=draft.options,
-        )
+        await _place(talk, preset, draft, key)
         return
     # Saved before asking, so an answer that comes at once finds the question.
     draft = draft.model_copy(update={"asked": None})
@@ -532,16 +537,7 @@ async def _confirmed(query: CallbackQuery, talk: Talk, message_id: int) -> None:
     if current is not None and current.asked == message_id:
         await talk.state.clear()
     key = f"{idempotency_key(talk.chat_id, message_id, preset.slug)}:{drafts.digest(draft)}"
-    await talk.orders.place(
-        talk.user,
-        talk.chat_id,
-        talk.lang,
-        draft.photos,
-        preset,
-        key,
-        draft.prompt,
-        options=draft.options,
-    )
+    await _place(talk, preset, draft, key)
 
 
 async def again(
