@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     backend_api_url: str = "http://127.0.0.1:8000"
     backend_host: str = "127.0.0.1"
     backend_port: int = Field(default=8000, ge=1, le=65535)
+    # Processes `comfygram backend` serves the API with (uvicorn's --workers); about one per
+    # core. `comfygram run` always runs one.
+    backend_workers: int = Field(default=1, ge=1, le=64)
 
     # Storage
     database_url: str = "sqlite+aiosqlite:///./data/comfygram.db"
@@ -104,7 +107,10 @@ class Settings(BaseSettings):
     result_cache_seconds: int = Field(default=3600, ge=0)
     # Base of the exponential backoff between attempts of a job.
     retry_backoff_seconds: float = Field(default=5.0, ge=0)
-    # Upload and submit the next job while the current one runs, so the GPU never waits.
+    # Prompts kept waiting in ComfyUI's own queue behind the one it runs, so it starts the next
+    # the moment one ends (0 = submit a job only once the previous one is done).
+    comfyui_queue_depth: int = Field(default=2, ge=0, le=16)
+    # Older switch for the same thing: false is COMFYUI_QUEUE_DEPTH=0.
     worker_prefetch: bool = True
     # Port of the worker's Prometheus /metrics (0 = off).
     worker_metrics_port: int = Field(default=0, ge=0, le=65535)
