@@ -66,3 +66,46 @@ async def test_the_result_limits_follow_the_settings(api, settings):
         "result_max_pixels": 4 * settings.max_image_pixels,
         "max_outputs": 20,
     }
+
+
+async def test_start_moves_a_queued_job_to_processing_once(api):
+    await register(api, USER)
+    await grant(api, USER, 5, "routes")
+    job_id = (await create_job(api, USER, "invert")).json()["id"]
+    first = await api.post(f"/api/jobs/{job_id}/start", json={"worker": "w1"})
+    assert first.status_code == 200, first.text
+    assert first.json()["fresh"] is True
+    assert first.json()["job"]["status"] == "processing"
+    again = await api.post(f"/api/jobs/{job_id}/start", json={"worker": "w2"})
+    assert again.json()["fresh"] is False  # re-attach: the first run may be in ComfyUI
+    assert again.json()["job"]["attempts"] == first.json()["job"]["attempts"]
+    await api.post(f"/api/jobs/{job_id}/status", json={"status": "failed", "error": "x: y"})
+    ended = await api.post(f"/api/jobs/{job_id}/start", json={"worker": "w2"})
+    assert (ended.json()["fresh"], ended.json()["job"]["status"]) == (False, "failed")
+    unknown = await api.post("/api/jobs/nope/start", json={"worker": "w2"})
+    assert unknown.status_code == 404
+    nameless = await api.post(f"/api/jobs/{job_id}/start", json={"worker": ""})
+    assert nameless.status_code == 422
+
+
+async def test_a_final_status_can_claim_the_delivery_in_the_same_step(api):
+    job_id = await _processing_job(api)
+    failed = await api.post(
+        f"/api/jobs/{job_id}/status", json={"status": "failed", "error": "x: y", "deliver": True}
+    )
+    assert failed.status_code == 200, failed.text
+    assert (failed.json()["status"], failed.json()["delivery_status"]) == ("failed", "sending")
+    twice = await api.post(f"/api/jobs/{job_id}/status", json={"status": "failed", "deliver": True})
+    assert twice.status_code == 409
+    assert twice.json()["error"]["code"] == "delivery_claimed"
+
+
+async def test_deliver_is_refused_with_a_status_that_is_not_final(api):
+    await register(api, USER)
+    await grant(api, USER, 5, "routes")
+    job_id = (await create_job(api, USER, "invert")).json()["id"]
+    refused = await api.post(
+        f"/api/jobs/{job_id}/status", json={"status": "processing", "deliver": True}
+    )
+    assert refused.status_code == 422
+    assert (await api.get(f"/api/jobs/{job_id}")).json()["status"] == "queued"  # unchanged

@@ -319,10 +319,24 @@ class BackendClient:
     async def job(self, job_id: str) -> Job:
         return Job.model_validate(await self._json("GET", f"/api/jobs/{job_id}"))
 
+    async def start(self, job_id: str, worker: str) -> tuple[Job, bool]:
+        """Take the job: a queued one moves to processing. The job, and whether it was queued
+        (then no earlier run of this attempt can exist)."""
+        body = await self._json("POST", f"/api/jobs/{job_id}/start", json={"worker": worker})
+        return Job.model_validate(body["job"]), bool(body["fresh"])
+
     async def set_status(
-        self, job_id: str, status: str, *, error: str | None = None, worker: str | None = None
+        self,
+        job_id: str,
+        status: str,
+        *,
+        error: str | None = None,
+        worker: str | None = None,
+        deliver: bool = False,
     ) -> Job:
-        body = {"status": status, "error": error, "worker": worker}
+        """``deliver``: with a final status, claim the final message in the same step (a
+        BackendError ``delivery_claimed`` when someone has, and nothing changed)."""
+        body = {"status": status, "error": error, "worker": worker, "deliver": deliver}
         return Job.model_validate(await self._json("POST", f"/api/jobs/{job_id}/status", json=body))
 
     async def refund(self, job_id: str) -> Refund:

@@ -226,6 +226,22 @@ class StatusChange(Strict):
     status: JobStatus
     error: str | None = Field(default=None, max_length=4000)
     worker: str | None = Field(default=None, max_length=200)
+    deliver: bool = Field(
+        default=False,
+        description="With succeeded or failed: also claim the final message for sending (as "
+        "POST delivery with sending), in the same step",
+    )
+
+
+class StartRequest(Strict):
+    worker: str = Field(min_length=1, max_length=200)
+
+
+class StartOut(BaseModel):
+    job: JobOut
+    # True when this call moved the job from queued to processing: no earlier run of this
+    # attempt can exist in ComfyUI.
+    fresh: bool
 
 
 class RefundOut(BaseModel):

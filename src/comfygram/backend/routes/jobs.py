@@ -23,11 +23,13 @@ from comfygram.backend.schemas import (
     DeliveryReport,
     JobOut,
     RefundOut,
+    StartOut,
+    StartRequest,
     StatusChange,
     StatusMessage,
     no_nul,
 )
-from comfygram.domain.jobs import FINAL, REFUNDED_ON, JobStatus
+from comfygram.domain.jobs import FINAL, REFUNDED_ON, DeliveryStatus, JobStatus
 from comfygram.images import ImageRejected, prepare_input, read_header
 from comfygram.media import MediaInfo, MediaRejected, inspect_output
 from comfygram.presets.contract import MAX_PHOTOS
@@ -199,14 +201,35 @@ async def get_job(job_id: str, session: SessionDep) -> JobOut:
     return await _job_out(session, job_id)
 
 
+@router.post("/{job_id}/start", response_model=StartOut)
+async def start_job(job_id: str, body: StartRequest, session: SessionDep) -> StartOut:
+    """A worker takes the job: a queued job moves to processing (``fresh``); any other comes
+    back as it is, for the worker to re-attach to or finish what is left."""
+    previous = JobStatus((await jobs.get_job(session, job_id)).status)
+    fresh = previous is JobStatus.QUEUED
+    if fresh:
+        job = await jobs.transition(session, job_id, JobStatus.PROCESSING, worker=body.worker)
+        await session.commit()
+        _count_transition(job, previous)
+    return StartOut(job=await _job_out(session, job_id), fresh=fresh)
+
+
 @router.post("/{job_id}/status", response_model=JobOut)
 async def change_status(
     job_id: str, body: StatusChange, session: SessionDep, queue: QueueDep
 ) -> JobOut:
     """Move the job along queued -> processing -> succeeded | queued (retry) | failed,
-    or queued -> cancelled. Failing and cancelling refund the charge."""
+    or queued -> cancelled. Failing and cancelling refund the charge. ``deliver`` claims the
+    final message in the same step (409 delivery_claimed, and nothing changed, when it was
+    claimed already)."""
+    if body.deliver and body.status not in FINAL:
+        raise ApiError(
+            422, "invalid_request", "deliver goes only with succeeded, failed or cancelled."
+        )
     previous = JobStatus((await jobs.get_job(session, job_id)).status)
     job = await jobs.transition(session, job_id, body.status, error=body.error, worker=body.worker)
+    if body.deliver:
+        job = await jobs.record_delivery(session, job_id, DeliveryStatus.SENDING, None)
     await session.commit()
     if previous is not body.status:
         _count_transition(job, previous)
