@@ -6,10 +6,10 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
-from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from comfygram import __version__
 from comfygram.backend import db, reconcile, retention
@@ -37,6 +37,46 @@ from comfygram.queue import JobQueue, connect_redis
 from comfygram.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+class RequireApiToken:
+    """The service token on /api/ and /metrics, checked before FastAPI reads the body, so a
+    caller without it cannot make the backend parse an upload or learn anything from
+    validation errors."""
+
+    def __init__(self, app: ASGIApp, *, token: bytes) -> None:
+        self.app = app
+        self.token = token
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path = scope["path"]
+            guarded = path.startswith("/api/") or path == "/metrics"
+            if guarded and not has_api_token(Request(scope), self.token):
+                response = error_response(
+                    401,
+                    "unauthorized",
+                    "Send the service token as 'Authorization: Bearer <API_TOKEN>'.",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class TagLogsWithTheJob:
+    """Every log line written for /api/jobs/{id}/... carries the job's id."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        parts = scope["path"].split("/") if scope["type"] == "http" else []
+        if len(parts) > 3 and parts[1:3] == ["api", "jobs"] and parts[3] not in ("", "create"):
+            with job_context(parts[3]):
+                await self.app(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -124,34 +164,11 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
 
-    api_token = settings.api_token.get_secret_value().encode()
-
-    # Checked before FastAPI reads the body, so a caller without the token cannot make the
-    # backend parse an upload or learn anything from validation errors.
-    @app.middleware("http")
-    async def require_api_token(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        guarded = request.url.path.startswith("/api/") or request.url.path == "/metrics"
-        if guarded and not has_api_token(request, api_token):
-            return error_response(
-                401,
-                "unauthorized",
-                "Send the service token as 'Authorization: Bearer <API_TOKEN>'.",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        return await call_next(request)
-
-    @app.middleware("http")
-    async def tag_logs_with_the_job(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        parts = request.url.path.split("/")
-        if len(parts) > 3 and parts[1:3] == ["api", "jobs"] and parts[3] not in ("", "create"):
-            with job_context(parts[3]):
-                return await call_next(request)
-        return await call_next(request)
-
+    # Innermost first: the token is checked inside the job's log context, both inside the
+    # body limits. Plain ASGI middleware: Starlette's @app.middleware("http") runs every
+    # request through a task and memory streams, which cost more than a status read itself.
+    app.add_middleware(RequireApiToken, token=settings.api_token.get_secret_value().encode())
+    app.add_middleware(TagLogsWithTheJob)
     for module in (users, presets, jobs, payments, workers, stats, health, webhook):
         app.include_router(module.router)
     mount_admin(app, settings)  # /admin, when ADMIN_USERNAME and ADMIN_PASSWORD are set
