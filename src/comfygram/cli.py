@@ -29,16 +29,52 @@ def _backend(settings: Settings, args: argparse.Namespace) -> None:
     app = create_app(settings)  # checks the settings it needs first
     settings.require_shared_redis("backend")
     host, port = args.host or settings.backend_host, args.port or settings.backend_port
+    workers = args.workers or settings.backend_workers
     startup.check_port_free(host, port, "BACKEND_PORT (or --port)")
     asyncio.run(_backend_dependencies(settings))
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        log_config=None,
-        proxy_headers=True,
-        http=http_protocol(),  # slow headers get 408 (docs/security.md#uploads)
-    )
+    served = {"host": host, "port": port, "log_config": None, "proxy_headers": True}
+    if workers == 1:
+        # slow headers get 408 (docs/security.md#uploads)
+        uvicorn.run(app, http=http_protocol(), **served)
+        return
+    _serve_processes(settings, args, workers, served)
+
+
+def _serve_processes(
+    settings: Settings, args: argparse.Namespace, workers: int, served: dict[str, object]
+) -> None:
+    """uvicorn with ``workers`` processes on one socket, each its own app
+    (backend.app.create_process_app). Done once here, before they start: the migrations and
+    the presets' sync, and a fresh folder for their Prometheus values (docs/deploy.md)."""
+    import tempfile
+
+    import uvicorn
+
+    from comfygram import metrics
+    from comfygram.backend import db
+    from comfygram.backend.app import ENV_FILE_VARIABLE, prepare_database
+    from comfygram.presets import load_presets
+
+    async def prepare() -> None:
+        engine = db.create_engine(settings.database_dsn)
+        try:
+            await prepare_database(engine, settings, load_presets(settings.presets_dir))
+        finally:
+            await engine.dispose()
+
+    asyncio.run(prepare())
+    env_file, _ = _settings_source(args.env_file)
+    with tempfile.TemporaryDirectory(prefix="comfygram-metrics-") as values:
+        # The processes are spawned: they inherit the environment, not this process's objects.
+        os.environ[metrics.MULTIPROCESS_DIR_VARIABLE] = values
+        os.environ[ENV_FILE_VARIABLE] = str(env_file.resolve()) if env_file else ""
+        uvicorn.run(
+            "comfygram.backend.app:create_process_app",
+            factory=True,
+            workers=workers,
+            http="comfygram.backend.app:HeaderDeadlineProtocol",
+            **served,
+        )
 
 
 async def _backend_dependencies(settings: Settings) -> None:
@@ -201,6 +237,13 @@ def build_parser() -> argparse.ArgumentParser:
     backend = command("backend", "serve the REST API, the Telegram webhook and the admin panel")
     backend.add_argument("--host", help="default: BACKEND_HOST or 127.0.0.1")
     backend.add_argument("--port", type=int, help="default: BACKEND_PORT or 8000")
+    backend.add_argument(
+        "--workers",
+        type=int,
+        choices=range(1, 65),
+        metavar="N",
+        help="processes serving the API, about one per core (default: BACKEND_WORKERS or 1)",
+    )
     backend.set_defaults(handler=_backend)
 
     command("worker", "run jobs on one ComfyUI (COMFYUI_URL) and deliver the results").set_defaults(

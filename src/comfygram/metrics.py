@@ -1,9 +1,26 @@
 """Prometheus metrics. Each process counts its own (the backend's /metrics, the worker's port);
-Prometheus adds them up across backends and workers."""
+Prometheus adds them up across backends and workers.
+
+The processes of one `comfygram backend --workers N` answer on one port, so they count in
+prometheus_client's multiprocess mode: PROMETHEUS_MULTIPROC_DIR (a fresh folder the parent
+makes) holds every process's values, and /metrics, whichever process answers, adds them up.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+MULTIPROCESS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 
 # Seconds, from a quick filter to a long diffusion run or a long queue.
 _BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
@@ -29,7 +46,12 @@ OUTPUT_BYTES = Counter(
     "comfygram_output_bytes_total", "Bytes of outputs stored, by kind.", ["kind"]
 )
 JOB_RETRIES = Counter("comfygram_job_retries_total", "Runs that ended in a retry.", ["preset"])
-QUEUE_LENGTH = Gauge("comfygram_queue_length", "Jobs waiting or running, as Redis holds them.")
+QUEUE_LENGTH = Gauge(
+    "comfygram_queue_length",
+    "Jobs waiting or running, as Redis holds them.",
+    # Every process reads the same queue: the latest reading is the answer, not their sum.
+    multiprocess_mode="mostrecent",
+)
 QUEUE_WAIT = Histogram(
     "comfygram_queue_wait_seconds", "From creation to processing.", ["preset"], buckets=_BUCKETS
 )
@@ -56,5 +78,10 @@ STARS_REFUNDED = Counter(
 
 
 def exposition() -> tuple[bytes, str]:
-    """The text format Prometheus scrapes, and its content type."""
+    """The text format Prometheus scrapes, and its content type: every process's values in
+    multiprocess mode."""
+    if os.environ.get(MULTIPROCESS_DIR_VARIABLE):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(), CONTENT_TYPE_LATEST

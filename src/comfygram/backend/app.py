@@ -6,9 +6,12 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from fastapi import FastAPI, Request
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from comfygram import __version__
@@ -17,7 +20,7 @@ from comfygram.backend.admin import mount_admin
 from comfygram.backend.api_docs import mount_api_docs
 from comfygram.backend.deps import has_api_token
 from comfygram.backend.errors import error_response, install_error_handlers
-from comfygram.backend.limits import BodyLimits, body_limit
+from comfygram.backend.limits import BodyLimits, body_limit, http_protocol
 from comfygram.backend.presets import sync_presets
 from comfygram.backend.routes import (
     health,
@@ -32,7 +35,7 @@ from comfygram.backend.routes import (
 from comfygram.backend.storage import MediaStore
 from comfygram.backend.workers import WorkerRegistry
 from comfygram.logs import job_context
-from comfygram.presets import load_presets
+from comfygram.presets import Preset, load_presets
 from comfygram.queue import JobQueue, connect_redis
 from comfygram.settings import Settings
 
@@ -79,7 +82,45 @@ class TagLogsWithTheJob:
         await self.app(scope, receive, send)
 
 
-def create_app(settings: Settings) -> FastAPI:
+async def prepare_database(
+    engine: AsyncEngine, settings: Settings, presets_on_disk: list[Preset]
+) -> None:
+    """Migrate (when AUTO_MIGRATE) and sync the presets: what a backend does once at start."""
+    if settings.auto_migrate:
+        await db.migrate(engine)
+    async with db.create_sessionmaker(engine)() as session:
+        await sync_presets(session, presets_on_disk)
+        await session.commit()
+
+
+# Set by `comfygram backend --workers N` for its processes: the .env file it read ("": none).
+ENV_FILE_VARIABLE = "COMFYGRAM_ENV_FILE"
+
+# uvicorn's HTTP protocol for `comfygram backend`, by name (uvicorn's `http=` takes an import
+# string): each process of --workers N builds its own, as a class made at run time cannot be
+# sent to them.
+HeaderDeadlineProtocol = http_protocol()
+
+
+def create_process_app() -> FastAPI:
+    """The app of one process of `comfygram backend --workers N` (uvicorn's app factory).
+
+    Its settings are read as the parent read them (the same environment and .env file); the
+    parent has already migrated the database and synced the presets, once, so N processes
+    starting together neither migrate at once nor insert the same preset twice.
+    """
+    from comfygram.logs import setup_logging
+    from comfygram.settings import load_settings
+
+    env_file = os.environ.get(ENV_FILE_VARIABLE) or None
+    settings = load_settings(_env_file=Path(env_file) if env_file else None)
+    setup_logging(settings.log_level, settings.log_json, settings.secrets())
+    return create_app(settings, database_prepared=True)
+
+
+def create_app(settings: Settings, *, database_prepared: bool = False) -> FastAPI:
+    """The backend. ``database_prepared``: prepare_database ran already (the parent of
+    several processes did it); otherwise the app does it as it starts."""
     settings.require("api_token")
     if settings.webhook_url and settings.bot_token:
         # Webhook mode: Telegram must prove each update with the secret.
@@ -89,14 +130,12 @@ def create_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = db.create_engine(settings.database_dsn)
-        if settings.auto_migrate:
-            await db.migrate(engine)
+        if not database_prepared:
+            await prepare_database(engine, settings, presets_on_disk)
         sessions = db.create_sessionmaker(engine)
-        async with sessions() as session:
-            await sync_presets(session, presets_on_disk)
-            await session.commit()
         redis = connect_redis(settings)
         queue = JobQueue(redis, prefix=settings.redis_prefix)
+        app.state.engine = engine
         app.state.sessions = sessions
         app.state.redis = redis
         app.state.queue = queue

@@ -7,8 +7,9 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from comfygram.backend import db
 from comfygram.backend.storage import MediaStore
 from comfygram.backend.workers import WorkerRegistry
 from comfygram.queue import JobQueue
@@ -24,6 +25,17 @@ def has_api_token(request: Request, expected: bytes) -> bool:
 async def _session(request: Request) -> AsyncIterator[AsyncSession]:
     async with request.app.state.sessions() as session:
         yield session
+
+
+async def _reader(request: Request) -> AsyncIterator[AsyncConnection]:
+    """A connection for a read of one statement. On PostgreSQL it runs in autocommit (the
+    statement is its own snapshot), which spares the BEGIN and ROLLBACK round trips around it;
+    SQLite's connections keep their transactions (see db.create_engine)."""
+    engine = request.app.state.engine
+    async with engine.connect() as connection:
+        if db.is_postgres(engine):
+            await connection.execution_options(isolation_level="AUTOCOMMIT")
+        yield connection
 
 
 def _settings(request: Request) -> Settings:
@@ -43,6 +55,7 @@ def _workers(request: Request) -> WorkerRegistry:
 
 
 SessionDep = Annotated[AsyncSession, Depends(_session)]
+ReaderDep = Annotated[AsyncConnection, Depends(_reader)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 QueueDep = Annotated[JobQueue, Depends(_queue)]
 StoreDep = Annotated[MediaStore, Depends(_store)]

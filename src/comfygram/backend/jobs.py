@@ -9,9 +9,11 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from types import SimpleNamespace
 
-from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Row, bindparam, case, func, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.orm import aliased
 
 from comfygram.backend import accounts
 from comfygram.backend.errors import ApiError, not_found
@@ -123,6 +125,78 @@ async def get_job(session: AsyncSession, job_id: str, *, lock: bool = False) -> 
     if job is None:
         raise not_found("job", job_id)
     return job
+
+
+# Jobs queued before the one read: its queue position.
+_Ahead = aliased(Job)
+_JOB_AND_OWNER = (
+    select(
+        *Job.__table__.c,
+        User.telegram_id,
+        User.language_code,
+        case(
+            (
+                Job.status == JobStatus.QUEUED,
+                select(func.count())
+                .select_from(_Ahead)
+                .where(_Ahead.status == JobStatus.QUEUED, _Ahead.created_at < Job.created_at)
+                .scalar_subquery()
+                + 1,
+            ),
+            else_=0,
+        ).label("queue_position"),
+    )
+    .join(User, User.id == Job.user_id)
+    .where(Job.id == bindparam("job_id"))
+    # OFFSET keeps PostgreSQL and SQLite from merging this into the join below, which would
+    # count the queue again for every file row.
+    .offset(0)
+    .subquery("job")
+)
+_FILES = JobFile.__table__
+_FILE_COLUMNS = tuple(column.name for column in _FILES.c)
+_VIEW = (
+    select(_JOB_AND_OWNER, *(column.label(f"file_{column.name}") for column in _FILES.c))
+    .outerjoin(_FILES, _FILES.c.job_id == _JOB_AND_OWNER.c.id)
+    .order_by(_FILES.c.role, _FILES.c.position)
+)
+
+
+@dataclass(frozen=True)
+class JobView:
+    """A job as its status read shows it (schemas.JobOut): its columns, its owner's, its
+    queue position and its files, read in one statement, so from one snapshot."""
+
+    job: Row  # the jobs row's columns, by name
+    telegram_id: int
+    language: str | None
+    position: int  # 1 for the next job to run; 0 once the job has left the queue
+    inputs: list[SimpleNamespace]  # JobFile's columns, in slot order
+    outputs: list[SimpleNamespace]
+
+
+async def view(connection: AsyncConnection | AsyncSession, job_id: str) -> JobView:
+    """The job for a status read, in one query instead of the job, its files, its user and
+    its queue position one after another."""
+    if not _is_job_id(job_id):
+        raise not_found("job", job_id)
+    rows = (await connection.execute(_VIEW, {"job_id": job_id})).all()
+    if not rows:
+        raise not_found("job", job_id)
+    files: dict[str, list[SimpleNamespace]] = {FileRole.INPUT: [], FileRole.OUTPUT: []}
+    for row in rows:
+        if row.file_id is not None:
+            fields = {name: row._mapping[f"file_{name}"] for name in _FILE_COLUMNS}
+            files[row.file_role].append(SimpleNamespace(**fields))
+    first = rows[0]
+    return JobView(
+        first,
+        first.telegram_id,
+        first.language_code,
+        first.queue_position,
+        files[FileRole.INPUT],
+        files[FileRole.OUTPUT],
+    )
 
 
 async def queue_position(session: AsyncSession, job: Job) -> int:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -12,6 +13,9 @@ from comfygram.backend.presets import contract_of
 from comfygram.domain.jobs import DeliveryStatus, JobStatus
 from comfygram.presets.contract import Contract, MediaKind
 from comfygram.wire import MediaFile
+
+if TYPE_CHECKING:
+    from comfygram.backend.jobs import JobView
 
 # Telegram ids are positive 64-bit integers; anything else is a mistake on the caller's side.
 TelegramId = Annotated[int, Field(gt=0, le=2**63 - 1, strict=True)]
@@ -179,10 +183,32 @@ class JobOut(BaseModel):
 
     @classmethod
     def of(cls, job: models.Job, user: models.User, position: int = 0) -> JobOut:
+        return cls.build(
+            job, user.telegram_id, user.language_code, position, job.inputs, job.outputs
+        )
+
+    @classmethod
+    def of_view(cls, view: JobView) -> JobOut:
+        return cls.build(
+            view.job, view.telegram_id, view.language, view.position, view.inputs, view.outputs
+        )
+
+    @classmethod
+    def build(
+        cls,
+        job: Any,
+        telegram_id: int,
+        language: str | None,
+        position: int,
+        inputs: Sequence[Any],
+        outputs: Sequence[Any],
+    ) -> JobOut:
+        """From anything with the jobs table's columns as attributes (a models.Job, or a row
+        of backend.jobs.view), and the job_files table's for ``inputs`` and ``outputs``."""
         return cls(
             id=job.id,
-            telegram_id=user.telegram_id,
-            language=user.language_code,
+            telegram_id=telegram_id,
+            language=language,
             preset=job.preset_slug,
             prompt=job.prompt,
             options=dict(job.options or {}),
@@ -192,9 +218,9 @@ class JobOut(BaseModel):
             progress=job.progress,
             error=job.error,
             position=position,
-            inputs=[media_file(f) for f in job.inputs],
-            outputs=[media_file(f) for f in job.outputs],
-            has_result=bool(job.outputs),
+            inputs=[media_file(f) for f in inputs],
+            outputs=[media_file(f) for f in outputs],
+            has_result=bool(outputs),
             status_chat_id=job.status_chat_id,
             status_message_id=job.status_message_id,
             delivery_status=DeliveryStatus(job.delivery_status),
@@ -208,7 +234,7 @@ class JobOut(BaseModel):
         )
 
 
-def media_file(stored: models.JobFile) -> MediaFile:
+def media_file(stored: models.JobFile | Any) -> MediaFile:
     return MediaFile(
         index=stored.position,
         slot=stored.slot,

@@ -9,12 +9,12 @@ from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, File, Form, Header, Path, Query, Response, UploadFile
 from fastapi.responses import FileResponse
-from pydantic import AfterValidator
+from pydantic import AfterValidator, BaseModel
 from redis.exceptions import RedisError
 
 from comfygram import metrics
 from comfygram.backend import accounts, jobs
-from comfygram.backend.deps import QueueDep, SessionDep, SettingsDep, StoreDep
+from comfygram.backend.deps import QueueDep, ReaderDep, SessionDep, SettingsDep, StoreDep
 from comfygram.backend.errors import ApiError
 from comfygram.backend.limits import RESULT_SIZE_FACTOR
 from comfygram.backend.models import Job, JobFile, User
@@ -91,9 +91,15 @@ def _parse_options(raw: str | None) -> dict[str, str]:
 
 
 async def _job_out(session: SessionDep, job_id: str) -> JobOut:
-    job = await jobs.get_job(session, job_id)
-    user = await session.get(User, job.user_id)
-    return JobOut.of(job, user, await jobs.queue_position(session, job))
+    return JobOut.of_view(await jobs.view(session, job_id))
+
+
+def _answer(
+    body: BaseModel, status_code: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    """The body as JSON, serialized once: a returned model would be validated again against
+    the route's response_model (which still documents the answer)."""
+    return Response(body.model_dump_json(), status_code, headers, media_type="application/json")
 
 
 @router.post("/create", status_code=201, response_model=JobOut)
@@ -102,7 +108,6 @@ async def create_job(
     settings: SettingsDep,
     queue: QueueDep,
     store: StoreDep,
-    response: Response,
     telegram_id: Annotated[int, Form(gt=0, le=2**63 - 1)],
     preset: Annotated[str, Form(min_length=1, max_length=32)],
     image: Annotated[
@@ -116,7 +121,7 @@ async def create_job(
         AfterValidator(no_nul),
     ] = None,
     idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
-) -> JobOut:
+) -> Response:
     """Validate and store the photos, charge the price of the preset and chosen options,
     queue the job.
 
@@ -158,9 +163,7 @@ async def create_job(
         created = replay
     await session.commit()
     job = created.job
-    if created.replayed:
-        response.headers["Idempotent-Replayed"] = "true"
-    else:
+    if not created.replayed:
         metrics.JOBS_CREATED.labels(job.preset_slug).inc()
         for option, choice in (job.options or {}).items():
             metrics.OPTIONS_CHOSEN.labels(job.preset_slug, option, choice).inc()
@@ -169,7 +172,9 @@ async def create_job(
         except (RedisError, OSError) as exc:
             # The job is safe in the database; the reconciler queues it when Redis is back.
             log.warning("job %s not queued yet, Redis unreachable: %s", job.id, type(exc).__name__)
-    return JobOut.of(job, await session.get(User, job.user_id), created.position)
+    user = await session.get(User, job.user_id)
+    headers = {"Idempotent-Replayed": "true"} if created.replayed else None
+    return _answer(JobOut.of(job, user, created.position), 201, headers)
 
 
 @router.get("", response_model=list[JobOut])
@@ -197,8 +202,8 @@ async def result_limits(settings: SettingsDep) -> ResultLimits:
 
 
 @router.get("/{job_id}", response_model=JobOut)
-async def get_job(job_id: str, session: SessionDep) -> JobOut:
-    return await _job_out(session, job_id)
+async def get_job(job_id: str, reader: ReaderDep) -> Response:
+    return _answer(JobOut.of_view(await jobs.view(reader, job_id)))
 
 
 @router.post("/{job_id}/start", response_model=StartOut)
@@ -217,7 +222,7 @@ async def start_job(job_id: str, body: StartRequest, session: SessionDep) -> Sta
 @router.post("/{job_id}/status", response_model=JobOut)
 async def change_status(
     job_id: str, body: StatusChange, session: SessionDep, queue: QueueDep
-) -> JobOut:
+) -> Response:
     """Move the job along queued -> processing -> succeeded | queued (retry) | failed,
     or queued -> cancelled. Failing and cancelling refund the charge. ``deliver`` claims the
     final message in the same step (409 delivery_claimed, and nothing changed, when it was
@@ -233,7 +238,7 @@ async def change_status(
     await session.commit()
     if previous is not body.status:
         _count_transition(job, previous)
-    return await _job_out(session, job_id)
+    return _answer(await _job_out(session, job_id))
 
 
 def _count_transition(job: Job, previous: JobStatus) -> None:
@@ -365,7 +370,7 @@ async def _inspect_outputs(
 
 async def _attach(
     session: SessionDep, store: StoreDep, job_id: str, outputs: list[tuple[bytes, MediaInfo]]
-) -> JobOut:
+) -> Response:
     replaced = await jobs.attach_outputs(session, store, job_id, outputs)
     try:
         await session.commit()
@@ -377,7 +382,7 @@ async def _attach(
     for data, info in outputs:
         metrics.OUTPUTS_STORED.labels(info.kind.value).inc()
         metrics.OUTPUT_BYTES.labels(info.kind.value).inc(len(data))
-    return await _job_out(session, job_id)
+    return _answer(await _job_out(session, job_id))
 
 
 @router.put("/{job_id}/outputs", response_model=JobOut)
@@ -390,7 +395,7 @@ async def upload_outputs(
         list[UploadFile],
         File(description="Every output of this attempt, in order (1 to 20 files)"),
     ],
-) -> JobOut:
+) -> Response:
     """All of an attempt's outputs in one request: all are stored, replacing an earlier
     attempt's, or none is. Each is checked as the preset's output kind (image, animation,
     video). The job must be processing."""
@@ -409,22 +414,22 @@ async def upload_result(
     settings: SettingsDep,
     store: StoreDep,
     image: Annotated[UploadFile, File(description="The rendered image")],
-) -> JobOut:
+) -> Response:
     """One output: the shorthand of ``PUT outputs`` with a single file."""
     outputs = await _inspect_outputs(session, settings, job_id, [image], one=True)
     return await _attach(session, store, job_id, outputs)
 
 
 @router.post("/{job_id}/delivery", response_model=JobOut)
-async def record_delivery(job_id: str, body: DeliveryReport, session: SessionDep) -> JobOut:
+async def record_delivery(job_id: str, body: DeliveryReport, session: SessionDep) -> Response:
     """What happened when the result (or apology) was sent to the user."""
     await jobs.record_delivery(session, job_id, body.status, body.error)
     await session.commit()
-    return await _job_out(session, job_id)
+    return _answer(await _job_out(session, job_id))
 
 
 @router.post("/{job_id}/status-message", response_model=JobOut)
-async def record_status_message(job_id: str, body: StatusMessage, session: SessionDep) -> JobOut:
+async def record_status_message(job_id: str, body: StatusMessage, session: SessionDep) -> Response:
     """The chat and message the bot shows the job's progress in.
 
     A job that has already ended for the user (its result or apology claimed, or cancelled)
@@ -433,12 +438,12 @@ async def record_status_message(job_id: str, body: StatusMessage, session: Sessi
     """
     await jobs.record_status_message(session, job_id, body.chat_id, body.message_id)
     await session.commit()
-    return await _job_out(session, job_id)
+    return _answer(await _job_out(session, job_id))
 
 
 @router.post("/{job_id}/comfyui-crash", response_model=JobOut)
-async def record_comfyui_crash(job_id: str, body: ComfyUICrash, session: SessionDep) -> JobOut:
+async def record_comfyui_crash(job_id: str, body: ComfyUICrash, session: SessionDep) -> Response:
     """ComfyUI died while running the job (the worker fails it after the second death)."""
     await jobs.record_comfyui_crash(session, job_id, body.seen)
     await session.commit()
-    return await _job_out(session, job_id)
+    return _answer(await _job_out(session, job_id))
