@@ -28,6 +28,28 @@ def test_job_create_bench_compares_the_databases():
 
 
 @pytest.mark.timeout(180)
+def test_backend_rates_bench_measures_one_and_two_processes():
+    output = bench(
+        "backend_rates.py",
+        "--workers",
+        "1,2",
+        "--seconds",
+        "0.5",
+        "--clients",
+        "2",
+        "--side",
+        "320",
+    )
+    rows = [line.split() for line in output.splitlines() if line[:1].isdigit()]
+    assert {(row[0], row[1]) for row in rows} == {
+        (workers, phase) for workers in "12" for phase in ("/healthz", "create", "read")
+    }, output
+    for row in rows:
+        assert float(row[2]) > 0 and row[5] == "0", output  # a rate, and no error
+    assert "shared with the load generator" in output
+
+
+@pytest.mark.timeout(180)
 def test_worker_pipeline_bench_reports_every_stage():
     output = bench(
         "worker_pipeline.py", "--jobs", "2", "--execution", "0.05", "--photo-side", "320"
@@ -48,3 +70,37 @@ def test_delivery_bench_reports_an_album_and_a_video():
     for kind in ("album", "video"):
         [line] = [line for line in output.splitlines() if line.startswith(kind + " ")]
         assert len(line.split()) == 4 and float(line.split()[1]) > 0, line  # p50, p95, max
+
+
+@pytest.mark.timeout(180)
+def test_fast_path_bench_reports_every_stage_and_the_idle_fractions():
+    output = bench("fast_path.py", "--comfyui", "double", "--jobs", "2", "--burst", "3")
+    [column] = [line.split()[-1] for line in output.splitlines() if line.startswith("ms (p50")]
+    assert column.startswith("double:"), output
+    for stage in (
+        "accepted -> processing",
+        "created_at -> processing",
+        "processing -> ComfyUI start",
+        "ComfyUI execution",
+        "ComfyUI done -> succeeded",
+        "ComfyUI done -> handed to Telegram",
+        "overhead (goal p50 <= 30)",
+        "bare runner: overhead",
+    ):
+        [line] = [line for line in output.splitlines() if line.startswith(stage)]
+        p50, slash, p95 = line[len(stage) :].split()
+        assert slash == "/" and float(p95) >= float(p50), line
+    execution = [line for line in output.splitlines() if line.startswith("ComfyUI execution")]
+    assert float(execution[0].split()[2]) > 0, output  # ComfyUI's own timestamps were read
+    for idle in ("system, while jobs wait", "system, all gaps", "bare runner, 2 prompts ahead"):
+        [line] = [line for line in output.splitlines() if line.strip().startswith(idle)]
+        assert 0 <= float(line.split()[-1].rstrip("%")) <= 100, line
+
+
+@pytest.mark.timeout(180)
+def test_worker_memory_bench_samples_the_worker_and_reports_its_growth():
+    output = bench("worker_memory.py", "--jobs", "20", "--every", "10", "--warmup", "10")
+    rows = [line.split() for line in output.splitlines() if line.split()[:1] in (["10"], ["20"])]
+    assert [row[0] for row in rows] == ["10", "20"], output
+    assert all(int(row[2]) > 10_000 and int(row[3]) >= int(row[2]) for row in rows), output
+    assert "growth: " in output and "(RSS at 20 vs at 10 jobs)" in output, output
