@@ -31,6 +31,9 @@ values not in a combo list (model files too), broken links.
 Knobs (attributes and methods; all of them may change while the server runs):
 
 - ``execution_delay`` seconds per node, reported as four ``progress`` steps.
+- ``nodes_in_thread`` (default False): run each node's Pillow work in a thread, as ComfyUI runs
+  prompts beside its server, so uploads and submits are answered while a prompt runs (else the
+  double's event loop is busy for the node's whole CPU time).
 - ``previews`` (also a constructor argument): as ComfyUI started with ``--preview-method``, every
   sampling-like node (any but LoadImage and the save nodes) reports four ``progress`` steps and
   sends a JPEG preview of its input (within 512 pixels) at steps 2 and 4 to the prompt's socket:
@@ -871,6 +874,7 @@ class ComfyUIDouble:
             path.mkdir(parents=True, exist_ok=True)
         self.port = port
         self.execution_delay = 0.0
+        self.nodes_in_thread = False
         self.previews = previews
         self.previews_sent: list[tuple[str, int]] = []  # (client_id, binary event type)
         self.drop_websocket_messages = False
@@ -1653,7 +1657,12 @@ class ComfyUIDouble:
                 await self._delay(progress, emit, prompt_id, node_id, values, prompt, sampling)
                 if fail is not None and node_id == fail_at:
                     raise _NodeFailed(*fail)
-                output = self._run_node(prompt[node_id], values, node_id)
+                if self.nodes_in_thread:
+                    output = await asyncio.to_thread(
+                        self._run_node, prompt[node_id], values, node_id
+                    )
+                else:
+                    output = self._run_node(prompt[node_id], values, node_id)
                 executed.append(node_id)
                 if self.cache_enabled:
                     self._cache[keys[node_id]] = (values.get(node_id), output)

@@ -151,6 +151,9 @@ class Call:
     response: dict[str, Any] | None = None
     dropped: bool = False  # the connection was closed without an answer
     answered_at: float | None = None  # time.monotonic() of the answer (``at``: of the request)
+    # time.time() once the whole request (body and uploads) was read: wall clock, so benchmarks
+    # can set it beside ComfyUI's and the backend's timestamps.
+    received_at: float | None = None
 
     @property
     def done(self) -> bool:
@@ -849,6 +852,7 @@ class TelegramDouble:
         self.calls.append(call)
         try:
             params = await self._read_params(request)
+            call.received_at = time.time()
             call.params = params.values
             call.files = {name: upload.data for name, upload in params.uploads.items()}
             if request.path_params["token"] != self.token:

@@ -1,0 +1,693 @@
+"""Where a single job's time goes, and how long ComfyUI sits idle while jobs wait (issue 13).
+
+    .venv/bin/python bench/fast_path.py [--comfyui real|double|both] [--jobs 20] [--burst 24]
+        [--worker-src PATH ...] [--compare PATH_A PATH_B] [--double-delay 0]
+
+The system as operators deploy it, each part its own process: `comfygram backend` (uvicorn) on a
+fresh PostgreSQL database (127.0.0.1:5432, created and dropped here), Redis 127.0.0.1:6379 (db 9,
+a fresh key prefix), one `comfygram worker` configured through its environment, and ComfyUI: the
+real 0.3.64 (started on a free port and stopped here) and/or the ComfyUI double (in this
+process). The Telegram double runs in this process; the bench plays the bot: it registers users,
+grants credits, creates each job with `POST /api/jobs/create` (the `invert` preset, a fresh
+512x512 PNG of noise, 788 KB, so ComfyUI's cache never answers) and sends the job's status
+message as the bot does.
+
+Every instant is wall clock (time.time()): the create call's 201 as this client received it
+("accepted"), the job's created_at / started_at / finished_at from `GET /api/jobs/{id}`, ComfyUI's
+`execution_start` / `execution_success` timestamps from `/history`, and the moment the Telegram
+double had read the whole sendPhoto request ("handed to Telegram").
+
+Single jobs (`--jobs`, one at a time on an idle system, two warm-up jobs first): p50/p95 of
+accepted -> processing (and created_at -> processing), processing -> ComfyUI start, ComfyUI's
+execution, ComfyUI done -> succeeded, ComfyUI done -> handed to Telegram, and the overhead:
+(handed to Telegram - accepted) - execution; issue 13's goal is a median <= 30 ms.
+
+A bare best-case runner on the same ComfyUI in the same run is the yardstick: upload the PNG,
+`POST /prompt` with a client_id, wait on the WebSocket for `executing` with node null, `GET
+/history`, `GET /view`; its overhead is its total minus the execution.
+
+Burst (`--burst` jobs created at once, each by its own user): ComfyUI's idle fraction from
+`/history`, the gaps between one execution's end and the next one's start over the span from
+the first start to the last end. "while jobs wait" counts a gap only from the moment some job
+that ran later had been accepted (arrivals slower than ComfyUI are not the worker's idling);
+"all gaps" counts every gap. The bare runner does the same keeping two prompts in ComfyUI.
+Goal: <= 3 %.
+
+`--worker-src PATH` (repeatable; `--compare A B` is the same as two of them) runs the backend
+and the worker of each with PYTHONPATH=PATH, e.g. a `git worktree` of an older commit's `src`:
+a worker is always paired with the backend of the same source. The bench, the doubles and the
+bare runner always come from this checkout. Each source gets its own database, key prefix,
+backend and worker; the sources run one after the other on each ComfyUI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import httpx
+import redis.asyncio as aioredis
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.doubles.comfyui import ComfyUIDouble  # noqa: E402
+from tests.doubles.telegram import TEST_BOT_TOKEN, TelegramDouble  # noqa: E402
+from tests.real_comfyui import RealComfyUI, missing  # noqa: E402
+from tests.redis_server import free_port  # noqa: E402
+
+API_TOKEN = "bench-fast-path-token"
+PG_ADMIN = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "database": "postgres"}
+REDIS_URL = "redis://127.0.0.1:6379/9"
+PRESET = "invert"
+WORKFLOW = json.loads((ROOT / "src/comfygram/presets/builtin/invert/workflow.json").read_text())
+WARM_UP = 2
+FIRST_USER = 5_000_000
+START_TIMEOUT = 90.0
+JOB_TIMEOUT = 60.0
+
+
+def noise_png(side: int = 512) -> bytes:
+    """Random RGB pixels: a PNG that does not compress (788 KB at 512 px) and that no cache
+    has seen."""
+    buffer = io.BytesIO()
+    Image.frombytes("RGB", (side, side), os.urandom(side * side * 3)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def wall(stamp: str) -> float:
+    """A backend timestamp (ISO 8601, UTC when it says nothing) as time.time()."""
+    moment = datetime.fromisoformat(stamp)
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] * 1000
+
+
+# -- ComfyUI's own record --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Execution:
+    """One prompt's run, from its `/history` status messages (seconds, wall clock)."""
+
+    prompt_id: str
+    start: float
+    end: float
+    graph: str  # the prompt as JSON text, to find which job it ran
+
+    @property
+    def seconds(self) -> float:
+        return self.end - self.start
+
+
+def executions(history: dict[str, Any]) -> list[Execution]:
+    """The successful runs in a `/history` answer, in the order they started."""
+    runs = []
+    for prompt_id, entry in history.items():
+        stamps = {
+            kind: data.get("timestamp")
+            for kind, data in (entry.get("status") or {}).get("messages") or []
+        }
+        if stamps.get("execution_start") is None or stamps.get("execution_success") is None:
+            continue
+        graph = json.dumps(entry["prompt"][2])
+        start, end = stamps["execution_start"] / 1000, stamps["execution_success"] / 1000
+        runs.append(Execution(prompt_id, start, end, graph))
+    return sorted(runs, key=lambda run: run.start)
+
+
+def run_of(job_id: str, runs: list[Execution]) -> Execution:
+    """The job's last successful run (its output prefix carries the job id)."""
+    return [run for run in runs if job_id in run.graph][-1]
+
+
+def idle(runs: list[Execution], accepted: dict[str, float]) -> tuple[float, float]:
+    """ComfyUI's idle fraction over [first start, last end]: (while jobs wait, all gaps).
+
+    ``accepted`` maps a prompt id to when its job was accepted; a gap counts as "waiting"
+    only from the moment a job that ran later (any of them) was already accepted."""
+    span = runs[-1].end - runs[0].start
+    waiting_since = list(itertools.accumulate(reversed([accepted[r.prompt_id] for r in runs]), min))
+    waiting_since.reverse()  # [i]: the earliest acceptance among runs i and later
+    gaps = waiting = 0.0
+    for index, (previous, following) in enumerate(itertools.pairwise(runs), start=1):
+        gaps += max(0.0, following.start - previous.end)
+        waiting += max(0.0, following.start - max(previous.end, waiting_since[index]))
+    return waiting / span, gaps / span
+
+
+async def history(session: aiohttp.ClientSession, url: str) -> list[Execution]:
+    async with session.get(f"{url}/history", params={"max_items": "100000"}) as response:
+        response.raise_for_status()
+        return executions(await response.json())
+
+
+# -- the bare best-case runner -----------------------------------------------------------------
+
+
+class BareRunner:
+    """Upload, submit with a client_id, wait for `executing` node null, read the history, fetch
+    the file: the least a runner can do, one WebSocket and one keep-alive HTTP session."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.client_id = uuid.uuid4().hex
+        self._done: dict[str, asyncio.Future[None]] = {}
+
+    @contextlib.asynccontextmanager
+    async def connected(self) -> AsyncIterator[BareRunner]:
+        async with aiohttp.ClientSession() as session:
+            self.session = session
+            ws = await session.ws_connect(f"{self.url}/ws?clientId={self.client_id}")
+            listener = asyncio.create_task(self._listen(ws))
+            try:
+                yield self
+            finally:
+                listener.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await listener
+                await ws.close()
+
+    async def _listen(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        async for message in ws:
+            if message.type != aiohttp.WSMsgType.TEXT:
+                continue  # previews
+            event = json.loads(message.data)
+            data = event.get("data") or {}
+            if event.get("type") == "executing" and data.get("node") is None:
+                waiter = self._done.get(data.get("prompt_id", ""))
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
+
+    async def submit(self, png: bytes) -> str:
+        """Upload the photo and queue its prompt; returns the prompt id."""
+        name = f"bare-{uuid.uuid4().hex}.png"
+        form = aiohttp.FormData()
+        form.add_field("image", png, filename=name, content_type="image/png")
+        form.add_field("overwrite", "true")
+        async with self.session.post(f"{self.url}/upload/image", data=form) as response:
+            response.raise_for_status()
+            uploaded = (await response.json())["name"]
+        prompt_id = str(uuid.uuid4())
+        graph = json.loads(json.dumps(WORKFLOW))
+        graph["1"]["inputs"]["image"] = uploaded
+        graph["3"]["inputs"]["filename_prefix"] = f"bare/{prompt_id}"
+        self._done[prompt_id] = asyncio.get_running_loop().create_future()
+        body = {"prompt": graph, "client_id": self.client_id, "prompt_id": prompt_id}
+        async with self.session.post(f"{self.url}/prompt", json=body) as response:
+            response.raise_for_status()
+        return prompt_id
+
+    async def collect(self, prompt_id: str) -> bytes:
+        """Wait for the prompt to finish; its output's bytes."""
+        await asyncio.wait_for(asyncio.shield(self._done[prompt_id]), JOB_TIMEOUT)
+        del self._done[prompt_id]
+        async with self.session.get(f"{self.url}/history/{prompt_id}") as response:
+            entry = (await response.json())[prompt_id]
+        [image] = entry["outputs"]["3"]["images"]
+        async with self.session.get(f"{self.url}/view", params=image) as response:
+            response.raise_for_status()
+            return await response.read()
+
+    async def single(self, png: bytes) -> tuple[str, float]:
+        """One job start to end: (prompt id, seconds)."""
+        started = time.time()
+        prompt_id = await self.submit(png)
+        await self.collect(prompt_id)
+        return prompt_id, time.time() - started
+
+    async def feed(self, photos: list[bytes], ahead: int) -> list[str]:
+        """Keep ``ahead`` prompts in ComfyUI until every photo ran; their prompt ids."""
+        slots = asyncio.Semaphore(ahead)
+
+        async def one(png: bytes) -> str:
+            async with slots:
+                prompt_id = await self.submit(png)
+                await asyncio.wait_for(asyncio.shield(self._done[prompt_id]), JOB_TIMEOUT)
+            await self.collect(prompt_id)  # after the slot is free, as a runner would
+            return prompt_id
+
+        return list(await asyncio.gather(*(one(png) for png in photos)))
+
+
+# -- the system under test ---------------------------------------------------------------------
+
+
+@dataclass
+class Source:
+    """A `src` folder the backend and worker run from, and how the table names it."""
+
+    path: Path
+    label: str
+
+    @classmethod
+    def of(cls, path: str) -> Source:
+        folder = Path(path).resolve()
+        if not (folder / "comfygram" / "__main__.py").is_file():
+            raise SystemExit(f"{folder} is not a src folder holding the comfygram package")
+        git = ["git", "-C", str(folder)]
+        commit = subprocess.run([*git, "log", "-1", "--format=%h"], capture_output=True, text=True)
+        if commit.returncode != 0:
+            return cls(folder, folder.parent.name)
+        dirty = subprocess.run(
+            [*git, "status", "--porcelain", "--", "."], capture_output=True, text=True
+        ).stdout.strip()
+        return cls(folder, commit.stdout.strip() + ("+wip" if dirty else ""))
+
+    def describe(self) -> str:
+        done = subprocess.run(
+            ["git", "-C", str(self.path), "log", "-1", "--format=%h %ad %s", "--date=iso"],
+            capture_output=True,
+            text=True,
+        )
+        return f"{self.label}: {self.path} ({done.stdout.strip()[:110] or 'not a git checkout'})"
+
+
+@dataclass
+class Stages:
+    """What one (source, ComfyUI) pair measured; seconds, except the fractions."""
+
+    single: dict[str, list[float]] = field(default_factory=dict)
+    bare_execution: list[float] = field(default_factory=list)
+    bare_overhead: list[float] = field(default_factory=list)
+    burst_idle: tuple[float, float] = (0.0, 0.0)
+    bare_idle: tuple[float, float] = (0.0, 0.0)
+
+
+STAGES = (
+    "accepted -> processing",
+    "created_at -> processing",
+    "processing -> ComfyUI start",
+    "ComfyUI execution",
+    "ComfyUI done -> succeeded",
+    "ComfyUI done -> handed to Telegram",
+    "overhead (goal p50 <= 30)",
+)
+
+
+class System:
+    """One backend and one worker from ``source``, on a fresh database and key prefix, driving
+    the ComfyUI at ``comfyui_url``; this process plays the bot and Telegram."""
+
+    def __init__(
+        self,
+        source: Source,
+        comfyui_url: str,
+        telegram: TelegramDouble,
+        root: Path,
+        *,
+        status_messages: bool,
+    ) -> None:
+        self.source = source
+        self.status_messages = status_messages
+        self.comfyui_url = comfyui_url
+        self.telegram = telegram
+        self.root = root
+        self.database = f"comfygram_fastpath_{uuid.uuid4().hex[:8]}"
+        self.prefix = f"bench-fp-{uuid.uuid4().hex[:8]}"
+        self.port = free_port()
+        self.backend_url = f"http://127.0.0.1:{self.port}"
+        self.worker_name = f"bench-{uuid.uuid4().hex[:6]}"
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.users = itertools.count(FIRST_USER + int(time.time()) % 1_000_000 * 100)
+
+    def environment(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "PYTHONPATH": str(self.source.path),
+            "API_TOKEN": API_TOKEN,
+            "BOT_TOKEN": TEST_BOT_TOKEN,
+            "TELEGRAM_API_URL": self.telegram.url,
+            "DATABASE_URL": f"postgresql://postgres@127.0.0.1:5432/{self.database}",
+            "MEDIA_DIR": str(self.root / "media"),
+            "REDIS_URL": REDIS_URL,
+            "REDIS_PREFIX": self.prefix,
+            "BACKEND_HOST": "127.0.0.1",
+            "BACKEND_PORT": str(self.port),
+            "BACKEND_URL": self.backend_url,
+            "BACKEND_API_URL": self.backend_url,
+            "COMFYUI_URL": self.comfyui_url,
+            "WORKER_NAME": self.worker_name,
+            "SIGNUP_BONUS": "0",
+            "LOG_LEVEL": "WARNING",
+        }
+
+    def spawn(self, command: str) -> subprocess.Popen[bytes]:
+        # cwd is a scratch folder: no .env of the checkout is read.
+        with (self.root / f"{command}.log").open("ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "comfygram", command],
+                cwd=self.root,
+                env=self.environment(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        self.processes.append(process)
+        return process
+
+    def log_tail(self, command: str) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join((self.root / f"{command}.log").read_text().splitlines()[-20:])
+        return ""
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[System]:
+        admin = await asyncpg.connect(**PG_ADMIN)
+        await admin.execute(f'CREATE DATABASE "{self.database}"')
+        try:
+            async with httpx.AsyncClient(
+                base_url=self.backend_url,
+                headers={"Authorization": f"Bearer {API_TOKEN}"},
+                timeout=JOB_TIMEOUT,
+            ) as api:
+                self.api = api
+                self.spawn("backend")
+                await self._until("backend", self._backend_up)
+                self.spawn("worker")
+                await self._until("worker", self._worker_ready)
+                yield self
+        finally:
+            for process in reversed(self.processes):
+                await stop(process)
+            await admin.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+            await admin.close()
+            redis = aioredis.from_url(REDIS_URL)
+            keys = [key async for key in redis.scan_iter(f"{self.prefix}:*")]
+            if keys:
+                await redis.delete(*keys)
+            await redis.aclose()
+
+    async def _until(self, command: str, ready: Any) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while not await ready():
+            if self.processes[-1].poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{command} did not come up:\n{self.log_tail(command)}")
+            await asyncio.sleep(0.2)
+
+    async def _backend_up(self) -> bool:
+        with contextlib.suppress(httpx.HTTPError):
+            return (await self.api.get("/healthz")).status_code == 200
+        return False
+
+    async def _worker_ready(self) -> bool:
+        response = await self.api.get("/api/workers")
+        return any(
+            w["name"] == self.worker_name and PRESET in w["runnable"] for w in response.json()
+        )
+
+    # -- the bot's part ----------------------------------------------------------------------
+
+    async def new_users(self, count: int) -> list[int]:
+        users = [next(self.users) for _ in range(count)]
+
+        async def one(user: int) -> None:
+            self.telegram.user(user)
+            await self._ok(self.api.post("/api/users/register", json={"telegram_id": user}))
+            grant = {
+                "amount": 10,
+                "reason": "bench",
+                "actor": "bench",
+                "idempotency_key": f"{user}",
+            }
+            await self._ok(self.api.post(f"/api/users/by-telegram-id/{user}/credits", json=grant))
+
+        for start in range(0, count, 8):
+            await asyncio.gather(*(one(user) for user in users[start : start + 8]))
+        return users
+
+    @staticmethod
+    async def _ok(request: Any) -> dict[str, Any]:
+        response = await request
+        if response.status_code >= 300:
+            raise RuntimeError(f"{response.request.url}: {response.status_code} {response.text}")
+        return response.json()
+
+    async def create(self, user: int, png: bytes) -> tuple[str, float]:
+        """Create the job as the bot does; (job id, when the 201 arrived)."""
+        response = await self.api.post(
+            "/api/jobs/create",
+            data={"telegram_id": str(user), "preset": PRESET},
+            files={"image": ("photo.png", png, "image/png")},
+        )
+        accepted = time.time()
+        if response.status_code != 201:
+            raise RuntimeError(f"create: {response.status_code} {response.text}")
+        job_id = response.json()["id"]
+        if self.status_messages:
+            self.reports.append(asyncio.create_task(self._report(job_id, user)))
+        return job_id, accepted
+
+    async def _report(self, job_id: str, chat_id: int) -> None:
+        """The bot's status message for a new job, sent and recorded (straight to Telegram: the
+        bot's call would also take the chat's slot in the shared rate budget)."""
+        url = f"{self.telegram.url}/bot{TEST_BOT_TOKEN}/sendMessage"
+        sent = await self._ok(self.api.post(url, json={"chat_id": chat_id, "text": "Queued"}))
+        record = {"chat_id": chat_id, "message_id": sent["result"]["message_id"]}
+        await self._ok(self.api.post(f"/api/jobs/{job_id}/status-message", json=record))
+
+    async def settled(self, job_id: str, user: int) -> tuple[dict[str, Any], float]:
+        """The job once delivered, and when its photo was handed to Telegram."""
+        [call] = await self.telegram.wait_for("sendPhoto", chat_id=user, timeout=JOB_TIMEOUT)
+        assert call.ok and call.received_at is not None, call
+        deadline = time.monotonic() + JOB_TIMEOUT
+        while True:
+            job = await self._ok(self.api.get(f"/api/jobs/{job_id}"))
+            if job["status"] == "succeeded" and job["delivery_status"] not in (
+                "pending",
+                "sending",
+            ):
+                return job, call.received_at
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"job never settled: {job}")
+            await asyncio.sleep(0.02)
+
+    # -- the measurements ----------------------------------------------------------------------
+
+    async def measure(self, jobs: int, burst: int) -> Stages:
+        self.reports: list[asyncio.Task[None]] = []
+        stages = Stages(single={stage: [] for stage in STAGES})
+        users = await self.new_users(WARM_UP + jobs + burst)
+        photos = [noise_png() for _ in users]
+        singles = []
+        for index, (user, png) in enumerate(zip(users[: WARM_UP + jobs], photos, strict=False)):
+            job_id, accepted = await self.create(user, png)
+            job, handed = await self.settled(job_id, user)
+            if index >= WARM_UP:
+                singles.append((job, accepted, handed))
+            await asyncio.sleep(0.1)  # an idle system between jobs
+        async with aiohttp.ClientSession() as session:
+            runs = await history(session, self.comfyui_url)
+        for job, accepted, handed in singles:
+            run = run_of(job["id"], runs)
+            started, finished = wall(job["started_at"]), wall(job["finished_at"])
+            measured = {
+                "accepted -> processing": started - accepted,
+                "created_at -> processing": started - wall(job["created_at"]),
+                "processing -> ComfyUI start": run.start - started,
+                "ComfyUI execution": run.seconds,
+                "ComfyUI done -> succeeded": finished - run.end,
+                "ComfyUI done -> handed to Telegram": handed - run.end,
+                "overhead (goal p50 <= 30)": handed - accepted - run.seconds,
+            }
+            for stage, seconds in measured.items():
+                stages.single[stage].append(seconds)
+
+        burst_users, burst_photos = users[WARM_UP + jobs :], photos[WARM_UP + jobs :]
+        created = await asyncio.gather(
+            *(self.create(u, png) for u, png in zip(burst_users, burst_photos, strict=True))
+        )
+        for (job_id, _), user in zip(created, burst_users, strict=True):
+            await self.settled(job_id, user)
+        await asyncio.gather(*self.reports)
+        async with aiohttp.ClientSession() as session:
+            runs = await history(session, self.comfyui_url)
+        burst_runs = [run_of(job_id, runs) for job_id, _ in created]
+        accepted_at = {run_of(job_id, runs).prompt_id: at for job_id, at in created}
+        stages.burst_idle = idle(sorted(burst_runs, key=lambda r: r.start), accepted_at)
+
+        await self.measure_bare(stages, jobs, burst)
+        return stages
+
+    async def measure_bare(self, stages: Stages, jobs: int, burst: int) -> None:
+        """The yardstick, on the same ComfyUI right after the system's own jobs."""
+        async with BareRunner(self.comfyui_url).connected() as runner:
+            photos = [noise_png() for _ in range(WARM_UP + jobs + burst)]
+            totals: dict[str, float] = {}
+            for index, png in enumerate(photos[: WARM_UP + jobs]):
+                prompt_id, seconds = await runner.single(png)
+                if index >= WARM_UP:
+                    totals[prompt_id] = seconds
+                await asyncio.sleep(0.1)
+            begun = time.time()
+            fed = await runner.feed(photos[WARM_UP + jobs :], ahead=2)
+            runs = {run.prompt_id: run for run in await history(runner.session, self.comfyui_url)}
+        for prompt_id, seconds in totals.items():
+            stages.bare_execution.append(runs[prompt_id].seconds)
+            stages.bare_overhead.append(seconds - runs[prompt_id].seconds)
+        burst_runs = sorted((runs[p] for p in fed), key=lambda r: r.start)
+        stages.bare_idle = idle(burst_runs, dict.fromkeys(fed, begun))
+
+
+async def stop(process: subprocess.Popen[bytes], grace: float = 40) -> None:
+    """SIGTERM, then SIGKILL if it has not ended within ``grace`` seconds."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.to_thread(process.wait, grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+
+
+# -- ComfyUI ----------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def comfyui(kind: str, root: Path, double_delay: float) -> AsyncIterator[str]:
+    """The URL of a running ComfyUI of this kind, for the block's duration."""
+    if kind == "double":
+        async with ComfyUIDouble(root / "comfyui-double") as double:
+            double.execution_delay = double_delay
+            double.nodes_in_thread = True  # serving uploads while a prompt runs, as ComfyUI does
+            yield double.url
+        return
+    if (reason := missing()) is not None:
+        raise SystemExit(f"the real ComfyUI cannot run here: {reason}")
+    server = RealComfyUI(free_port())
+    await asyncio.to_thread(server.start)
+    try:
+        yield server.url
+    finally:
+        await asyncio.to_thread(server.close)
+
+
+# -- the table ----------------------------------------------------------------------------------
+
+
+def table(results: dict[tuple[str, str], Stages], jobs: int, burst: int) -> str:
+    columns = list(results)
+    width = 38
+    cell = max(17, *(len(f"{kind}:{label}") + 2 for kind, label in columns))
+    head = f"{'ms (p50 / p95)':<{width}}" + "".join(
+        f"{f'{kind}:{label}':>{cell}}" for kind, label in columns
+    )
+    lines = [head, "-" * len(head)]
+
+    def row(name: str, cells: Iterable[str]) -> None:
+        lines.append(f"{name:<{width}}" + "".join(f"{text:>{cell}}" for text in cells))
+
+    def spread(values: list[float]) -> str:
+        return f"{pct(values, 0.5):.1f} / {pct(values, 0.95):.1f}"
+
+    for stage in STAGES:
+        row(stage, (spread(results[c].single[stage]) for c in columns))
+    row("bare runner: ComfyUI execution", (spread(results[c].bare_execution) for c in columns))
+    row("bare runner: overhead", (spread(results[c].bare_overhead) for c in columns))
+    lines.append(f"ComfyUI idle, % of first start -> last end ({burst} jobs at once)")
+    row(
+        "  system, while jobs wait (goal <= 3)",
+        (f"{results[c].burst_idle[0]:.1%}" for c in columns),
+    )
+    row("  system, all gaps", (f"{results[c].burst_idle[1]:.1%}" for c in columns))
+    row("  bare runner, 2 prompts ahead", (f"{results[c].bare_idle[1]:.1%}" for c in columns))
+    lines.append(f"single jobs: {jobs} after {WARM_UP} warm-up, one at a time, 0.1 s apart")
+    return "\n".join(lines)
+
+
+def load() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--comfyui", choices=("real", "double", "both"), default="both")
+    parser.add_argument("--jobs", type=int, default=20, help="single jobs, one at a time")
+    parser.add_argument("--burst", type=int, default=24, help="jobs created at once")
+    parser.add_argument(
+        "--worker-src",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a src folder to run the backend and worker from (repeatable; default ./src)",
+    )
+    parser.add_argument("--compare", nargs=2, metavar=("PATH_A", "PATH_B"), default=[])
+    parser.add_argument(
+        "--double-delay",
+        type=float,
+        default=0.0,
+        help="the double's extra seconds per node (its own work is ~45 ms for invert)",
+    )
+    parser.add_argument(
+        "--no-status-message",
+        action="store_true",
+        help="create jobs through the API alone, without the bot's status message",
+    )
+    args = parser.parse_args()
+    sources = [Source.of(p) for p in [*args.worker_src, *args.compare] or [str(ROOT / "src")]]
+    labels = [source.label for source in sources]
+    for n, source in enumerate(sources):  # two worktrees of one commit still get two columns
+        if labels.count(source.label) > 1:
+            source.label = f"{source.label}#{n + 1}"
+    kinds = ["real", "double"] if args.comfyui == "both" else [args.comfyui]
+
+    print(
+        f"fast path: {PRESET}, 512x512 noise PNG ({len(noise_png()):,} B), "
+        f"{'without' if args.no_status_message else 'with'} the bot's status message, "
+        f"{os.cpu_count()} CPUs"
+    )
+    for source in sources:
+        print("  " + source.describe())
+    print(f"  load before: {load()}")
+    results: dict[tuple[str, str], Stages] = {}
+    with tempfile.TemporaryDirectory(prefix="fast-path-") as tmp:
+        async with TelegramDouble() as telegram:
+            telegram.recompress_photos = False  # its own CPU time is not the system's
+            for kind in kinds:
+                async with comfyui(kind, Path(tmp), args.double_delay) as url:
+                    for source in sources:
+                        root = Path(tmp) / f"{kind}-{source.label}"
+                        root.mkdir()
+                        system = System(
+                            source,
+                            url,
+                            telegram,
+                            root,
+                            status_messages=not args.no_status_message,
+                        )
+                        async with system.running():
+                            results[kind, source.label] = await system.measure(
+                                args.jobs, args.burst
+                            )
+    print(f"  load after: {load()}")
+    print(table(results, args.jobs, args.burst))
+    for (kind, label), stages in results.items():
+        overhead = pct(stages.single["overhead (goal p50 <= 30)"], 0.5)
+        bare = pct(stages.bare_overhead, 0.5)
+        print(f"{kind}:{label}: overhead p50 {overhead:.1f} ms = {overhead / bare:.1f}x bare")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
