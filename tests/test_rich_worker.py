@@ -17,6 +17,7 @@ import av
 import pytest
 from PIL import Image, ImageChops
 
+from comfygram.api import BackendClient, BackendUnavailable
 from comfygram.worker import encode
 from comfygram.worker.messages import UserMessages
 from tests import images
@@ -380,10 +381,17 @@ async def test_more_outputs_than_the_backend_takes_fail_with_one_refund(stack: S
 async def test_an_album_recorded_but_not_sent_is_sent_once_from_the_stored_outputs(
     stack: Stack, monkeypatch: pytest.MonkeyPatch, cached: bool
 ):
-    """The finisher dies after the job is succeeded and before anything is sent: after its
-    lease the job is taken up again and the album rendered from what was stored."""
+    """The answer to "succeeded, and the message is mine" is lost (the worker marks it
+    succeeded on its own), then the finisher dies before claiming and sending: after its lease
+    the job is taken up again and the album rendered from what was stored."""
     real = UserMessages.deliver_result
+    real_status = BackendClient.set_status
     calls = 0
+
+    async def answer_lost(self, job_id, status, **kwargs):
+        if kwargs.get("deliver"):
+            raise BackendUnavailable("the answer was lost")
+        return await real_status(self, job_id, status, **kwargs)
 
     async def dies_once(self, *args, **kwargs):
         nonlocal calls
@@ -392,6 +400,7 @@ async def test_an_album_recorded_but_not_sent_is_sent_once_from_the_stored_outpu
             raise RuntimeError("a bug nobody foresaw")
         return await real(self, *args, **kwargs)
 
+    monkeypatch.setattr(BackendClient, "set_status", answer_lost)
     monkeypatch.setattr(UserMessages, "deliver_result", dies_once)
     job_id = await create(stack, "album4")
     stack.start_worker(result_cache_seconds=3600 if cached else 0)

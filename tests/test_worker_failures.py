@@ -116,9 +116,11 @@ async def test_a_result_the_backend_answers_4xx_to_fails_the_job_with_one_refund
     assert limits.result_max_pixels == 4 * stack.settings.max_image_pixels
 
 
-async def test_a_finisher_that_dies_unforeseen_lets_the_job_go_and_it_is_delivered(
+async def test_a_finisher_that_dies_unforeseen_after_the_claim_never_sends_twice(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ):
+    """The success and the claim of the message are one step: a finisher that dies after it
+    lets the job go, and its successor records the delivery failed instead of sending."""
     real = UserMessages.deliver_result
     calls = 0
 
@@ -132,11 +134,12 @@ async def test_a_finisher_that_dies_unforeseen_lets_the_job_go_and_it_is_deliver
     monkeypatch.setattr(UserMessages, "deliver_result", dies_once)
     job_id = await create(stack)
     stack.start_worker()
-    # Its lease is no longer renewed: after it lapses the job is taken up and delivered.
+    # Its lease is no longer renewed: after it lapses the job is taken up again.
     job = await stack.settled(job_id, timeout=30)
-    assert (job.status, job.delivery_status) == ("succeeded", "delivered")
-    assert calls == 2
-    assert len([c for c in stack.telegram.sent("sendPhoto", chat_id=USER) if c.ok]) == 1
+    assert (job.status, job.delivery_status) == ("succeeded", "failed")
+    assert "not sent again" in job.delivery_error
+    assert calls == 2  # the successor found the message claimed and sent nothing
+    assert stack.telegram.sent("sendPhoto", chat_id=USER) == []
     assert len(stack.comfyui.prompts_received) == 1  # re-attached, not run again
     await eventually(lambda: queue_is_empty(stack))
 

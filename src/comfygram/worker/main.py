@@ -46,7 +46,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
         max_attempts=settings.max_attempts,
         backoff_seconds=settings.retry_backoff_seconds,
         result_cache_seconds=settings.result_cache_seconds,
-        prefetch=settings.worker_prefetch,
+        queue_depth=settings.comfyui_queue_depth if settings.worker_prefetch else 0,
     )
     if settings.worker_metrics_port:
         prometheus_client.start_http_server(settings.worker_metrics_port)

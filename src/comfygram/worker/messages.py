@@ -204,14 +204,15 @@ class UserMessages:
         return await asyncio.to_thread(render, plan, by_index, self.upload_max_bytes)
 
     async def deliver_result(
-        self, job: Job, preset: Preset | None, rendered: list[Rendered]
+        self, job: Job, preset: Preset | None, rendered: list[Rendered], *, claimed: bool = False
     ) -> None:
         """Send the rendered result (photo, album, video or animation; the buttons on the
-        last message), once."""
-        claimed = await self._claim(job)
-        if claimed is None:
-            return
-        job = claimed
+        last message), once. ``claimed``: ``job`` is the answer to the claim of its delivery."""
+        if not claimed:
+            mine = await self._claim(job)
+            if mine is None:
+                return
+            job = mine
         await self._send_final(job, self._methods(job, preset, rendered))
 
     async def deliver_outputs(
@@ -399,6 +400,38 @@ class UserMessages:
         except RedisError as exc:
             # Worst case a stale "queued" line shows until the next progress edit.
             log.warning("status message not handed over: %s", type(exc).__name__)
+
+
+class LiveProgress:
+    """The job's progress in its status message, without holding up the WebSocket reader: one
+    edit at a time, the newest percentage next. 100 % is not shown: the result follows.
+    ``close`` waits for an edit in flight (a later edit of the message must come after it) and
+    starts none after it."""
+
+    def __init__(self, messages: UserMessages, job: Job, preset: Preset) -> None:
+        self.messages = messages
+        self.job = job
+        self.preset = preset
+        self._newest: int | None = None
+        self._pumping: asyncio.Task[None] | None = None
+
+    def offer(self, percent: int) -> None:
+        if percent >= 100 or self.job.status_message_id is None:
+            return
+        self._newest = percent
+        if self._pumping is None or self._pumping.done():
+            self._pumping = asyncio.create_task(self._pump())
+
+    async def _pump(self) -> None:
+        while self._newest is not None:
+            percent, self._newest = self._newest, None
+            await self.messages.show_progress(self.job, self.preset, percent)
+
+    async def close(self) -> None:
+        self._newest = None
+        if self._pumping is not None:
+            with contextlib.suppress(Exception):
+                await self._pumping
 
 
 class LivePreview:

@@ -66,7 +66,8 @@ from comfygram.worker.failures import (
     error_kind,
 )
 from comfygram.worker.gpu_lock import GpuLock
-from comfygram.worker.messages import LivePreview, UserMessages
+from comfygram.worker.messages import LivePreview, LiveProgress, UserMessages
+from comfygram.worker.render import Rendered
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -85,8 +86,8 @@ class WorkerConfig:
     idle_poll_seconds: float = 1.0
     # Quiet WebSocket time after which the client asks /history and /queue.
     quiet_poll_seconds: float = 2.0
-    # Submit the next job while the current one runs.
-    prefetch: bool = True
+    # Prompts kept waiting in ComfyUI's queue behind the running one (0: one job at a time).
+    queue_depth: int = 2
 
 
 @dataclass
@@ -188,31 +189,39 @@ class Worker:
     # -- the loop -------------------------------------------------------------------------
 
     async def _work(self) -> None:
+        """A feeder keeps ComfyUI's queue topped up; the runs are waited for in the order they
+        were submitted, which is the order ComfyUI runs them in."""
         await self._queue_ready()
-        current: Run | None = None
-        while True:
-            if current is None:
-                await self._ready()
-                if self._stopping.is_set():
-                    return
-                current = await self._next()
-                continue
-            if self._stopping.is_set():
-                await self._execute(current)  # finish what is in hand, take nothing new
-                return
-            # Prepare and submit the next job while ComfyUI runs the current one.
-            upcoming = asyncio.create_task(self._next_when_ready())
-            try:
-                await self._execute(current)
-            finally:
-                if self._stopping.is_set() and not upcoming.done():
-                    upcoming.cancel()
+        submitted: asyncio.Queue[Run | None] = asyncio.Queue()
+        # One slot per prompt in ComfyUI: the running one and queue_depth waiting behind it.
+        room = asyncio.Semaphore(self.config.queue_depth + 1)
+        feeder = asyncio.create_task(self._feed(submitted, room), name="worker-feeder")
+        try:
+            while (run := await submitted.get()) is not None:
                 try:
-                    current = await upcoming
-                except asyncio.CancelledError:
-                    current = None
-                    if not self._stopping.is_set():
-                        raise
+                    await self._execute(run)
+                finally:
+                    room.release()
+            feeder.result()  # a crash of the feeder is a crash of the worker
+        finally:
+            feeder.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await feeder
+
+    async def _feed(self, submitted: asyncio.Queue[Run | None], room: asyncio.Semaphore) -> None:
+        """Take jobs and submit them while there is room in ComfyUI's queue; on stop, take
+        nothing new (what is submitted is still waited for)."""
+        try:
+            while not self._stopping.is_set():
+                await room.acquire()
+                await self._ready()
+                run = None if self._stopping.is_set() else await self._next()
+                if run is None:
+                    room.release()
+                else:
+                    submitted.put_nowait(run)
+        finally:
+            submitted.put_nowait(None)
 
     async def _queue_ready(self) -> None:
         """Wait for Redis to answer (its consumer group is made on the way)."""
@@ -243,11 +252,6 @@ class Worker:
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
-
-    async def _next_when_ready(self) -> Run | None:
-        if not self.config.prefetch or not self.healthy.is_set() or self._stopping.is_set():
-            return None
-        return await self._next()
 
     async def _next(self) -> Run | None:
         """Take one job (a stale one first) and get it running in ComfyUI."""
@@ -283,46 +287,88 @@ class Worker:
         return run
 
     async def _prepare(self, delivery: Delivery) -> Run | None:
-        """Bring the job to a submitted prompt, or settle it when it needs no run."""
+        """Bring the job to a submitted prompt, or settle it when it needs no run.
+
+        The photos go to ComfyUI while the backend records the start (they are only files
+        until a prompt names them): a fresh job then needs nothing but the submit."""
+        uploads = self._upload_ahead(delivery)
         try:
-            job = await self.backend.job(delivery.job_id)
-        except BackendError as exc:
-            if exc.status == 404:
+            job, fresh = await self.backend.start(delivery.job_id, self.config.name)
+        except BaseException as exc:
+            await _cancel(uploads)
+            if isinstance(exc, BackendError) and exc.status == 404:
                 log.warning("job %s is unknown to the backend; dropped", delivery.job_id)
                 await self._ack(delivery)
                 return None
             raise
-        if job.status == "cancelled":
-            await self._ack(delivery)
+        if job.status != "processing":
+            await _cancel(uploads)
+            if job.status in ("succeeded", "failed"):
+                # A worker died between the record and the user's message: finish that part.
+                self._spawn(delivery, self._finish_settled(delivery, job))
+            else:
+                await self._ack(delivery)  # cancelled
             return None
-        if job.status in ("succeeded", "failed"):
-            # A worker died between the record and the user's message: finish that part.
-            self._spawn(delivery, self._finish_settled(delivery, job))
-            return None
-        if job.status == "queued":
-            job = await self.backend.set_status(job.id, "processing", worker=self.config.name)
         try:
             preset = await self._preset(job.preset)
         except BackendUnavailable:
+            await _cancel(uploads)
             raise
         except Exception as exc:
             # The preset is gone (a 404: failed at once) or cannot be read (a failed run): the
             # job is processing now, so whatever happens is bounded by its attempts.
+            await _cancel(uploads)
             await self._settle_failure(delivery, job, None, exc)
             return None
         attempt = job.attempts
         run = Run(delivery, job, preset, workflow.prompt_id_for(job.id, attempt), attempt)
+        if uploads is not None and (uploads.attempt != attempt or uploads.preset is not preset):
+            await _cancel(uploads)  # for another attempt, or the preset changed: again below
+            uploads = None
         with contextlib.suppress(RedisError, OSError):
             await self.live.set(job.id, "processing", worker=self.config.name)
         try:
-            if not await self._in_comfyui(run.prompt_id):
-                await self._submit(run)
-        except BackendUnavailable:
-            raise
-        except Exception as exc:
+            # A fresh job cannot have a prompt in ComfyUI yet; a re-taken one may.
+            if fresh or not await self._in_comfyui(run.prompt_id):
+                await self._submit(run, uploads)
+            else:
+                await _cancel(uploads)
+        except BaseException as exc:
+            await _cancel(uploads)
+            if isinstance(exc, BackendUnavailable) or not isinstance(exc, Exception):
+                raise
             await self._settle_run(run, exc)
             return None
         return run
+
+    def _upload_ahead(self, delivery: Delivery) -> Uploads | None:
+        """Start uploading the job's photos for the attempt its queue entry names (None: the
+        entry does not say, or the preset is not known yet)."""
+        slug, attempt = delivery.payload.get("preset"), delivery.payload.get("attempts")
+        cached = self._presets.get(slug) if isinstance(slug, str) else None
+        if cached is None or not isinstance(attempt, int):
+            return None
+        preset = cached[1]
+        task = asyncio.create_task(self._upload_photos(delivery.job_id, attempt, preset))
+        # Its failure is read where the photos are used; unused, it must not be reported.
+        task.add_done_callback(lambda done: done.cancelled() or done.exception())
+        return Uploads(attempt, preset, task)
+
+    async def _upload_photos(self, job_id: str, attempt: int, preset: Preset) -> list[str]:
+        """Every photo slot's file, fetched from the backend and put into ComfyUI together;
+        index n is the job's input n, in the contract's order."""
+
+        async def one(index: int) -> str:
+            try:
+                data, content_type = await self.backend.job_input(job_id, index)
+            except BackendError as exc:
+                raise _InputMissing(f"photo {index + 1} could not be read: {exc.message}") from exc
+            extension = mimetypes.guess_extension(content_type.split(";")[0].strip()) or ".png"
+            name = workflow.input_name(job_id, attempt, index, extension)
+            return await self.comfy.upload_image(data, name, overwrite=True)
+
+        slots = range(len(preset.contract.photos))
+        return list(await asyncio.gather(*(one(index) for index in slots)))
 
     async def _in_comfyui(self, prompt_id: str) -> bool:
         """Whether ComfyUI already has this prompt (queued, running or finished)."""
@@ -331,23 +377,12 @@ class Worker:
         running, pending = await self.comfy.queue()
         return prompt_id in running or prompt_id in pending
 
-    async def _submit(self, run: Run) -> None:
+    async def _submit(self, run: Run, uploads: Uploads | None = None) -> None:
         job = run.job
-        names = []
-        # Each photo slot in the contract's order: index n is the job's input n.
-        for index in range(len(run.preset.contract.photos)):
-            try:
-                data, content_type = await self.backend.job_input(job.id, index)
-            except BackendError as exc:
-                raise _InputMissing(f"photo {index + 1} could not be read: {exc.message}") from exc
-            extension = mimetypes.guess_extension(content_type.split(";")[0].strip()) or ".png"
-            names.append(
-                await self.comfy.upload_image(
-                    data,
-                    workflow.input_name(job.id, run.attempt, index, extension),
-                    overwrite=True,
-                )
-            )
+        if uploads is not None:
+            names = await uploads.task
+        else:
+            names = await self._upload_photos(job.id, run.attempt, run.preset)
         prompt = workflow.build_workflow(
             run.preset,
             photos=names,
@@ -386,6 +421,7 @@ class Worker:
             run.executing = True
 
         preview: LivePreview | None = None
+        shown = LiveProgress(self.messages, run.job, run.preset)
 
         async def on_progress(percent: int) -> None:
             with contextlib.suppress(RedisError, OSError):
@@ -394,12 +430,13 @@ class Worker:
                 )
             if preview is not None:
                 preview.percent = percent
-            await self.messages.show_progress(run.job, run.preset, percent)
+            shown.offer(percent)
 
         while True:
             try:
                 # A previews preset's frames go into its photo status message while it runs;
-                # closed before anything else may touch that message (result, apology, retry).
+                # closed, like the progress, before anything else may touch that message
+                # (result, apology, retry).
                 preview = self.messages.live_preview(run.job, run.preset)
                 try:
                     outputs = await self.comfy.wait(
@@ -411,6 +448,7 @@ class Worker:
                         on_preview=None if preview is None else preview.offer,
                     )
                 finally:
+                    await shown.close()
                     if preview is not None:
                         await preview.close()
                 ours = workflow.our_outputs(
@@ -422,7 +460,8 @@ class Worker:
                         "files"
                     )
                 # All of them before anything is stored: a job never has half its outputs.
-                saved = [(image.filename, await self.comfy.download(image)) for image in ours]
+                files = await asyncio.gather(*(self.comfy.download(image) for image in ours))
+                saved = [(image.filename, data) for image, data in zip(ours, files, strict=True)]
             except ComfyUIUnavailable as exc:
                 if run.executing and await self._crashed_under(run, exc):
                     return
@@ -564,30 +603,21 @@ class Worker:
         self._spawn(delivery, self._finish_failed(delivery, job, preset, kind))
 
     async def _finish_success(self, run: Run, saved: list[tuple[str, bytes]]) -> None:
-        """Store every output of the run in one request, render them for Telegram, mark the
-        job succeeded, deliver, acknowledge."""
+        """Store every output of the run in one request while rendering them for Telegram,
+        mark the job succeeded and claim its delivery in one step, send, acknowledge."""
         job = run.job
         files = [(data, filename, _mime_of(filename)) for filename, data in saved]
+        rendering: asyncio.Task[list[Rendered]] | None = None
         try:
             await self._check_result(files)
-            try:
-                job = await _retrying(lambda: self.backend.put_outputs(job.id, files))
-            except BackendUnavailable as exc:
-                if not await self._backend_answers(job.id):
-                    raise
-                # The backend is up, yet this upload never got an answer: a refusal that cut
-                # the connection, or a fault of its storage. A failed run: bounded retries.
-                raise _UploadLost(f"the backend did not take the result: {exc}") from exc
-            with contextlib.suppress(RedisError, OSError):
-                await self.live.cache_results(job.id, files, self.config.result_cache_seconds)
-            outputs = await _output_files(job, run.preset, files)
-            try:
-                rendered = await self.messages.prepare_result(run.preset, outputs)
-            except encode.TooLarge as exc:
-                raise _Undeliverable(str(exc), FailureKind.TOO_LARGE) from exc
-            except encode.EncodeError as exc:
-                raise _Undeliverable(str(exc), FailureKind.REFUSED) from exc
-            job = await _retrying(lambda: self.backend.set_status(job.id, "succeeded"))
+            rendering = asyncio.create_task(self._render(None, run.preset, files))
+            job = await self._store(job, files)
+            rendered = await rendering
+            if _recorded_kinds(job) != _kinds_rendered(run.preset, files):
+                # The backend read an output as another kind than the preset makes (a still
+                # image where an animation was expected): render by the record.
+                rendered = await self._render(job, run.preset, files)
+            job, claimed = await self._succeed(job)
         except BackendUnavailable:
             raise  # the backend is down, not the job's fault: let it go, no attempt used
         except BackendError as exc:
@@ -607,14 +637,56 @@ class Worker:
             log.exception("job %s: storing the result failed", job.id)
             await self._settle_run(run, exc)
             return
-        with contextlib.suppress(RedisError, OSError):
-            await self.live.set(job.id, "succeeded", progress=100, worker=self.config.name)
+        finally:
+            if rendering is not None and not rendering.done():
+                rendering.cancel()
+                await asyncio.wait([rendering])
         log.info(
             "job %s: succeeded in %.1fs with %d output(s)",
             job.id, time.monotonic() - run.started, len(files),
         )  # fmt: skip
-        await self.messages.deliver_result(job, run.preset, rendered)
+        await self.messages.deliver_result(job, run.preset, rendered, claimed=claimed)
+        with contextlib.suppress(RedisError, OSError):
+            await self.live.set(job.id, "succeeded", progress=100, worker=self.config.name)
         await self._ack(run.delivery)
+
+    async def _store(self, job: Job, files: Sequence[tuple[bytes, str, str]]) -> Job:
+        """All outputs into the backend in one request (and into the result cache)."""
+        try:
+            job = await _retrying(lambda: self.backend.put_outputs(job.id, files))
+        except BackendUnavailable as exc:
+            if not await self._backend_answers(job.id):
+                raise
+            # The backend is up, yet this upload never got an answer: a refusal that cut
+            # the connection, or a fault of its storage. A failed run: bounded retries.
+            raise _UploadLost(f"the backend did not take the result: {exc}") from exc
+        with contextlib.suppress(RedisError, OSError):
+            await self.live.cache_results(job.id, files, self.config.result_cache_seconds)
+        return job
+
+    async def _render(
+        self, job: Job | None, preset: Preset, files: Sequence[tuple[bytes, str, str]]
+    ) -> list[Rendered]:
+        """The outputs rendered for Telegram, by the kinds the job records (None: the kind
+        the preset makes)."""
+        outputs = await _output_files(job, preset, files)
+        try:
+            return await self.messages.prepare_result(preset, outputs)
+        except encode.TooLarge as exc:
+            raise _Undeliverable(str(exc), FailureKind.TOO_LARGE) from exc
+        except encode.EncodeError as exc:
+            raise _Undeliverable(str(exc), FailureKind.REFUSED) from exc
+
+    async def _succeed(self, job: Job) -> tuple[Job, bool]:
+        """Mark the job succeeded and claim its delivery in one step; True when claimed.
+
+        When that step gets no answer it may or may not have happened: the job is then
+        marked succeeded on its own (repeatable), and the delivery claimed as a redelivery
+        would, which never sends a claimed one twice."""
+        try:
+            return await self.backend.set_status(job.id, "succeeded", deliver=True), True
+        except BackendUnavailable:
+            return await _retrying(lambda: self.backend.set_status(job.id, "succeeded")), False
 
     async def _backend_answers(self, job_id: str) -> bool:
         try:
@@ -842,6 +914,23 @@ class Worker:
 _MAX_RESUBMITS = 3
 
 
+@dataclass(frozen=True)
+class Uploads:
+    """A job's photos on their way into ComfyUI, named for one attempt of one preset."""
+
+    attempt: int
+    preset: Preset
+    task: asyncio.Task[list[str]]
+
+
+async def _cancel(uploads: Uploads | None) -> None:
+    """Stop uploads that are not needed (after all, or any more); their outcome is moot."""
+    if uploads is None:
+        return
+    uploads.task.cancel()
+    await asyncio.wait([uploads.task])
+
+
 class _InputMissing(Exception):
     """The job's photo cannot be fetched or used: no retry will help."""
 
@@ -869,12 +958,20 @@ def _extension(mime: str) -> str:
     )
 
 
+def _recorded_kinds(job: Job) -> list[str]:
+    return [str(output.kind) for output in sorted(job.outputs, key=lambda o: o.index)]
+
+
+def _kinds_rendered(preset: Preset, files: Sequence[object]) -> list[str]:
+    return [preset.contract.output.kind.value] * len(files)
+
+
 async def _output_files(
-    job: Job, preset: Preset | None, files: Sequence[tuple[bytes, str, str]]
+    job: Job | None, preset: Preset | None, files: Sequence[tuple[bytes, str, str]]
 ) -> list[OutputFile]:
-    """The outputs with what delivery needs of each: the kind the backend recorded (else
-    the preset's), and dimensions and length read from the bytes."""
-    recorded = {output.index: output for output in job.outputs}
+    """The outputs with what delivery needs of each: the kind the backend recorded (else,
+    or with no job, the preset's), and dimensions and length read from the bytes."""
+    recorded = {output.index: output for output in job.outputs} if job is not None else {}
     default = preset.contract.output.kind.value if preset is not None else "image"
 
     def build() -> list[OutputFile]:
