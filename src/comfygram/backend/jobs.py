@@ -108,6 +108,7 @@ class Created:
     job: Job
     position: int
     replayed: bool
+    owner: User  # held here, so the answer needs no query for it after the commit
 
 
 def _is_job_id(value: str) -> bool:
@@ -284,7 +285,7 @@ async def precheck(session: AsyncSession, request: Request, max_active: int) -> 
     if checked.earlier is None:
         return None
     earlier = checked.earlier
-    return Created(earlier, await queue_position(session, earlier), replayed=True)
+    return Created(earlier, await queue_position(session, earlier), replayed=True, owner=user)
 
 
 async def create(
@@ -302,7 +303,7 @@ async def create(
     checked = await _check_request(session, user, Request.of(request), max_active, price)
     if checked.earlier is not None:
         earlier = checked.earlier
-        return Created(earlier, await queue_position(session, earlier), replayed=True)
+        return Created(earlier, await queue_position(session, earlier), replayed=True, owner=user)
 
     job_id = new_id()
     if checked.charge:
@@ -354,7 +355,7 @@ async def create(
     except BaseException:
         await store.delete_all(written)
         raise
-    return Created(job, position, replayed=False)
+    return Created(job, position, replayed=False, owner=user)
 
 
 async def _refund(session: AsyncSession, user: User, job: Job, actor: str | None = None) -> bool:

@@ -172,9 +172,8 @@ async def create_job(
         except (RedisError, OSError) as exc:
             # The job is safe in the database; the reconciler queues it when Redis is back.
             log.warning("job %s not queued yet, Redis unreachable: %s", job.id, type(exc).__name__)
-    user = await session.get(User, job.user_id)
     headers = {"Idempotent-Replayed": "true"} if created.replayed else None
-    return _answer(JobOut.of(job, user, created.position), 201, headers)
+    return _answer(JobOut.of(job, created.owner, created.position), 201, headers)
 
 
 @router.get("", response_model=list[JobOut])
