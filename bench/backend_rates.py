@@ -219,7 +219,8 @@ async def fresh_database():
 
 def start_backend(workers: int, database_url: str, prefix: str, folder: Path) -> tuple:
     port = free_port()
-    keep = ("PATH", "HOME", "LANG", "VIRTUAL_ENV")
+    # PYTHONPATH: another checkout's src to measure (bench/results/backend_rates.md).
+    keep = ("PATH", "HOME", "LANG", "VIRTUAL_ENV", "PYTHONPATH")
     env = {k: v for k, v in os.environ.items() if k in keep} | {
         "API_TOKEN": TOKEN,
         "DATABASE_URL": database_url,
