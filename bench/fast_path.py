@@ -1,7 +1,7 @@
 """Where a single job's time goes, and how long ComfyUI sits idle while jobs wait (issue 13).
 
     .venv/bin/python bench/fast_path.py [--comfyui real|double|both] [--jobs 20] [--burst 24]
-        [--worker-src PATH ...] [--compare PATH_A PATH_B] [--double-delay 0]
+        [--worker-src PATH ...] [--compare PATH_A PATH_B] [--no-status-message] [--double-delay 0]
 
 The system as operators deploy it, each part its own process: `comfygram backend` (uvicorn) on a
 fresh PostgreSQL database (127.0.0.1:5432, created and dropped here), Redis 127.0.0.1:6379 (db 9,
@@ -10,7 +10,9 @@ real 0.3.64 (started on a free port and stopped here) and/or the ComfyUI double 
 process). The Telegram double runs in this process; the bench plays the bot: it registers users,
 grants credits, creates each job with `POST /api/jobs/create` (the `invert` preset, a fresh
 512x512 PNG of noise, 788 KB, so ComfyUI's cache never answers) and sends the job's status
-message as the bot does.
+message as the bot does, though straight to the Telegram double: the bot's own call would also
+take the chat's turn in the shared Telegram rate budget. `--no-status-message` leaves it out (a
+job created through the API alone: the worker then has no message to edit or delete).
 
 Every instant is wall clock (time.time()): the create call's 201 as this client received it
 ("accepted"), the job's created_at / started_at / finished_at from `GET /api/jobs/{id}`, ComfyUI's
