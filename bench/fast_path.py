@@ -471,7 +471,14 @@ class System:
 
     async def settled(self, job_id: str, user: int) -> tuple[dict[str, Any], float]:
         """The job once delivered, and when its photo was handed to Telegram."""
-        [call] = await self.telegram.wait_for("sendPhoto", chat_id=user, timeout=JOB_TIMEOUT)
+        try:
+            [call] = await self.telegram.wait_for("sendPhoto", chat_id=user, timeout=JOB_TIMEOUT)
+        except AssertionError:
+            job = await self._ok(self.api.get(f"/api/jobs/{job_id}"))
+            raise RuntimeError(
+                f"no photo for job {job_id} ({job['status']}, delivery {job['delivery_status']}, "
+                f"error {job['error']!r}); the worker's log ends:\n{self.log_tail('worker')}"
+            ) from None
         assert call.ok and call.received_at is not None, call
         deadline = time.monotonic() + JOB_TIMEOUT
         while True:
