@@ -22,7 +22,9 @@ double had read the whole sendPhoto request ("handed to Telegram").
 Single jobs (`--jobs`, one at a time on an idle system, two warm-up jobs first): p50/p95 of
 accepted -> processing (and created_at -> processing), processing -> ComfyUI start, ComfyUI's
 execution, ComfyUI done -> succeeded, ComfyUI done -> handed to Telegram, and the overhead:
-(handed to Telegram - accepted) - execution; issue 13's goal is a median <= 30 ms.
+(handed to Telegram - accepted) - execution; issue 13's goal is a median <= 30 ms. Under the
+table, the job with the median overhead as a timeline (ms after accepted, the Telegram calls to
+its chat included), to see which step a stage's time went to.
 
 A bare best-case runner on the same ComfyUI in the same run is the yardstick: upload the PNG,
 `POST /prompt` with a client_id, wait on the WebSocket for `executing` with node null, `GET
@@ -296,6 +298,7 @@ class Stages:
     bare_overhead: list[float] = field(default_factory=list)
     burst_idle: tuple[float, float] = (0.0, 0.0)
     bare_idle: tuple[float, float] = (0.0, 0.0)
+    median_job: str = ""  # the timeline of the single job with the median overhead
 
 
 STAGES = (
@@ -492,6 +495,23 @@ class System:
                 raise RuntimeError(f"job never settled: {job}")
             await asyncio.sleep(0.02)
 
+    def timeline(self, job: dict[str, Any], accepted: float, run: Execution, user: int) -> str:
+        """One job's events in ms after it was accepted, Telegram calls to its chat included."""
+        events = [
+            ("created_at", wall(job["created_at"])),
+            ("processing", wall(job["started_at"])),
+            ("ComfyUI start", run.start),
+            ("ComfyUI done", run.end),
+            ("succeeded", wall(job["finished_at"])),
+        ]
+        events += [
+            (call.method, call.received_at)
+            for call in self.telegram.sent(chat_id=user)
+            if call.received_at is not None
+        ]
+        events.sort(key=lambda event: event[1])
+        return ", ".join(f"{name} {(at - accepted) * 1000:+.0f}" for name, at in events)
+
     # -- the measurements ----------------------------------------------------------------------
 
     async def measure(self, jobs: int, burst: int) -> Stages:
@@ -504,12 +524,14 @@ class System:
             job_id, accepted = await self.create(user, png)
             job, handed = await self.settled(job_id, user)
             if index >= WARM_UP:
-                singles.append((job, accepted, handed))
+                singles.append((job, accepted, handed, user))
             await asyncio.sleep(0.1)  # an idle system between jobs
         async with aiohttp.ClientSession() as session:
             runs = await history(session, self.comfyui_url)
-        for job, accepted, handed in singles:
+        overheads = []
+        for job, accepted, handed, user in singles:
             run = run_of(job["id"], runs)
+            overheads.append((handed - accepted - run.seconds, job, accepted, run, user))
             started, finished = wall(job["started_at"]), wall(job["finished_at"])
             measured = {
                 "accepted -> processing": started - accepted,
@@ -522,6 +544,8 @@ class System:
             }
             for stage, seconds in measured.items():
                 stages.single[stage].append(seconds)
+        overheads.sort(key=lambda item: item[0])
+        stages.median_job = self.timeline(*overheads[len(overheads) // 2][1:])
 
         burst_users, burst_photos = users[WARM_UP + jobs :], photos[WARM_UP + jobs :]
         created = await asyncio.gather(
@@ -696,6 +720,7 @@ async def main() -> None:
         overhead = pct(stages.single["overhead (goal p50 <= 30)"], 0.5)
         bare = pct(stages.bare_overhead, 0.5)
         print(f"{kind}:{label}: overhead p50 {overhead:.1f} ms = {overhead / bare:.1f}x bare")
+        print(f"  median job, ms after accepted: {stages.median_job}")
 
 
 if __name__ == "__main__":
