@@ -99,8 +99,9 @@ def test_fast_path_bench_reports_every_stage_and_the_idle_fractions():
 
 @pytest.mark.timeout(180)
 def test_worker_memory_bench_samples_the_worker_and_reports_its_growth():
-    output = bench("worker_memory.py", "--jobs", "20", "--every", "10", "--warmup", "10")
-    rows = [line.split() for line in output.splitlines() if line.split()[:1] in (["10"], ["20"])]
-    assert [row[0] for row in rows] == ["10", "20"], output
-    assert all(int(row[2]) > 10_000 and int(row[3]) >= int(row[2]) for row in rows), output
-    assert "growth: " in output and "(RSS at 20 vs at 10 jobs)" in output, output
+    output = bench("worker_memory.py", "--jobs", "10", "--every", "5", "--warmup", "5")
+    rows = [line.split() for line in output.splitlines()]
+    rows = [row for row in rows if len(row) == 4 and all(f.replace(".", "").isdigit() for f in row)]
+    assert [row[0] for row in rows] == ["5", "10"], output  # jobs delivered at each sample
+    assert all(10_000 < int(row[2]) <= int(row[3]) for row in rows), output  # VmRSS <= VmHWM
+    assert "(RSS at 10 vs at 5 jobs)" in output, output
