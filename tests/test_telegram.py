@@ -171,6 +171,20 @@ async def test_chat_interval_and_global_rate(redis: Redis, redis_prefix: str) ->
     assert times[-1] - times[0] < 1
 
 
+async def test_an_edit_waits_for_its_chats_turn_but_does_not_take_it(
+    redis: Redis, redis_prefix: str
+) -> None:
+    """A progress edit just before the result must not hold the result up a chat interval."""
+    paced = budget(redis, redis_prefix, chat_interval=1.0, global_rate=25)
+    await paced.acquire(CHAT, edit=True)
+    started = time.monotonic()
+    await paced.acquire(CHAT)  # the result: at once, not a chat interval later
+    assert time.monotonic() - started < 0.5
+    started = time.monotonic()
+    await paced.acquire(CHAT, edit=True)  # after a message, an edit waits for the chat's turn
+    assert time.monotonic() - started >= 1.0 - SLACK
+
+
 async def test_retry_after_waits_then_succeeds(
     telegram: TelegramDouble, senders: list[TelegramSender]
 ) -> None:

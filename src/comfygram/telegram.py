@@ -64,7 +64,9 @@ def create_bot(settings: Settings) -> Bot:
 # Global rate: time is cut into slots of 1/rate seconds holding one call each, so no second
 # ever holds more than `rate` calls, and a chat that must wait does not hold up other chats.
 # A call that sends several messages at once (an album of n items) weighs n: it takes n global
-# slots, runs at the last of them, and holds its chat for n chat intervals.
+# slots, runs at the last of them, and holds its chat for n chat intervals. An edit (or a
+# delete) waits for its chat's turn but does not take it: it sends no message, and has its own
+# interval, so a result is never held up by the progress edit just before it.
 # KEYS: slots zset, global pause, chat next, chat edit next, chat pause
 # ARGV: slot ms, chat interval ms, edit interval ms, has chat (0/1), is edit (0/1),
 #       max wait ms (-1: wait as long as needed), weight (>= 1)
@@ -108,11 +110,12 @@ if redis.call('PTTL', KEYS[1]) < at - now + 60000 then
   redis.call('PEXPIRE', KEYS[1], at - now + 60000)
 end
 if has_chat then
-  local chat_next = at + tonumber(ARGV[2]) * weight
-  redis.call('SET', KEYS[3], chat_next, 'PX', chat_next - now + 1000)
   if is_edit then
     local edit_next = at + tonumber(ARGV[3])
     redis.call('SET', KEYS[4], edit_next, 'PX', edit_next - now + 1000)
+  else
+    local chat_next = at + tonumber(ARGV[2]) * weight
+    redis.call('SET', KEYS[3], chat_next, 'PX', chat_next - now + 1000)
   end
 end
 return at - now
