@@ -17,8 +17,9 @@ soon as the last one is answered, for ``--seconds`` per phase:
 The load generator is this process: raw asyncio streams on uvloop, no HTTP library, so a
 request costs it little; it still shares the machine's cores with the backend, and its own CPU
 time is printed, and so is the backend's (every process of it, from /proc) per answer, which
-other load on the machine changes less than the rates. The first second of each phase is a
-warm-up and is not counted.
+other load on the machine changes less than the rates, and how busy the whole machine was
+(anything else running takes cores from both). The first second of each phase is a warm-up
+and is not counted.
 """
 
 from __future__ import annotations
@@ -74,19 +75,6 @@ def tree_cpu_seconds(pid: int) -> float:
             total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
             for task in Path(f"/proc/{current}/task").iterdir():
                 todo += [int(child) for child in (task / "children").read_text().split()]
-    return total
-
-
-def database_cpu_seconds(database: str) -> float:
-    """CPU seconds of the PostgreSQL server processes serving ``database`` (its connections:
-    their command line names it), when they run on this machine."""
-    total = 0.0
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            if database.encode() in (proc / "cmdline").read_bytes():
-                total += tree_cpu_seconds(int(proc.name))
     return total
 
 
@@ -167,7 +155,6 @@ class Phase:
     seconds: float = 0.0
     client_cpu: float = 0.0
     server_cpu: float = 0.0
-    database_cpu: float = 0.0
     machine_busy: float = 0.0  # share of every core's time spent on anything, ours or not
 
     @property
@@ -178,10 +165,6 @@ class Phase:
     def server_ms_per_answer(self) -> float:
         return self.server_cpu / max(len(self.latencies), 1) * 1000
 
-    @property
-    def database_ms_per_answer(self) -> float:
-        return self.database_cpu / max(len(self.latencies), 1) * 1000
-
     def percentile(self, share: float) -> float:
         if len(self.latencies) < 2:
             return self.latencies[0] * 1000 if self.latencies else 0.0
@@ -191,7 +174,6 @@ class Phase:
 async def load(
     name: str,
     server: int,
-    database: str,
     connections: list[Connection],
     requests: list[list[bytes]],
     seconds: float,
@@ -204,10 +186,10 @@ async def load(
     loop = asyncio.get_running_loop()
     start = loop.time()
     counted_from, stop = start + WARMUP_SECONDS, start + WARMUP_SECONDS + seconds
-    cpu_start = server_start = database_start = busy_start = None
+    cpu_start = server_start = busy_start = None
 
     async def client(connection: Connection, mine: list[bytes]) -> None:
-        nonlocal cpu_start, server_start, database_start, busy_start
+        nonlocal cpu_start, server_start, busy_start
         sent = 0
         while (now := loop.time()) < stop:
             status, body = await connection.send(mine[sent % len(mine)])
@@ -216,7 +198,7 @@ async def load(
                 continue
             if cpu_start is None:
                 cpu_start, server_start = time.process_time(), tree_cpu_seconds(server)
-                database_start, busy_start = database_cpu_seconds(database), machine_busy()
+                busy_start = machine_busy()
             if 200 <= status < 300:
                 phase.latencies.append(loop.time() - now)
                 if on_answer is not None:
@@ -230,7 +212,6 @@ async def load(
     phase.seconds = loop.time() - counted_from
     phase.client_cpu = time.process_time() - (cpu_start or 0.0)
     phase.server_cpu = tree_cpu_seconds(server) - (server_start or 0.0)
-    phase.database_cpu = database_cpu_seconds(database) - (database_start or 0.0)
     busy, total = machine_busy()
     if busy_start is not None and total > busy_start[1]:
         phase.machine_busy = (busy - busy_start[0]) / (total - busy_start[1])
@@ -298,7 +279,6 @@ async def measure(workers: int, args: argparse.Namespace, image: bytes) -> list[
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
     users = list(range(1, args.clients + 1))
     async with fresh_database() as database_url:
-        database = database_url.rpartition("/")[2]
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             process, port = start_backend(workers, database_url, prefix, folder)
@@ -322,18 +302,13 @@ async def measure(workers: int, args: argparse.Namespace, image: bytes) -> list[
                         )
                         assert status in (200, 201), answer
                 healthz = [[request("GET", "/healthz")] for _ in users]
-                phases = [
-                    await load(
-                        "/healthz", process.pid, database, connections, healthz, args.seconds
-                    )
-                ]
+                phases = [await load("/healthz", process.pid, connections, healthz, args.seconds)]
                 created: list[bytes] = []
                 creates = [[create_request(user, image)] for user in users]
                 phases.append(
                     await load(
                         "create",
                         process.pid,
-                        database,
                         connections,
                         creates,
                         args.seconds,
@@ -346,9 +321,7 @@ async def measure(workers: int, args: argparse.Namespace, image: bytes) -> list[
                     or [request("GET", f"/api/jobs/{ids[0]}")]
                     for i in range(len(users))
                 ]
-                phases.append(
-                    await load("read", process.pid, database, connections, reads, args.seconds)
-                )
+                phases.append(await load("read", process.pid, connections, reads, args.seconds))
                 return phases
             finally:
                 for connection in connections:
@@ -386,7 +359,7 @@ async def main() -> None:
     )
     print(
         f"{'workers':<8} {'phase':<9} {'rate/s':>8} {'p50 ms':>8} {'p95 ms':>8} "
-        f"{'errors':>6} {'client CPU':>10} {'backend CPU ms':>14} {'PG CPU ms':>9} "
+        f"{'errors':>6} {'client CPU':>10} {'backend CPU ms':>14} "
         f"{'machine busy':>12}"
     )
     for workers, phases in results.items():
@@ -395,7 +368,7 @@ async def main() -> None:
                 f"{workers:<8} {phase.name:<9} {phase.rate:>8.1f} {phase.percentile(0.5):>8.1f} "
                 f"{phase.percentile(0.95):>8.1f} {phase.errors:>6} "
                 f"{phase.client_cpu / phase.seconds:>10.0%} {phase.server_ms_per_answer:>14.2f} "
-                f"{phase.database_ms_per_answer:>9.2f} {phase.machine_busy:>12.0%}"
+                f"{phase.machine_busy:>12.0%}"
             )
     for workers, phases in results.items():
         health, create, read = (phase.rate for phase in phases)
