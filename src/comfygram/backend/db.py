@@ -25,7 +25,9 @@ PING_AFTER_IDLE_SECONDS = 1.0
 def create_engine(dsn: str) -> AsyncEngine:
     url = make_url(dsn)
     if url.get_backend_name() != "sqlite":
-        engine = create_async_engine(url, pool_size=10, max_overflow=20)
+        # 20 kept (a process under 20 concurrent requests does not open and close a
+        # connection per request), at most 30 as before.
+        engine = create_async_engine(url, pool_size=20, max_overflow=10)
         _ping_when_idle(engine)
         return engine
 
