@@ -41,7 +41,9 @@ Goal: <= 3 %.
 and the worker of each with PYTHONPATH=PATH, e.g. a `git worktree` of an older commit's `src`:
 a worker is always paired with the backend of the same source. The bench, the doubles and the
 bare runner always come from this checkout. Each source gets its own database, key prefix,
-backend and worker; the sources run one after the other on each ComfyUI.
+backend and worker, all running at once on each ComfyUI: single jobs take turns between the
+sources (a load drifting on a shared machine weighs on each alike), then each source's burst and
+its bare runner, one after the other.
 """
 
 from __future__ import annotations
@@ -514,22 +516,28 @@ class System:
 
     # -- the measurements ----------------------------------------------------------------------
 
-    async def measure(self, jobs: int, burst: int) -> Stages:
+    async def prepare(self, jobs: int, burst: int) -> None:
+        """Users and photos for every job ahead, made before any timing."""
         self.reports: list[asyncio.Task[None]] = []
-        stages = Stages(single={stage: [] for stage in STAGES})
-        users = await self.new_users(WARM_UP + jobs + burst)
-        photos = [noise_png() for _ in users]
-        singles = []
-        for index, (user, png) in enumerate(zip(users[: WARM_UP + jobs], photos, strict=False)):
-            job_id, accepted = await self.create(user, png)
-            job, handed = await self.settled(job_id, user)
-            if index >= WARM_UP:
-                singles.append((job, accepted, handed, user))
-            await asyncio.sleep(0.1)  # an idle system between jobs
+        self.stages = Stages(single={stage: [] for stage in STAGES})
+        self.singles: list[tuple[dict[str, Any], float, float, int]] = []
+        self.ahead = await self.new_users(WARM_UP + jobs + burst)
+        self.photos = [noise_png() for _ in self.ahead]
+
+    async def single(self, index: int) -> None:
+        """The ``index``-th single job, alone in the system; the first WARM_UP do not count."""
+        user, png = self.ahead[index], self.photos[index]
+        job_id, accepted = await self.create(user, png)
+        job, handed = await self.settled(job_id, user)
+        if index >= WARM_UP:
+            self.singles.append((job, accepted, handed, user))
+
+    async def tally_singles(self) -> None:
+        """Each single job's stages, from its record, ComfyUI's history and Telegram's log."""
         async with aiohttp.ClientSession() as session:
             runs = await history(session, self.comfyui_url)
         overheads = []
-        for job, accepted, handed, user in singles:
+        for job, accepted, handed, user in self.singles:
             run = run_of(job["id"], runs)
             overheads.append((handed - accepted - run.seconds, job, accepted, run, user))
             started, finished = wall(job["started_at"]), wall(job["finished_at"])
@@ -543,28 +551,28 @@ class System:
                 "overhead (goal p50 <= 30)": handed - accepted - run.seconds,
             }
             for stage, seconds in measured.items():
-                stages.single[stage].append(seconds)
+                self.stages.single[stage].append(seconds)
         overheads.sort(key=lambda item: item[0])
-        stages.median_job = self.timeline(*overheads[len(overheads) // 2][1:])
+        self.stages.median_job = self.timeline(*overheads[len(overheads) // 2][1:])
 
-        burst_users, burst_photos = users[WARM_UP + jobs :], photos[WARM_UP + jobs :]
+    async def burst(self, first: int) -> None:
+        """Every job from ``first`` on created at once; ComfyUI's idle fraction while they ran."""
+        users, photos = self.ahead[first:], self.photos[first:]
         created = await asyncio.gather(
-            *(self.create(u, png) for u, png in zip(burst_users, burst_photos, strict=True))
+            *(self.create(user, png) for user, png in zip(users, photos, strict=True))
         )
-        for (job_id, _), user in zip(created, burst_users, strict=True):
+        for (job_id, _), user in zip(created, users, strict=True):
             await self.settled(job_id, user)
         await asyncio.gather(*self.reports)
         async with aiohttp.ClientSession() as session:
             runs = await history(session, self.comfyui_url)
         burst_runs = [run_of(job_id, runs) for job_id, _ in created]
         accepted_at = {run_of(job_id, runs).prompt_id: at for job_id, at in created}
-        stages.burst_idle = idle(sorted(burst_runs, key=lambda r: r.start), accepted_at)
+        self.stages.burst_idle = idle(sorted(burst_runs, key=lambda r: r.start), accepted_at)
 
-        await self.measure_bare(stages, jobs, burst)
-        return stages
-
-    async def measure_bare(self, stages: Stages, jobs: int, burst: int) -> None:
-        """The yardstick, on the same ComfyUI right after the system's own jobs."""
+    async def measure_bare(self, jobs: int, burst: int) -> None:
+        """The yardstick, on the same ComfyUI right after the system's own burst."""
+        stages = self.stages
         async with BareRunner(self.comfyui_url).connected() as runner:
             photos = [noise_png() for _ in range(WARM_UP + jobs + burst)]
             totals: dict[str, float] = {}
@@ -581,6 +589,21 @@ class System:
             stages.bare_overhead.append(seconds - runs[prompt_id].seconds)
         burst_runs = sorted((runs[p] for p in fed), key=lambda r: r.start)
         stages.bare_idle = idle(burst_runs, dict.fromkeys(fed, begun))
+
+
+async def measure(systems: list[System], jobs: int, burst: int) -> None:
+    """Single jobs take turns between the systems, so a load that drifts on a shared machine
+    weighs on each alike; then each system's burst and its bare runner, one after the other."""
+    for system in systems:
+        await system.prepare(jobs, burst)
+    for index in range(WARM_UP + jobs):
+        for system in systems:
+            await system.single(index)
+            await asyncio.sleep(0.1)  # an idle system between jobs
+    for system in systems:
+        await system.tally_singles()
+        await system.burst(WARM_UP + jobs)
+        await system.measure_bare(jobs, burst)
 
 
 async def stop(process: subprocess.Popen[bytes], grace: float = 40) -> None:
@@ -699,21 +722,22 @@ async def main() -> None:
         async with TelegramDouble() as telegram:
             telegram.recompress_photos = False  # its own CPU time is not the system's
             for kind in kinds:
-                async with comfyui(kind, Path(tmp), args.double_delay) as url:
+                async with (
+                    comfyui(kind, Path(tmp), args.double_delay) as url,
+                    contextlib.AsyncExitStack() as running,
+                ):
+                    systems = []
                     for source in sources:
                         root = Path(tmp) / f"{kind}-{source.label}"
                         root.mkdir()
+                        status_messages = not args.no_status_message
                         system = System(
-                            source,
-                            url,
-                            telegram,
-                            root,
-                            status_messages=not args.no_status_message,
+                            source, url, telegram, root, status_messages=status_messages
                         )
-                        async with system.running():
-                            results[kind, source.label] = await system.measure(
-                                args.jobs, args.burst
-                            )
+                        systems.append(await running.enter_async_context(system.running()))
+                    await measure(systems, args.jobs, args.burst)
+                    for system in systems:
+                        results[kind, system.source.label] = system.stages
     print(f"  load after: {load()}")
     print(table(results, args.jobs, args.burst))
     for (kind, label), stages in results.items():
