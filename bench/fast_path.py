@@ -390,10 +390,10 @@ class System:
                 timeout=JOB_TIMEOUT,
             ) as api:
                 self.api = api
-                self.spawn("backend")
-                await self._until("backend", self._backend_up)
-                self.spawn("worker")
-                await self._until("worker", self._worker_ready)
+                backend = self.spawn("backend")
+                worker = self.spawn("worker")  # both start at once: the worker waits for it
+                await self._until(backend, self._backend_up)
+                await self._until(worker, self._worker_ready)
                 yield self
         finally:
             for process in reversed(self.processes):
@@ -406,10 +406,11 @@ class System:
                 await redis.delete(*keys)
             await redis.aclose()
 
-    async def _until(self, command: str, ready: Any) -> None:
+    async def _until(self, process: subprocess.Popen[bytes], ready: Any) -> None:
         deadline = time.monotonic() + START_TIMEOUT
         while not await ready():
-            if self.processes[-1].poll() is not None or time.monotonic() > deadline:
+            if process.poll() is not None or time.monotonic() > deadline:
+                command = process.args[-1]
                 raise RuntimeError(f"{command} did not come up:\n{self.log_tail(command)}")
             await asyncio.sleep(0.2)
 
