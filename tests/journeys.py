@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 from tests import images
 from tests.doubles.comfyui import ComfyUIDouble
 from tests.doubles.telegram import TelegramDouble
 
 
+async def bot_polling(telegram: TelegramDouble, timeout: float = 60) -> None:
+    """Wait until the bot's first getUpdates has reached the double: it is polling. The call
+    still waiting counts: with no update to return it ends only after its long-poll timeout
+    (25 s), and an update sent meanwhile is what ends it."""
+    deadline = time.monotonic() + timeout
+    while not telegram.sent("getUpdates"):
+        assert time.monotonic() < deadline, f"the bot did not poll within {timeout} s"
+        await asyncio.sleep(0.05)
+
+
 async def invert_a_photo(telegram: TelegramDouble, comfyui: ComfyUIDouble, chat_id: int) -> None:
     """/start, a photo, the "invert" preset: the negative comes back as one photo."""
-    await telegram.wait_for("getUpdates", timeout=60)  # the bot is polling
+    await bot_polling(telegram)
     user = telegram.user(chat_id, first_name="Ivan")
     await user.send_command("start")
     await telegram.wait_for("sendMessage", chat_id=chat_id, timeout=20)
