@@ -22,7 +22,7 @@ from comfygram.bot import BotRuntime
 from comfygram.settings import Settings
 from comfygram.telegram import RateBudget
 from tests.doubles.telegram import TEST_BOT_TOKEN, Call, TelegramDouble, UserDriver
-from tests.helpers import API_TOKEN
+from tests.helpers import API_TOKEN, seed_sqlite
 
 ADMIN_ID = 900_001
 
@@ -184,6 +184,7 @@ async def polling_world(
     """The backend, and the bot polling the Telegram double (as `comfygram bot` does)."""
     async with contextlib.AsyncExitStack() as stack:
         telegram = await stack.enter_async_context(TelegramDouble())
+        await seed_sqlite(settings.database_url)
         url = await stack.enter_async_context(
             serve(lambda url: create_app(bot_settings(settings, telegram, url)))
         )
@@ -209,6 +210,7 @@ async def polling_world(
 @contextlib.asynccontextmanager
 async def webhook_world(settings: Settings, **extra: Any) -> AsyncIterator[World]:
     """The backend in webhook mode: it sets the webhook and runs the bot's dispatcher."""
+    await seed_sqlite(settings.database_url)
     async with TelegramDouble() as telegram:
         apps: list[Any] = []
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,10 +14,9 @@ from fastapi import FastAPI
 from redis.asyncio import Redis
 from sqlalchemy import make_url
 
-from comfygram.backend import db
 from comfygram.backend.app import create_app
 from comfygram.settings import Settings
-from tests.helpers import API_TOKEN, backend_client
+from tests.helpers import API_TOKEN, backend_client, seed_sqlite
 
 WEBHOOK_SECRET = "test_webhook_secret_77"
 # The pytest-xdist worker this process is ("gw0", "gw1", ...), "" when pytest runs alone.
@@ -144,32 +142,19 @@ def settings(empty_database: str, tmp_path, redis_prefix: str) -> Settings:
 async def redis(redis_prefix: str) -> AsyncIterator[Redis]:
     client = Redis.from_url(REDIS_URL, decode_responses=True)
     yield client
-    keys = [key async for key in client.scan_iter(f"{redis_prefix}:*")]
+    # SCAN walks the whole database (other tests' keys too): 1000 a step, not Redis's 10, so
+    # a teardown is a few round trips rather than one per ten keys.
+    keys = [key async for key in client.scan_iter(f"{redis_prefix}:*", count=1000)]
     if keys:
         await client.delete(*keys)
     await client.aclose()
 
 
-@pytest.fixture(scope="session")
-async def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A SQLite file migrated to head once per test process, for apps to start from a copy:
-    migrating costs about 0.15 s a test, a copy a millisecond. The app's start still runs the
-    migrations, which find the copy at head."""
-    path = tmp_path_factory.mktemp("template") / "migrated.db"
-    engine = db.create_engine(f"sqlite+aiosqlite:///{path}")
-    try:
-        await db.migrate(engine)
-    finally:
-        await engine.dispose()
-    return str(path)
-
-
 @pytest.fixture
-def seeded_database(settings: Settings, migrated_sqlite: str) -> None:
-    """A new SQLite file starts as a copy of the migrated one (PostgreSQL is kept at head)."""
-    url = make_url(settings.database_url)
-    if url.get_backend_name() == "sqlite" and url.database and not os.path.exists(url.database):
-        shutil.copyfile(migrated_sqlite, url.database)
+async def seeded_database(settings: Settings) -> None:
+    """A new SQLite file starts as a copy of one migrated once per test process (seed_sqlite);
+    PostgreSQL is kept at head."""
+    await seed_sqlite(settings.database_url)
 
 
 @pytest.fixture

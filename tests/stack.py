@@ -28,7 +28,7 @@ from comfygram.worker.main import run_worker
 from tests.bot_helpers import serve
 from tests.doubles.comfyui import ComfyUIDouble
 from tests.doubles.telegram import TEST_BOT_TOKEN, TelegramDouble
-from tests.helpers import API_TOKEN
+from tests.helpers import API_TOKEN, seed_sqlite
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -171,6 +171,7 @@ async def running_stack(settings: Settings, root: Path, **overrides: Any) -> Asy
                 **overrides,
             }
         )
+        await seed_sqlite(base.database_url)
         app = create_app(base)
         async with serve(lambda _url: app) as url:
             stack_settings = base.model_copy(update={"backend_api_url": url, "backend_url": url})
