@@ -2,8 +2,8 @@
 
 A real process on PostgreSQL (a database of this test's own) and Redis: jobs created and read
 through both processes, /metrics adding up every process's counts, the database migrated once,
-and a clean stop. Also the fast paths behind the rates: the one-query status read and a JPEG
-checked at 1/8 scale.
+and a clean stop. Also the fast paths behind the rates: the one-query status read, a JPEG
+checked at 1/8 scale, and the pool's ping only after idling.
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ import pytest
 from PIL import Image
 from prometheus_client import CollectorRegistry, generate_latest, multiprocess
 from redis import Redis
+from sqlalchemy import text
 
+from comfygram.backend import db
 from comfygram.images import ImageRejected, prepare_input
 from tests import images
 from tests.conftest import REDIS_URL
@@ -218,3 +220,18 @@ def test_a_jpeg_input_is_kept_as_sent_and_still_checked_to_its_last_byte():
         with pytest.raises(ImageRejected) as refused:
             prepare_input(damaged, 10_000_000)
         assert refused.value.kind == "unreadable"
+
+
+async def test_a_pooled_connection_the_server_dropped_is_replaced_before_it_fails(database):
+    """What pool_pre_ping did, now only for a connection idle over PING_AFTER_IDLE_SECONDS."""
+    engine = db.create_engine(database.replace("postgresql:", "postgresql+asyncpg:"))
+    try:
+        async with engine.connect() as connection:
+            dropped = (await connection.execute(text("SELECT pg_backend_pid()"))).scalar()
+        await _admin(f"SELECT pg_terminate_backend({int(dropped)})")
+        await asyncio.sleep(db.PING_AFTER_IDLE_SECONDS + 0.2)
+        async with engine.connect() as connection:
+            fresh = (await connection.execute(text("SELECT pg_backend_pid()"))).scalar()
+        assert fresh != dropped
+    finally:
+        await engine.dispose()
