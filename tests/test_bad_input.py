@@ -401,6 +401,7 @@ API_ROUTES: list[tuple[str, str, Build]] = [
     ("GET", "/api/jobs", lambda w: {"params": {"telegram_id": w.telegram_id}}),
     ("GET", "/api/jobs/limits", nothing),
     ("GET", "/api/jobs/{job_id}", nothing),
+    ("POST", "/api/jobs/{job_id}/start", body(worker="w1")),
     ("POST", "/api/jobs/{job_id}/status", status_body()),
     ("POST", "/api/jobs/{job_id}/refund", nothing),
     ("GET", "/api/jobs/{job_id}/input", nothing),
