@@ -97,14 +97,20 @@ async def post(
     payment_id: str | None = None,
     actor: str | None = None,
     note: str | None = None,
+    new_key: bool = False,
 ) -> LedgerEntry | None:
     """Write one ledger entry and the balance it implies; None when `key` was posted before.
 
     The caller must hold the user's lock (lock_user), which makes the replay check exact.
+    `new_key` skips that check for a key made from an id drawn in this very transaction (a
+    new job's charge), which no entry can hold yet; the key's unique index still stands.
     """
-    existing = await session.scalar(select(LedgerEntry).where(LedgerEntry.idempotency_key == key))
-    if existing is not None:
-        return None
+    if not new_key:
+        existing = await session.scalar(
+            select(LedgerEntry).where(LedgerEntry.idempotency_key == key)
+        )
+        if existing is not None:
+            return None
     try:
         entry, user.balance = ledger.post(user.balance, amount, reason, key)
     except ledger.InsufficientCredits as exc:

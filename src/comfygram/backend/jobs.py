@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from types import SimpleNamespace
 
-from sqlalchemy import Row, bindparam, case, func, select
+from sqlalchemy import Row, ScalarSelect, bindparam, case, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -35,6 +35,7 @@ from comfygram.domain.jobs import (
 from comfygram.domain.ledger import Reason
 from comfygram.images import ImageInfo, ImageRejected, prepare_input
 from comfygram.media import MediaInfo
+from comfygram.presets import SLUG
 from comfygram.presets.contract import Contract, MediaKind, RequestRefused
 
 
@@ -222,18 +223,51 @@ class Checked:
     earlier: Job | None  # the job a replayed Idempotency-Key made
 
 
+def _active_jobs(user_id: object) -> ScalarSelect:
+    return (
+        select(func.count())
+        .select_from(Job)
+        .where(Job.user_id == user_id, Job.status.in_(ACTIVE))
+        .scalar_subquery()
+    )
+
+
+async def _user_and_preset(
+    session: AsyncSession, request: Request, *, lock: bool
+) -> tuple[User, PresetRow | None, int | None]:
+    """The user (locked with `lock`), the preset asked for (None if there is none by that slug)
+    and, without `lock`, the user's active jobs: one statement instead of three.
+
+    Locked, the active jobs are counted after the lock is held (a count in the same statement
+    could come from the snapshot taken before waiting for it, and let two requests through).
+    """
+    slug = request.preset_slug if SLUG.fullmatch(request.preset_slug) else None
+    columns = (User, PresetRow) if lock else (User, PresetRow, _active_jobs(User.id))
+    query = (
+        select(*columns)
+        .outerjoin(PresetRow, PresetRow.slug == slug)
+        .where(User.telegram_id == request.telegram_id)
+    )
+    row = (await session.execute(query.with_for_update(of=User) if lock else query)).first()
+    if row is None:
+        raise not_found("user", request.telegram_id)
+    return row[0], row[1], None if lock else row[2]
+
+
 async def _check_request(
     session: AsyncSession,
     user: User,
+    preset: PresetRow | None,
     request: Request,
     max_active: int,
     price: int | None,
+    active: int | None,
 ) -> Checked:
     """Every refusal that needs no decoded photo: ban, preset, the preset's contract (photo
-    count, prompt, options), replay, active jobs, balance."""
+    count, prompt, options), replay, active jobs (counted here when `active` is None),
+    balance."""
     accounts.refuse_banned(user)
-    preset = await get_preset(session, request.preset_slug)
-    if not preset.enabled:
+    if preset is None or not preset.enabled:
         raise not_found("preset", request.preset_slug)
     contract = contract_of(preset)
     try:
@@ -263,9 +297,8 @@ async def _check_request(
                 )
             return Checked(preset, contract, chosen, charge, digest, earlier)
 
-    active = await session.scalar(
-        select(func.count()).select_from(Job).where(Job.user_id == user.id, Job.status.in_(ACTIVE))
-    )
+    if active is None:
+        active = await session.scalar(select(_active_jobs(user.id)))
     if active >= max_active:
         raise ApiError(
             409,
@@ -280,8 +313,8 @@ async def _check_request(
 async def precheck(session: AsyncSession, request: Request, max_active: int) -> Created | None:
     """The cheap refusals of `create`, before the photos are decoded; the earlier job when the
     Idempotency-Key replays one. Advisory (nothing is locked): `create` checks again."""
-    user = await accounts.get_user(session, request.telegram_id)
-    checked = await _check_request(session, user, request, max_active, None)
+    user, preset, active = await _user_and_preset(session, request, lock=False)
+    checked = await _check_request(session, user, preset, request, max_active, None, active)
     if checked.earlier is None:
         return None
     earlier = checked.earlier
@@ -299,8 +332,9 @@ async def create(
     """Charge the price the preset's contract gives for the chosen options (or `price`: 0 for
     an operator's free retry) and write the job and its photos, in one transaction the caller
     commits. The photos are already checked (images.prepare_input)."""
-    user = await accounts.lock_user(session, request.telegram_id)
-    checked = await _check_request(session, user, Request.of(request), max_active, price)
+    asked = Request.of(request)
+    user, preset, _ = await _user_and_preset(session, asked, lock=True)
+    checked = await _check_request(session, user, preset, asked, max_active, price, None)
     if checked.earlier is not None:
         earlier = checked.earlier
         return Created(earlier, await queue_position(session, earlier), replayed=True, owner=user)
@@ -314,6 +348,7 @@ async def create(
             Reason.JOB_CHARGE,
             ledger.charge_key(job_id),
             job_id=job_id,
+            new_key=True,
         )
     written: list[str] = []
     try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -68,6 +70,12 @@ async def get_preset(session: AsyncSession, slug: str) -> PresetRow:
     return preset
 
 
+# slug -> (the stored contract JSON, the Contract parsed from it). Parsing is most of the Python
+# work of a job creation's checks; a hit needs the row's JSON to equal the cached one, so a
+# preset synced or edited in any process is parsed again on its next use.
+_parsed: dict[str, tuple[dict, Contract]] = {}
+
+
 def contract_of(preset: PresetRow) -> Contract:
     """The preset's contract as last synced from its file.
 
@@ -76,7 +84,13 @@ def contract_of(preset: PresetRow) -> Contract:
     """
     stored = preset.manifest.get("contract")
     if stored is not None:
-        return Contract.model_validate(stored)
+        cached = _parsed.get(preset.slug)
+        if cached is not None and cached[0] == stored:
+            return cached[1]
+        contract = Contract.model_validate(stored)
+        # A deep copy is kept: the row's dict may be changed in place before it is saved.
+        _parsed[preset.slug] = (copy.deepcopy(stored), contract)
+        return contract
     image = preset.manifest.get("image_input") or {}
     prompt = preset.manifest.get("prompt_input")
     output = preset.manifest.get("output") or {}
