@@ -84,7 +84,10 @@ async def postgres_url() -> AsyncIterator[str]:
     await _postgres_admin('DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-async def _truncate_postgres(url: str) -> None:
+async def _empty_postgres(url: str) -> None:
+    """Delete every row (the schema stays) and restart the id sequences: what TRUNCATE ...
+    RESTART IDENTITY does, in about 1 ms instead of 100 ms or more (TRUNCATE gives each table
+    new files, on every one of the ~540 PostgreSQL tests)."""
     parsed = make_url(url)
     conn = await asyncpg.connect(
         host=parsed.host, port=parsed.port or 5432, user=parsed.username, database=parsed.database
@@ -94,9 +97,20 @@ async def _truncate_postgres(url: str) -> None:
             "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
             "AND tablename <> 'alembic_version'"
         )
-        if tables:
-            names = ", ".join(f'"{t["tablename"]}"' for t in tables)
-            await conn.execute(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
+        sequences = await conn.fetch(
+            "SELECT sequencename, start_value FROM pg_sequences WHERE schemaname = 'public'"
+        )
+        async with conn.transaction():
+            # Every table is emptied, so the foreign keys need no checking on the way.
+            await conn.execute("SET LOCAL session_replication_role = replica")
+            for table in tables:
+                await conn.execute(f'DELETE FROM "{table["tablename"]}"')
+            for sequence in sequences:
+                await conn.execute(
+                    "SELECT setval($1::regclass, $2, false)",
+                    f'"{sequence["sequencename"]}"',
+                    sequence["start_value"],
+                )
     finally:
         await conn.close()
 
@@ -112,7 +126,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path) -> str:
 @pytest.fixture
 async def empty_database(database_url: str) -> str:
     if database_url.startswith("postgresql"):
-        await _truncate_postgres(database_url)
+        await _empty_postgres(database_url)
     return database_url
 
 
