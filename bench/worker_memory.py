@@ -84,10 +84,10 @@ async def run(args: argparse.Namespace) -> list[tuple[int, float, int, int]]:
             settings, root, telegram_edit_interval=1.0, worker_lease_seconds=10.0
         ) as stack:
             stack.comfyui.execution_delay = 0.002
-            users = [FIRST_USER + n for n in range(args.users)]
-            for user in users:
-                await stack.new_user(user, credits=args.jobs)
+            # The worker starts (imports, preset checks) while the users are registered.
             worker = stack.spawn_worker("memory", TELEGRAM_GLOBAL_RATE="30")
+            users = [FIRST_USER + n for n in range(args.users)]
+            await asyncio.gather(*(stack.new_user(user, credits=args.jobs) for user in users))
             free: asyncio.Queue[int] = asyncio.Queue()
             for user in users:
                 free.put_nowait(user)

@@ -92,14 +92,21 @@ def test_fast_path_bench_reports_every_stage_and_the_idle_fractions():
         assert slash == "/" and float(p95) >= float(p50), line
     execution = [line for line in output.splitlines() if line.startswith("ComfyUI execution")]
     assert float(execution[0].split()[2]) > 0, output  # ComfyUI's own timestamps were read
-    for idle in ("system, while jobs wait", "system, all gaps", "bare runner, 2 prompts ahead"):
+    for idle in (
+        "system, while jobs wait",
+        "system, all gaps",
+        "of which a prompt was queued",
+        "bare runner, 2 prompts ahead",
+    ):
         [line] = [line for line in output.splitlines() if line.strip().startswith(idle)]
         assert 0 <= float(line.split()[-1].rstrip("%")) <= 100, line
 
 
 @pytest.mark.timeout(180)
 def test_worker_memory_bench_samples_the_worker_and_reports_its_growth():
-    output = bench("worker_memory.py", "--jobs", "10", "--every", "5", "--warmup", "5")
+    output = bench(
+        "worker_memory.py", "--jobs", "10", "--every", "5", "--warmup", "5", "--users", "10"
+    )
     rows = [line.split() for line in output.splitlines()]
     rows = [row for row in rows if len(row) == 4 and all(f.replace(".", "").isdigit() for f in row)]
     assert [row[0] for row in rows] == ["5", "10"], output  # jobs delivered at each sample
