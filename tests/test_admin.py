@@ -50,7 +50,7 @@ from tests.rich_presets import write_rich_presets
 
 
 @pytest.fixture
-async def app(settings, redis, tmp_path):
+async def app(settings, redis, tmp_path, seeded_database):
     presets = write_rich_presets(tmp_path / "presets")
     application = create_app(with_admin(settings, presets_dir=presets))
     async with application.router.lifespan_context(application):

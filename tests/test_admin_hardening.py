@@ -41,7 +41,7 @@ ADDRESS_B = "203.0.113.11"
 
 
 @pytest.fixture
-async def app(settings, redis):
+async def app(settings, redis, seeded_database):
     application = create_app(with_admin(settings))
     async with application.router.lifespan_context(application):
         yield application

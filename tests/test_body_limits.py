@@ -22,7 +22,7 @@ from comfygram.backend.models import Job, User
 from comfygram.settings import Settings
 from tests.bot_helpers import serve
 from tests.conftest import REDIS_URL, WEBHOOK_SECRET
-from tests.helpers import API_TOKEN
+from tests.helpers import API_TOKEN, seed_sqlite
 
 BODY_TIMEOUT = 1.5
 CHUNK = 64 * 1024
@@ -51,6 +51,7 @@ def limited_settings(tmp_path: Path, redis_prefix: str, redis: object) -> Settin
 
 @pytest.fixture
 async def server(limited_settings: Settings) -> AsyncIterator[tuple[str, int, object]]:
+    await seed_sqlite(limited_settings.database_url)
     app = create_app(limited_settings)
     async with serve(lambda _url: app) as url:
         host, port = url.removeprefix("http://").split(":")

@@ -86,7 +86,7 @@ async def wait_until(predicate, within: float = 5.0) -> None:
 
 
 @pytest.fixture
-async def backend_on_private_redis(settings, tmp_path):
+async def backend_on_private_redis(settings, tmp_path, seeded_database):
     """The backend on a redis-server of its own, which the test may flush without harming
     other test runs sharing the machine's Redis."""
     server = RedisServer(tmp_path)
