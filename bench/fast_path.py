@@ -34,8 +34,10 @@ Burst (`--burst` jobs created at once, each by its own user): ComfyUI's idle fra
 `/history`, the gaps between one execution's end and the next one's start over the span from
 the first start to the last end. "while jobs wait" counts a gap only from the moment some job
 that ran later had been accepted (arrivals slower than ComfyUI are not the worker's idling);
-"all gaps" counts every gap. The bare runner does the same keeping two prompts in ComfyUI.
-Goal: <= 3 %.
+"all gaps" counts every gap; "of which a prompt was queued" (the double only: it logs when each
+prompt was queued) is the part of the gaps when the next prompt was already in ComfyUI's queue,
+ComfyUI's own share; the rest is ComfyUI waiting for the worker to submit. The bare runner does
+the same keeping two prompts in ComfyUI. Goal: <= 3 %.
 
 `--worker-src PATH` (repeatable; `--compare A B` is the same as two of them) runs the backend
 and the worker of each with PYTHONPATH=PATH, e.g. a `git worktree` of an older commit's `src`:
@@ -299,6 +301,8 @@ class Stages:
     bare_execution: list[float] = field(default_factory=list)
     bare_overhead: list[float] = field(default_factory=list)
     burst_idle: tuple[float, float] = (0.0, 0.0)
+    # The part of it with the next prompt already in ComfyUI's queue (known of the double only).
+    burst_idle_queued: float | None = None
     bare_idle: tuple[float, float] = (0.0, 0.0)
     median_job: str = ""  # the timeline of the single job with the median overhead
 
@@ -326,8 +330,10 @@ class System:
         root: Path,
         *,
         status_messages: bool,
+        double: ComfyUIDouble | None = None,
     ) -> None:
         self.source = source
+        self.double = double
         self.status_messages = status_messages
         self.comfyui_url = comfyui_url
         self.telegram = telegram
@@ -569,7 +575,14 @@ class System:
             runs = await history(session, self.comfyui_url)
         burst_runs = [run_of(job_id, runs) for job_id, _ in created]
         accepted_at = {run_of(job_id, runs).prompt_id: at for job_id, at in created}
-        self.stages.burst_idle = idle(sorted(burst_runs, key=lambda r: r.start), accepted_at)
+        burst_runs.sort(key=lambda run: run.start)
+        self.stages.burst_idle = idle(burst_runs, accepted_at)
+        if self.double is not None:
+            offset = time.time() - time.monotonic()
+            queued = {
+                run.prompt_id: self.double.queued_at[run.prompt_id] + offset for run in burst_runs
+            }
+            self.stages.burst_idle_queued = idle(burst_runs, queued)[0]
 
     async def measure_bare(self, jobs: int, burst: int) -> None:
         """The yardstick, on the same ComfyUI right after the system's own burst."""
@@ -623,20 +636,22 @@ async def stop(process: subprocess.Popen[bytes], grace: float = 40) -> None:
 
 
 @contextlib.asynccontextmanager
-async def comfyui(kind: str, root: Path, double_delay: float) -> AsyncIterator[str]:
-    """The URL of a running ComfyUI of this kind, for the block's duration."""
+async def comfyui(
+    kind: str, root: Path, double_delay: float
+) -> AsyncIterator[tuple[str, ComfyUIDouble | None]]:
+    """The URL of a running ComfyUI of this kind for the block's duration, and the double."""
     if kind == "double":
         async with ComfyUIDouble(root / "comfyui-double") as double:
             double.execution_delay = double_delay
             double.nodes_in_thread = True  # serving uploads while a prompt runs, as ComfyUI does
-            yield double.url
+            yield double.url, double
         return
     if (reason := missing()) is not None:
         raise SystemExit(f"the real ComfyUI cannot run here: {reason}")
     server = RealComfyUI(free_port())
     await asyncio.to_thread(server.start)
     try:
-        yield server.url
+        yield server.url, None
     finally:
         await asyncio.to_thread(server.close)
 
@@ -646,7 +661,7 @@ async def comfyui(kind: str, root: Path, double_delay: float) -> AsyncIterator[s
 
 def table(results: dict[tuple[str, str], Stages], jobs: int, burst: int) -> str:
     columns = list(results)
-    width = 38
+    width = 40
     cell = max(17, *(len(f"{kind}:{label}") + 2 for kind, label in columns))
     head = f"{'ms (p50 / p95)':<{width}}" + "".join(
         f"{f'{kind}:{label}':>{cell}}" for kind, label in columns
@@ -669,6 +684,10 @@ def table(results: dict[tuple[str, str], Stages], jobs: int, burst: int) -> str:
         (f"{results[c].burst_idle[0]:.1%}" for c in columns),
     )
     row("  system, all gaps", (f"{results[c].burst_idle[1]:.1%}" for c in columns))
+    row(
+        "  of which a prompt was queued (double)",
+        ("-" if (q := results[c].burst_idle_queued) is None else f"{q:.1%}" for c in columns),
+    )
     row("  bare runner, 2 prompts ahead", (f"{results[c].bare_idle[1]:.1%}" for c in columns))
     lines.append(f"single jobs: {jobs} after {WARM_UP} warm-up, one at a time, 0.1 s apart")
     return "\n".join(lines)
@@ -724,16 +743,20 @@ async def main() -> None:
             telegram.recompress_photos = False  # its own CPU time is not the system's
             for kind in kinds:
                 async with (
-                    comfyui(kind, Path(tmp), args.double_delay) as url,
+                    comfyui(kind, Path(tmp), args.double_delay) as (url, double),
                     contextlib.AsyncExitStack() as running,
                 ):
                     systems = []
                     for source in sources:
                         root = Path(tmp) / f"{kind}-{source.label}"
                         root.mkdir()
-                        status_messages = not args.no_status_message
                         system = System(
-                            source, url, telegram, root, status_messages=status_messages
+                            source,
+                            url,
+                            telegram,
+                            root,
+                            status_messages=not args.no_status_message,
+                            double=double,
                         )
                         systems.append(await running.enter_async_context(system.running()))
                     await measure(systems, args.jobs, args.burst)
