@@ -378,12 +378,13 @@ async def test_more_outputs_than_the_backend_takes_fail_with_one_refund(stack: S
 
 
 @pytest.mark.parametrize("cached", [True, False], ids=["from the Redis cache", "from the backend"])
-async def test_an_album_recorded_but_not_sent_is_sent_once_from_the_stored_outputs(
+async def test_a_video_recorded_but_not_sent_is_sent_once_from_the_stored_output(
     stack: Stack, monkeypatch: pytest.MonkeyPatch, cached: bool
 ):
     """The answer to "succeeded, and the message is mine" is lost (the worker marks it
     succeeded on its own), then the finisher dies before claiming and sending: after its lease
-    the job is taken up again and the album rendered from what was stored."""
+    the job is taken up again and the video rendered from what was stored. (A preset of stills
+    stores, succeeds and claims in one step, so it never leaves a job succeeded and unclaimed.)"""
     real = UserMessages.deliver_result
     real_status = BackendClient.set_status
     calls = 0
@@ -402,12 +403,12 @@ async def test_an_album_recorded_but_not_sent_is_sent_once_from_the_stored_outpu
 
     monkeypatch.setattr(BackendClient, "set_status", answer_lost)
     monkeypatch.setattr(UserMessages, "deliver_result", dies_once)
-    job_id = await create(stack, "album4")
+    job_id = await create(stack, "clip")
     stack.start_worker(result_cache_seconds=3600 if cached else 0)
     job = await stack.settled(job_id, timeout=30)
     assert (job.status, job.delivery_status, calls) == ("succeeded", "delivered", 2)
-    (album,) = ok(stack, "sendMediaGroup")
-    assert len(album.files) == 4
+    (video,) = ok(stack, "sendVideo")
+    assert decoded(video.files["video"])["frames"] == job.outputs[0].frames
     assert len(stack.comfyui.prompts_received) == 1  # not run again
 
 

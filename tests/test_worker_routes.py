@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import httpx
 
+from tests import images
 from tests.helpers import create_job, grant, register
 
 USER = 9191
@@ -109,3 +110,26 @@ async def test_deliver_is_refused_with_a_status_that_is_not_final(api):
     )
     assert refused.status_code == 422
     assert (await api.get(f"/api/jobs/{job_id}")).json()["status"] == "queued"  # unchanged
+
+
+async def test_outputs_can_be_stored_succeeded_and_claimed_in_one_step(api):
+    job_id = await _processing_job(api)
+    files = [("file", ("out.png", images.png(), "image/png"))]
+    stored = await api.put(f"/api/jobs/{job_id}/outputs", params={"succeed": "true"}, files=files)
+    assert stored.status_code == 200, stored.text
+    job = stored.json()
+    assert (job["status"], job["delivery_status"], len(job["outputs"])) == (
+        "succeeded",
+        "sending",
+        1,
+    )
+    again = await api.put(f"/api/jobs/{job_id}/outputs", params={"succeed": "true"}, files=files)
+    assert again.status_code == 409  # no longer processing: nothing replaced, nothing claimed
+    assert (await api.get(f"/api/jobs/{job_id}")).json()["outputs"] == job["outputs"]
+
+
+async def test_outputs_stored_without_succeed_leave_the_job_processing(api):
+    job_id = await _processing_job(api)
+    files = [("file", ("out.png", images.png(), "image/png"))]
+    stored = await api.put(f"/api/jobs/{job_id}/outputs", files=files)
+    assert (stored.json()["status"], stored.json()["delivery_status"]) == ("processing", "pending")

@@ -352,12 +352,16 @@ class BackendClient:
         response = await self._call("GET", f"/api/jobs/{job_id}/outputs/{index}")
         return response.content, response.headers.get("content-type", "")
 
-    async def put_outputs(self, job_id: str, files: Sequence[tuple[bytes, str, str]]) -> Job:
+    async def put_outputs(
+        self, job_id: str, files: Sequence[tuple[bytes, str, str]], *, succeed: bool = False
+    ) -> Job:
         """Store all of this attempt's outputs at once ((data, filename, mime) each, in order),
-        replacing an earlier attempt's; all or nothing."""
+        replacing an earlier attempt's; all or nothing. ``succeed``: and mark the job succeeded
+        and claim its final message, in the same step."""
         response = await self._call(
             "PUT",
             f"/api/jobs/{job_id}/outputs",
+            params={"succeed": "true"} if succeed else None,
             files=[("file", (filename, data, mime)) for data, filename, mime in files],
         )
         return Job.model_validate(response.json())

@@ -52,6 +52,7 @@ from comfygram.comfyui import (
 from comfygram.livestatus import LiveStatus
 from comfygram.logs import job_context
 from comfygram.presets import Preset, compatibility_problems
+from comfygram.presets.contract import MediaKind
 from comfygram.queue import Delivery, JobQueue
 from comfygram.worker import encode, workflow
 from comfygram.worker.delivery import OutputFile
@@ -610,14 +611,20 @@ class Worker:
         rendering: asyncio.Task[list[Rendered]] | None = None
         try:
             await self._check_result(files)
-            rendering = asyncio.create_task(self._render(None, run.preset, files))
-            job = await self._store(job, files)
-            rendered = await rendering
-            if _recorded_kinds(job) != _kinds_rendered(run.preset, files):
-                # The backend read an output as another kind than the preset makes (a still
-                # image where an animation was expected): render by the record.
-                rendered = await self._render(job, run.preset, files)
-            job, claimed = await self._succeed(job)
+            if run.preset.contract.output.kind is MediaKind.IMAGE:
+                # Stills are recorded as stills: rendered first (a few ms), then stored,
+                # succeeded and claimed in one step.
+                rendered = await self._render(None, run.preset, files)
+                job, claimed = await self._store(job, files, succeed=True), True
+            else:
+                rendering = asyncio.create_task(self._render(None, run.preset, files))
+                job = await self._store(job, files)
+                rendered = await rendering
+                if _recorded_kinds(job) != _kinds_rendered(run.preset, files):
+                    # The backend read an output as another kind than the preset makes (a
+                    # still where an animation was expected): render by the record.
+                    rendered = await self._render(job, run.preset, files)
+                job, claimed = await self._succeed(job)
         except BackendUnavailable:
             raise  # the backend is down, not the job's fault: let it go, no attempt used
         except BackendError as exc:
@@ -650,10 +657,13 @@ class Worker:
             await self.live.set(job.id, "succeeded", progress=100, worker=self.config.name)
         await self._ack(run.delivery)
 
-    async def _store(self, job: Job, files: Sequence[tuple[bytes, str, str]]) -> Job:
-        """All outputs into the backend in one request (and into the result cache)."""
+    async def _store(
+        self, job: Job, files: Sequence[tuple[bytes, str, str]], *, succeed: bool = False
+    ) -> Job:
+        """All outputs into the backend in one request (``succeed``: the job marked succeeded
+        and its message claimed in the same step), and into the result cache."""
         try:
-            job = await _retrying(lambda: self.backend.put_outputs(job.id, files))
+            job = await _retrying(lambda: self.backend.put_outputs(job.id, files, succeed=succeed))
         except BackendUnavailable as exc:
             if not await self._backend_answers(job.id):
                 raise

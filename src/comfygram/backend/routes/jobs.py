@@ -368,10 +368,19 @@ async def _inspect_outputs(
 
 
 async def _attach(
-    session: SessionDep, store: StoreDep, job_id: str, outputs: list[tuple[bytes, MediaInfo]]
+    session: SessionDep,
+    store: StoreDep,
+    job_id: str,
+    outputs: list[tuple[bytes, MediaInfo]],
+    *,
+    succeed: bool = False,
 ) -> Response:
     replaced = await jobs.attach_outputs(session, store, job_id, outputs)
+    succeeded = None
     try:
+        if succeed:
+            await jobs.transition(session, job_id, JobStatus.SUCCEEDED)
+            succeeded = await jobs.record_delivery(session, job_id, DeliveryStatus.SENDING, None)
         await session.commit()
     except BaseException:
         await store.delete_all(replaced.written)
@@ -381,6 +390,8 @@ async def _attach(
     for data, info in outputs:
         metrics.OUTPUTS_STORED.labels(info.kind.value).inc()
         metrics.OUTPUT_BYTES.labels(info.kind.value).inc(len(data))
+    if succeeded is not None:
+        _count_transition(succeeded, JobStatus.PROCESSING)
     return _answer(await _job_out(session, job_id))
 
 
@@ -394,6 +405,13 @@ async def upload_outputs(
         list[UploadFile],
         File(description="Every output of this attempt, in order (1 to 20 files)"),
     ],
+    succeed: Annotated[
+        bool,
+        Query(
+            description="Also mark the job succeeded and claim its final message for sending "
+            "(as POST status with succeeded and deliver), in the same transaction"
+        ),
+    ] = False,
 ) -> Response:
     """All of an attempt's outputs in one request: all are stored, replacing an earlier
     attempt's, or none is. Each is checked as the preset's output kind (image, animation,
@@ -403,7 +421,7 @@ async def upload_outputs(
             422, "too_many_outputs", f"At most {MAX_OUTPUTS} outputs per job; {len(file)} sent."
         )
     outputs = await _inspect_outputs(session, settings, job_id, file, one=False)
-    return await _attach(session, store, job_id, outputs)
+    return await _attach(session, store, job_id, outputs, succeed=succeed)
 
 
 @router.put("/{job_id}/result", response_model=JobOut)
