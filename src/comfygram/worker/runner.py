@@ -210,8 +210,9 @@ class Worker:
                 await feeder
 
     async def _feed(self, submitted: asyncio.Queue[Run | None], room: asyncio.Semaphore) -> None:
-        """Take jobs and submit them while there is room in ComfyUI's queue; on stop, take
-        nothing new (what is submitted is still waited for)."""
+        """Take jobs and submit them, one after another (in the queue's order), while there is
+        room in ComfyUI's queue; on stop, take nothing new (what is submitted is still waited
+        for)."""
         try:
             while not self._stopping.is_set():
                 await room.acquire()
@@ -323,7 +324,8 @@ class Worker:
             return None
         attempt = job.attempts
         run = Run(delivery, job, preset, workflow.prompt_id_for(job.id, attempt), attempt)
-        if uploads is not None and (uploads.attempt != attempt or uploads.preset is not preset):
+        slots = len(preset.contract.photos)
+        if uploads is not None and (uploads.attempt, uploads.slots) != (attempt, slots):
             await _cancel(uploads)  # for another attempt, or the preset changed: again below
             uploads = None
         with contextlib.suppress(RedisError, OSError):
@@ -353,7 +355,7 @@ class Worker:
         task = asyncio.create_task(self._upload_photos(delivery.job_id, attempt, preset))
         # Its failure is read where the photos are used; unused, it must not be reported.
         task.add_done_callback(lambda done: done.cancelled() or done.exception())
-        return Uploads(attempt, preset, task)
+        return Uploads(attempt, len(preset.contract.photos), task)
 
     async def _upload_photos(self, job_id: str, attempt: int, preset: Preset) -> list[str]:
         """Every photo slot's file, fetched from the backend and put into ComfyUI together;
@@ -652,9 +654,9 @@ class Worker:
             "job %s: succeeded in %.1fs with %d output(s)",
             job.id, time.monotonic() - run.started, len(files),
         )  # fmt: skip
-        await self.messages.deliver_result(job, run.preset, rendered, claimed=claimed)
         with contextlib.suppress(RedisError, OSError):
             await self.live.set(job.id, "succeeded", progress=100, worker=self.config.name)
+        await self.messages.deliver_result(job, run.preset, rendered, claimed=claimed)
         await self._ack(run.delivery)
 
     async def _store(
@@ -839,7 +841,9 @@ class Worker:
                 if self.lock.token is not None and not await self.lock.renew():
                     log.error("GPU lock lost; no new jobs until it is ours again")
                 for delivery in list(self._held.values()):
-                    if not await self.queue.renew(self.config.name, delivery):
+                    renewed = await self.queue.renew(self.config.name, delivery)
+                    # Not renewed because it was acknowledged meanwhile: nothing was lost.
+                    if not renewed and delivery.message_id in self._held:
                         log.warning("job %s: lease lost to another worker", delivery.job_id)
                         self._held.pop(delivery.message_id, None)
             except (RedisError, OSError) as exc:
@@ -926,10 +930,10 @@ _MAX_RESUBMITS = 3
 
 @dataclass(frozen=True)
 class Uploads:
-    """A job's photos on their way into ComfyUI, named for one attempt of one preset."""
+    """A job's photos on their way into ComfyUI: one per slot, named for one attempt."""
 
     attempt: int
-    preset: Preset
+    slots: int
     task: asyncio.Task[list[str]]
 
 
