@@ -62,7 +62,8 @@ def create_bot(settings: Settings) -> Bot:
 # Reserves the earliest moment a call may run, and returns how many ms away it is (-1 when a
 # non-blocking reservation is refused). Times are integer milliseconds of Redis's clock.
 # Global rate: time is cut into slots of 1/rate seconds holding one call each, so no second
-# ever holds more than `rate` calls, and a chat that must wait does not hold up other chats.
+# ever holds more than `rate` + 1 calls, and a chat that must wait does not hold up other chats.
+# A call takes the slot it falls in when that one is free: an idle budget never makes it wait.
 # A call that sends several messages at once (an album of n items) weighs n: it takes n global
 # slots, runs at the last of them, and holds its chat for n chat intervals. An edit (or a
 # delete) waits for its chat's turn but does not take it: it sends no message, and has its own
@@ -90,7 +91,7 @@ if has_chat then
 end
 if max_wait >= 0 and start > now then return -1 end
 local weight = math.max(1, tonumber(ARGV[7]) or 1)
-local slot = math.ceil(start / slot_ms)
+local slot = math.floor(start / slot_ms)
 local tries = 0
 local taken = {}
 while true do
@@ -102,7 +103,7 @@ while true do
   tries = tries + 1
   if tries > 100000 then return redis.error_reply('rate budget: no free slot') end
 end
-local at = math.max(start, math.ceil(slot * slot_ms))
+local at = math.max(start, slot * slot_ms)
 if max_wait >= 0 and at - now > max_wait then return -1 end
 for _, free in ipairs(taken) do redis.call('ZADD', KEYS[1], free, free) end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', math.floor(now / slot_ms) - 1)
@@ -214,10 +215,11 @@ class RateBudget:
         (``weight`` slots for a call that sends that many messages, such as an album)."""
         while True:
             wait_ms = await self._reserve_ms(chat_id, edit, -1, weight)
-            if wait_ms > 0:
-                # A little over, so the pause check below never sees the tail of a pause
-                # that our own reservation already waited out.
-                await asyncio.sleep(wait_ms / 1000 + 0.005)
+            if wait_ms <= 0:
+                return  # the reservation itself saw no pause
+            # A little over, so the pause check below never sees the tail of a pause that our
+            # own reservation already waited out.
+            await asyncio.sleep(wait_ms / 1000 + 0.005)
             # A 429 seen by another process while we slept moves our turn back.
             if await self._paused_ms(chat_id) <= 0:
                 return
