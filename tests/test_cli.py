@@ -17,6 +17,7 @@ import pytest
 
 from tests import images
 from tests.doubles.telegram import TEST_BOT_TOKEN, TelegramDouble
+from tests.journeys import bot_polling
 from tests.redis_server import RedisServer, free_port
 
 SECRETS = {
@@ -186,7 +187,7 @@ async def test_bot_polls_until_sigterm(base_env, tmp_path):
         try:
             await telegram.wait_for("deleteWebhook", timeout=60)  # polling mode: no webhook
             await telegram.wait_for("setMyCommands", timeout=20)
-            await telegram.wait_for("getUpdates", timeout=45)  # a long poll: 25 s
+            await bot_polling(telegram)  # a long poll waiting: SIGTERM comes mid-poll
         finally:
             process.send_signal(signal.SIGTERM)
             code = await asyncio.to_thread(process.wait, 30)

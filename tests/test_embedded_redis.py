@@ -36,7 +36,7 @@ from tests import images
 from tests.doubles.comfyui import ComfyUIDouble
 from tests.doubles.telegram import TEST_BOT_TOKEN, TelegramDouble
 from tests.helpers import API_TOKEN
-from tests.journeys import invert_a_photo
+from tests.journeys import bot_polling, invert_a_photo
 from tests.redis_server import free_port, machine_redis_keys
 
 OURS = ("REDIS", "DATABASE", "API_TOKEN", "BOT_TOKEN", "COMFYUI", "BACKEND", "WEBHOOK", "TELEGRAM")
@@ -192,7 +192,7 @@ async def test_jobs_queued_in_the_embedded_redis_run_once_after_a_restart(tmp_pa
         run = Run(tmp_path, env)
         try:
             await run.running()
-            await telegram.wait_for("getUpdates", timeout=60)
+            await bot_polling(telegram)
             for chat_id in chats:
                 await order_a_photo(telegram, chat_id)
             client = redis_at(tmp_path)

@@ -70,7 +70,9 @@ RUN_BY = {
     ".venv/bin/python bench/delivery.py": (
         "test_bench.py::test_delivery_bench_reports_an_album_and_a_video"
     ),
-    "comfygram backend [--host H] [--port P]": "test_cli.py::test_backend_listens_where_told",
+    "comfygram backend [--host H] [--port P] [--workers N]": (
+        "test_cli.py::test_backend_listens_where_told"
+    ),
     "comfygram backend": "test_cli.py::test_backend_serves_and_never_logs_a_secret",
     "comfygram migrate": "test_cli.py::test_migrate_creates_the_schema",
     "comfygram run": "test_run.py::test_run_serves_a_photo_from_start_to_result",

@@ -614,10 +614,11 @@ class Worker:
         try:
             await self._check_result(files)
             if run.preset.contract.output.kind is MediaKind.IMAGE:
-                # Stills are recorded as stills: rendered first (a few ms), then stored,
-                # succeeded and claimed in one step.
-                rendered = await self._render(None, run.preset, files)
+                # Stills are recorded as stills, and a still the backend takes always renders
+                # as a JPEG: rendered while it is stored, succeeded and claimed in one step.
+                rendering = asyncio.create_task(self._render(None, run.preset, files))
                 job, claimed = await self._store(job, files, succeed=True), True
+                rendered = await rendering
             else:
                 rendering = asyncio.create_task(self._render(None, run.preset, files))
                 job = await self._store(job, files)
