@@ -50,21 +50,6 @@ def test_backend_rates_bench_measures_one_and_two_processes():
 
 
 @pytest.mark.timeout(180)
-def test_worker_pipeline_bench_reports_every_stage():
-    output = bench(
-        "worker_pipeline.py", "--jobs", "2", "--execution", "0.05", "--photo-side", "320"
-    )
-    for stage in (
-        "queue wait",
-        "dequeue -> ComfyUI start",
-        "ComfyUI idle between jobs",
-        "ComfyUI done -> Telegram send",
-    ):
-        [line] = [line for line in output.splitlines() if line.startswith(stage)]
-        assert len(line[len(stage) :].split()) == 4, line  # p50/p95, with and without prefetch
-
-
-@pytest.mark.timeout(180)
 def test_delivery_bench_reports_an_album_and_a_video():
     output = bench("delivery.py", "--jobs", "1", "--side", "160", "--frames", "8")
     for kind in ("album", "video"):

@@ -64,8 +64,14 @@ RUN_BY = {
     ".venv/bin/python bench/job_create.py": (
         "test_bench.py::test_job_create_bench_compares_the_databases"
     ),
-    ".venv/bin/python bench/worker_pipeline.py": (
-        "test_bench.py::test_worker_pipeline_bench_reports_every_stage"
+    ".venv/bin/python bench/fast_path.py": (
+        "test_bench.py::test_fast_path_bench_reports_every_stage_and_the_idle_fractions"
+    ),
+    ".venv/bin/python bench/backend_rates.py": (
+        "test_bench.py::test_backend_rates_bench_measures_one_and_two_processes"
+    ),
+    ".venv/bin/python bench/worker_memory.py": (
+        "test_bench.py::test_worker_memory_bench_samples_the_worker_and_reports_its_growth"
     ),
     ".venv/bin/python bench/delivery.py": (
         "test_bench.py::test_delivery_bench_reports_an_album_and_a_video"
