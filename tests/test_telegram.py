@@ -171,11 +171,24 @@ async def test_chat_interval_and_global_rate(redis: Redis, redis_prefix: str) ->
     assert times[-1] - times[0] < 1
 
 
+async def test_a_rate_that_does_not_divide_a_second_keeps_the_budget_working(
+    redis: Redis, redis_prefix: str
+) -> None:
+    """At 30 calls a second a slot is 33.3 ms: calls queued for later slots still run."""
+    thirty = budget(redis, redis_prefix, global_rate=30)
+    times = []
+    for chat in range(1, 8):  # seven chats at once: each waits for the next free slot
+        await thirty.acquire(chat, edit=chat % 2 == 0)
+        times.append(time.monotonic())
+    assert times[-1] - times[0] >= 6 * 1 / 30 - SLACK
+
+
 async def test_an_edit_waits_for_its_chats_turn_but_does_not_take_it(
     redis: Redis, redis_prefix: str
 ) -> None:
-    """A progress edit just before the result must not hold the result up a chat interval."""
-    paced = budget(redis, redis_prefix, chat_interval=1.0, global_rate=25)
+    """A progress edit just before the result must not hold the result up a chat interval.
+    (At 30 calls a second a slot is 33.3 ms: every time the budget sets stays whole ms.)"""
+    paced = budget(redis, redis_prefix, chat_interval=1.0, global_rate=30)
     await paced.acquire(CHAT, edit=True)
     started = time.monotonic()
     await paced.acquire(CHAT)  # the result: at once, not a chat interval later

@@ -103,7 +103,7 @@ while true do
   tries = tries + 1
   if tries > 100000 then return redis.error_reply('rate budget: no free slot') end
 end
-local at = math.max(start, slot * slot_ms)
+local at = math.max(start, math.ceil(slot * slot_ms))
 if max_wait >= 0 and at - now > max_wait then return -1 end
 for _, free in ipairs(taken) do redis.call('ZADD', KEYS[1], free, free) end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', math.floor(now / slot_ms) - 1)
