@@ -11,6 +11,7 @@ prompt. No worker runs, so jobs stay queued."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from collections.abc import AsyncIterator
@@ -337,6 +338,9 @@ async def test_back_from_the_options_asks_for_the_photo_again(world: World):
     await world.telegram.wait_for("answerCallbackQuery", since=since, count=2)
     await user.press(prompt.result, "ord:skip")
     confirm = await world.reply(user, containing="Price", since=since)
+    # Ten presses in about a second: more than the bot lets a person make at once (8, then 2
+    # a second; test_bot.py tests that). Someone reading the price takes longer.
+    await asyncio.sleep(1.0)
     await user.press(confirm.result, "ord:go")
     await world.reply(user, containing="Queued: position", since=since)
     await world.settle()

@@ -425,7 +425,10 @@ class LiveProgress:
     async def _pump(self) -> None:
         while self._newest is not None:
             percent, self._newest = self._newest, None
-            await self.messages.show_progress(self.job, self.preset, percent)
+            try:
+                await self.messages.show_progress(self.job, self.preset, percent)
+            except (RedisError, OSError) as exc:  # the shared budget is out of reach
+                log.info("job %s: progress not shown: %s", self.job.id, type(exc).__name__)
 
     async def close(self) -> None:
         self._newest = None
