@@ -613,16 +613,15 @@ class Worker:
         rendering: asyncio.Task[list[Rendered]] | None = None
         try:
             await self._check_result(files)
-            if run.preset.contract.output.kind is MediaKind.IMAGE:
-                # Stills are recorded as stills, and a still the backend takes always renders
-                # as a JPEG: rendered while it is stored, succeeded and claimed in one step.
-                rendering = asyncio.create_task(self._render(None, run.preset, files))
-                job, claimed = await self._store(job, files, succeed=True), True
-                rendered = await rendering
-            else:
-                rendering = asyncio.create_task(self._render(None, run.preset, files))
-                job = await self._store(job, files)
-                rendered = await rendering
+            # Rendered by the preset's kind while the backend stores the outputs. Stills are
+            # recorded as stills, and a still the backend takes always renders as a JPEG: its
+            # upload also marks the job succeeded and claims the message, in one step.
+            still = run.preset.contract.output.kind is MediaKind.IMAGE
+            rendering = asyncio.create_task(self._render(None, run.preset, files))
+            job = await self._store(job, files, succeed=still)
+            rendered = await rendering
+            claimed = still
+            if not still:
                 if _recorded_kinds(job) != _kinds_rendered(run.preset, files):
                     # The backend read an output as another kind than the preset makes (a
                     # still where an animation was expected): render by the record.
@@ -648,9 +647,8 @@ class Worker:
             await self._settle_run(run, exc)
             return
         finally:
-            if rendering is not None and not rendering.done():
-                rendering.cancel()
-                await asyncio.wait([rendering])
+            if rendering is not None:
+                await _stop(rendering)
         log.info(
             "job %s: succeeded in %.1fs with %d output(s)",
             job.id, time.monotonic() - run.started, len(files),
@@ -940,10 +938,16 @@ class Uploads:
 
 async def _cancel(uploads: Uploads | None) -> None:
     """Stop uploads that are not needed (after all, or any more); their outcome is moot."""
-    if uploads is None:
-        return
-    uploads.task.cancel()
-    await asyncio.wait([uploads.task])
+    if uploads is not None:
+        await _stop(uploads.task)
+
+
+async def _stop(task: asyncio.Task[T]) -> None:
+    """Cancel a helper task that is no longer needed and wait until it has ended (without
+    raising its outcome: the caller has its own)."""
+    if not task.done():
+        task.cancel()
+    await asyncio.wait([task])
 
 
 class _InputMissing(Exception):
