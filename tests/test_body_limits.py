@@ -68,15 +68,71 @@ def request_head(
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
-async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
-    status_line = await reader.readline()
-    assert status_line.startswith(b"HTTP/1.1 "), status_line
-    headers: dict[str, str] = {}
-    while (line := await reader.readline()) not in (b"\r\n", b""):
-        name, _, value = line.decode().partition(":")
-        headers[name.strip().lower()] = value.strip()
-    body = await reader.readexactly(int(headers.get("content-length", "0")))
-    return int(status_line.split()[1]), headers, body
+class Client:
+    """A raw loopback connection whose reading survives a reset on its sending side.
+
+    asyncio's streams close the transport when a write meets the server's RST, dropping an
+    answer that had already arrived; the kernel still holds it, and `sock_recv` reads it.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buffer = bytearray()
+        self.loop = asyncio.get_running_loop()
+
+    @classmethod
+    async def connect(cls, port: int) -> Client:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+        return cls(sock)
+
+    async def send(self, data: bytes) -> None:
+        await self.loop.sock_sendall(self.sock, data)
+
+    async def _receive(self) -> bool:
+        data = await self.loop.sock_recv(self.sock, 65536)
+        self.buffer += data
+        return bool(data)
+
+    async def _take(self, size: int) -> bytes:
+        while len(self.buffer) < size:
+            if not await self._receive():
+                raise EOFError(f"closed with {len(self.buffer)} of {size} bytes")
+        taken = bytes(self.buffer[:size])
+        del self.buffer[:size]
+        return taken
+
+    async def _line(self) -> bytes:
+        while (end := self.buffer.find(b"\r\n")) < 0:
+            if not await self._receive():
+                return self._rest()
+        return await self._take(end + 2)
+
+    def _rest(self) -> bytes:
+        rest = bytes(self.buffer)
+        self.buffer.clear()
+        return rest
+
+    async def read_response(self) -> tuple[int, dict[str, str], bytes]:
+        status_line = await self._line()
+        assert status_line.startswith(b"HTTP/1.1 "), status_line
+        headers: dict[str, str] = {}
+        while (line := await self._line()) not in (b"\r\n", b""):
+            name, _, value = line.decode().partition(":")
+            headers[name.strip().lower()] = value.strip()
+        body = await self._take(int(headers.get("content-length", "0")))
+        return int(status_line.split()[1]), headers, body
+
+    async def read_to_end(self) -> bytes:
+        """What the server sends before it hangs up (a reset counts as hanging up)."""
+        with contextlib.suppress(ConnectionResetError):
+            while await self._receive():
+                pass
+        return self._rest()
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 MULTIPART = "multipart/form-data; boundary=x"
@@ -92,32 +148,27 @@ async def flood(
     port: int, path: str, headers: dict[str, str]
 ) -> tuple[int, dict[str, str], bytes, int]:
     """Stream a chunked body of up to FLOOD bytes; the answer and how much got sent."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    client = await Client.connect(port)
     method = "PUT" if path.endswith(("/result", "/outputs")) else "POST"
-    writer.write(request_head(method, path, port, headers))
+    await client.send(request_head(method, path, port, headers))
     opening = OPENINGS.get(headers.get("Content-Type", ""), b"")
     if opening:
-        writer.write(f"{len(opening):x}\r\n".encode() + opening + b"\r\n")
+        await client.send(f"{len(opening):x}\r\n".encode() + opening + b"\r\n")
     sent = 0
-    answer: asyncio.Task[tuple[int, dict[str, str], bytes]] = asyncio.create_task(
-        read_response(reader)
-    )
+    answer = asyncio.create_task(client.read_response())
     chunk = f"{CHUNK:x}\r\n".encode() + b"a" * CHUNK + b"\r\n"
     try:
         while sent < FLOOD and not answer.done():
-            writer.write(chunk)
-            await writer.drain()
+            await client.send(chunk)
             sent += CHUNK
         if not answer.done():
-            writer.write(b"0\r\n\r\n")
-            await writer.drain()
+            await client.send(b"0\r\n\r\n")
     except (ConnectionResetError, BrokenPipeError):
         pass  # the server hung up on the flood: what we want
     status, response_headers, body = await asyncio.wait_for(answer, 30)
     # And it hangs up: the rest of the body is never read.
-    with contextlib.suppress(ConnectionResetError):
-        assert await asyncio.wait_for(reader.read(), 30) == b""
-    writer.close()
+    assert await asyncio.wait_for(client.read_to_end(), 30) == b""
+    client.close()
     return status, response_headers, body, sent
 
 
@@ -173,7 +224,7 @@ async def test_a_streamed_body_over_the_limit_is_refused_as_it_arrives(
 async def test_a_small_route_takes_a_megabyte_at_most(server: tuple[str, int, object]) -> None:
     """JSON, the webhook and the admin panel take SMALL_BODY_BYTES: a body just over is 413."""
     _host, port, _app = server
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    client = await Client.connect(port)
     body = b'{"telegram_id": 5, "username": "' + b"x" * SMALL_BODY_BYTES + b'"}'
     head = request_head(
         "POST",
@@ -182,36 +233,37 @@ async def test_a_small_route_takes_a_megabyte_at_most(server: tuple[str, int, ob
         {**AUTH, "Content-Type": "application/json"},
         chunked=False,
     )
-    writer.write(head.replace(b"\r\n\r\n", f"\r\nContent-Length: {len(body)}\r\n\r\n".encode()))
-    await writer.drain()
-    status, _headers, _body = await asyncio.wait_for(read_response(reader), 30)
+    answer = asyncio.create_task(client.read_response())
+    with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+        await client.send(
+            head.replace(b"\r\n\r\n", f"\r\nContent-Length: {len(body)}\r\n\r\n".encode()) + body
+        )
+    status, _headers, _body = await asyncio.wait_for(answer, 30)
     assert status == 413
-    writer.close()
+    client.close()
 
 
 async def trickle(port: int, path: str, headers: dict[str, str], chunked: bool) -> tuple:
     """Send the head, then one byte of body every 0.25 s until the server answers."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(request_head("POST", path, port, headers, chunked=chunked))
+    client = await Client.connect(port)
+    await client.send(request_head("POST", path, port, headers, chunked=chunked))
     opening = OPENINGS.get(headers.get("Content-Type", ""), b"")
     if opening:
-        writer.write(f"{len(opening):x}\r\n".encode() + opening + b"\r\n" if chunked else opening)
-    await writer.drain()
-    answer = asyncio.create_task(read_response(reader))
+        await client.send(
+            f"{len(opening):x}\r\n".encode() + opening + b"\r\n" if chunked else opening
+        )
+    answer = asyncio.create_task(client.read_response())
     loop = asyncio.get_running_loop()
     began = loop.time()
     try:
         while not answer.done() and loop.time() - began < 20:
-            writer.write(b"1\r\na\r\n" if chunked else b"a")
-            await writer.drain()
+            await client.send(b"1\r\na\r\n" if chunked else b"a")
             await asyncio.wait([answer], timeout=0.25)
     except (ConnectionResetError, BrokenPipeError):
         pass
-    assert answer.done(), "the server still waits for the trickling body after 20 s"
-    status, response_headers, body = answer.result()
-    with contextlib.suppress(ConnectionResetError):
-        assert await asyncio.wait_for(reader.read(), 10) == b""  # and it hung up
-    writer.close()
+    status, response_headers, body = await asyncio.wait_for(answer, 10)
+    assert await asyncio.wait_for(client.read_to_end(), 10) == b""  # and it hung up
+    client.close()
     return status, response_headers, body
 
 
@@ -239,22 +291,20 @@ async def test_a_client_that_trickles_its_body_is_cut_off(
 async def test_a_body_sent_in_pieces_in_time_is_taken(server: tuple[str, int, object]) -> None:
     """The deadline is for the whole body, not for each piece: slow but in time is fine."""
     _host, port, _app = server
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(
+    client = await Client.connect(port)
+    await client.send(
         request_head(
             "POST", "/api/users/register", port, {**AUTH, "Content-Type": "application/json"}
         )
     )
     for piece in (b'{"telegram_id": ', b"77, ", b'"username": "slow"}'):
-        writer.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
-        await writer.drain()
+        await client.send(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
         await asyncio.sleep(0.2)
-    writer.write(b"0\r\n\r\n")
-    await writer.drain()
-    status, _headers, body = await asyncio.wait_for(read_response(reader), 30)
+    await client.send(b"0\r\n\r\n")
+    status, _headers, body = await asyncio.wait_for(client.read_response(), 30)
     assert status == 201, body
     assert json.loads(body)["username"] == "slow"
-    writer.close()
+    client.close()
 
 
 @contextlib.asynccontextmanager
@@ -287,12 +337,11 @@ async def test_a_client_that_trickles_its_headers_is_cut_off(
 ) -> None:
     app = create_app(limited_settings)
     async with serve_with_header_deadline(app, BODY_TIMEOUT) as port:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        client = await Client.connect(port)
         if keep_alive:  # one good request first, on the same connection
-            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-            await writer.drain()
-            assert (await asyncio.wait_for(read_response(reader), 10))[0] == 200
-        answer = asyncio.create_task(read_response(reader))
+            await client.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert (await asyncio.wait_for(client.read_response(), 10))[0] == 200
+        answer = asyncio.create_task(client.read_response())
         loop = asyncio.get_running_loop()
         began = loop.time()
         head = b"POST /api/users/register HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"a" * 400
@@ -300,35 +349,31 @@ async def test_a_client_that_trickles_its_headers_is_cut_off(
             for byte in head:
                 if answer.done() or loop.time() - began > 20:
                     break
-                writer.write(bytes([byte]))
-                await writer.drain()
+                await client.send(bytes([byte]))
                 await asyncio.wait([answer], timeout=0.25)
         except (ConnectionResetError, BrokenPipeError):
             pass
-        assert answer.done(), "the server still waits for the trickling headers after 20 s"
-        status, headers, _body = answer.result()
+        status, headers, _body = await asyncio.wait_for(answer, 10)
         assert status == 408 and headers["connection"] == "close"
-        with contextlib.suppress(ConnectionResetError):
-            assert await asyncio.wait_for(reader.read(), 10) == b""
-        writer.close()
+        assert await asyncio.wait_for(client.read_to_end(), 10) == b""
+        client.close()
 
 
 async def test_a_connection_that_sends_nothing_is_closed(limited_settings: Settings) -> None:
     app = create_app(limited_settings)
     async with serve_with_header_deadline(app, BODY_TIMEOUT) as port:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        status, _headers, _body = await asyncio.wait_for(read_response(reader), 20)
+        client = await Client.connect(port)
+        status, _headers, _body = await asyncio.wait_for(client.read_response(), 20)
         assert status == 408
-        writer.close()
+        client.close()
 
 
 async def test_headers_in_time_are_served(limited_settings: Settings) -> None:
     app = create_app(limited_settings)
     async with serve_with_header_deadline(app, BODY_TIMEOUT) as port:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        client = await Client.connect(port)
         for _ in range(3):  # keep-alive: each request gets its own deadline
-            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-            await writer.drain()
-            assert (await asyncio.wait_for(read_response(reader), 10))[0] == 200
+            await client.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert (await asyncio.wait_for(client.read_response(), 10))[0] == 200
             await asyncio.sleep(BODY_TIMEOUT * 0.6)
-        writer.close()
+        client.close()
