@@ -8,9 +8,17 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from comfygram.bot import BotRuntime
 from comfygram.settings import Settings
 from tests import images
-from tests.bot_helpers import FlakyBackend, World, fast_chat_pace, polling_world  # noqa: F401
+from tests.bot_helpers import (  # noqa: F401
+    FlakyBackend,
+    World,
+    bot_settings,
+    fast_chat_pace,
+    polling_world,
+)
+from tests.doubles.telegram import TelegramDouble
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.usefixtures("fast_chat_pace")
@@ -123,3 +131,12 @@ async def test_redis_down_is_a_warning_per_update_and_the_bot_carries_on(
             await world.reply(user, containing="Credits on your balance", since=since, timeout=20)
     finally:
         server.stop()
+
+
+async def test_a_stop_that_comes_before_polling_still_ends_it(settings: Settings) -> None:
+    """`comfygram run` may be told to stop before the bot's task has had its first turn."""
+    async with TelegramDouble() as telegram:
+        runtime = BotRuntime(bot_settings(settings, telegram, "http://127.0.0.1:9"))
+        await runtime.stop()
+        await asyncio.wait_for(runtime.run_polling(handle_signals=False), 5)
+    assert not telegram.sent("getMe")

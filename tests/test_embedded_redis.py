@@ -91,7 +91,11 @@ class Run:
         """Ctrl-C, as from the terminal; returns everything it printed."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
-        await asyncio.to_thread(self.process.wait, 60)
+        try:  # beyond its own limit (grace + 30 s, then Redis's 30 s): what it waited on
+            await asyncio.to_thread(self.process.wait, 120)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            pytest.fail(f"comfygram run did not stop within 120 s of Ctrl-C:\n{self.output}")
         return self.output
 
 

@@ -7,7 +7,6 @@ exactly what to do about whatever is missing; Ctrl-C (or SIGTERM) stops all thre
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import signal
@@ -215,14 +214,23 @@ async def _run_parts(settings: Settings) -> int:
     for task in failed:
         log.error("%s stopped: %r", task.get_name(), task.exception())
     stop.set()
-    with contextlib.suppress(RuntimeError):  # polling may not have started yet
-        await bot.stop()
+    await bot.stop()
     server.should_exit = True
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(asyncio.gather(*parts, return_exceptions=True), 60)
+    # The worker may take its grace period to finish a job; a part slower than that is stuck,
+    # and the log says which one.
+    within = settings.worker_grace_seconds + 30
+    _, stuck = await asyncio.wait(parts, timeout=within)
+    for task in stuck:
+        log.error("%s did not stop within %.0f s; cut short", task.get_name(), within)
+        task.cancel()
+    if stuck:
+        await asyncio.wait(stuck, timeout=5)
+    for task in parts - stuck - set(failed):
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s failed while stopping: %r", task.get_name(), task.exception())
     stopper.cancel()
     print("comfygram stopped.", flush=True)
-    return 1 if failed else 0
+    return 1 if failed or stuck else 0
 
 
 def main(settings: Settings) -> None:

@@ -261,7 +261,8 @@ class BotRuntime:
             payments_interval=payments_interval,
         )
         self._loops: list[asyncio.Task[Any]] = []
-        self._stopping: asyncio.Event | None = None
+        # Made here, not in run_polling(): a stop() that comes first still counts.
+        self._stopping = asyncio.Event()
         self._poller: asyncio.Task[None] | None = None
         self._updates: set[asyncio.Task[Any]] = set()
         self._slots = asyncio.Semaphore(WEBHOOK_CONCURRENCY)
@@ -330,7 +331,6 @@ class BotRuntime:
         refusing the token: it says so in one log line and keeps trying with backoff, so
         ``comfygram run`` keeps its backend and worker up. Polling and a webhook exclude each
         other, so the webhook is deleted first."""
-        self._stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
         if handle_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -352,9 +352,8 @@ class BotRuntime:
             await self.close()
 
     async def stop(self) -> None:
-        """End ``run_polling()`` (harmless when it is not running)."""
-        if self._stopping is not None:
-            self._stopping.set()
+        """End ``run_polling()``, or have it end at once if it has not started yet."""
+        self._stopping.set()
 
     async def _poll(self) -> None:
         health = TelegramHealth(self.settings)
