@@ -110,7 +110,7 @@ async def test_migrations_match_the_models(empty_database):
     engine = db.create_engine(empty_database)
     try:
         await db.migrate(engine)
-        assert await db.current_revision(engine) == "0005"
+        assert await db.current_revision(engine) == "0006"
 
         def differences(connection):
             return compare_metadata(MigrationContext.configure(connection), Base.metadata)
@@ -124,6 +124,6 @@ async def test_migrations_match_the_models(empty_database):
             )
         assert await db.current_revision(engine) == "0001"
         await db.migrate(engine)
-        assert await db.current_revision(engine) == "0005"
+        assert await db.current_revision(engine) == "0006"
     finally:
         await engine.dispose()

@@ -647,7 +647,7 @@ async def test_migration_0005_carries_an_old_job_over(empty_database: str, tmp_p
                     )
                 )
         await db.migrate(engine)
-        assert await db.current_revision(engine) == "0005"
+        assert await db.current_revision(engine) == "0006"
         sessions = db.create_sessionmaker(engine)
         async with sessions() as session:
             job = await session.get(Job, old)
@@ -685,7 +685,7 @@ async def test_migration_0005_carries_an_old_job_over(empty_database: str, tmp_p
             (f"inputs/{old[:-1]}6.jpg", None),
         ]
         await db.migrate(engine)
-        assert await db.current_revision(engine) == "0005"
+        assert await db.current_revision(engine) == "0006"
         # Leave the database as the other tests expect it: empty.
         async with engine.begin() as connection:
             for table in ("job_files", "jobs", "presets", "users"):

@@ -26,6 +26,11 @@ class CreditPackage(BaseModel):
     stars: int = Field(gt=0, le=1_000_000_000)
 
 
+class SubscriptionPlan(CreditPackage):
+    """A monthly plan sold for Telegram Stars: ``credits`` granted once per paid 30 days (the
+    only period Telegram offers)."""
+
+
 DEFAULT_PACKAGES = [
     CreditPackage(id="small", credits=10, stars=50),
     CreditPackage(id="medium", credits=50, stars=200),
@@ -44,6 +49,7 @@ FORMATS = {
         'a JSON list like [{"id": "small", "credits": 10, "stars": 50}, '
         '{"id": "large", "credits": 150, "stars": 500}]'
     ),
+    "subscription_plans": 'a JSON list like [{"id": "monthly", "credits": 100, "stars": 300}]',
 }
 _DATABASE_SCHEMES = ("sqlite", "sqlite+aiosqlite", "postgres", "postgresql", "postgresql+asyncpg")
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
@@ -132,6 +138,16 @@ class Settings(BaseSettings):
     # An invoice can be paid for this long after /buy made it, and only while its package is
     # still sold at the same credits and Stars (docs/payments.md).
     payment_invoice_ttl_seconds: float = Field(default=86400.0, gt=0)
+    # Monthly plans (docs/payments.md#subscriptions); none by default: nothing is sold monthly
+    # until the operator says so.
+    subscription_plans: list[SubscriptionPlan] = Field(default_factory=list)
+    # Credits a user gets when someone they invited makes a first payment (0 = no referrals).
+    referral_bonus: int = Field(default=5, ge=0, le=1_000_000_000)
+    # How often the backend compares Telegram's Star transactions with the payments table, and
+    # runs the ledger audit (0 = never; `comfygram payments reconcile` and `comfygram audit`
+    # still run them by hand).
+    stars_reconcile_interval_seconds: float = Field(default=3600.0, ge=0)
+    audit_interval_seconds: float = Field(default=86400.0, ge=0)
 
     # Operator's admin panel at /admin; mounted only when both are set. The ledger names the
     # operator "admin:<username>" (64 characters at most).
@@ -280,6 +296,9 @@ class Settings(BaseSettings):
 
     def package(self, package_id: str) -> CreditPackage | None:
         return next((p for p in self.credit_packages if p.id == package_id), None)
+
+    def plan(self, plan_id: str) -> SubscriptionPlan | None:
+        return next((p for p in self.subscription_plans if p.id == plan_id), None)
 
     def secrets(self) -> list[str]:
         """Every secret value, so logging can redact them."""

@@ -492,6 +492,12 @@ class TelegramDouble:
         # Open callback and pre-checkout queries: id -> (created at, seconds to answer).
         self._queries: dict[str, tuple[float, float]] = {}
         self._charges: dict[str, int] = {}  # telegram_payment_charge_id -> user id
+        # What getStarTransactions pages through, oldest first: a payment is an incoming
+        # transaction (source), its refund an outgoing one (receiver) with the same id.
+        self.star_transactions: list[dict[str, Any]] = []
+        # createInvoiceLink's links -> their parameters; subscriptions by first charge id.
+        self.invoice_links: dict[str, dict[str, Any]] = {}
+        self.subscriptions: dict[str, StarSubscription] = {}
         self._commands: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self._faults: list[_Fault] = []
         self._flood: tuple[int, float, int] | None = None
@@ -529,6 +535,9 @@ class TelegramDouble:
                 "sendInvoice": self._send_invoice,
                 "answerPreCheckoutQuery": self._answer_pre_checkout_query,
                 "refundStarPayment": self._refund_star_payment,
+                "getStarTransactions": self._get_star_transactions,
+                "createInvoiceLink": self._create_invoice_link,
+                "editUserStarSubscription": self._edit_user_star_subscription,
                 "setMyCommands": self._set_my_commands,
                 "getMyCommands": self._get_my_commands,
                 "deleteMyCommands": self._delete_my_commands,
@@ -1558,7 +1567,71 @@ class TelegramDouble:
             raise ApiError(400, "Bad Request: CHARGE_NOT_FOUND")
         if charge_id in self.refunded:
             raise ApiError(400, "Bad Request: CHARGE_ALREADY_REFUNDED")
+        await self.refund(charge_id)
+        return True
+
+    async def refund(self, charge_id: str, *, report: bool = True) -> dict[str, Any] | None:
+        """Give a charge's Stars back, as refundStarPayment or a dispute Telegram decides does:
+        an outgoing transaction, and (``report``) the refunded_payment service message in the
+        payer's chat, whoever asked for the refund."""
+        incoming = next(t for t in self.star_transactions if t["id"] == charge_id)
         self.refunded.add(charge_id)
+        partner = incoming["source"]
+        self.star_transactions.append(
+            {
+                "id": charge_id,
+                "amount": incoming["amount"],
+                "date": int(time.time()),
+                "receiver": partner,
+            }
+        )
+        if not report:
+            return None
+        refunded = {
+            "currency": "XTR",
+            "total_amount": incoming["amount"],
+            "invoice_payload": partner["invoice_payload"],
+            "telegram_payment_charge_id": charge_id,
+        }
+        user = UserDriver(self, partner["user"]["id"])
+        return await user._extra({"refunded_payment": refunded})
+
+    async def _get_star_transactions(self, params: _Params) -> Any:
+        offset = params.integer("offset", 0)
+        limit = params.integer("limit", 100)
+        if offset < 0:
+            raise ApiError(400, "Bad Request: offset is invalid")
+        if not 1 <= limit <= 100:
+            raise ApiError(400, "Bad Request: limit is invalid")
+        return {"transactions": self.star_transactions[offset : offset + limit]}
+
+    async def _create_invoice_link(self, params: _Params) -> Any:
+        payload, currency = params.string("payload"), params.string("currency")
+        prices = params.get("prices")
+        if not 1 <= len(payload.encode()) <= 128:
+            raise ApiError(400, "Bad Request: INVOICE_PAYLOAD_INVALID")
+        if not isinstance(prices, list) or len(prices) != 1 or currency != "XTR":
+            raise ApiError(400, "Bad Request: STARS_INVOICE_INVALID")
+        period = params.get("subscription_period")
+        if period is not None:
+            if int(period) != SUBSCRIPTION_PERIOD:
+                raise ApiError(400, "Bad Request: SUBSCRIPTION_PERIOD_INVALID")
+            if not 1 <= int(prices[0]["amount"]) <= SUBSCRIPTION_MAX_STARS:
+                raise ApiError(400, "Bad Request: SUBSCRIPTION_PRICE_INVALID")
+        link = f"https://t.me/$invoice{secrets.token_urlsafe(12)}"
+        self.invoice_links[link] = dict(params.values)
+        return link
+
+    async def _edit_user_star_subscription(self, params: _Params) -> Any:
+        user_id = params.integer("user_id")
+        charge_id = params.string("telegram_payment_charge_id")
+        subscription = self.subscriptions.get(charge_id)
+        if subscription is None or subscription.user_id != user_id:
+            raise ApiError(400, "Bad Request: SUBSCRIPTION_NOT_FOUND")
+        canceled = params.flag("is_canceled")
+        if canceled == subscription.canceled:
+            raise ApiError(400, "Bad Request: SUBSCRIPTION_NOT_MODIFIED")
+        subscription.canceled = canceled
         return True
 
     async def _set_my_commands(self, params: _Params) -> Any:
@@ -1593,6 +1666,20 @@ class TelegramDouble:
         if params.get("action") not in CHAT_ACTIONS:
             raise ApiError(400, "Bad Request: wrong parameter action in request")
         return True
+
+
+# Telegram's only subscription period (30 days), and the most Stars a period may cost.
+SUBSCRIPTION_PERIOD = 2592000
+SUBSCRIPTION_MAX_STARS = 10000
+
+
+@dataclass
+class StarSubscription:
+    user_id: int
+    payload: str
+    amount: int
+    expires: int
+    canceled: bool = False
 
 
 class UserDriver:
@@ -1774,15 +1861,88 @@ class UserDriver:
         )
         return self.double.pre_checkout_answers[query_id]
 
-    async def successful_payment(self, invoice_call: Call, charge_id: str) -> dict[str, Any]:
-        """The successful_payment service message for the invoice, with `charge_id`."""
+    async def successful_payment(
+        self, invoice_call: Call, charge_id: str, *, deliver: bool = True
+    ) -> dict[str, Any] | None:
+        """The successful_payment service message for the invoice, with `charge_id`; with
+        ``deliver=False`` Telegram takes the Stars but the update is lost (only
+        getStarTransactions knows)."""
+        return await self._pay(
+            invoice_call.params["payload"],
+            sum(p["amount"] for p in invoice_call.params["prices"]),
+            charge_id,
+            currency=invoice_call.params["currency"],
+            deliver=deliver,
+        )
+
+    async def subscribe(self, link: str, charge_id: str) -> dict[str, Any] | None:
+        """Pay an invoice link made with subscription_period: the first period."""
+        params = self.double.invoice_links[link]
+        assert params.get("subscription_period"), "not a subscription link"
+        amount = int(params["prices"][0]["amount"])
+        self.double.subscriptions[charge_id] = StarSubscription(
+            user_id=self.id,
+            payload=params["payload"],
+            amount=amount,
+            expires=int(time.time()) + SUBSCRIPTION_PERIOD,
+        )
+        return await self._pay(
+            params["payload"],
+            amount,
+            charge_id,
+            recurring={
+                "is_recurring": True,
+                "is_first_recurring": True,
+                "subscription_expiration_date": self.double.subscriptions[charge_id].expires,
+            },
+        )
+
+    async def renew(self, first_charge_id: str, charge_id: str) -> dict[str, Any] | None:
+        """Telegram charges the next period of a subscription that is not cancelled."""
+        subscription = self.double.subscriptions[first_charge_id]
+        assert not subscription.canceled, "a cancelled subscription is not renewed"
+        subscription.expires += SUBSCRIPTION_PERIOD
+        return await self._pay(
+            subscription.payload,
+            subscription.amount,
+            charge_id,
+            recurring={
+                "is_recurring": True,
+                "subscription_expiration_date": subscription.expires,
+            },
+        )
+
+    async def _pay(
+        self,
+        payload: str,
+        amount: int,
+        charge_id: str,
+        *,
+        currency: str = "XTR",
+        deliver: bool = True,
+        recurring: dict[str, Any] | None = None,
+    ) -> dict[str, Any] | None:
         self.double._charges[charge_id] = self.id
+        source: dict[str, Any] = {
+            "type": "user",
+            "transaction_type": "invoice_payment",
+            "user": self.user,
+            "invoice_payload": payload,
+        }
+        if recurring:
+            source["subscription_period"] = SUBSCRIPTION_PERIOD
+        self.double.star_transactions.append(
+            {"id": charge_id, "amount": amount, "date": int(time.time()), "source": source}
+        )
+        if not deliver:
+            return None
         payment = {
-            "currency": invoice_call.params["currency"],
-            "total_amount": sum(p["amount"] for p in invoice_call.params["prices"]),
-            "invoice_payload": invoice_call.params["payload"],
+            "currency": currency,
+            "total_amount": amount,
+            "invoice_payload": payload,
             "telegram_payment_charge_id": charge_id,
             "provider_payment_charge_id": "",
+            **(recurring or {}),
         }
         return await self._extra({"successful_payment": payment})
 

@@ -60,6 +60,12 @@ class User(Base):
     blocked_bot: Mapped[bool] = mapped_column(Boolean, default=False)
     # Blocked by an operator (admin panel): may not create jobs or payments.
     banned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Who invited them (a ref_<invite_code> start link, honoured only when they registered
+    # with it), and their own code for /invite, made the first time they ask.
+    # (users.id; no foreign key, like ledger.payment_id, so migration 0006 adds plain columns
+    # where SQLite would otherwise rebuild users under the foreign keys pointing at it)
+    referred_by_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    invite_code: Mapped[str | None] = mapped_column(String(16), unique=True, index=True)
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
 
 
@@ -209,6 +215,14 @@ class Payment(Base):
     # When Telegram's pre-checkout for this invoice was approved (a second one is refused).
     precheckout_at: Mapped[datetime | None] = mapped_column(Timestamp)
     refunded_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    # An operator's refund of a credited payment: who asked, why, and when it was claimed (one
+    # refundStarPayment call at a time); refunded_at is set once the Stars went back.
+    refund_claimed_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    refund_actor: Mapped[str | None] = mapped_column(String(64))
+    refund_reason: Mapped[str | None] = mapped_column(String(500))
+    # A period of a subscription (None for a credit package).
+    # (subscriptions.id; a plain column for the same reason as users.referred_by_id)
+    subscription_id: Mapped[str | None] = mapped_column(String(36), index=True)
 
 
 class ChargeRefund(Base):
@@ -238,3 +252,109 @@ class ChargeRefund(Base):
     refunded_at: Mapped[datetime | None] = mapped_column(Timestamp)
     # Telegram refused the refund for good (not a network error): an operator looks at it.
     failed_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+
+class PromoCode(Base):
+    """Credits an operator gives away: a code redeemed at most ``max_uses`` times in all and
+    once per user, until ``expires_at``."""
+
+    __tablename__ = "promo_codes"
+    __table_args__ = (
+        CheckConstraint("credits > 0", name="credits_positive"),
+        CheckConstraint("uses >= 0 AND uses <= max_uses", name="uses_within_max"),
+    )
+
+    code: Mapped[str] = mapped_column(String(32), primary_key=True)
+    credits: Mapped[int] = mapped_column(Integer)
+    max_uses: Mapped[int] = mapped_column(Integer)
+    uses: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    expires_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    created_by: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class PromoRedemption(Base):
+    __tablename__ = "promo_redemptions"
+    __table_args__ = (UniqueConstraint("code", "user_id", name="uq_promo_redemptions_code_user"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    code: Mapped[str] = mapped_column(ForeignKey("promo_codes.code"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    credits: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class Subscription(Base):
+    """A monthly plan paid in Stars; each paid period is a Payment with its subscription_id."""
+
+    __tablename__ = "subscriptions"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    plan: Mapped[str] = mapped_column(String(32))
+    credits: Mapped[int] = mapped_column(Integer)
+    amount: Mapped[int] = mapped_column(Integer)
+    # The invoice link's payload: every renewal's successful_payment carries it.
+    payload: Mapped[str] = mapped_column(String(128), unique=True)
+    # pending (link made, not paid) | active | cancelled (runs to its end, not renewed) | expired
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    # The first charge's id: what editUserStarSubscription names the subscription by.
+    first_charge_id: Mapped[str | None] = mapped_column(String(200), unique=True)
+    current_period_end: Mapped[datetime | None] = mapped_column(Timestamp)
+    cancelled_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class SupportRequest(Base):
+    """A /paysupport request: a user's problem with a payment, for an operator to answer."""
+
+    __tablename__ = "support_requests"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    payment_id: Mapped[str | None] = mapped_column(ForeignKey("payments.id"))
+    chat_id: Mapped[int] = mapped_column(BigInteger)
+    text: Mapped[str] = mapped_column(Text)
+    # open | answered | refunded | closed
+    status: Mapped[str] = mapped_column(String(16), default="open", index=True)
+    reply: Mapped[str | None] = mapped_column(Text)
+    answered_by: Mapped[str | None] = mapped_column(String(64))
+    answered_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class StarReconciliation(Base):
+    """One pass over getStarTransactions compared with the payments table."""
+
+    __tablename__ = "star_reconciliations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    started_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    transactions: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    credited: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    flagged: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Why the pass stopped short (Telegram unreachable, ...); None when it went through.
+    error: Mapped[str | None] = mapped_column(String(300))
+
+
+class StarDiscrepancy(Base):
+    """Where Telegram's Star transactions and our payments disagree, once per (kind, charge)."""
+
+    __tablename__ = "star_discrepancies"
+    __table_args__ = (
+        UniqueConstraint("kind", "telegram_payment_charge_id", name="uq_star_discrepancies_kind"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    # credited_late (Telegram had it, we had not credited it: credited now) |
+    # unknown_to_telegram | amount_mismatch | refund_mismatch
+    kind: Mapped[str] = mapped_column(String(32))
+    telegram_payment_charge_id: Mapped[str] = mapped_column(String(200))
+    payment_id: Mapped[str | None] = mapped_column(ForeignKey("payments.id"))
+    detail: Mapped[str] = mapped_column(String(500))
+    found_by: Mapped[int | None] = mapped_column(ForeignKey("star_reconciliations.id"))
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    resolved_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    resolved_by: Mapped[str | None] = mapped_column(String(64))

@@ -11,6 +11,10 @@ class Reason(StrEnum):
     JOB_CHARGE = "job_charge"
     JOB_REFUND = "job_refund"
     PAYMENT = "payment"
+    # The credits a refunded payment bought, taken back (never below zero: what is left).
+    PAYMENT_REFUND = "payment_refund"
+    PROMO = "promo"
+    REFERRAL_BONUS = "referral_bonus"
     ADMIN_ADJUSTMENT = "admin_adjustment"
 
 
@@ -43,6 +47,9 @@ _SIGN = {
     Reason.JOB_CHARGE: -1,
     Reason.JOB_REFUND: 1,
     Reason.PAYMENT: 1,
+    Reason.PAYMENT_REFUND: -1,
+    Reason.PROMO: 1,
+    Reason.REFERRAL_BONUS: 1,
     Reason.ADMIN_ADJUSTMENT: 0,
 }
 
@@ -68,6 +75,20 @@ def refund_key(job_id: str) -> str:
 
 def payment_key(charge_id: str) -> str:
     return f"payment:{charge_id}"
+
+
+def payment_refund_key(charge_id: str) -> str:
+    """One take-back per charge, whoever reports the refund first (our call or Telegram)."""
+    return f"payment:{charge_id}:refund"
+
+
+def promo_key(code: str, telegram_id: int) -> str:
+    return f"promo:{code}:{telegram_id}"
+
+
+def referral_key(referred_telegram_id: int) -> str:
+    """One bonus per referred user, whatever happens to their payments after."""
+    return f"referral:{referred_telegram_id}"
 
 
 def admin_key(request_key: str) -> str:
