@@ -420,6 +420,17 @@ API_ROUTES: list[tuple[str, str, Build]] = [
     ("GET", "/api/payments/refunds", nothing),
     ("POST", "/api/payments/refunds/{charge_id}/claim", nothing),
     ("POST", "/api/payments/refunds/{charge_id}/result", body(outcome="retry")),
+    (
+        "POST",
+        "/api/subscriptions/create",
+        lambda w: {"json": {"telegram_id": w.telegram_id, "plan": "monthly"}},
+    ),
+    ("GET", "/api/subscriptions", lambda w: {"params": {"telegram_id": w.telegram_id}}),
+    (
+        "POST",
+        "/api/subscriptions/{subscription_id}/cancel",
+        lambda w: {"json": {"telegram_id": w.telegram_id, "cancelled": True}},
+    ),
     ("PATCH", "/api/users/by-telegram-id/{telegram_id}", body(language_code="ru")),
     ("GET", "/api/stats", nothing),
     ("PUT", "/api/workers/{name}", worker_body()),
@@ -445,6 +456,7 @@ def _fill(path: str, world: World) -> str:
         name="gpu-1",
         charge_id="charge-B",
         index=0,
+        subscription_id="00000000-0000-0000-0000-000000000000",
     )
 
 

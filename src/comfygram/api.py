@@ -31,6 +31,7 @@ __all__ = [
     "Preset",
     "Refund",
     "ResultLimits",
+    "Subscription",
     "User",
 ]
 
@@ -125,6 +126,18 @@ class Invoice(BaseModel):
     currency: str
     amount: int
     credits: int
+
+
+class Subscription(BaseModel):
+    id: str
+    plan: str
+    credits: int
+    amount: int
+    currency: str
+    payload: str
+    state: str
+    first_charge_id: str | None
+    current_period_end: datetime | None
 
 
 class Payment(BaseModel):
@@ -411,15 +424,42 @@ class BackendClient:
         return Payment.model_validate(await self._json("POST", "/api/payments/precheck", json=body))
 
     async def confirm_payment(
-        self, payload: str, total_amount: int, currency: str, telegram_payment_charge_id: str
+        self,
+        payload: str,
+        total_amount: int,
+        currency: str,
+        telegram_payment_charge_id: str,
+        *,
+        subscription_expiration_date: int | None = None,
     ) -> Payment:
-        body = {
+        body: dict[str, Any] = {
             "payload": payload,
             "total_amount": total_amount,
             "currency": currency,
             "telegram_payment_charge_id": telegram_payment_charge_id,
         }
+        if subscription_expiration_date is not None:
+            body["subscription_expiration_date"] = subscription_expiration_date
         return Payment.model_validate(await self._json("POST", "/api/payments/confirm", json=body))
+
+    async def create_subscription(self, telegram_id: int, plan: str) -> Subscription:
+        body = {"telegram_id": telegram_id, "plan": plan}
+        return Subscription.model_validate(
+            await self._json("POST", "/api/subscriptions/create", json=body)
+        )
+
+    async def subscriptions(self, telegram_id: int) -> list[Subscription]:
+        """The user's paid-up subscriptions, newest first."""
+        rows = await self._json("GET", "/api/subscriptions", params={"telegram_id": telegram_id})
+        return [Subscription.model_validate(row) for row in rows]
+
+    async def set_subscription_cancelled(
+        self, subscription_id: str, telegram_id: int, cancelled: bool
+    ) -> Subscription:
+        body = {"telegram_id": telegram_id, "cancelled": cancelled}
+        return Subscription.model_validate(
+            await self._json("POST", f"/api/subscriptions/{subscription_id}/cancel", json=body)
+        )
 
     async def record_refund(
         self,

@@ -64,12 +64,13 @@ JSON_FIELDS = _words(
 )
 INT_FIELDS = _words(
     "chat_id user_id message_id message_thread_id offset limit timeout max_connections "
-    "cache_time max_tip_amount width height duration"
+    "cache_time max_tip_amount width height duration subscription_period"
 )
 BOOL_FIELDS = _words(
     "drop_pending_updates ok show_alert disable_notification protect_content has_spoiler "
     "show_caption_above_media disable_content_type_detection allow_sending_without_reply "
-    "need_name need_email need_phone_number need_shipping_address is_flexible supports_streaming"
+    "need_name need_email need_phone_number need_shipping_address is_flexible supports_streaming "
+    "is_canceled"
 )
 DEFAULT_ALLOWED_UPDATES = sorted(
     _words(

@@ -330,6 +330,8 @@ class PaymentCheck(PaymentFields):
 
 class PaymentConfirm(PaymentFields):
     telegram_payment_charge_id: str = Field(min_length=1, max_length=200)
+    # A subscription's period: when Telegram says it ends (unix time); None = 30 days on.
+    subscription_expiration_date: int | None = Field(default=None, gt=0, le=2**40, strict=True)
 
 
 class ChargeRefundCreate(PaymentConfirm):
@@ -462,3 +464,42 @@ class QueueOut(BaseModel):
     """Every queued job in the order workers take them (1 = next), for live positions."""
 
     jobs: list[QueuedJobOut]
+
+
+class SubscriptionCreate(Strict):
+    telegram_id: TelegramId
+    plan: str = Field(min_length=1, max_length=32)
+
+
+class SubscriptionCancel(Strict):
+    """What editUserStarSubscription did: cancelled (runs to its end) or resumed."""
+
+    telegram_id: TelegramId
+    cancelled: bool
+
+
+class SubscriptionOut(BaseModel):
+    id: str
+    plan: str
+    credits: int
+    amount: int
+    currency: str
+    payload: str
+    # pending | active | cancelled (paid up, not renewed) | expired
+    state: str
+    first_charge_id: str | None
+    current_period_end: datetime | None
+
+    @classmethod
+    def of(cls, subscription: models.Subscription, state: str) -> SubscriptionOut:
+        return cls(
+            id=subscription.id,
+            plan=subscription.plan,
+            credits=subscription.credits,
+            amount=subscription.amount,
+            currency="XTR",
+            payload=subscription.payload,
+            state=state,
+            first_charge_id=subscription.first_charge_id,
+            current_period_end=subscription.current_period_end,
+        )

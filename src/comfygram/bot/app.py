@@ -46,7 +46,17 @@ from comfygram.bot.middlewares import (
 )
 from comfygram.bot.orders import Orders
 from comfygram.bot.pending import PendingPayments
-from comfygram.bot.routers import account, admin, errors, fallback, jobs, payments, photos, start
+from comfygram.bot.routers import (
+    account,
+    admin,
+    errors,
+    fallback,
+    jobs,
+    payments,
+    photos,
+    start,
+    subscriptions,
+)
 from comfygram.bot.sources import SourceStore
 from comfygram.bot.status import Eta, QueueTracker
 from comfygram.i18n import t
@@ -68,6 +78,7 @@ COMMANDS = (
     "help",
     "terms",
     "paysupport",
+    "subscription",
 )
 ADMIN_COMMANDS = ("stats", "user", "grant")
 # Abandoned conversations (a preset chosen, the photo never sent) expire after a week.
@@ -206,6 +217,7 @@ def create_dispatcher(
         admin.create_router(settings.admin_telegram_ids),
         account.create_router(),
         payments.create_router(),
+        subscriptions.create_router(),
         jobs.create_router(),
         photos.create_router(),
         fallback.create_router(),
@@ -275,10 +287,14 @@ class BotRuntime:
     # -- both modes -----------------------------------------------------------------------
 
     async def set_commands(self) -> None:
-        """The command menu in English (the default) and Russian; admins get theirs too."""
+        """The command menu in English (the default) and Russian; admins get theirs too.
+        /subscription is listed only while SUBSCRIPTION_PLANS sells something."""
+        public = tuple(
+            c for c in COMMANDS if c != "subscription" or self.settings.subscription_plans
+        )
         for code in (None, "ru"):
             await self.bot.set_my_commands(
-                self._commands(code or "en", COMMANDS),
+                self._commands(code or "en", public),
                 scope=BotCommandScopeDefault(),
                 language_code=code,
             )
@@ -287,7 +303,7 @@ class BotRuntime:
                 # Fails for an admin who never opened the bot; the commands work regardless.
                 with contextlib.suppress(TelegramAPIError):
                     await self.bot.set_my_commands(
-                        self._commands(code or "en", COMMANDS + ADMIN_COMMANDS),
+                        self._commands(code or "en", public + ADMIN_COMMANDS),
                         scope=BotCommandScopeChat(chat_id=admin_id),
                         language_code=code,
                     )

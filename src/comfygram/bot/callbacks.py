@@ -62,3 +62,16 @@ class OrderStep(CallbackData, prefix="ord"):
     (the confirmation)."""
 
     action: str
+
+
+class SubscriptionPlanChoice(CallbackData, prefix="subp"):
+    """Make the invoice link for a monthly plan (/subscription)."""
+
+    plan: str
+
+
+class SubscriptionSwitch(CallbackData, prefix="subx"):
+    """Cancel a subscription's renewals, or renew it again (``cancel`` false)."""
+
+    subscription_id: str
+    cancel: bool

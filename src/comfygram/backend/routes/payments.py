@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from fastapi import APIRouter, Path, Query
 
 from comfygram import metrics
-from comfygram.backend import payments
+from comfygram.backend import payments, subscriptions
 from comfygram.backend.deps import SessionDep, SettingsDep
 from comfygram.backend.errors import ApiError
 from comfygram.backend.models import User
@@ -52,6 +54,26 @@ async def precheck_payment(
     body: PaymentCheck, session: SessionDep, settings: SettingsDep
 ) -> PaymentOut:
     """Whether an invoice can be paid now, for answering pre_checkout_query; yes holds it."""
+    if subscriptions.is_subscription(body.payload):
+        subscription, user = await subscriptions.precheck(
+            session,
+            body.payload,
+            body.total_amount,
+            body.currency,
+            telegram_id=body.telegram_id,
+            plans=settings.subscription_plans,
+        )
+        return PaymentOut(
+            id=subscription.id,
+            status="pending",
+            package=subscription.plan,
+            credits=subscription.credits,
+            amount=subscription.amount,
+            currency=subscriptions.CURRENCY,
+            telegram_payment_charge_id=None,
+            credited=False,
+            balance=user.balance,
+        )
     payment = await payments.precheck(
         session,
         body.payload,
@@ -70,16 +92,28 @@ async def precheck_payment(
 async def confirm_payment(
     body: PaymentConfirm, session: SessionDep, settings: SettingsDep
 ) -> PaymentOut:
-    """Credit a successful Stars payment once per telegram_payment_charge_id."""
-    payment, user, credited = await payments.confirm(
-        session,
-        body.payload,
-        body.telegram_payment_charge_id,
-        body.total_amount,
-        body.currency,
-        packages=settings.credit_packages,
-        ttl_seconds=settings.payment_invoice_ttl_seconds,
-    )
+    """Credit a successful Stars payment once per telegram_payment_charge_id (a subscription's
+    first period and each renewal alike)."""
+    if subscriptions.is_subscription(body.payload):
+        expires = body.subscription_expiration_date
+        payment, user, credited = await subscriptions.confirm_period(
+            session,
+            body.payload,
+            body.telegram_payment_charge_id,
+            body.total_amount,
+            body.currency,
+            expires_at=datetime.fromtimestamp(expires, UTC) if expires else None,
+        )
+    else:
+        payment, user, credited = await payments.confirm(
+            session,
+            body.payload,
+            body.telegram_payment_charge_id,
+            body.total_amount,
+            body.currency,
+            packages=settings.credit_packages,
+            ttl_seconds=settings.payment_invoice_ttl_seconds,
+        )
     await session.commit()
     if credited:
         metrics.PAYMENTS.labels(payment.package).inc()

@@ -133,6 +133,7 @@ async def successful_payment(
             paid.total_amount,
             paid.currency,
             paid.telegram_payment_charge_id,
+            subscription_expiration_date=paid.subscription_expiration_date,
         )
     except BackendUnavailable:
         # Telegram has taken the Stars: keep the confirmation and retry until it lands.
