@@ -46,7 +46,17 @@ from comfygram.bot.middlewares import (
 )
 from comfygram.bot.orders import Orders
 from comfygram.bot.pending import PendingPayments
-from comfygram.bot.routers import account, admin, errors, fallback, jobs, payments, photos, start
+from comfygram.bot.routers import (
+    account,
+    admin,
+    errors,
+    fallback,
+    growth,
+    jobs,
+    payments,
+    photos,
+    start,
+)
 from comfygram.bot.sources import SourceStore
 from comfygram.bot.status import Eta, QueueTracker
 from comfygram.i18n import t
@@ -68,6 +78,8 @@ COMMANDS = (
     "help",
     "terms",
     "paysupport",
+    "promo",
+    "invite",
 )
 ADMIN_COMMANDS = ("stats", "user", "grant")
 # Abandoned conversations (a preset chosen, the photo never sent) expire after a week.
@@ -205,6 +217,7 @@ def create_dispatcher(
         start.create_router(),
         admin.create_router(settings.admin_telegram_ids),
         account.create_router(),
+        growth.create_router(),
         payments.create_router(),
         jobs.create_router(),
         photos.create_router(),

@@ -3,7 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Path, Query
 
 from comfygram import metrics
-from comfygram.backend import payments
+from comfygram.backend import payments, referrals
 from comfygram.backend.deps import SessionDep, SettingsDep
 from comfygram.backend.errors import ApiError
 from comfygram.backend.models import User
@@ -16,6 +16,7 @@ from comfygram.backend.schemas import (
     PaymentConfirm,
     PaymentCreate,
     PaymentOut,
+    ReferralRewardOut,
 )
 
 router = APIRouter(prefix="/api/payments", tags=["payments"])
@@ -79,13 +80,16 @@ async def confirm_payment(
         body.currency,
         packages=settings.credit_packages,
         ttl_seconds=settings.payment_invoice_ttl_seconds,
+        referral_bonus=settings.referral_bonus,
     )
+    reward = await referrals.reward_of(session, payment) if credited else None
     await session.commit()
     if credited:
         metrics.PAYMENTS.labels(payment.package).inc()
         metrics.CREDITS_SOLD.inc(payment.credits)
         metrics.STARS_RECEIVED.inc(payment.amount)
-    return PaymentOut.of(payment, user.balance, credited)
+    referral = ReferralRewardOut(**vars(reward)) if reward is not None else None
+    return PaymentOut.of(payment, user.balance, credited, referral)
 
 
 @router.post("/refunds", response_model=ChargeRefundOut)
