@@ -42,6 +42,7 @@ class PromoCodeAdmin(_View, model=PromoCode):
     name_plural = "Promo codes"
     icon = "fa-solid fa-ticket"
     can_create = True
+    form_include_pk = True  # the code is the key, and the operator chooses it
     column_list = [
         PromoCode.code,
         PromoCode.credits,
