@@ -15,6 +15,7 @@ import httpx
 import pytest
 from sqlalchemy import select, update
 
+from comfygram.backend import referrals
 from comfygram.backend.models import LedgerEntry, Payment, User
 from comfygram.settings import Settings
 from tests.bot_helpers import FlakyBackend, World, fast_chat_pace, polling_world  # noqa: F401
@@ -326,3 +327,21 @@ class TestInTheBotWithoutBonus:
         assert (await world.backend.user(8501)).balance == 3
         _, told = await _link(world, referrer)
         assert "Joined through your link: 1" in told.params["text"]
+
+
+async def test_invite_codes_are_made_once_and_unique(api, app, monkeypatch):
+    await register(api, 2401)
+    await register(api, 2402)
+    # Five asks at once (two bot processes, a double tap): one code, kept.
+    answers = await asyncio.gather(
+        *(api.post("/api/referrals/invite", json={"telegram_id": 2401}) for _ in range(5))
+    )
+    assert {a.status_code for a in answers} == {200}, [a.text for a in answers]
+    (code,) = {a.json()["invite_code"] for a in answers}
+    # The next draw clashes with that code: it is drawn again, never shared.
+    draws = iter([code, code, "abcdefgh"])
+    monkeypatch.setattr(referrals, "new_invite_code", lambda: next(draws))
+    assert (await invite(api, 2402))["invite_code"] == "abcdefgh"
+    async with app.state.sessions() as session:
+        codes = (await session.scalars(select(User.invite_code).order_by(User.telegram_id))).all()
+    assert codes == [code, "abcdefgh"]
