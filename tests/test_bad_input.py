@@ -207,6 +207,12 @@ def credits_body(**overrides: Any) -> Build:
     return lambda _world: {"json": _merge(base, overrides)}
 
 
+def promo_body(**overrides: Any) -> Build:
+    """Creating promo code NEW1 (a row if it got through)."""
+    base = {"code": "NEW1", "credits": 5, "max_uses": 3, "actor": "ops"}
+    return lambda _world: {"json": _merge(base, overrides)}
+
+
 def status_body(**overrides: Any) -> Build:
     return lambda _world: {"json": _merge({"status": "processing", "worker": "w1"}, overrides)}
 
@@ -437,6 +443,11 @@ API_ROUTES: list[tuple[str, str, Build]] = [
     ("GET", "/api/workers", nothing),
     ("GET", "/api/stats/run-times", nothing),
     ("GET", "/api/stats/queue", nothing),
+    ("POST", "/api/promos", promo_body()),
+    ("GET", "/api/promos", nothing),
+    ("POST", "/api/promos/redeem", body(telegram_id=1001, code="NOPE")),
+    ("POST", "/api/promos/{code}/disable", body(actor="ops")),
+    ("POST", "/api/referrals/invite", body(telegram_id=1001)),
 ]
 
 BAD_AUTHORIZATION: list[str | None] = [
@@ -457,6 +468,7 @@ def _fill(path: str, world: World) -> str:
         charge_id="charge-B",
         index=0,
         subscription_id="00000000-0000-0000-0000-000000000000",
+        code="NOPE",
     )
 
 
@@ -957,6 +969,45 @@ CASES = [
         ("refund-result-outcome-maybe", body(outcome="maybe"), 422, INVALID),
         ("refund-result-error-nul", body(outcome="failed", error="x\x00"), 422, INVALID),
         ("refund-result-error-301", body(outcome="failed", error="x" * 301), 422, INVALID),
+    ),
+    # ---- promo codes and referrals
+    *route(
+        "POST",
+        "/api/promos",
+        ("promo-code-2-chars", promo_body(code="AB"), 422, "bad_promo_code"),
+        ("promo-code-space", promo_body(code="A B C"), 422, "bad_promo_code"),
+        ("promo-code-nul", promo_body(code="AB\x00C"), 422, INVALID),
+        ("promo-credits-0", promo_body(credits=0), 422, "bad_promo_credits"),
+        ("promo-credits-string", promo_body(credits="5"), 422, INVALID),
+        ("promo-uses-0", promo_body(max_uses=0), 422, "bad_promo_uses"),
+        (
+            "promo-expiry-past",
+            promo_body(expires_at="2001-01-01T00:00:00Z"),
+            422,
+            "bad_promo_expiry",
+        ),
+        ("promo-missing-actor", promo_body(actor=_DROP), 422, INVALID),
+    ),
+    *route("GET", "/api/promos", ("promos-limit-0", params(limit=0), 422, INVALID)),
+    *route(
+        "POST",
+        "/api/promos/redeem",
+        ("redeem-unknown-code", body(telegram_id=1001, code="NOPE"), 404, "promo_not_found"),
+        ("redeem-unknown-user", body(telegram_id=4242, code="NOPE"), 404, "user_not_found"),
+        ("redeem-empty-code", body(telegram_id=1001, code=""), 422, INVALID),
+        ("redeem-telegram-id-0", body(telegram_id=0, code="NOPE"), 422, INVALID),
+    ),
+    *route(
+        "POST",
+        "/api/promos/{code}/disable",
+        ("disable-unknown-code", body(actor="ops"), 404, "promo_not_found"),
+        ("disable-no-actor", body(), 422, INVALID),
+    ),
+    *route(
+        "POST",
+        "/api/referrals/invite",
+        ("invite-unknown-user", body(telegram_id=4242), 404, "user_not_found"),
+        ("invite-telegram-id-string", body(telegram_id="1001"), 422, INVALID),
     ),
     # ---- no such route or method
     *route("GET", "/api/nope", ("unknown-route", nothing, 404, "not_found")),

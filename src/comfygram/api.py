@@ -140,6 +140,13 @@ class Subscription(BaseModel):
     current_period_end: datetime | None
 
 
+class ReferralReward(BaseModel):
+    telegram_id: int
+    credits: int
+    balance: int
+    language_code: str | None = None
+
+
 class Payment(BaseModel):
     id: str
     status: str
@@ -150,6 +157,22 @@ class Payment(BaseModel):
     telegram_payment_charge_id: str | None
     credited: bool
     balance: int
+    # The bonus this confirmation gave the payer's referrer (only on the crediting call).
+    referral: ReferralReward | None = None
+
+
+class PromoRedeemed(BaseModel):
+    code: str
+    credits: int
+    balance: int
+
+
+class Invite(BaseModel):
+    telegram_id: int
+    invite_code: str
+    invited: int
+    rewarded: int
+    credits: int
 
 
 class ChargeRefund(BaseModel):
@@ -558,3 +581,18 @@ class BackendClient:
         """Every queued job with its position (1 = next to run)."""
         body = await self._json("GET", "/api/stats/queue")
         return [QueuedJob.model_validate(row) for row in body["jobs"]]
+
+    # -- promo codes and referrals ------------------------------------------------------------
+
+    async def redeem_promo(self, telegram_id: int, code: str) -> PromoRedeemed:
+        """Redeem a promo code; BackendError codes: promo_not_found, promo_expired,
+        promo_disabled, promo_used_up, promo_already_redeemed, user_banned."""
+        body = {"telegram_id": telegram_id, "code": code}
+        return PromoRedeemed.model_validate(
+            await self._json("POST", "/api/promos/redeem", json=body)
+        )
+
+    async def invite(self, telegram_id: int) -> Invite:
+        """The user's invite code (made on first ask) and how their invitations went."""
+        body = {"telegram_id": telegram_id}
+        return Invite.model_validate(await self._json("POST", "/api/referrals/invite", json=body))

@@ -27,6 +27,7 @@ from comfygram.backend.routes import (
     jobs,
     payments,
     presets,
+    promos,
     stats,
     subscriptions,
     users,
@@ -209,7 +210,18 @@ def create_app(settings: Settings, *, database_prepared: bool = False) -> FastAP
     # request through a task and memory streams, which cost more than a status read itself.
     app.add_middleware(RequireApiToken, token=settings.api_token.get_secret_value().encode())
     app.add_middleware(TagLogsWithTheJob)
-    for module in (users, presets, jobs, payments, subscriptions, workers, stats, health, webhook):
+    for module in (
+        users,
+        presets,
+        jobs,
+        payments,
+        subscriptions,
+        promos,
+        workers,
+        stats,
+        health,
+        webhook,
+    ):
         app.include_router(module.router)
     mount_admin(app, settings)  # /admin, when ADMIN_USERNAME and ADMIN_PASSWORD are set
     # Added last, so it is the outermost: every body is counted as it arrives, on every route

@@ -15,7 +15,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from comfygram.backend import accounts
+from comfygram.backend import accounts, referrals
 from comfygram.backend.errors import ApiError, not_found
 from comfygram.backend.models import ChargeRefund, LedgerEntry, Payment, User, utcnow
 from comfygram.domain import ledger
@@ -179,11 +179,14 @@ async def confirm(
     packages: list[CreditPackage],
     ttl_seconds: float,
     now: datetime | None = None,
+    referral_bonus: int = 0,
 ) -> tuple[Payment, User, bool]:
     """Credit the payment once per charge id; returns (payment, user, credited_now).
 
     Credits the row's own credits, whatever CREDIT_PACKAGES says now: that is what the user
-    saw on the invoice and what the pre-checkout approved.
+    saw on the invoice and what the pre-checkout approved. When this is the payer's first
+    paid payment and someone invited them, the referrer gets ``referral_bonus`` (the
+    REFERRAL_BONUS setting; 0 = off) in the same transaction (referrals.reward_of finds it).
     """
     now = _now(now)
     payment = await _by_payload(session, payload)
@@ -215,6 +218,7 @@ async def confirm(
     payment.telegram_payment_charge_id = charge_id
     payment.paid_at = now
     await session.flush()
+    await referrals.reward_first_payment(session, user, payment, referral_bonus)
     return payment, user, True
 
 

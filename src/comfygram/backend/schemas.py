@@ -402,9 +402,18 @@ class PaymentOut(BaseModel):
     telegram_payment_charge_id: str | None
     credited: bool
     balance: int
+    # The referrer's bonus this payment's confirmation posted (on the crediting call only):
+    # whom the bot tells.
+    referral: ReferralRewardOut | None = None
 
     @classmethod
-    def of(cls, payment: models.Payment, balance: int, credited: bool) -> PaymentOut:
+    def of(
+        cls,
+        payment: models.Payment,
+        balance: int,
+        credited: bool,
+        referral: ReferralRewardOut | None = None,
+    ) -> PaymentOut:
         return cls(
             id=payment.id,
             status=payment.status,
@@ -415,6 +424,7 @@ class PaymentOut(BaseModel):
             telegram_payment_charge_id=payment.telegram_payment_charge_id,
             credited=credited,
             balance=balance,
+            referral=referral,
         )
 
 
@@ -503,3 +513,77 @@ class SubscriptionOut(BaseModel):
             first_charge_id=subscription.first_charge_id,
             current_period_end=subscription.current_period_end,
         )
+
+
+# -- promo codes and referrals -----------------------------------------------------------------
+
+
+class ReferralRewardOut(BaseModel):
+    """A referral bonus just posted: the referrer, what they got, their language."""
+
+    telegram_id: int
+    credits: int
+    balance: int
+    language_code: str | None
+
+
+class PromoCreate(Strict):
+    code: str = Field(min_length=1, max_length=64)
+    credits: int = Field(strict=True)
+    max_uses: int = Field(strict=True)
+    expires_at: datetime | None = None
+    actor: str = Field(min_length=1, max_length=64)
+
+
+class PromoDisable(Strict):
+    actor: str = Field(min_length=1, max_length=64)
+
+
+class PromoOut(BaseModel):
+    code: str
+    credits: int
+    max_uses: int
+    uses: int
+    expires_at: datetime | None
+    disabled: bool
+    created_by: str | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, promo: models.PromoCode) -> PromoOut:
+        return cls(
+            code=promo.code,
+            credits=promo.credits,
+            max_uses=promo.max_uses,
+            uses=promo.uses,
+            expires_at=_aware(promo.expires_at),
+            disabled=bool(promo.disabled),
+            created_by=promo.created_by,
+            created_at=_aware(promo.created_at),
+        )
+
+
+class PromoRedeem(Strict):
+    telegram_id: TelegramId
+    code: str = Field(min_length=1, max_length=64)
+
+
+class PromoRedeemed(BaseModel):
+    code: str
+    credits: int
+    balance: int
+
+
+class InviteRequest(Strict):
+    telegram_id: TelegramId
+
+
+class InviteOut(BaseModel):
+    telegram_id: int
+    invite_code: str
+    invited: int
+    rewarded: int
+    credits: int
+
+
+PaymentOut.model_rebuild()

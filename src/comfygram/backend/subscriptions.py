@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from comfygram.backend import accounts
+from comfygram.backend import accounts, referrals
 from comfygram.backend.errors import ApiError, not_found
 from comfygram.backend.models import Payment, Subscription, User, new_id, utcnow
 from comfygram.domain import ledger
@@ -139,12 +139,14 @@ async def confirm_period(
     currency: str,
     *,
     expires_at: datetime | None = None,
+    referral_bonus: int = 0,
     now: datetime | None = None,
 ) -> tuple[Payment, User, bool]:
     """Credit one paid period once per charge id; returns (payment, user, credited_now).
 
     The period's credits are the subscription's own, fixed when the user subscribed, as an
-    invoice's are: a plan changed later applies to new subscribers.
+    invoice's are: a plan changed later applies to new subscribers. A first period that is the
+    payer's first payment rewards their referrer, as a package does (referrals).
     """
     now = now or utcnow()
     subscription = await _by_payload(session, payload)
@@ -190,6 +192,7 @@ async def confirm_period(
     end = _aware(subscription.current_period_end)
     subscription.current_period_end = expires_at or max(end or now, now) + PERIOD
     await session.flush()
+    await referrals.reward_first_payment(session, user, payment, referral_bonus)
     return payment, user, True
 
 

@@ -51,6 +51,7 @@ from comfygram.bot.routers import (
     admin,
     errors,
     fallback,
+    growth,
     jobs,
     payments,
     photos,
@@ -79,6 +80,8 @@ COMMANDS = (
     "terms",
     "paysupport",
     "subscription",
+    "promo",
+    "invite",
 )
 ADMIN_COMMANDS = ("stats", "user", "grant")
 # Abandoned conversations (a preset chosen, the photo never sent) expire after a week.
@@ -216,6 +219,7 @@ def create_dispatcher(
         start.create_router(),
         admin.create_router(settings.admin_telegram_ids),
         account.create_router(),
+        growth.create_router(),
         payments.create_router(),
         subscriptions.create_router(),
         jobs.create_router(),

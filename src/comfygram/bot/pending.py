@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 from comfygram.api import BackendClient, BackendError, BackendUnavailable, Payment
 from comfygram.bot.keys import bot_key
 from comfygram.bot.refunds import UNCREDITABLE, ChargeRefunds
+from comfygram.bot.routers.growth import tell_referrer
 from comfygram.i18n import t
 from comfygram.telegram import MessageGone, TelegramSender, TelegramUnavailable, UserBlocked
 
@@ -116,3 +117,4 @@ class PendingPayments:
                     await self.tg.call(method, chat_id=pending.chat_id)
                 except (UserBlocked, MessageGone, TelegramUnavailable) as exc:
                     log.info("payment %s credited, thanks not sent: %s", charge_id, exc)
+                await tell_referrer(self.tg, payment)

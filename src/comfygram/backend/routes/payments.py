@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 from fastapi import APIRouter, Path, Query
 
 from comfygram import metrics
-from comfygram.backend import payments, subscriptions
+from comfygram.backend import payments, referrals, subscriptions
 from comfygram.backend.deps import SessionDep, SettingsDep
 from comfygram.backend.errors import ApiError
 from comfygram.backend.models import User
@@ -18,6 +18,7 @@ from comfygram.backend.schemas import (
     PaymentConfirm,
     PaymentCreate,
     PaymentOut,
+    ReferralRewardOut,
 )
 
 router = APIRouter(prefix="/api/payments", tags=["payments"])
@@ -103,6 +104,7 @@ async def confirm_payment(
             body.total_amount,
             body.currency,
             expires_at=datetime.fromtimestamp(expires, UTC) if expires else None,
+            referral_bonus=settings.referral_bonus,
         )
     else:
         payment, user, credited = await payments.confirm(
@@ -113,13 +115,16 @@ async def confirm_payment(
             body.currency,
             packages=settings.credit_packages,
             ttl_seconds=settings.payment_invoice_ttl_seconds,
+            referral_bonus=settings.referral_bonus,
         )
+    reward = await referrals.reward_of(session, payment) if credited else None
     await session.commit()
     if credited:
         metrics.PAYMENTS.labels(payment.package).inc()
         metrics.CREDITS_SOLD.inc(payment.credits)
         metrics.STARS_RECEIVED.inc(payment.amount)
-    return PaymentOut.of(payment, user.balance, credited)
+    referral = ReferralRewardOut(**vars(reward)) if reward is not None else None
+    return PaymentOut.of(payment, user.balance, credited, referral)
 
 
 @router.post("/refunds", response_model=ChargeRefundOut)

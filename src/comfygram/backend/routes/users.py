@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Path, Response
 
-from comfygram.backend import accounts
+from comfygram.backend import accounts, referrals
 from comfygram.backend.deps import SessionDep, SettingsDep
 from comfygram.backend.errors import ApiError
 from comfygram.backend.schemas import CreditAdjustment, RegisterRequest, UserOut, UserUpdate
@@ -25,6 +25,8 @@ async def register(
         referral=body.referral,
         signup_bonus=settings.signup_bonus,
     )
+    if created:  # only a user new right now can be referred (a ref_<code> start link)
+        await referrals.attach_on_signup(session, user, body.referral)
     await session.commit()
     response.status_code = 201 if created else 200
     return UserOut.of(user)

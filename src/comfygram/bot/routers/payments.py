@@ -16,6 +16,7 @@ from comfygram.bot.keyboards import menu_labels
 from comfygram.bot.pending import PendingPayment, PendingPayments, thanks
 from comfygram.bot.refunds import UNCREDITABLE
 from comfygram.bot.replies import offer_packages, send
+from comfygram.bot.routers.growth import tell_referrer
 from comfygram.i18n import t
 from comfygram.settings import Settings
 from comfygram.telegram import TelegramSender
@@ -149,6 +150,7 @@ async def successful_payment(
         return
     if payment.credited:
         await send(tg, chat_id, thanks(lang, payment))
+        await tell_referrer(tg, payment)
     else:
         # The same successful_payment again (Telegram redelivered it): credited and thanked.
         log.info("payment %s already credited", paid.telegram_payment_charge_id)

@@ -1,4 +1,8 @@
-"""/start: register (with the signup bonus and a deep-link referral), greet, show the menu."""
+"""/start: register (with the signup bonus and a deep-link referral), greet, show the menu.
+
+Start links: ``ref_<invite code>`` makes a user who registers with it the inviter's referral
+(the backend decides: only on the first /start ever); ``promo_<CODE>`` redeems a promo code
+after the greeting."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from comfygram.api import BackendClient
 from comfygram.bot import keyboards
 from comfygram.bot.languages import LanguageStore
 from comfygram.bot.replies import mark_blocked, send
+from comfygram.bot.routers.growth import promo_code_of, redeem
 from comfygram.bot.texts import text
 from comfygram.i18n import language_of
 from comfygram.telegram import TelegramSender
@@ -44,6 +49,9 @@ async def start(
     await languages.remember(user.id, lang)
     reply = text(lang, "bot.start.greeting", name=user.first_name or "", balance=account.balance)
     await send(tg, message.chat.id, reply, keyboards.main_menu(lang))
+    code = promo_code_of(command.args)
+    if code is not None:
+        await redeem(backend, tg, message.chat.id, user.id, lang, code)
 
 
 def create_router() -> Router:
