@@ -162,3 +162,20 @@ async def test_no_plans_sold_means_no_subscription_menu(world: World) -> None:
     assert commands and all(
         "subscription" not in [c["command"] for c in call.params["commands"]] for call in commands
     )
+
+
+async def test_a_first_period_rewards_the_referrer_once(world: World) -> None:
+    """A referred user's first payment may be a plan: the referrer's bonus, once, as for a
+    package; the renewals pay nothing more."""
+    backend = world.backend
+    await backend.register(7104)
+    code = (await backend.invite(7104)).invite_code
+    await backend.register(7105, referral=f"ref_{code}")
+    plan = await backend.create_subscription(7105, "monthly")
+    first = await backend.confirm_payment(plan.payload, 300, "XTR", "ref-sub-1")
+    assert first.referral is not None and first.referral.telegram_id == 7104
+    renewal = await backend.confirm_payment(plan.payload, 300, "XTR", "ref-sub-2")
+    assert renewal.credited and renewal.referral is None
+    bonus = world.settings.referral_bonus
+    assert (await backend.user(7104)).balance == SIGNUP + bonus
+    assert (await backend.user(7105)).balance == SIGNUP + 200
