@@ -46,7 +46,17 @@ from comfygram.bot.middlewares import (
 )
 from comfygram.bot.orders import Orders
 from comfygram.bot.pending import PendingPayments
-from comfygram.bot.routers import account, admin, errors, fallback, jobs, payments, photos, start
+from comfygram.bot.routers import (
+    account,
+    admin,
+    errors,
+    fallback,
+    jobs,
+    payments,
+    photos,
+    start,
+    support,
+)
 from comfygram.bot.sources import SourceStore
 from comfygram.bot.status import Eta, QueueTracker
 from comfygram.i18n import t
@@ -206,6 +216,8 @@ def create_dispatcher(
         admin.create_router(settings.admin_telegram_ids),
         account.create_router(),
         payments.create_router(),
+        # /paysupport's conversation and refunded_payment: before the routers taking any text.
+        support.create_router(),
         jobs.create_router(),
         photos.create_router(),
         fallback.create_router(),
