@@ -148,14 +148,19 @@ async def refund_result(
 
 
 @router.get("/{ref}/refund", response_model=PaymentRefundPreview)
-async def refund_preview(session: SessionDep, ref: str = ChargeId) -> PaymentRefundPreview:
+async def refund_preview(
+    session: SessionDep, ref: str = Path(min_length=1, max_length=200)
+) -> PaymentRefundPreview:
     """What refunding this payment (charge id or payment id) would take back now."""
     return PaymentRefundPreview.of(await payment_refunds.preview(session, ref))
 
 
 @router.post("/{ref}/refund", response_model=PaymentRefundOut)
 async def refund_payment(
-    body: PaymentRefundRequest, request: Request, settings: SettingsDep, ref: str = ChargeId
+    body: PaymentRefundRequest,
+    request: Request,
+    settings: SettingsDep,
+    ref: str = Path(min_length=1, max_length=200),
 ) -> PaymentRefundOut:
     """An operator's refund: refundStarPayment once, the credits taken back once."""
     payment_refunds.require_bot(settings)
