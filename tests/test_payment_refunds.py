@@ -245,7 +245,7 @@ async def test_a_network_error_releases_the_claim_and_a_retry_finishes_once(api,
     await telegram.refund("ch-5", report=False)
     retried = await _refund(api, "ch-5")
     assert retried.status_code == 200 and retried.json()["changed"] is True
-    dropped, second = _refund_calls(telegram)
+    _dropped, second = _refund_calls(telegram)
     assert second.status == 400 and "CHARGE_ALREADY_REFUNDED" in second.response["description"]
     assert len(await _take_backs(app, "ch-5")) == 1
     assert (await api.get(f"/api/users/by-telegram-id/{TID}")).json()["balance"] == 3
@@ -286,9 +286,11 @@ async def test_without_a_bot_token_the_refund_is_refused_clearly(settings, redis
     bare = settings.model_copy(update={"bot_token": None})
     await seed_sqlite(bare.database_url)
     application = create_app(bare)
-    async with application.router.lifespan_context(application):
-        async with backend_client(application) as api:
-            answer = await _refund(api, "anything")
+    async with (
+        application.router.lifespan_context(application),
+        backend_client(application) as api,
+    ):
+        answer = await _refund(api, "anything")
     assert answer.status_code == 503 and answer.json()["error"]["code"] == "bot_not_configured"
 
 
