@@ -212,12 +212,13 @@ def create_dispatcher(
     private = Router(name="private")
     private.message.filter(F.chat.type == ChatType.PRIVATE)
     private.include_routers(
+        # First: /paysupport's conversation takes the text written in it (a command leaves it
+        # and runs), and refunded_payment.
+        support.create_router(),
         start.create_router(),
         admin.create_router(settings.admin_telegram_ids),
         account.create_router(),
         payments.create_router(),
-        # /paysupport's conversation and refunded_payment: before the routers taking any text.
-        support.create_router(),
         jobs.create_router(),
         photos.create_router(),
         fallback.create_router(),

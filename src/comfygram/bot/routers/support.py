@@ -183,6 +183,8 @@ def create_router() -> Router:
     router.callback_query.register(stale_choice, SupportPayment.filter())
     writing = StateFilter(Support.writing)
     router.message.register(command_leaves, writing, F.text.startswith("/"))
-    router.message.register(written, writing, F.text)
-    router.message.register(not_text, writing)
+    # (the filters are checked with the state as the update came, so a skipped command must
+    # not match these either)
+    router.message.register(written, writing, F.text, ~F.text.startswith("/"))
+    router.message.register(not_text, writing, ~F.text)
     return router
