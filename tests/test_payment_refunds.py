@@ -16,7 +16,7 @@ from pydantic import SecretStr
 from sqlalchemy import func, select
 
 from comfygram.backend.app import create_app
-from comfygram.backend.models import ChargeRefund, LedgerEntry, Payment, User
+from comfygram.backend.models import ChargeRefund, LedgerEntry, Payment, SupportRequest, User
 from comfygram.domain.refunds import take_back_amount
 from comfygram.settings import Settings
 from tests.admin_helpers import login, panel_client, with_admin
@@ -402,3 +402,44 @@ async def test_the_admin_refund_page_shows_the_shortfall_then_refunds_once(
     assert "already refunded" in after.text and 'name="reason"' not in after.text
     assert len(_told(telegram)) == 1
     await _books_balance(app)
+
+
+# -- /paysupport's API -------------------------------------------------------------------------
+
+
+async def test_support_requests_name_only_the_users_own_payment(api, app, telegram):
+    await _paid(api, telegram, "ch-11")
+    await _paid(api, telegram, "ch-12", telegram_id=TID + 3)
+    recent = await api.get("/api/payments/recent", params={"telegram_id": TID})
+    assert recent.status_code == 200
+    (mine,) = recent.json()
+    assert (mine["status"], mine["credits"], mine["amount"]) == ("paid", 10, 50)
+    theirs = (await api.get("/api/payments/recent", params={"telegram_id": TID + 3})).json()[0]
+    body = {"telegram_id": TID, "chat_id": TID, "text": "where are my credits?"}
+    for bad, status in (
+        (body | {"payment_id": theirs["id"]}, 404),  # someone else's payment
+        (body | {"payment_id": "nope"}, 404),
+        (body | {"telegram_id": 999_999}, 404),  # no such user
+        (body | {"text": "   "}, 422),
+        (body | {"text": ""}, 422),
+        (body | {"text": "x" * 4001}, 422),
+        (body | {"text": "a\x00b"}, 422),
+    ):
+        answer = await api.post("/api/payments/support", json=bad)
+        assert answer.status_code == status, (bad, answer.text)
+        assert answer.json()["error"]["message"]
+    assert (await api.get("/api/payments/recent", params={"telegram_id": 0})).status_code == 422
+    async with app.state.sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(SupportRequest)) == 0
+    made = await api.post("/api/payments/support", json=body | {"payment_id": mine["id"]})
+    assert made.status_code == 201, made.text
+    assert made.json() | {"created_at": None} == {
+        "id": 1,
+        "telegram_id": TID,
+        "payment_id": mine["id"],
+        "chat_id": TID,
+        "text": "where are my credits?",
+        "status": "open",
+        "reply": None,
+        "created_at": None,
+    }

@@ -31,6 +31,7 @@ from comfygram.backend.models import ChargeRefund, LedgerEntry, Payment, User, u
 from comfygram.domain import ledger
 from comfygram.domain.ledger import Reason
 from comfygram.domain.refunds import take_back_amount
+from comfygram.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -353,7 +354,7 @@ async def refund(
     return done
 
 
-def telegram_refunder(settings: object) -> RefundCall:
+def telegram_refunder(settings: Settings) -> RefundCall:
     """refundStarPayment with the backend's BOT_TOKEN, once per call (no retries: an operator
     sees a network error and tries again; a retry of a refund that landed hears
     CHARGE_ALREADY_REFUNDED, which counts as done)."""
@@ -369,7 +370,7 @@ def telegram_refunder(settings: object) -> RefundCall:
     from comfygram.telegram import create_bot
 
     async def call(telegram_id: int, charge_id: str) -> None:
-        bot = create_bot(settings)  # type: ignore[arg-type]
+        bot = create_bot(settings)
         try:
             await bot(RefundStarPayment(user_id=telegram_id, telegram_payment_charge_id=charge_id))
         except TelegramBadRequest as exc:
@@ -385,9 +386,9 @@ def telegram_refunder(settings: object) -> RefundCall:
     return call
 
 
-def require_bot(settings: object) -> None:
+def require_bot(settings: Settings) -> None:
     """The backend needs BOT_TOKEN to call Telegram; a clear 503 when it has none."""
-    if getattr(settings, "bot_token", None) is None:
+    if settings.bot_token is None:
         raise ApiError(
             503,
             "bot_not_configured",

@@ -6,8 +6,9 @@ from __future__ import annotations
 import html
 import logging
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING
 
+from redis.asyncio import Redis
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -16,6 +17,10 @@ from comfygram.backend.errors import ApiError, not_found
 from comfygram.backend.models import Payment, SupportRequest, User, utcnow
 from comfygram.domain.refunds import refunded_text
 from comfygram.i18n import t
+from comfygram.settings import Settings
+
+if TYPE_CHECKING:
+    from comfygram.backend.payment_refunds import TakeBack
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +83,7 @@ async def mark(
     return request
 
 
-async def send_to_chat(settings: Any, redis: Any, chat_id: int, text: str) -> None:
+async def send_to_chat(settings: Settings, redis: Redis, chat_id: int, text: str) -> None:
     """One message from the backend to a user's chat, within the bot's shared rate budget.
     Raises comfygram.telegram's UserBlocked or TelegramUnavailable (and aiogram's errors)."""
     from aiogram.methods import SendMessage
@@ -98,7 +103,7 @@ def reply_text(language: str | None, request_id: int, reply: str) -> str:
     return t(language, "support.reply", id=request_id, text=html.escape(reply))
 
 
-async def tell_refunded(settings: Any, redis: Any, done: Any) -> bool:
+async def tell_refunded(settings: Settings, redis: Redis, done: TakeBack) -> bool:
     """Tell the user about an operator's refund this call marked (the bot tells them when
     Telegram's refunded_payment marked it first); best effort: a failure is logged."""
     payment, user = done.payment, done.user
