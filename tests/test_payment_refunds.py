@@ -13,8 +13,9 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from pydantic import SecretStr
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
+from comfygram.backend import payment_refunds
 from comfygram.backend.app import create_app
 from comfygram.backend.models import ChargeRefund, LedgerEntry, Payment, SupportRequest, User
 from comfygram.domain.refunds import take_back_amount
@@ -443,3 +444,36 @@ async def test_support_requests_name_only_the_users_own_payment(api, app, telegr
         "reply": None,
         "created_at": None,
     }
+
+
+async def test_the_refund_audit_is_clean_after_refunds_and_names_a_broken_one(api, app, telegram):
+    await _paid(api, telegram, "ch-13")
+    await _paid(api, telegram, "ch-14", telegram_id=TID + 4)
+    await grant(api, TID + 4, -13, "spent-14")
+    assert (await _refund(api, "ch-13")).status_code == 200
+    assert (await _refund(api, "ch-14")).status_code == 200  # nothing taken back
+    await _paid(api, telegram, "ch-15", telegram_id=TID + 5)
+    paid = await _payment(app, "ch-15")
+    entry = (await _take_backs(app, "ch-13"))[0]
+    async with app.state.sessions() as session:
+        assert await payment_refunds.discrepancies(session) == []
+        # Broken on purpose: a refunded payment whose take-back vanished, and an entry on a
+        # payment still paid.
+        await session.execute(delete(LedgerEntry).where(LedgerEntry.id == entry.id))
+        session.add(
+            LedgerEntry(
+                user_id=paid.user_id,
+                amount=-11,
+                reason="payment_refund",
+                idempotency_key="payment:ch-15:refund",
+                payment_id=paid.id,
+            )
+        )
+        await session.flush()
+        lines = await payment_refunds.discrepancies(session)
+        await session.rollback()
+    refunded = await _payment(app, "ch-13")
+    assert len(lines) == 3, lines
+    assert any(f"payment {refunded.id}: refunded, but no payment_refund entry" in x for x in lines)
+    assert any(f"payment {paid.id} is paid, not refunded" in x for x in lines)
+    assert any("takes back 11 credits" in x and "bought 10" in x for x in lines)

@@ -395,3 +395,40 @@ def require_bot(settings: Settings) -> None:
             "The backend has no BOT_TOKEN, so it cannot call Telegram's refundStarPayment; "
             "set BOT_TOKEN in the backend's settings.",
         )
+
+
+async def discrepancies(session: AsyncSession) -> list[str]:
+    """What `comfygram audit` can check of refunds, one line each: a payment_refund entry
+    belongs to a refunded payment and takes back at most its credits; a refunded payment
+    without one says ``nothing taken back`` (its balance was 0); a refunded payment has its
+    refunded_at. (The entry's unique key makes a second take-back of a charge impossible.)"""
+    lines: list[str] = []
+    entries = await session.scalars(
+        select(LedgerEntry).where(LedgerEntry.reason == Reason.PAYMENT_REFUND.value)
+    )
+    taken: dict[str, LedgerEntry] = {}
+    for entry in entries:
+        payment = await session.get(Payment, entry.payment_id) if entry.payment_id else None
+        if payment is None:
+            lines.append(f"ledger {entry.id}: payment_refund entry names no payment")
+            continue
+        taken[payment.id] = entry
+        if payment.status != "refunded":
+            lines.append(
+                f"ledger {entry.id}: payment {payment.id} is {payment.status}, not refunded"
+            )
+        if -entry.amount > payment.credits:
+            lines.append(
+                f"ledger {entry.id}: takes back {-entry.amount} credits, payment {payment.id} "
+                f"bought {payment.credits}"
+            )
+    refunded = await session.scalars(select(Payment).where(Payment.status == "refunded"))
+    for payment in refunded:
+        if payment.refunded_at is None:
+            lines.append(f"payment {payment.id}: refunded without refunded_at")
+        if payment.id not in taken and NOTHING_TAKEN_BACK not in (payment.refund_reason or ""):
+            lines.append(
+                f"payment {payment.id}: refunded, but no payment_refund entry and no "
+                f"'{NOTHING_TAKEN_BACK}' note"
+            )
+    return lines
