@@ -426,6 +426,15 @@ API_ROUTES: list[tuple[str, str, Build]] = [
     ("GET", "/api/workers", nothing),
     ("GET", "/api/stats/run-times", nothing),
     ("GET", "/api/stats/queue", nothing),
+    ("GET", "/api/payments/{ref}/refund", nothing),
+    ("POST", "/api/payments/{ref}/refund", body(reason="asked", actor="ops")),
+    ("POST", "/api/payments/refunded", refund_body()),
+    ("GET", "/api/payments/recent", lambda w: {"params": {"telegram_id": w.telegram_id}}),
+    (
+        "POST",
+        "/api/payments/support",
+        lambda w: {"json": {"telegram_id": w.telegram_id, "chat_id": 1, "text": "help"}},
+    ),
 ]
 
 BAD_AUTHORIZATION: list[str | None] = [
@@ -444,6 +453,7 @@ def _fill(path: str, world: World) -> str:
         job_id=world.job_id,
         name="gpu-1",
         charge_id="charge-B",
+        ref="charge-B",
         index=0,
     )
 
