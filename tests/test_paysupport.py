@@ -274,7 +274,9 @@ async def test_paysupport_without_payments_and_leaving_with_a_command(world: Wor
     await user.send_text("not a request")
     await _quiet(world)
     assert await _requests(world) == []
-    # Again, this time written: a request about no payment.
+    # Again, this time written: a request about no payment (after the flood control's burst
+    # of 5 messages has refilled: one a second).
+    await asyncio.sleep(2.5)
     since = world.mark()
     await user.send_command("paysupport")
     await world.reply(user, containing="include the date", since=since)
