@@ -350,6 +350,36 @@ async def test_a_refund_of_a_charge_never_credited_is_never_credited_later(api, 
     await _books_balance(app)
 
 
+async def test_a_refund_report_racing_the_late_confirm_of_its_charge_credits_nothing(
+    api, app, telegram
+):
+    """The lost successful_payment is delivered at the very moment Telegram reports the
+    charge refunded: either the confirm credits and the report takes back, or the report comes
+    first and the confirm is refused; the balance ends where it began either way."""
+    await register(api, TID)
+    invoice = (
+        await api.post("/api/payments/create", json={"telegram_id": TID, "package": "small"})
+    ).json()
+    await telegram.user(TID)._pay(invoice["payload"], invoice["amount"], "ch-16", deliver=False)
+    confirm = {
+        "payload": invoice["payload"],
+        "total_amount": invoice["amount"],
+        "currency": "XTR",
+        "telegram_payment_charge_id": "ch-16",
+    }
+    confirmed, reported = await asyncio.gather(
+        api.post("/api/payments/confirm", json=confirm),
+        api.post("/api/payments/refunded", json=_refunded_message(invoice, "ch-16")),
+    )
+    assert reported.status_code == 200
+    if confirmed.status_code == 200:
+        assert reported.json()["changed"] is True and reported.json()["taken_back"] == 10
+    else:
+        assert confirmed.json()["error"]["code"] == "charge_refunded"
+    assert (await api.get(f"/api/users/by-telegram-id/{TID}")).json()["balance"] == 3
+    await _books_balance(app)
+
+
 # -- the admin panel ---------------------------------------------------------------------------
 
 

@@ -18,7 +18,13 @@ from comfygram.backend import db
 from comfygram.backend.models import LedgerEntry, SupportRequest
 from comfygram.settings import Settings
 from tests.admin_helpers import ADMIN_PASSWORD, ADMIN_USERNAME, with_admin
-from tests.bot_helpers import World, fast_chat_pace, polling_world, webhook_world  # noqa: F401
+from tests.bot_helpers import (  # noqa: F401
+    FlakyBackend,
+    World,
+    fast_chat_pace,
+    polling_world,
+    webhook_world,
+)
 from tests.doubles.telegram import Call, UserDriver
 
 pytestmark = pytest.mark.usefixtures("fast_chat_pace")
@@ -146,6 +152,20 @@ async def test_an_uncreditable_charge_refunded_is_told_by_the_refund_flow_only(w
     await _quiet(world)
     assert _told(world, 6104) == []
     assert (await world.backend.user(6104)).balance == 13
+
+
+async def test_a_refunded_payment_waits_for_the_backend(settings: Settings):
+    flaky = FlakyBackend()
+    async with polling_world(settings, transport=flaky) as world:
+        user = await _started(world, 6106)
+        await _paid(world, user, "down-1")
+        flaky.down("/api/payments/refunded", times=2)
+        await world.telegram.refund("down-1")
+        await world.reply(user, containing=TAKEN, timeout=15)
+        await _quiet(world)
+        assert len(_told(world, 6106)) == 1
+        assert await _take_backs(world, "down-1") == [-10]
+        assert (await world.backend.user(6106)).balance == 3
 
 
 async def test_refund_with_the_bot_on_the_webhook_tells_once(settings: Settings):

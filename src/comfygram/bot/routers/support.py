@@ -4,6 +4,7 @@ request stored for an operator). docs/payments.md, "Refunds" and "Support"."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from aiogram import F, Router
@@ -28,6 +29,10 @@ from comfygram.telegram import TelegramSender
 log = logging.getLogger(__name__)
 
 OTHER = "-"
+# A refunded_payment the backend cannot take now is tried again this many times, waiting
+# 1, 2, 4 ... s in between (a backend restarting).
+REPORT_ATTEMPTS = 5
+REPORT_BACKOFF_SECONDS = 1.0
 
 
 class SupportPayment(CallbackData, prefix="sup"):
@@ -52,15 +57,28 @@ async def refunded(message: Message, backend: BackendClient, tg: TelegramSender,
     user = message.from_user
     assert refund is not None
     payer = user.id if user is not None else message.chat.id
-    done = await backend.payment_refunded(
-        refund.invoice_payload or "-",
-        refund.total_amount,
-        refund.currency,
-        refund.telegram_payment_charge_id,
-        telegram_id=payer,
-        chat_id=message.chat.id,
-        language=lang,
-    )
+    for attempt in range(REPORT_ATTEMPTS):
+        try:
+            done = await backend.payment_refunded(
+                refund.invoice_payload or "-",
+                refund.total_amount,
+                refund.currency,
+                refund.telegram_payment_charge_id,
+                telegram_id=payer,
+                chat_id=message.chat.id,
+                language=lang,
+            )
+            break
+        except BackendUnavailable as exc:
+            if attempt + 1 == REPORT_ATTEMPTS:
+                # Reconciliation with getStarTransactions finds the refund later.
+                log.error(
+                    "refunded_payment for charge %s not reported: %s",
+                    refund.telegram_payment_charge_id,
+                    exc,
+                )
+                return
+            await asyncio.sleep(REPORT_BACKOFF_SECONDS * 2**attempt)
     log.info(
         "refunded_payment for charge %s: %s",
         refund.telegram_payment_charge_id,
