@@ -448,6 +448,15 @@ API_ROUTES: list[tuple[str, str, Build]] = [
     ("POST", "/api/promos/redeem", body(telegram_id=1001, code="NOPE")),
     ("POST", "/api/promos/{code}/disable", body(actor="ops")),
     ("POST", "/api/referrals/invite", body(telegram_id=1001)),
+    ("GET", "/api/payments/{ref}/refund", nothing),
+    ("POST", "/api/payments/{ref}/refund", body(reason="asked", actor="ops")),
+    ("POST", "/api/payments/refunded", refund_body()),
+    ("GET", "/api/payments/recent", lambda w: {"params": {"telegram_id": w.telegram_id}}),
+    (
+        "POST",
+        "/api/payments/support",
+        lambda w: {"json": {"telegram_id": w.telegram_id, "chat_id": 1, "text": "help"}},
+    ),
 ]
 
 BAD_AUTHORIZATION: list[str | None] = [
@@ -466,6 +475,7 @@ def _fill(path: str, world: World) -> str:
         job_id=world.job_id,
         name="gpu-1",
         charge_id="charge-B",
+        ref="charge-B",
         index=0,
         subscription_id="00000000-0000-0000-0000-000000000000",
         code="NOPE",

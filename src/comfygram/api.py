@@ -193,6 +193,36 @@ class ChargeRefund(BaseModel):
     changed: bool = False
 
 
+class PaymentRefund(BaseModel):
+    """A refunded payment's take-back (``credited`` false: never credited, nothing taken)."""
+
+    payment: Payment | None
+    telegram_id: int | None
+    credited: bool
+    taken_back: int
+    shortfall: int
+    balance: int | None
+    changed: bool
+
+
+class RecentPayment(BaseModel):
+    id: str
+    status: str
+    credits: int
+    amount: int
+    currency: str
+    paid_at: datetime | None
+
+
+class SupportRequest(BaseModel):
+    id: int
+    telegram_id: int
+    payment_id: str | None
+    chat_id: int
+    text: str
+    status: str
+
+
 class Stats(BaseModel):
     users: int
     users_today: int
@@ -526,6 +556,55 @@ class BackendClient:
         path = f"/api/payments/refunds/{quote(telegram_payment_charge_id, safe='')}/result"
         body = {"outcome": outcome, "error": error}
         return ChargeRefund.model_validate(await self._json("POST", path, json=body))
+
+    async def refund_payment(self, ref: str, *, reason: str, actor: str) -> PaymentRefund:
+        """An operator's refund of a credited payment (charge id or payment id)."""
+        path = f"/api/payments/{quote(ref, safe='')}/refund"
+        body = {"reason": reason, "actor": actor}
+        return PaymentRefund.model_validate(await self._json("POST", path, json=body))
+
+    async def payment_refunded(
+        self,
+        payload: str,
+        total_amount: int,
+        currency: str,
+        telegram_payment_charge_id: str,
+        *,
+        telegram_id: int,
+        chat_id: int,
+        language: str | None = None,
+    ) -> PaymentRefund:
+        """A refunded_payment service message: the credits are taken back once per charge."""
+        body = {
+            "payload": payload,
+            "total_amount": total_amount,
+            "currency": currency,
+            "telegram_payment_charge_id": telegram_payment_charge_id,
+            "telegram_id": telegram_id,
+            "chat_id": chat_id,
+            "language": language,
+        }
+        return PaymentRefund.model_validate(
+            await self._json("POST", "/api/payments/refunded", json=body)
+        )
+
+    async def recent_payments(self, telegram_id: int, *, limit: int = 5) -> list[RecentPayment]:
+        params = {"telegram_id": telegram_id, "limit": limit}
+        rows = await self._json("GET", "/api/payments/recent", params=params)
+        return [RecentPayment.model_validate(row) for row in rows]
+
+    async def open_support_request(
+        self, telegram_id: int, chat_id: int, text: str, *, payment_id: str | None = None
+    ) -> SupportRequest:
+        body = {
+            "telegram_id": telegram_id,
+            "chat_id": chat_id,
+            "text": text,
+            "payment_id": payment_id,
+        }
+        return SupportRequest.model_validate(
+            await self._json("POST", "/api/payments/support", json=body)
+        )
 
     # -- workers ----------------------------------------------------------------------------
 

@@ -587,3 +587,136 @@ class InviteOut(BaseModel):
 
 
 PaymentOut.model_rebuild()
+
+
+# -- operator refunds, refunded_payment, /paysupport (issue 14) ---------------------------------
+
+
+class PaymentRefundRequest(Strict):
+    """An operator's refund of a credited payment: why, and who asks."""
+
+    reason: str = Field(min_length=1, max_length=500)
+    actor: str = Field(min_length=1, max_length=64)
+
+
+class RefundedPayment(PaymentConfirm):
+    """A refunded_payment service message, as the bot received it."""
+
+    telegram_id: TelegramId
+    chat_id: ChatId
+    language: str | None = Field(default=None, max_length=16)
+
+
+class PaymentRefundOut(BaseModel):
+    """A refunded payment's take-back. ``credited`` false: the charge was never credited here,
+    so there was nothing to take back (``payment`` is then null)."""
+
+    payment: PaymentOut | None
+    telegram_id: int | None
+    credited: bool
+    taken_back: int
+    shortfall: int
+    balance: int | None
+    # Whether this call marked the payment refunded (the first report of the refund).
+    changed: bool
+    refund_actor: str | None = None
+    refund_reason: str | None = None
+    refunded_at: datetime | None = None
+
+    @classmethod
+    def of(cls, done: Any) -> PaymentRefundOut:
+        payment, user = done.payment, done.user
+        return cls(
+            payment=PaymentOut.of(payment, user.balance, True) if payment is not None else None,
+            telegram_id=user.telegram_id if user is not None else None,
+            credited=payment is not None,
+            taken_back=done.taken_back,
+            shortfall=done.shortfall,
+            balance=user.balance if user is not None else None,
+            changed=done.changed,
+            refund_actor=payment.refund_actor if payment is not None else None,
+            refund_reason=payment.refund_reason if payment is not None else None,
+            refunded_at=_aware(payment.refunded_at) if payment is not None else None,
+        )
+
+
+class PaymentRefundPreview(BaseModel):
+    """What a refund would do now: the credits bought, the balance, what would be taken back
+    and what is short (credits already spent stay spent; a balance never goes below 0)."""
+
+    payment: PaymentOut
+    telegram_id: int
+    credits: int
+    balance: int
+    take_back: int
+    shortfall: int
+    refundable: bool
+    why_not: str | None
+
+    @classmethod
+    def of(cls, preview: Any) -> PaymentRefundPreview:
+        return cls(
+            payment=PaymentOut.of(preview.payment, preview.balance, False),
+            telegram_id=preview.user.telegram_id,
+            credits=preview.credits,
+            balance=preview.balance,
+            take_back=preview.take_back,
+            shortfall=preview.shortfall,
+            refundable=preview.refundable,
+            why_not=preview.why_not,
+        )
+
+
+class SupportRequestCreate(Strict):
+    """A /paysupport request: the user, the payment they picked (or none), their words."""
+
+    telegram_id: TelegramId
+    chat_id: ChatId
+    payment_id: str | None = Field(default=None, min_length=1, max_length=36)
+    text: str = Field(min_length=1, max_length=4000)
+
+
+class SupportRequestOut(BaseModel):
+    id: int
+    telegram_id: int
+    payment_id: str | None
+    chat_id: int
+    text: str
+    status: str
+    reply: str | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, request: models.SupportRequest, telegram_id: int) -> SupportRequestOut:
+        return cls(
+            id=request.id,
+            telegram_id=telegram_id,
+            payment_id=request.payment_id,
+            chat_id=request.chat_id,
+            text=request.text,
+            status=request.status,
+            reply=request.reply,
+            created_at=_aware(request.created_at),
+        )
+
+
+class RecentPaymentOut(BaseModel):
+    """One of a user's recent paid (or refunded) payments, for /paysupport's buttons."""
+
+    id: str
+    status: str
+    credits: int
+    amount: int
+    currency: str
+    paid_at: datetime | None
+
+    @classmethod
+    def of(cls, payment: models.Payment) -> RecentPaymentOut:
+        return cls(
+            id=payment.id,
+            status=payment.status,
+            credits=payment.credits,
+            amount=payment.amount,
+            currency=payment.currency,
+            paid_at=_aware(payment.paid_at),
+        )

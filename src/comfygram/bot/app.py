@@ -57,6 +57,7 @@ from comfygram.bot.routers import (
     photos,
     start,
     subscriptions,
+    support,
 )
 from comfygram.bot.sources import SourceStore
 from comfygram.bot.status import Eta, QueueTracker
@@ -216,6 +217,9 @@ def create_dispatcher(
     private = Router(name="private")
     private.message.filter(F.chat.type == ChatType.PRIVATE)
     private.include_routers(
+        # First: /paysupport's conversation takes the text written in it (a command leaves it
+        # and runs), and refunded_payment.
+        support.create_router(),
         start.create_router(),
         admin.create_router(settings.admin_telegram_ids),
         account.create_router(),

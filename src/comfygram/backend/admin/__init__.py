@@ -158,6 +158,7 @@ def mount_admin(app: FastAPI, settings: Settings) -> Admin | None:
     from comfygram.backend.admin.dashboard import DashboardView
     from comfygram.backend.admin.media import media_routes
     from comfygram.backend.admin.promos import PromoCodeAdmin
+    from comfygram.backend.admin.support import VIEWS as SUPPORT_VIEWS
     from comfygram.backend.admin.views import VIEWS
 
     settings.check_admin_password()
@@ -176,7 +177,7 @@ def mount_admin(app: FastAPI, settings: Settings) -> Admin | None:
     )
     panel.templates = admin.templates
     admin.templates.env.globals["csrf_token"] = csrf_token
-    for view in (DashboardView, *VIEWS, PromoCodeAdmin):
+    for view in (DashboardView, *VIEWS, *SUPPORT_VIEWS, PromoCodeAdmin):
         # A subclass per app: sqladmin keeps its state on the view classes.
         admin.add_view(type(view.__name__, (view,), {"panel": panel}))
     for route in reversed(media_routes(panel, admin)):

@@ -28,6 +28,7 @@ from comfygram.backend import accounts, jobs, presets
 from comfygram.backend.admin import BASE_URL
 from comfygram.backend.admin.auth import csrf_ok
 from comfygram.backend.admin.media import chosen_options, gallery, output_summary
+from comfygram.backend.admin.refunds import PaymentRefundActions
 from comfygram.backend.errors import ApiError
 from comfygram.backend.models import FileRole, Job, LedgerEntry, Payment, Preset, User
 from comfygram.backend.presets import contract_of
@@ -495,7 +496,7 @@ class JobAdmin(_View, model=Job):
         return self._details(request, job.id)
 
 
-class PaymentAdmin(_View, model=Payment):
+class PaymentAdmin(PaymentRefundActions, _View, model=Payment):
     name = "Payment"
     name_plural = "Payments"
     icon = "fa-solid fa-star"
@@ -514,11 +515,16 @@ class PaymentAdmin(_View, model=Payment):
     column_sortable_list = [Payment.created_at, Payment.paid_at, Payment.amount]
     column_default_sort = [(Payment.created_at, True)]
     column_filters = [
-        StaticValuesFilter(Payment.status, values=[("pending", "pending"), ("paid", "paid")]),
+        StaticValuesFilter(
+            Payment.status,
+            values=[("pending", "pending"), ("paid", "paid"), ("refunded", "refunded")],
+        ),
         AllUniqueStringValuesFilter(Payment.package),
     ]
     column_formatters = {Payment.user_id: _user_link}
     column_formatters_detail = {Payment.user_id: _user_link}
+    # With a "Refund" button (admin/refunds.py).
+    details_template = "comfygram/payment_details.html"
 
     def search_placeholder(self) -> str:
         return "payment id, charge id or the user's Telegram id"

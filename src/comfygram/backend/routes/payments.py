@@ -2,10 +2,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Request
 
 from comfygram import metrics
-from comfygram.backend import payments, referrals, subscriptions
+from comfygram.backend import payment_refunds, payments, referrals, subscriptions, support
 from comfygram.backend.deps import SessionDep, SettingsDep
 from comfygram.backend.errors import ApiError
 from comfygram.backend.models import User
@@ -18,7 +18,14 @@ from comfygram.backend.schemas import (
     PaymentConfirm,
     PaymentCreate,
     PaymentOut,
+    PaymentRefundOut,
+    PaymentRefundPreview,
+    PaymentRefundRequest,
+    RecentPaymentOut,
     ReferralRewardOut,
+    RefundedPayment,
+    SupportRequestCreate,
+    SupportRequestOut,
 )
 
 router = APIRouter(prefix="/api/payments", tags=["payments"])
@@ -174,3 +181,79 @@ async def refund_result(
     if changed and body.outcome == "refunded":
         metrics.STARS_REFUNDED.inc(refund.amount)
     return ChargeRefundOut.of(refund, changed=changed)
+
+
+# -- operator refunds of credited payments, refunded_payment, /paysupport (issue 14) -----------
+
+
+@router.get("/{ref}/refund", response_model=PaymentRefundPreview)
+async def refund_preview(
+    session: SessionDep, ref: str = Path(min_length=1, max_length=200)
+) -> PaymentRefundPreview:
+    """What refunding this payment (charge id or payment id) would take back now."""
+    return PaymentRefundPreview.of(await payment_refunds.preview(session, ref))
+
+
+@router.post("/{ref}/refund", response_model=PaymentRefundOut)
+async def refund_payment(
+    body: PaymentRefundRequest,
+    request: Request,
+    settings: SettingsDep,
+    ref: str = Path(min_length=1, max_length=200),
+) -> PaymentRefundOut:
+    """An operator's refund: refundStarPayment once, the credits taken back once."""
+    payment_refunds.require_bot(settings)
+    done = await payment_refunds.refund(
+        request.app.state.sessions,
+        ref,
+        actor=body.actor,
+        reason=body.reason,
+        call_telegram=payment_refunds.telegram_refunder(settings),
+    )
+    if done.changed and done.payment is not None:
+        metrics.STARS_REFUNDED.inc(done.payment.amount)
+        # The one call that marked it refunded tells the user (else the bot's refunded_payment did).
+        await support.tell_refunded(settings, request.app.state.redis, done)
+    return PaymentRefundOut.of(done)
+
+
+@router.post("/refunded", response_model=PaymentRefundOut)
+async def payment_refunded(body: RefundedPayment, session: SessionDep) -> PaymentRefundOut:
+    """A refunded_payment service message (our refund or Telegram's): credits taken back once."""
+    done = await payment_refunds.refunded_by_telegram(
+        session,
+        charge_id=body.telegram_payment_charge_id,
+        payload=body.payload,
+        total_amount=body.total_amount,
+        currency=body.currency,
+        telegram_id=body.telegram_id,
+        chat_id=body.chat_id,
+        language=body.language,
+    )
+    await session.commit()
+    if done.changed and done.payment is not None:
+        metrics.STARS_REFUNDED.inc(done.payment.amount)
+    return PaymentRefundOut.of(done)
+
+
+@router.get("/recent", response_model=list[RecentPaymentOut])
+async def recent_payments(
+    session: SessionDep,
+    telegram_id: int = Query(gt=0, le=2**63 - 1),
+    limit: int = Query(default=support.RECENT_PAYMENTS, ge=1, le=20),
+) -> list[RecentPaymentOut]:
+    """A user's latest paid or refunded payments (for /paysupport)."""
+    rows = await support.recent_payments(session, telegram_id, limit)
+    return [RecentPaymentOut.of(p) for p in rows]
+
+
+@router.post("/support", status_code=201, response_model=SupportRequestOut)
+async def open_support_request(
+    body: SupportRequestCreate, session: SessionDep
+) -> SupportRequestOut:
+    """Store a /paysupport request for the admin panel."""
+    request, user = await support.open_request(
+        session, body.telegram_id, body.chat_id, body.payment_id, body.text
+    )
+    await session.commit()
+    return SupportRequestOut.of(request, user.telegram_id)

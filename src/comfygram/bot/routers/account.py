@@ -1,4 +1,5 @@
-"""The user's account: /balance, /help, /lang, and /terms and /paysupport (Stars rules)."""
+"""The user's account: /balance, /help, /lang, and /terms (Stars rules; /paysupport is in
+support.py)."""
 
 from __future__ import annotations
 
@@ -39,10 +40,6 @@ async def terms(message: Message, tg: TelegramSender, lang: str) -> None:
     await send(tg, message.chat.id, t(lang, "bot.terms.text"))
 
 
-async def paysupport(message: Message, tg: TelegramSender, lang: str) -> None:
-    await send(tg, message.chat.id, t(lang, "bot.paysupport.text"))
-
-
 async def choose_language(message: Message, tg: TelegramSender, lang: str) -> None:
     await send(tg, message.chat.id, t(lang, "bot.lang.choose"), keyboards.languages())
 
@@ -80,7 +77,6 @@ def create_router() -> Router:
     router.message.register(help_, Command("help"))
     router.message.register(help_, F.text.in_(menu_labels("help")))
     router.message.register(terms, Command("terms"))
-    router.message.register(paysupport, Command("paysupport"))
     router.message.register(choose_language, Command("lang", "language"))
     router.callback_query.register(language_chosen, Language.filter())
     return router
