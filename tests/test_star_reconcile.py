@@ -348,3 +348,79 @@ async def test_comfygram_payments_reconcile_prints_what_it_found(
     assert any(line.startswith("unknown_to_telegram cli-ghost") for line in lines), output
     assert "1 credited late, 1 new discrepancies, 1 unresolved" in lines[-1], output
     assert TEST_BOT_TOKEN not in output
+
+
+async def test_doctor_shows_the_last_pass_and_what_is_unresolved(app, api, settings, telegram):
+    from comfygram import doctor
+
+    (none_yet,) = await doctor.check_reconciliation(settings)
+    assert (none_yet.status, none_yet.name) == (doctor.OK, "reconciliation")
+    assert "no pass yet" in none_yet.detail and "comfygram payments reconcile" in none_yet.detail
+
+    await register(api)
+    ghost = await _approved(api)
+    assert (await _confirm(api, ghost, "doc-ghost")).status_code == 200
+    result = await _pass(app, settings, telegram)
+    (flagged,) = await doctor.check_reconciliation(settings)
+    assert flagged.status == doctor.WARN
+    assert f"last pass #{result.id}" in flagged.detail
+    assert "1 unresolved discrepancy" in flagged.detail
+
+    telegram.fail("getStarTransactions", 500, "Internal Server Error")
+    await _pass(app, settings, telegram)
+    (stopped,) = await doctor.check_reconciliation(settings)
+    assert stopped.status == doctor.WARN and "stopped" in stopped.detail
+
+    async with app.state.sessions() as session:
+        (row,) = await stars.unresolved(session)
+        await stars.resolve(session, row.id, "admin:ops")
+        await session.commit()
+    await _pass(app, settings, telegram)
+    (clean,) = await doctor.check_reconciliation(settings)
+    assert clean.status == doctor.OK and "nothing unresolved" in clean.detail
+
+
+async def test_the_dashboard_lists_unresolved_discrepancies_and_resolves_one(
+    settings, redis, telegram
+):
+    from comfygram.backend.app import create_app
+    from tests.admin_helpers import csrf, login, panel_client, stat, with_admin
+    from tests.helpers import backend_client, seed_sqlite
+
+    await seed_sqlite(settings.database_url)
+    application = create_app(with_admin(settings))
+    async with (
+        application.router.lifespan_context(application),
+        backend_client(application) as api,
+        panel_client(application) as browser,
+    ):
+        await register(api)
+        ghost = await _approved(api)
+        assert (await _confirm(api, ghost, "dash-ghost")).status_code == 200
+        assert (await login(browser)).status_code in (200, 302)
+        page = (await browser.get("/admin/dashboard")).text
+        assert "No pass yet" in stat(page, "last-pass")
+        result = await _pass(application, settings, telegram)
+
+        page = (await browser.get("/admin/dashboard")).text
+        assert stat(page, "discrepancies-unresolved") == "1"
+        assert f"Last pass #{result.id}" in stat(page, "last-pass")
+        assert "dash-ghost" in page and "unknown_to_telegram" in page
+        async with application.state.sessions() as session:
+            (row,) = await stars.unresolved(session)
+
+        # Without the form's token: refused, nothing changes.
+        refused = await browser.post("/admin/dashboard", data={"resolve": str(row.id)})
+        assert refused.status_code == 403
+        token = await csrf(browser)
+        form = {"csrf": token, "resolve": str(row.id)}
+        done = await browser.post("/admin/dashboard", data=form)
+        assert done.status_code == 302
+        page = (await browser.get("/admin/dashboard")).text
+        assert stat(page, "discrepancies-unresolved") == "0"
+        assert "marked resolved" in page and "Nothing unresolved" in page
+        async with application.state.sessions() as session:
+            resolved = await session.get(StarDiscrepancy, row.id)
+            assert resolved.resolved_by == "admin:operator" and resolved.resolved_at is not None
+        missing = await browser.post("/admin/dashboard", data=form | {"resolve": "99999"})
+        assert missing.status_code == 404
