@@ -338,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     presets.set_defaults(handler=_presets)
 
-    payments = command("payments", "money operations on Telegram Stars payments")
+    payments = command("payments", "Telegram Stars payments: reconcile with Telegram")
     payments.add_argument(
         "payments_command",
         choices=["reconcile"],
@@ -348,8 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     payments.set_defaults(handler=_payments)
     command(
         "audit",
-        "check the books: balances against the ledger, payments, refunds, jobs, promo codes "
-        "(exit 1 on any discrepancy)",
+        "check the books: balances, payments, refunds, jobs, promo codes",
     ).set_defaults(handler=_audit)
     return parser
 
