@@ -424,3 +424,77 @@ async def test_the_dashboard_lists_unresolved_discrepancies_and_resolves_one(
             assert resolved.resolved_by == "admin:operator" and resolved.resolved_at is not None
         missing = await browser.post("/admin/dashboard", data=form | {"resolve": "99999"})
         assert missing.status_code == 404
+
+
+def _thanked(world: World, user) -> int:
+    return len(
+        [
+            c
+            for c in world.telegram.sent("sendMessage", user.chat_id)
+            if "Thank you" in c.params["text"]
+        ]
+    )
+
+
+@pytest.mark.usefixtures("fast_chat_pace")
+async def test_the_whole_journey_a_lost_successful_payment_found_and_credited_once(
+    settings: Settings,
+):
+    """The bot and the backend over HTTP: /buy, the invoice, an approved pre-checkout, Telegram
+    takes the Stars but the update is lost; a pass credits it; the update arriving after all
+    changes nothing, refunds nothing and thanks nobody twice."""
+    from comfygram.backend import db
+
+    async with polling_world(settings) as world:
+        user = world.user(6101)
+        await user.send_command("start")
+        await world.reply(user, containing="👋")
+        start = (await world.backend.user(6101)).balance
+        since = world.mark()
+        await user.send_command("buy")
+        offer = await world.reply(user, containing="Choose a package", since=since)
+        await user.press(offer.result, "pkg:small")
+        (invoice,) = await world.telegram.wait_for("sendInvoice", chat_id=user.chat_id, since=since)
+        query = await user.pre_checkout(invoice)
+        assert (await user.pre_checkout_answer(query))["ok"] is True
+        assert await user.successful_payment(invoice, "journey-lost", deliver=False) is None
+        await world.settle()
+        assert (await world.backend.user(6101)).balance == start
+
+        engine = db.create_engine(settings.database_url)
+        sessions = db.create_sessionmaker(engine)
+        try:
+            result = await stars.reconcile_with_bot(sessions, world.settings, settle_seconds=0)
+            assert (result.credited, result.flagged, result.error) == (1, 0, None)
+            credits = (await world.backend.user(6101)).balance - start
+            assert credits > 0
+            thanked = _thanked(world, user)
+
+            # Telegram delivers the update after all: confirmed, not credited, not refunded.
+            await user._extra(
+                {
+                    "successful_payment": {
+                        "currency": "XTR",
+                        "total_amount": invoice.params["prices"][0]["amount"],
+                        "invoice_payload": invoice.params["payload"],
+                        "telegram_payment_charge_id": "journey-lost",
+                        "provider_payment_charge_id": "",
+                    }
+                }
+            )
+            await world.settle()
+            await asyncio.sleep(0.5)
+            assert (await world.backend.user(6101)).balance == start + credits
+            assert _thanked(world, user) == thanked
+            assert not world.telegram.sent("refundStarPayment")
+            async with sessions() as session:
+                entries = await session.scalar(
+                    select(func.count(LedgerEntry.id)).where(
+                        LedgerEntry.reason == ledger.Reason.PAYMENT.value
+                    )
+                )
+            assert entries == 1
+            again = await stars.reconcile_with_bot(sessions, world.settings, settle_seconds=0)
+            assert (again.credited, again.flagged) == (0, 0)
+        finally:
+            await engine.dispose()
