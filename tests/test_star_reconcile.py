@@ -87,6 +87,15 @@ async def _confirm(api: httpx.AsyncClient, invoice: dict, charge: str) -> httpx.
     )
 
 
+def _told(telegram: TelegramDouble, chat_id: int = 1001) -> list[str]:
+    """What the user was told about payments credited late."""
+    return [
+        c.params["text"]
+        for c in telegram.sent("sendMessage", chat_id)
+        if "has reached us" in c.params["text"]
+    ]
+
+
 async def _discrepancies(app) -> list[tuple[str, str, bool]]:
     async with app.state.sessions() as session:
         rows = await session.scalars(select(StarDiscrepancy).order_by(StarDiscrepancy.id))
@@ -115,6 +124,12 @@ async def test_a_lost_payment_is_credited_once_and_its_late_update_changes_nothi
     assert (payment.status, payment.telegram_payment_charge_id) == ("paid", "lost-1")
     # Credited late is recorded, already resolved: nothing for an operator to do.
     assert await _discrepancies(app) == [("credited_late", "lost-1", False)]
+    # The bot never thanked them: the pass tells them, once.
+    credits = invoice["credits"]
+    assert _told(telegram) == [
+        f"🎉 Your payment of {invoice['amount']} ⭐ has reached us: {credits} credits added. "
+        f"Balance: <b>{start + credits}</b>."
+    ]
 
     # The update arrives after all: confirmed, not credited again.
     late = await _confirm(api, invoice, "lost-1")
@@ -123,6 +138,7 @@ async def test_a_lost_payment_is_credited_once_and_its_late_update_changes_nothi
     again = await _pass(app, settings, telegram)
     assert (again.credited, again.flagged, again.found) == (0, 0, [])
     assert await balance(api) == start + invoice["credits"]
+    assert len(_told(telegram)) == 1
     assert await _discrepancies(app) == [("credited_late", "lost-1", False)]
 
 
@@ -145,6 +161,7 @@ async def test_concurrent_passes_credit_a_lost_payment_once(app, api, settings, 
     await _charged(telegram, invoice, "race-1")
     results = await asyncio.gather(*(_pass(app, settings, telegram) for _ in range(3)))
     assert sum(r.credited for r in results) == 1
+    assert len(_told(telegram)) == 1
     assert await balance(api) == start + invoice["credits"]
     assert [k for k, _, _ in await _discrepancies(app)] == ["credited_late"]
 
@@ -486,6 +503,7 @@ async def test_the_whole_journey_a_lost_successful_payment_found_and_credited_on
             await asyncio.sleep(0.5)
             assert (await world.backend.user(6101)).balance == start + credits
             assert _thanked(world, user) == thanked
+            assert len(_told(world.telegram, user.chat_id)) == 1
             assert not world.telegram.sent("refundStarPayment")
             async with sessions() as session:
                 entries = await session.scalar(

@@ -87,6 +87,9 @@ class PassResult:
     flagged: int = 0
     error: str | None = None
     found: list[str] = field(default_factory=list)
+    # Whom to tell that a lost payment was credited: (telegram id, language, stars, credits,
+    # balance), once, by the pass that credited it.
+    to_tell: list[tuple[int, str | None, int, int, int]] = field(default_factory=list)
 
 
 def _aware(moment: datetime | None) -> datetime | None:
@@ -226,6 +229,9 @@ async def _credit_late(
                 resolved=True,
             )
             result.credited += 1
+            result.to_tell.append(
+                (user.telegram_id, user.language_code, tx.amount, payment.credits, user.balance)
+            )
             metrics.PAYMENTS.labels(package=payment.package).inc()
             metrics.CREDITS_SOLD.inc(payment.credits)
             metrics.STARS_RECEIVED.inc(payment.amount)
@@ -457,7 +463,7 @@ async def reconcile_with_bot(
 
     bot = create_bot(settings)
     try:
-        return await reconcile_once(
+        result = await reconcile_once(
             sessions,
             bot_fetch(bot),
             packages=settings.credit_packages,
@@ -465,8 +471,25 @@ async def reconcile_with_bot(
             secrets=settings.secrets(),
             **options,
         )
+        await tell_credited(bot, result)
+        return result
     finally:
         await bot.session.close()
+
+
+async def tell_credited(bot: Any, result: PassResult) -> None:
+    """Tell each user whose lost payment this pass credited (the bot never thanked them): one
+    message each; one Telegram refuses (the user blocked the bot) is logged and skipped."""
+    from aiogram.exceptions import TelegramAPIError
+
+    from comfygram.i18n import t
+
+    for telegram_id, language, amount, credits, balance in result.to_tell:
+        text = t(language, "stars.credited_late", stars=amount, credits=credits, balance=balance)
+        try:
+            await bot.send_message(telegram_id, text)
+        except TelegramAPIError as exc:
+            log.warning("could not tell user %s about a late payment: %s", telegram_id, exc)
 
 
 async def reconcile_forever(
