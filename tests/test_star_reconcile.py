@@ -241,6 +241,21 @@ async def test_a_payment_telegram_lacks_and_an_amount_that_differs_are_flagged_o
         assert [d.kind for d in await stars.unresolved(session)] == ["amount_mismatch"]
 
 
+async def test_a_lost_charge_of_another_amount_is_flagged_not_credited(
+    app, api, settings, telegram
+):
+    await register(api)
+    start = await balance(api)
+    invoice = await _approved(api)
+    await _charged(telegram, invoice, "short-1", amount=invoice["amount"] - 1)
+    result = await _pass(app, settings, telegram)
+    assert (result.credited, result.flagged) == (0, 1)
+    assert await _discrepancies(app) == [("amount_mismatch", "short-1", True)]
+    assert "amount_mismatch" in result.found[0] and "Refund it" in result.found[0]
+    assert await balance(api) == start
+    assert _told(telegram) == []
+
+
 async def test_a_refund_we_never_recorded_and_a_charge_nobody_can_credit_are_flagged(
     app, api, settings, telegram
 ):

@@ -197,10 +197,11 @@ async def _credit_late(
             payment_id = await session.scalar(
                 select(Payment.id).where(Payment.payload == (tx.payload or ""))
             )
+            kind = "amount_mismatch" if exc.code == "amount_mismatch" else "uncredited"
             await _flag(
                 session,
                 result,
-                "uncredited",
+                kind,
                 tx.id,
                 f"Telegram took {tx.amount} XTR from user {tx.user_id} but the charge cannot "
                 f"be credited ({exc.code}): {exc.message} Refund it or credit it by hand.",
@@ -427,15 +428,19 @@ async def reconcile_once(
         log.warning("Star reconciliation #%d stopped: %s", result.id, result.error)
     else:
         result.transactions = len(transactions)
-        await _compare(
-            sessions,
-            result,
-            transactions,
-            started=started,
-            settle_seconds=settle_seconds,
-            packages=packages,
-            ttl_seconds=ttl_seconds,
-        )
+        try:
+            await _compare(
+                sessions,
+                result,
+                transactions,
+                started=started,
+                settle_seconds=settle_seconds,
+                packages=packages,
+                ttl_seconds=ttl_seconds,
+            )
+        except Exception as exc:  # the database failed halfway: what was committed stands
+            result.error = f"stopped while comparing: {type(exc).__name__}: {exc}"[:300]
+            log.exception("Star reconciliation #%d stopped while comparing", result.id)
     async with sessions() as session:
         row = await session.get(StarReconciliation, result.id)
         assert row is not None
