@@ -216,3 +216,51 @@ async def test_a_job_refunded_twice_and_an_operator_goodwill_refund(app, api, se
         f"job_refunded_twice: job {ids['failed']}: failed, 2 refund entries",
         "audit: 1 discrepancy",
     ]
+
+
+def _gauge(text: str, name: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith(f"{name} "):
+            return float(line.split()[1])
+    return None
+
+
+async def test_the_backend_audits_periodically_and_exports_the_count(settings, redis, tmp_path):
+    """AUDIT_INTERVAL_SECONDS: the backend's own audit finds a balance edited by hand and
+    sets comfygram_audit_discrepancies; once the books add up again it goes back to 0."""
+    from comfygram.backend.app import create_app
+    from tests.helpers import backend_client, seed_sqlite
+
+    await seed_sqlite(settings.database_url)
+    application = create_app(settings.model_copy(update={"audit_interval_seconds": 0.2}))
+    async with (
+        application.router.lifespan_context(application),
+        backend_client(application) as api,
+    ):
+        await register(api, 3001)
+        await register(api, 3002)
+        async with application.state.sessions() as session:
+            await session.execute(
+                update(User).where(User.telegram_id.in_((3001, 3002))).values(balance=99)
+            )
+            await session.commit()
+
+        async def exported() -> float | None:
+            text = (await api.get("/metrics")).text
+            return _gauge(text, "comfygram_audit_discrepancies")
+
+        for _ in range(100):
+            if await exported() == 2:
+                break
+            await asyncio.sleep(0.1)
+        assert await exported() == 2
+        async with application.state.sessions() as session:
+            await session.execute(
+                update(User).where(User.telegram_id.in_((3001, 3002))).values(balance=3)
+            )
+            await session.commit()
+        for _ in range(100):
+            if await exported() == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert await exported() == 0

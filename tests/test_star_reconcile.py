@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 from pydantic import SecretStr
 from sqlalchemy import func, select, update
 
@@ -213,8 +214,17 @@ async def test_a_payment_telegram_lacks_and_an_amount_that_differs_are_flagged_o
     assert (await _confirm(api, odd, "odd-1")).json()["credited"] is True
     credited = await balance(api)
 
+    def counted(kind: str) -> float:
+        sample = REGISTRY.get_sample_value("comfygram_star_discrepancies_total", {"kind": kind})
+        return sample or 0.0
+
+    before = counted("unknown_to_telegram"), counted("amount_mismatch")
     first = await _pass(app, settings, telegram)
     assert first.flagged == 2 and first.credited == 0
+    assert (counted("unknown_to_telegram"), counted("amount_mismatch")) == (
+        before[0] + 1,
+        before[1] + 1,
+    )
     assert sorted(await _discrepancies(app)) == [
         ("amount_mismatch", "odd-1", True),
         ("unknown_to_telegram", "ghost-1", True),
@@ -223,6 +233,7 @@ async def test_a_payment_telegram_lacks_and_an_amount_that_differs_are_flagged_o
     # Flagged, never fixed; and a second pass does not flag them again.
     second = await _pass(app, settings, telegram)
     assert (second.flagged, second.found) == (0, [])
+    assert counted("unknown_to_telegram") == before[0] + 1  # counted once
     assert len(await _discrepancies(app)) == 2
     assert await balance(api) == credited > start
 
