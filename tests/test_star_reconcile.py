@@ -542,3 +542,14 @@ async def test_the_whole_journey_a_lost_successful_payment_found_and_credited_on
             assert (again.credited, again.flagged) == (0, 0)
         finally:
             await engine.dispose()
+
+
+async def test_one_process_of_several_runs_each_round(redis, redis_prefix):
+    """`comfygram backend --workers N`: each process has the periodic tasks; the first to take
+    a round's key runs it, the others skip it, and the next round is free again."""
+    key = f"{redis_prefix}:stars-reconcile-round"
+    turns = await asyncio.gather(*(stars.my_turn(redis, key, 0.3) for _ in range(4)))
+    assert sorted(turns) == [False, False, False, True]
+    await asyncio.sleep(0.35)
+    assert await stars.my_turn(redis, key, 0.3) is True
+    assert await stars.my_turn(None, key, 0.3) is True  # no Redis: run

@@ -174,6 +174,7 @@ def create_app(settings: Settings, *, database_prepared: bool = False) -> FastAP
                         settings,
                         settings.stars_reconcile_interval_seconds,
                         stop_reconciling,
+                        redis,
                     ),
                     name="stars-reconcile",
                 )
@@ -182,7 +183,11 @@ def create_app(settings: Settings, *, database_prepared: bool = False) -> FastAP
             money_tasks.append(
                 asyncio.create_task(
                     audit.audit_forever(
-                        sessions, settings.audit_interval_seconds, stop_reconciling
+                        sessions,
+                        settings.audit_interval_seconds,
+                        stop_reconciling,
+                        redis,
+                        settings.redis_prefix,
                     ),
                     name="ledger-audit",
                 )

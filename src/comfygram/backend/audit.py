@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import and_, case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -226,14 +227,24 @@ async def audit_once(sessions: async_sessionmaker) -> list[Discrepancy]:
     return found
 
 
-async def audit_forever(sessions: async_sessionmaker, interval: float, stop: asyncio.Event) -> None:
+async def audit_forever(
+    sessions: async_sessionmaker,
+    interval: float,
+    stop: asyncio.Event,
+    redis: Any = None,
+    prefix: str = "comfygram",
+) -> None:
     """The audit every ``interval`` seconds (the first one interval after start) until
-    ``stop``."""
+    ``stop``; one process of several per round."""
+    from comfygram.backend.stars import my_turn
+
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval)
         if stop.is_set():
             return
+        if not await my_turn(redis, f"{prefix}:audit-round", interval):
+            continue
         try:
             await audit_once(sessions)
         except Exception:

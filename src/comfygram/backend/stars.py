@@ -497,15 +497,35 @@ async def tell_credited(bot: Any, result: PassResult) -> None:
             log.warning("could not tell user %s about a late payment: %s", telegram_id, exc)
 
 
+async def my_turn(redis: Any, key: str, interval: float) -> bool:
+    """Whether this process runs this round: the processes of `comfygram backend --workers N`
+    each have the periodic task, and the first to take the round's Redis key runs it. With
+    Redis unreachable every process runs (both tasks are safe to run at once, only wasteful)."""
+    if redis is None:
+        return True
+    try:
+        return bool(await redis.set(key, "1", nx=True, px=max(100, int(interval * 900))))
+    except Exception as exc:  # RedisError, OSError: run rather than skip the check
+        log.warning("periodic %s: Redis unreachable (%s), running anyway", key, type(exc).__name__)
+        return True
+
+
 async def reconcile_forever(
-    sessions: async_sessionmaker, settings: Any, interval: float, stop: asyncio.Event
+    sessions: async_sessionmaker,
+    settings: Any,
+    interval: float,
+    stop: asyncio.Event,
+    redis: Any = None,
 ) -> None:
-    """A pass every ``interval`` seconds (the first one interval after start) until ``stop``."""
+    """A pass every ``interval`` seconds (the first one interval after start) until ``stop``;
+    one process of several per round (my_turn)."""
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval)
         if stop.is_set():
             return
+        if not await my_turn(redis, f"{settings.redis_prefix}:stars-reconcile-round", interval):
+            continue
         try:
             await reconcile_with_bot(sessions, settings)
             async with sessions() as session:
