@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -43,6 +44,14 @@ DATABASES = ["sqlite", "postgres"]
 # The real-ComfyUI tier (docs/testing.md): its tests share ComfyUI's one models/ folder, where
 # placeholder files come and go, and a session-scoped server, so they all run on one worker.
 REAL_COMFYUI_TESTS = "tests/test_real_comfyui"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "money: moves credits or Stars; `comfygram audit` runs on the test's database after it "
+        "and any discrepancy fails the test (docs/testing.md)",
+    )
 
 
 @pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: unused when pytest runs alone
@@ -183,3 +192,44 @@ async def api(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     """A client of the backend, carrying the service token."""
     async with backend_client(app) as client:
         yield client
+
+
+async def audit_database(database_url: str) -> list[str] | None:
+    """The ledger audit over a test's database, one line per discrepancy; None when there is
+    nothing to audit (the test never made the database, or never migrated it)."""
+    from sqlalchemy.exc import DBAPIError
+
+    from comfygram.backend import audit, db
+
+    if database_url.startswith("sqlite"):
+        path = make_url(database_url).database
+        if not path or not await asyncio.to_thread(os.path.exists, path):
+            return None
+    engine = db.create_engine(database_url)
+    try:
+        async with db.create_sessionmaker(engine)() as session:
+            return [str(d) for d in await audit.run(session)]
+    except DBAPIError as exc:
+        if "no such table" in str(exc) or "does not exist" in str(exc):
+            return None
+        raise
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(autouse=True)
+async def money_audit(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """After a test marked ``money`` that used a database, `comfygram audit`'s checks run on
+    that database; a discrepancy fails the test (an error at teardown, naming each one)."""
+    yield
+    if request.node.get_closest_marker("money") is None:
+        return
+    # Every fixture of the test is in funcargs (this one, autouse, is set up first and torn
+    # down last, after the app and its engine).
+    settings = (request.node.funcargs or {}).get("settings")
+    if not isinstance(settings, Settings):
+        return
+    database_url = settings.database_url
+    found = await audit_database(database_url)
+    if found:
+        pytest.fail("the ledger audit found after this money test:\n" + "\n".join(found))

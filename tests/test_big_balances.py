@@ -12,6 +12,8 @@ from comfygram.backend.models import LedgerEntry, User
 from comfygram.domain import ledger
 from tests.helpers import balance, create_job, register
 
+pytestmark = pytest.mark.money
+
 
 async def operator_credit(app: FastAPI, amount: int, key: str) -> int:
     """An operator's adjustment straight through the ledger (past the API's per-call bound)."""

@@ -20,7 +20,7 @@ from comfygram.telegram import create_bot
 from tests.bot_helpers import FlakyBackend, World, fast_chat_pace, polling_world  # noqa: F401
 from tests.doubles.telegram import BOT_USERNAME, TEST_BOT_TOKEN, Call, TelegramDouble, UserDriver
 
-pytestmark = pytest.mark.usefixtures("fast_chat_pace")
+pytestmark = [pytest.mark.usefixtures("fast_chat_pace"), pytest.mark.money]
 
 REFUNDED = "went back to you"
 

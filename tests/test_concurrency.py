@@ -4,10 +4,13 @@ Each test runs on PostgreSQL (row locks) and SQLite (one writer at a time)."""
 
 import asyncio
 
+import pytest
 from sqlalchemy import func, select
 
 from comfygram.backend.models import Job, LedgerEntry, User
 from tests.helpers import balance, create_job, grant, register
+
+pytestmark = pytest.mark.money
 
 
 async def ledger_total(app, telegram_id: int) -> int:

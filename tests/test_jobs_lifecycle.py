@@ -2,8 +2,12 @@
 
 import asyncio
 
+import pytest
+
 from tests import images
 from tests.helpers import backend_client, balance, create_job, register
+
+pytestmark = pytest.mark.money
 
 
 async def status(api, job_id: str, target: str, **extra):

@@ -8,12 +8,15 @@ import asyncio
 from datetime import timedelta
 
 import httpx
+import pytest
 from sqlalchemy import func, select, update
 
 from comfygram.backend import payments
 from comfygram.backend.models import ChargeRefund, Payment, utcnow
 from comfygram.settings import CreditPackage
 from tests.helpers import balance, register
+
+pytestmark = pytest.mark.money
 
 
 async def _invoice(api: httpx.AsyncClient, telegram_id: int = 1001, package: str = "small"):

@@ -92,6 +92,13 @@ RUN_BY = {
         "test_cli.py::test_healthcheck_of_a_worker_is_its_heartbeat, "
         "test_cli.py::test_healthcheck_of_a_backend_is_its_healthz"
     ),
+    "comfygram payments reconcile": (
+        "test_star_reconcile.py::test_comfygram_payments_reconcile_prints_what_it_found"
+    ),
+    "comfygram audit": (
+        "test_audit.py::test_audit_is_clean_after_a_real_journey, "
+        "test_audit.py::test_audit_names_each_discrepancy_of_a_database_broken_on_purpose"
+    ),
     "comfygram presets list\\|check": (
         "test_doctor.py::test_cli_presets_list, "
         "test_doctor.py::test_cli_presets_check_names_what_this_comfyui_lacks"

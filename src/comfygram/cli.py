@@ -7,13 +7,20 @@ import asyncio
 import os
 import sys
 import traceback
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 from comfygram import __version__
 from comfygram.health import alive_while
 from comfygram.logs import redact, setup_logging
 from comfygram.presets import PresetError
 from comfygram.settings import ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import async_sessionmaker
+
+T = TypeVar("T")
 
 # Commands that keep running: they say at start where their settings came from.
 LONG_RUNNING = ("run", "backend", "worker", "bot")
@@ -196,6 +203,60 @@ def _presets(settings: Settings, args: argparse.Namespace) -> None:
     raise SystemExit(0 if all(c.status == doctor.OK for c in checks) else 1)
 
 
+async def _with_sessions(
+    settings: Settings, work: Callable[[async_sessionmaker], Awaitable[T]]
+) -> T:
+    """Run ``work(sessions)`` against the database the settings name, then dispose of it."""
+    from comfygram import startup
+    from comfygram.backend import db
+
+    await startup.check_database(settings)
+    engine = db.create_engine(settings.database_dsn)
+    try:
+        return await work(db.create_sessionmaker(engine))
+    finally:
+        await engine.dispose()
+
+
+def _payments(settings: Settings, args: argparse.Namespace) -> None:
+    from comfygram.backend import stars
+
+    settings.require("bot_token")
+
+    async def reconcile(sessions: async_sessionmaker) -> tuple[stars.PassResult, int]:
+        result = await stars.reconcile_with_bot(sessions, settings)
+        async with sessions() as session:
+            open_count = await stars.unresolved_count(session)
+        return result, open_count
+
+    result, open_count = asyncio.run(_with_sessions(settings, reconcile))
+    if result.error:
+        print(f"reconciliation #{result.id} stopped, nothing changed: {result.error}")
+        raise SystemExit(1)
+    for line in result.found:
+        print(line)
+    print(
+        f"reconciliation #{result.id}: {result.transactions} Star transactions, "
+        f"{result.credited} credited late, {result.flagged} new discrepancies, "
+        f"{open_count} unresolved"
+    )
+    raise SystemExit(1 if open_count else 0)
+
+
+def _audit(settings: Settings, _args: argparse.Namespace) -> None:
+    from comfygram.backend import audit
+
+    async def run(sessions: async_sessionmaker) -> tuple[list[audit.Discrepancy], int]:
+        async with sessions() as session:
+            return await audit.run(session), await audit.user_count(session)
+
+    found, users = asyncio.run(_with_sessions(settings, run))
+    for item in found:
+        print(item)
+    print(audit.summary(found, users))
+    raise SystemExit(1 if found else 0)
+
+
 def _table(rows: list[tuple[str, ...]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join(
@@ -276,6 +337,19 @@ def build_parser() -> argparse.ArgumentParser:
         "presets this ComfyUI can run (exit 1 if one cannot)",
     )
     presets.set_defaults(handler=_presets)
+
+    payments = command("payments", "Telegram Stars payments: reconcile with Telegram")
+    payments.add_argument(
+        "payments_command",
+        choices=["reconcile"],
+        help="reconcile: compare Telegram's Star transactions with the payments table, credit "
+        "a charge whose update was lost, flag the rest (exit 1 if anything is unresolved)",
+    )
+    payments.set_defaults(handler=_payments)
+    command(
+        "audit",
+        "check the books: balances, payments, refunds, jobs, promo codes",
+    ).set_defaults(handler=_audit)
     return parser
 
 

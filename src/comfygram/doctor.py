@@ -111,6 +111,38 @@ async def check_database(settings: Settings) -> list[Check]:
     return await _guard("database", probe)
 
 
+async def check_reconciliation(settings: Settings) -> list[Check]:
+    """The last Star reconciliation pass and what is still unresolved (docs/payments.md)."""
+    from comfygram.backend import db, stars
+
+    async def probe() -> list[Check]:
+        engine = db.create_engine(settings.database_dsn)
+        try:
+            async with db.create_sessionmaker(engine)() as session:
+                last = await stars.last_pass(session)
+                open_count = await stars.unresolved_count(session)
+        finally:
+            await engine.dispose()
+        every = settings.stars_reconcile_interval_seconds
+        when = f"every {every / 3600:g} h" if every else "off (STARS_RECONCILE_INTERVAL_SECONDS=0)"
+        unresolved = (
+            f"{open_count} unresolved discrepanc{'y' if open_count == 1 else 'ies'}: see the "
+            "admin dashboard"
+        )
+        if last is None:
+            detail = f"no pass yet ({when}; `comfygram payments reconcile` runs one now)"
+            return [Check("reconciliation", WARN if open_count else OK, detail)]
+        at = f"last pass #{last.id} at {last.started_at:%Y-%m-%d %H:%M} UTC"
+        if last.error:
+            return [Check("reconciliation", WARN, f"{at} stopped: {last.error}")]
+        done = f"{at}: {last.transactions} transactions, {last.credited} credited late"
+        if open_count:
+            return [Check("reconciliation", WARN, f"{done}; {unresolved}")]
+        return [Check("reconciliation", OK, f"{done}; nothing unresolved ({when})")]
+
+    return await _guard("reconciliation", probe)
+
+
 async def check_embedded_redis(settings: Settings) -> list[Check]:
     """No Redis configured: the one `comfygram run` embeds, running or to be started."""
     from comfygram.embedded_redis import EmbeddedRedisError, answers, find_server, socket_path
@@ -380,7 +412,11 @@ async def run_doctor(settings: Settings | None = None) -> list[Check]:
         )
     # One after another: each timeout then measures only its own service.
     checks = [first, *check_admin(settings)]
-    for check in (check_database, check_redis, check_comfyui):
+    database = await check_database(settings)
+    checks += database
+    if all(c.status == OK for c in database):
+        checks += await check_reconciliation(settings)
+    for check in (check_redis, check_comfyui):
         checks += await check(settings)
     workers, other_comfyuis = await check_workers(settings)
     for url in other_comfyuis:

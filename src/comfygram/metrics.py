@@ -76,6 +76,23 @@ STARS_REFUNDED = Counter(
     "Telegram Stars given back for charges that could not be credited.",
 )
 
+STAR_DISCREPANCIES = Counter(
+    "comfygram_star_discrepancies_total",
+    "Discrepancies Star reconciliation found between Telegram and the payments table, by kind "
+    "(credited_late, unknown_to_telegram, amount_mismatch, refund_mismatch, uncredited).",
+    ["kind"],
+)
+STAR_DISCREPANCIES_OPEN = Gauge(
+    "comfygram_star_discrepancies_unresolved",
+    "Star discrepancies no operator has marked resolved, after the backend's last pass.",
+    multiprocess_mode="mostrecent",
+)
+AUDIT_DISCREPANCIES = Gauge(
+    "comfygram_audit_discrepancies",
+    "What the backend's last ledger audit found (0: the books add up).",
+    multiprocess_mode="mostrecent",
+)
+
 
 def exposition() -> tuple[bytes, str]:
     """The text format Prometheus scrapes, and its content type: every process's values in

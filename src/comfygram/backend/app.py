@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from comfygram import __version__
-from comfygram.backend import db, reconcile, retention
+from comfygram.backend import audit, db, reconcile, retention, stars
 from comfygram.backend.admin import mount_admin
 from comfygram.backend.api_docs import mount_api_docs
 from comfygram.backend.deps import has_api_token
@@ -164,6 +164,36 @@ def create_app(settings: Settings, *, database_prepared: bool = False) -> FastAP
             ),
             name="media-retention",
         )
+        # Money checks (docs/payments.md): Telegram's Star transactions against the payments
+        # table (only with a bot token), and the ledger audit; each first runs one interval
+        # after start, and 0 turns it off.
+        money_tasks = []
+        if settings.stars_reconcile_interval_seconds and settings.bot_token:
+            money_tasks.append(
+                asyncio.create_task(
+                    stars.reconcile_forever(
+                        sessions,
+                        settings,
+                        settings.stars_reconcile_interval_seconds,
+                        stop_reconciling,
+                        redis,
+                    ),
+                    name="stars-reconcile",
+                )
+            )
+        if settings.audit_interval_seconds:
+            money_tasks.append(
+                asyncio.create_task(
+                    audit.audit_forever(
+                        sessions,
+                        settings.audit_interval_seconds,
+                        stop_reconciling,
+                        redis,
+                        settings.redis_prefix,
+                    ),
+                    name="ledger-audit",
+                )
+            )
         app.state.bot = None
         if settings.webhook_url and settings.bot_token:
             # Webhook mode: Telegram posts to /webhook here, and the bot's dispatcher runs here.
@@ -187,6 +217,9 @@ def create_app(settings: Settings, *, database_prepared: bool = False) -> FastAP
                     await reconciler
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(retention_sweeper, 10)
+            for task in money_tasks:  # a pass in progress (Telegram slow) is cut short
+                with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                    await asyncio.wait_for(task, 10)
             await redis.aclose()
             await engine.dispose()
 

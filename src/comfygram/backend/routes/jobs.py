@@ -262,8 +262,10 @@ def _aware(value: datetime) -> datetime:
 
 @router.post("/{job_id}/refund", response_model=RefundOut)
 async def refund_job(job_id: str, session: SessionDep) -> RefundOut:
-    """Give a finished job's price back; a second call changes nothing."""
-    job, refunded = await jobs.refund(session, job_id)
+    """Give a finished job's price back; a second call changes nothing. The entry's actor is
+    "api": a refund someone asked for, which the audit tells apart from the automatic refund
+    of a failed or cancelled job (a succeeded job is refunded only on request)."""
+    job, refunded = await jobs.refund(session, job_id, actor="api")
     await session.commit()
     user = await session.get(User, job.user_id)
     return RefundOut(job=JobOut.of(job, user), refunded=refunded, balance=user.balance)
