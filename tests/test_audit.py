@@ -170,17 +170,21 @@ async def test_audit_names_each_discrepancy_of_a_database_broken_on_purpose(
     code, lines = await comfygram_audit(settings, tmp_path)
     assert code == 1, lines
     *found, summary = lines
-    assert summary == "audit: 7 discrepancies"
+    # Break 2 is three findings: debited twice, and each take-back of a payment still paid.
+    assert summary == "audit: 9 discrepancies"
     rules = sorted(line.split(":")[0] for line in found)
     assert rules == [
         "balance_mismatch",
         "job_not_refunded",
         "payment_credited_twice",
         "payment_not_credited",
+        "payment_refund",
+        "payment_refund",
         "promo_over_used",
         "refund_debited_twice",
         "succeeded_job_refunded",
     ], found
+    assert f"payment {paid.id} is paid, not refunded" in "\n".join(found)
     assert "balance_mismatch: user 2001: balance" in "\n".join(found)
     assert f"job_not_refunded: job {ids['failed']}: failed" in "\n".join(found)
     assert "promo_over_used: promo WELCOME: 2 redemptions of 1 allowed" in found

@@ -24,6 +24,8 @@ from tests.admin_helpers import login, panel_client, with_admin
 from tests.doubles.telegram import TEST_BOT_TOKEN, TelegramDouble
 from tests.helpers import backend_client, grant, register
 
+pytestmark = pytest.mark.money
+
 TID = 4201
 
 

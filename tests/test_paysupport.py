@@ -27,7 +27,7 @@ from tests.bot_helpers import (  # noqa: F401
 )
 from tests.doubles.telegram import Call, UserDriver
 
-pytestmark = pytest.mark.usefixtures("fast_chat_pace")
+pytestmark = [pytest.mark.usefixtures("fast_chat_pace"), pytest.mark.money]
 
 TAKEN = "was refunded"
 

@@ -22,6 +22,8 @@ from tests.admin_helpers import csrf, login, panel_client, with_admin
 from tests.bot_helpers import World, fast_chat_pace, polling_world, serve  # noqa: F401
 from tests.helpers import API_TOKEN, balance, register
 
+pytestmark = pytest.mark.money
+
 
 async def create_code(api: httpx.AsyncClient, code: str = "SPRING25", **fields: object) -> dict:
     body = {"code": code, "credits": 7, "max_uses": 10, "actor": "tests"} | fields

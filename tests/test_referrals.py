@@ -23,6 +23,8 @@ from tests.doubles.telegram import BOT_USERNAME, Call, UserDriver
 from tests.helpers import balance, register
 from tests.test_promos import assert_books_balance
 
+pytestmark = pytest.mark.money
+
 LINK = re.compile(rf"https://t\.me/{BOT_USERNAME}\?start=ref_([a-z0-9]{{8}})")
 
 

@@ -15,7 +15,7 @@ from comfygram.settings import Settings, SubscriptionPlan
 from tests.bot_helpers import World, fast_chat_pace, polling_world  # noqa: F401
 from tests.doubles.telegram import UserDriver
 
-pytestmark = pytest.mark.usefixtures("fast_chat_pace")
+pytestmark = [pytest.mark.usefixtures("fast_chat_pace"), pytest.mark.money]
 
 MONTHLY = SubscriptionPlan(id="monthly", credits=100, stars=300)
 SIGNUP = 3

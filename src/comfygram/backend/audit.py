@@ -5,7 +5,9 @@ The rules:
 - every balance equals the sum of its user's ledger entries, and none is below zero;
 - every payment is credited at most once (one ``payment`` entry per payment), and a payment
   marked paid was credited;
-- every refund of a payment is debited at most once (one ``payment_refund`` entry per payment);
+- every refund of a payment is debited at most once (one ``payment_refund`` entry per payment),
+  takes back at most what the payment bought, and a refunded payment has its entry or says
+  why there is none (the balance was 0);
 - every failed or cancelled job that cost credits is refunded exactly once, a free one never,
   and no job that succeeded is refunded automatically (an operator's goodwill refund, which
   carries their name, is allowed);
@@ -24,6 +26,7 @@ from sqlalchemy import and_, case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from comfygram import metrics
+from comfygram.backend import payment_refunds
 from comfygram.backend.models import Job, LedgerEntry, Payment, PromoCode, PromoRedemption, User
 from comfygram.domain.jobs import JobStatus
 from comfygram.domain.ledger import Reason
@@ -199,10 +202,19 @@ async def promos(session: AsyncSession) -> list[Discrepancy]:
     return found
 
 
+async def refunds(session: AsyncSession) -> list[Discrepancy]:
+    """A take-back belongs to a refunded payment and takes at most its credits; a refunded
+    payment has its take-back, or the note that the balance was 0 (payment_refunds)."""
+    return [
+        Discrepancy("payment_refund", line.split(":", 1)[0], line.split(": ", 1)[1])
+        for line in await payment_refunds.discrepancies(session)
+    ]
+
+
 async def run(session: AsyncSession) -> list[Discrepancy]:
     """Every rule over the whole database, in one read transaction."""
     found: list[Discrepancy] = []
-    for check in (balances, payments, jobs, promos):
+    for check in (balances, payments, refunds, jobs, promos):
         found += await check(session)
     return found
 
