@@ -28,7 +28,7 @@ from comfygram.backend.models import (
     utcnow,
 )
 from comfygram.domain import ledger
-from comfygram.settings import Settings
+from comfygram.settings import Settings, SubscriptionPlan
 from tests.bot_helpers import World, fast_chat_pace, polling_world  # noqa: F401
 from tests.doubles.telegram import TEST_BOT_TOKEN, TelegramDouble
 from tests.helpers import balance, register
@@ -287,6 +287,32 @@ async def test_a_refund_we_never_recorded_and_a_charge_nobody_can_credit_are_fla
     ]
     assert result.credited == 0 and result.flagged == 2
     assert await balance(api) == credited  # never a silent fix
+
+
+async def test_a_lost_subscription_renewal_is_credited_once(app, api, settings, telegram):
+    """A period's successful_payment lost: its payload is one of our subscriptions, so the pass
+    credits it as /api/payments/confirm would have, and the late update changes nothing."""
+    plans = [SubscriptionPlan(id="monthly", credits=100, stars=300)]
+    app.state.settings = app.state.settings.model_copy(update={"subscription_plans": plans})
+    await register(api)
+    start = await balance(api)
+    made = await api.post(
+        "/api/subscriptions/create", json={"telegram_id": 1001, "plan": "monthly"}
+    )
+    assert made.status_code == 201, made.text
+    plan = {"payload": made.json()["payload"], "amount": 300}
+    await telegram.user(1001)._pay(plan["payload"], 300, "sub-first", deliver=False)
+    first = await _confirm(api, plan, "sub-first")
+    assert first.json()["credited"] is True
+    await telegram.user(1001)._pay(plan["payload"], 300, "sub-renewal", deliver=False)
+
+    result = await _pass(app, settings, telegram)
+    assert (result.credited, result.flagged) == (1, 0)
+    assert await balance(api) == start + 200
+    assert ("credited_late", "sub-renewal", False) in await _discrepancies(app)
+    late = await _confirm(api, plan, "sub-renewal")
+    assert late.status_code == 200 and late.json()["credited"] is False
+    assert await balance(api) == start + 200
 
 
 async def test_telegram_down_records_the_error_and_changes_nothing(app, api, settings, telegram):

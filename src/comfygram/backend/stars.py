@@ -33,7 +33,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from comfygram import metrics
-from comfygram.backend import payments
+from comfygram.backend import payments, subscriptions
 from comfygram.backend.errors import ApiError, not_found
 from comfygram.backend.models import (
     ChargeRefund,
@@ -41,6 +41,7 @@ from comfygram.backend.models import (
     Payment,
     StarDiscrepancy,
     StarReconciliation,
+    Subscription,
     utcnow,
 )
 from comfygram.domain import ledger
@@ -183,15 +184,20 @@ async def _credit_late(
     """Credit a charge whose successful_payment never reached us, as confirm would have."""
     async with sessions() as session:
         try:
-            payment, user, credited = await payments.confirm(
-                session,
-                tx.payload or "",
-                tx.id,
-                tx.amount,
-                payments.CURRENCY,
-                packages=packages,
-                ttl_seconds=ttl_seconds,
-            )
+            if subscriptions.is_subscription(tx.payload or ""):
+                payment, user, credited = await subscriptions.confirm_period(
+                    session, tx.payload or "", tx.id, tx.amount, payments.CURRENCY
+                )
+            else:
+                payment, user, credited = await payments.confirm(
+                    session,
+                    tx.payload or "",
+                    tx.id,
+                    tx.amount,
+                    payments.CURRENCY,
+                    packages=packages,
+                    ttl_seconds=ttl_seconds,
+                )
         except ApiError as exc:
             await session.rollback()
             payment_id = await session.scalar(
@@ -274,10 +280,12 @@ async def _compare(
         debited: set[str] = set()
         for reason, key in keys:
             (credited if reason == ledger.Reason.PAYMENT.value else debited).add(key)
-        pending_payloads = {
+        # What a lost charge can still credit: an invoice not yet paid, or a period of one of
+        # our subscriptions (the first or a renewal).
+        creditable = {
             p.payload
             for p in await session.scalars(select(Payment).where(Payment.status == "pending"))
-        }
+        } | set(await session.scalars(select(Subscription.payload)))
 
     late: list[Transaction] = []
     async with sessions() as session:
@@ -300,15 +308,15 @@ async def _compare(
                 continue  # credited with no payments row of its own (a subscription period)
             if tx.id in given_back or tx.id in outgoing or tx.date > settled:
                 continue  # being given back, given back already, or still in flight
-            if tx.payload in pending_payloads:
+            if tx.payload in creditable:
                 late.append(tx)
                 continue
             holder = await session.scalar(select(Payment).where(Payment.payload == tx.payload))
             why = (
                 f"the invoice was already paid with charge {holder.telegram_payment_charge_id}"
                 if holder is not None
-                else "no invoice of ours has this payload (a subscription period nobody "
-                "recorded, or another bot's invoice)"
+                else "no invoice or subscription of ours has this payload (another bot's "
+                "invoice?)"
             )
             await _flag(
                 session,
