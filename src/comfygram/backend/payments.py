@@ -9,7 +9,7 @@ refundStarPayment, by exactly one caller at a time, and marked refunded once.
 from __future__ import annotations
 
 import secrets
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from comfygram.backend import accounts, referrals
 from comfygram.backend.errors import ApiError, not_found
-from comfygram.backend.models import ChargeRefund, LedgerEntry, Payment, User, utcnow
+from comfygram.backend.models import ChargeRefund, LedgerEntry, Payment, User, as_utc, utcnow
 from comfygram.domain import ledger
 from comfygram.domain.ledger import Reason
 from comfygram.settings import CreditPackage
@@ -40,13 +40,6 @@ REFUND_LEASE_SECONDS = 60.0
 
 def _now(now: datetime | None) -> datetime:
     return now or utcnow()
-
-
-def _aware(moment: datetime | None) -> datetime | None:
-    """SQLite hands timestamps back without their zone; every stored time is UTC."""
-    if moment is not None and moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    return moment
 
 
 async def create(session: AsyncSession, telegram_id: int, package: CreditPackage) -> Payment:
@@ -95,7 +88,7 @@ def _check_current(
 ) -> None:
     """Refuse an invoice older than the TTL, or whose package is gone or now sold on other
     terms: the operator's CREDIT_PACKAGES change applies to every invoice not yet approved."""
-    created = _aware(payment.created_at)
+    created = as_utc(payment.created_at)
     if created is not None and now - created > timedelta(seconds=ttl_seconds):
         raise ApiError(
             410,

@@ -11,7 +11,7 @@ ledger entry (``promo:<code>:<telegram id>``) are written in one transaction.
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from comfygram.backend import accounts
 from comfygram.backend.errors import ApiError
-from comfygram.backend.models import PromoCode, PromoRedemption, User, utcnow
+from comfygram.backend.models import PromoCode, PromoRedemption, User, as_utc, utcnow
 from comfygram.domain import ledger
 from comfygram.domain.ledger import Reason
 
@@ -32,13 +32,6 @@ MAX_USES = 1_000_000
 def normalize(code: str) -> str:
     """Codes are case-insensitive: stored and compared in upper case."""
     return code.strip().upper()
-
-
-def _aware(moment: datetime | None) -> datetime | None:
-    """SQLite hands timestamps back without their zone; every stored time is UTC."""
-    if moment is not None and moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    return moment
 
 
 def check_new(
@@ -70,7 +63,7 @@ def refusal(promo: PromoCode, now: datetime) -> ApiError:
     """Why a code that exists cannot be redeemed now (no I/O): disabled, expired or used up."""
     if promo.disabled:
         return ApiError(410, "promo_disabled", f"Promo code {promo.code} was switched off.")
-    expires = _aware(promo.expires_at)
+    expires = as_utc(promo.expires_at)
     if expires is not None and expires <= now:
         return ApiError(410, "promo_expired", f"Promo code {promo.code} has expired.")
     if promo.uses >= promo.max_uses:

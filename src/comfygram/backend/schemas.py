@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -38,13 +38,6 @@ class Strict(BaseModel):
         return no_nul(value) if isinstance(value, str) else value
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    # SQLite hands back naive datetimes; everything stored is UTC.
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
-
-
 class RegisterRequest(Strict):
     telegram_id: TelegramId
     username: str | None = Field(default=None, max_length=64)
@@ -74,7 +67,7 @@ class UserOut(BaseModel):
             balance=user.balance,
             blocked_bot=user.blocked_bot,
             banned=bool(user.banned),
-            created_at=_aware(user.created_at),
+            created_at=models.as_utc(user.created_at),
         )
 
 
@@ -226,11 +219,11 @@ class JobOut(BaseModel):
             delivery_status=DeliveryStatus(job.delivery_status),
             delivery_error=job.delivery_error,
             comfyui_crashes=job.comfyui_crashes or 0,
-            created_at=_aware(job.created_at),
-            updated_at=_aware(job.updated_at),
-            started_at=_aware(job.started_at),
-            finished_at=_aware(job.finished_at),
-            delivered_at=_aware(job.delivered_at),
+            created_at=models.as_utc(job.created_at),
+            updated_at=models.as_utc(job.updated_at),
+            started_at=models.as_utc(job.started_at),
+            finished_at=models.as_utc(job.finished_at),
+            delivered_at=models.as_utc(job.delivered_at),
         )
 
 
@@ -385,8 +378,8 @@ class ChargeRefundOut(BaseModel):
             status=status,
             attempts=refund.attempts,
             error=refund.error,
-            created_at=_aware(refund.created_at),
-            refunded_at=_aware(refund.refunded_at),
+            created_at=models.as_utc(refund.created_at),
+            refunded_at=models.as_utc(refund.refunded_at),
             claimed=claimed,
             changed=changed,
         )
@@ -556,10 +549,10 @@ class PromoOut(BaseModel):
             credits=promo.credits,
             max_uses=promo.max_uses,
             uses=promo.uses,
-            expires_at=_aware(promo.expires_at),
+            expires_at=models.as_utc(promo.expires_at),
             disabled=bool(promo.disabled),
             created_by=promo.created_by,
-            created_at=_aware(promo.created_at),
+            created_at=models.as_utc(promo.created_at),
         )
 
 
@@ -636,7 +629,7 @@ class PaymentRefundOut(BaseModel):
             changed=done.changed,
             refund_actor=payment.refund_actor if payment is not None else None,
             refund_reason=payment.refund_reason if payment is not None else None,
-            refunded_at=_aware(payment.refunded_at) if payment is not None else None,
+            refunded_at=models.as_utc(payment.refunded_at) if payment is not None else None,
         )
 
 
@@ -696,7 +689,7 @@ class SupportRequestOut(BaseModel):
             text=request.text,
             status=request.status,
             reply=request.reply,
-            created_at=_aware(request.created_at),
+            created_at=models.as_utc(request.created_at),
         )
 
 
@@ -718,5 +711,5 @@ class RecentPaymentOut(BaseModel):
             credits=payment.credits,
             amount=payment.amount,
             currency=payment.currency,
-            paid_at=_aware(payment.paid_at),
+            paid_at=models.as_utc(payment.paid_at),
         )

@@ -42,6 +42,7 @@ from comfygram.backend.models import (
     StarDiscrepancy,
     StarReconciliation,
     Subscription,
+    as_utc,
     utcnow,
 )
 from comfygram.domain import ledger
@@ -93,12 +94,6 @@ class PassResult:
     to_tell: list[tuple[int, str | None, int, int, int]] = field(default_factory=list)
 
 
-def _aware(moment: datetime | None) -> datetime | None:
-    if moment is not None and moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    return moment
-
-
 def from_telegram(tx: Any) -> Transaction | None:
     """An aiogram StarTransaction as a Transaction; None for one that is neither an invoice
     payment by a user nor a refund to one (withdrawals, ads, gifts...)."""
@@ -112,7 +107,7 @@ def from_telegram(tx: Any) -> Transaction | None:
     return Transaction(
         id=tx.id,
         amount=tx.amount,
-        date=_aware(date) or date,
+        date=as_utc(date) or date,
         incoming=incoming,
         payload=getattr(partner, "invoice_payload", None),
         user_id=user.id if user is not None else None,
@@ -315,8 +310,7 @@ async def _compare(
             why = (
                 f"the invoice was already paid with charge {holder.telegram_payment_charge_id}"
                 if holder is not None
-                else "no invoice or subscription of ours has this payload (another bot's "
-                "invoice?)"
+                else "no invoice or subscription of ours has this payload (another bot's invoice?)"
             )
             await _flag(
                 session,
@@ -329,7 +323,7 @@ async def _compare(
             )
         # Payments we have.
         for charge_id, payment in ours.items():
-            paid_at = _aware(payment.paid_at) or started
+            paid_at = as_utc(payment.paid_at) or started
             if charge_id in incoming or paid_at > settled:
                 continue
             await _flag(
@@ -372,7 +366,7 @@ async def _compare(
                     refund.payment_id,
                 )
         for charge_id, payment in ours.items():
-            refunded_at = _aware(payment.refunded_at)
+            refunded_at = as_utc(payment.refunded_at)
             if refunded_at is None or refunded_at > settled or charge_id in outgoing:
                 continue
             await _flag(
@@ -384,7 +378,7 @@ async def _compare(
                 payment.id,
             )
         for charge_id, refund in given_back.items():
-            refunded_at = _aware(refund.refunded_at)
+            refunded_at = as_utc(refund.refunded_at)
             if refunded_at is None or refunded_at > settled or charge_id in outgoing:
                 continue
             if charge_id not in incoming:

@@ -8,14 +8,14 @@ row (its charge id is the ledger key), so a renewal Telegram delivers twice is c
 from __future__ import annotations
 
 import secrets
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from comfygram.backend import accounts, referrals
 from comfygram.backend.errors import ApiError, not_found
-from comfygram.backend.models import Payment, Subscription, User, new_id, utcnow
+from comfygram.backend.models import Payment, Subscription, User, as_utc, new_id, utcnow
 from comfygram.domain import ledger
 from comfygram.domain.ledger import Reason
 from comfygram.settings import SubscriptionPlan
@@ -30,16 +30,9 @@ def is_subscription(payload: str) -> bool:
     return payload.startswith(PAYLOAD_PREFIX)
 
 
-def _aware(moment: datetime | None) -> datetime | None:
-    """SQLite hands timestamps back without their zone; every stored time is UTC."""
-    if moment is not None and moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    return moment
-
-
 def state_of(subscription: Subscription, now: datetime | None = None) -> str:
     """pending | active | cancelled (paid up, not renewed) | expired."""
-    end = _aware(subscription.current_period_end)
+    end = as_utc(subscription.current_period_end)
     if subscription.status == "pending" or end is None:
         return "pending"
     if end < (now or utcnow()):
@@ -189,7 +182,7 @@ async def confirm_period(
         subscription.first_charge_id = charge_id
     if subscription.status == "pending":
         subscription.status = "active"
-    end = _aware(subscription.current_period_end)
+    end = as_utc(subscription.current_period_end)
     subscription.current_period_end = expires_at or max(end or now, now) + PERIOD
     await session.flush()
     await referrals.reward_first_payment(session, user, payment, referral_bonus)

@@ -9,7 +9,7 @@ import logging
 import re
 import uuid
 from collections.abc import AsyncGenerator
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from markupsafe import Markup
@@ -30,7 +30,15 @@ from comfygram.backend.admin.auth import csrf_ok
 from comfygram.backend.admin.media import chosen_options, gallery, output_summary
 from comfygram.backend.admin.refunds import PaymentRefundActions
 from comfygram.backend.errors import ApiError
-from comfygram.backend.models import FileRole, Job, LedgerEntry, Payment, Preset, User
+from comfygram.backend.models import (
+    FileRole,
+    Job,
+    LedgerEntry,
+    Payment,
+    Preset,
+    User,
+    as_utc,
+)
 from comfygram.backend.presets import contract_of
 from comfygram.domain.jobs import DeliveryStatus, JobStatus
 from comfygram.domain.ledger import Reason
@@ -96,14 +104,8 @@ def _flash_error(request: Request, message: str) -> None:
     _flash(request, message, "danger")
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
-
-
 def _seconds(start: datetime | None, end: datetime | None) -> str:
-    start, end = _aware(start), _aware(end)
+    start, end = as_utc(start), as_utc(end)
     if start is None or end is None:
         return "—"
     return f"{max(0.0, (end - start).total_seconds()):.1f} s"
@@ -425,7 +427,7 @@ class JobAdmin(_View, model=Job):
     @staticmethod
     def timings(job: Job) -> list[tuple[str, str]]:
         def at(value: datetime | None) -> str:
-            value = _aware(value)
+            value = as_utc(value)
             return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value else "—"
 
         return [

@@ -4,7 +4,6 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, File, Form, Header, Path, Query, Response, UploadFile
@@ -17,7 +16,7 @@ from comfygram.backend import accounts, jobs
 from comfygram.backend.deps import QueueDep, ReaderDep, SessionDep, SettingsDep, StoreDep
 from comfygram.backend.errors import ApiError
 from comfygram.backend.limits import RESULT_SIZE_FACTOR
-from comfygram.backend.models import Job, JobFile, User
+from comfygram.backend.models import Job, JobFile, User, as_utc
 from comfygram.backend.schemas import (
     ComfyUICrash,
     DeliveryReport,
@@ -243,21 +242,17 @@ async def change_status(
 def _count_transition(job: Job, previous: JobStatus) -> None:
     preset, status = job.preset_slug, JobStatus(job.status)
     if status is JobStatus.PROCESSING and job.started_at:
-        wait = (_aware(job.started_at) - _aware(job.created_at)).total_seconds()
+        wait = (as_utc(job.started_at) - as_utc(job.created_at)).total_seconds()
         metrics.QUEUE_WAIT.labels(preset).observe(max(0.0, wait))
     elif status is JobStatus.QUEUED and previous is JobStatus.PROCESSING:
         metrics.JOB_RETRIES.labels(preset).inc()
     if status in FINAL:
         metrics.JOBS_FINISHED.labels(preset, status.value).inc()
     if status is JobStatus.SUCCEEDED and job.started_at and job.finished_at:
-        run = (_aware(job.finished_at) - _aware(job.started_at)).total_seconds()
+        run = (as_utc(job.finished_at) - as_utc(job.started_at)).total_seconds()
         metrics.RUN_TIME.labels(preset).observe(max(0.0, run))
     if status in REFUNDED_ON:
         metrics.JOBS_REFUNDED.labels(preset).inc()
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 @router.post("/{job_id}/refund", response_model=RefundOut)
@@ -326,7 +321,7 @@ def _at(files: list[JobFile], index: int) -> JobFile | None:
 def _stored_file(job: Job, store: StoreDep, stored: JobFile, what: str) -> FileResponse:
     """The file, or 410 Gone once the retention sweep (or anything else) has deleted it."""
     if job.media_deleted_at is not None:
-        when = _aware(job.media_deleted_at).strftime("%Y-%m-%d")
+        when = as_utc(job.media_deleted_at).strftime("%Y-%m-%d")
         raise ApiError(
             410,
             "media_deleted",
