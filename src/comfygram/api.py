@@ -36,6 +36,11 @@ __all__ = [
 ]
 
 
+def _payer(telegram_id: int, chat_id: int, language: str | None) -> dict[str, Any]:
+    """Who paid a charge being reported, and where and how to tell them."""
+    return {"telegram_id": telegram_id, "chat_id": chat_id, "language": language}
+
+
 class BackendError(Exception):
     """The backend refused the request (4xx); ``code`` is its machine-readable reason."""
 
@@ -532,9 +537,7 @@ class BackendClient:
             "total_amount": total_amount,
             "currency": currency,
             "telegram_payment_charge_id": telegram_payment_charge_id,
-            "telegram_id": telegram_id,
-            "chat_id": chat_id,
-            "language": language,
+            **_payer(telegram_id, chat_id, language),
         }
         return ChargeRefund.model_validate(
             await self._json("POST", "/api/payments/refunds", json=body)
@@ -580,9 +583,7 @@ class BackendClient:
             "total_amount": total_amount,
             "currency": currency,
             "telegram_payment_charge_id": telegram_payment_charge_id,
-            "telegram_id": telegram_id,
-            "chat_id": chat_id,
-            "language": language,
+            **_payer(telegram_id, chat_id, language),
         }
         return PaymentRefund.model_validate(
             await self._json("POST", "/api/payments/refunded", json=body)

@@ -71,11 +71,8 @@ async def create(session: AsyncSession, telegram_id: int, plan: SubscriptionPlan
     return subscription
 
 
-async def _by_payload(session: AsyncSession, payload: str, *, lock: bool = False) -> Subscription:
-    query = select(Subscription).where(Subscription.payload == payload)
-    if lock:
-        query = query.with_for_update()
-    subscription = await session.scalar(query)
+async def _by_payload(session: AsyncSession, payload: str) -> Subscription:
+    subscription = await session.scalar(select(Subscription).where(Subscription.payload == payload))
     if subscription is None:
         raise not_found("payment", payload)
     return subscription
