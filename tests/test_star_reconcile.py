@@ -315,6 +315,27 @@ async def test_a_lost_subscription_renewal_is_credited_once(app, api, settings, 
     assert await balance(api) == start + 200
 
 
+async def test_a_lost_first_payment_still_rewards_the_referrer_once(
+    app, api, settings, telegram
+):
+    await register(api, 1002)
+    telegram.user(1002)  # the referrer's chat, where the bonus is told
+    code = (await api.post("/api/referrals/invite", json={"telegram_id": 1002})).json()
+    joined = {"telegram_id": 1003, "referral": f"ref_{code['invite_code']}"}
+    assert (await api.post("/api/users/register", json=joined)).status_code == 201
+    referrer_before = await balance(api, 1002)
+    invoice = await _approved(api, 1003)
+    await _charged(telegram, invoice, "lost-ref", telegram_id=1003)
+
+    result = await _pass(app, settings, telegram)
+    again = await _pass(app, settings, telegram)
+    assert (result.credited, again.credited) == (1, 0)
+    bonus = settings.referral_bonus
+    assert await balance(api, 1002) == referrer_before + bonus
+    told = [c.params["text"] for c in telegram.sent("sendMessage", 1002)]
+    assert len(told) == 1 and "A friend you invited" in told[0], told
+
+
 async def test_telegram_down_records_the_error_and_changes_nothing(app, api, settings, telegram):
     await register(api)
     start = await balance(api)

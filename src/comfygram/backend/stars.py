@@ -33,7 +33,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from comfygram import metrics
-from comfygram.backend import payments, subscriptions
+from comfygram.backend import payments, referrals, subscriptions
 from comfygram.backend.errors import ApiError, not_found
 from comfygram.backend.models import (
     ChargeRefund,
@@ -92,6 +92,8 @@ class PassResult:
     # Whom to tell that a lost payment was credited: (telegram id, language, stars, credits,
     # balance), once, by the pass that credited it.
     to_tell: list[tuple[int, str | None, int, int, int]] = field(default_factory=list)
+    # Referral bonuses those payments earned (a first payment): whom to tell, as the bot would.
+    rewarded: list[referrals.Reward] = field(default_factory=list)
 
 
 def from_telegram(tx: Any) -> Transaction | None:
@@ -175,13 +177,20 @@ async def _credit_late(
     *,
     packages: list[CreditPackage],
     ttl_seconds: float,
+    referral_bonus: int = 0,
 ) -> None:
-    """Credit a charge whose successful_payment never reached us, as confirm would have."""
+    """Credit a charge whose successful_payment never reached us, as confirm would have
+    (the referrer's bonus included)."""
     async with sessions() as session:
         try:
             if subscriptions.is_subscription(tx.payload or ""):
                 payment, user, credited = await subscriptions.confirm_period(
-                    session, tx.payload or "", tx.id, tx.amount, payments.CURRENCY
+                    session,
+                    tx.payload or "",
+                    tx.id,
+                    tx.amount,
+                    payments.CURRENCY,
+                    referral_bonus=referral_bonus,
                 )
             else:
                 payment, user, credited = await payments.confirm(
@@ -192,6 +201,7 @@ async def _credit_late(
                     payments.CURRENCY,
                     packages=packages,
                     ttl_seconds=ttl_seconds,
+                    referral_bonus=referral_bonus,
                 )
         except ApiError as exc:
             await session.rollback()
@@ -234,6 +244,9 @@ async def _credit_late(
             result.to_tell.append(
                 (user.telegram_id, user.language_code, tx.amount, payment.credits, user.balance)
             )
+            reward = await referrals.reward_of(session, payment)
+            if reward is not None:
+                result.rewarded.append(reward)
             metrics.PAYMENTS.labels(package=payment.package).inc()
             metrics.CREDITS_SOLD.inc(payment.credits)
             metrics.STARS_RECEIVED.inc(payment.amount)
@@ -249,6 +262,7 @@ async def _compare(
     settle_seconds: float,
     packages: list[CreditPackage],
     ttl_seconds: float,
+    referral_bonus: int = 0,
 ) -> None:
     settled = started - timedelta(seconds=settle_seconds)
     incoming = {t.id: t for t in transactions if t.incoming}
@@ -395,7 +409,14 @@ async def _compare(
         await session.commit()
 
     for tx in late:
-        await _credit_late(sessions, result, tx, packages=packages, ttl_seconds=ttl_seconds)
+        await _credit_late(
+            sessions,
+            result,
+            tx,
+            packages=packages,
+            ttl_seconds=ttl_seconds,
+            referral_bonus=referral_bonus,
+        )
 
 
 async def reconcile_once(
@@ -404,6 +425,7 @@ async def reconcile_once(
     *,
     packages: list[CreditPackage],
     ttl_seconds: float,
+    referral_bonus: int = 0,
     settle_seconds: float = SETTLE_SECONDS,
     page_size: int = PAGE_SIZE,
     secrets: Sequence[str] = (),
@@ -439,6 +461,7 @@ async def reconcile_once(
                 settle_seconds=settle_seconds,
                 packages=packages,
                 ttl_seconds=ttl_seconds,
+                referral_bonus=referral_bonus,
             )
         except Exception as exc:  # the database failed halfway: what was committed stands
             result.error = f"stopped while comparing: {type(exc).__name__}: {exc}"[:300]
@@ -475,6 +498,7 @@ async def reconcile_with_bot(
             bot_fetch(bot),
             packages=settings.credit_packages,
             ttl_seconds=settings.payment_invoice_ttl_seconds,
+            referral_bonus=settings.referral_bonus,
             secrets=settings.secrets(),
             **options,
         )
@@ -489,10 +513,27 @@ async def tell_credited(bot: Any, result: PassResult) -> None:
     message each; one Telegram refuses (the user blocked the bot) is logged and skipped."""
     from aiogram.exceptions import TelegramAPIError
 
-    from comfygram.i18n import t
+    from comfygram.i18n import language_of, t
 
-    for telegram_id, language, amount, credits, balance in result.to_tell:
-        text = t(language, "stars.credited_late", stars=amount, credits=credits, balance=balance)
+    messages = [
+        (
+            telegram_id,
+            t(language, "stars.credited_late", stars=amount, credits=credits, balance=balance),
+        )
+        for telegram_id, language, amount, credits, balance in result.to_tell
+    ] + [
+        (
+            r.telegram_id,
+            t(
+                language_of(r.language_code),
+                "growth.referral.rewarded",
+                credits=r.credits,
+                balance=r.balance,
+            ),
+        )
+        for r in result.rewarded
+    ]
+    for telegram_id, text in messages:
         try:
             await bot.send_message(telegram_id, text)
         except TelegramAPIError as exc:
