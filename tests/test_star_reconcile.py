@@ -315,9 +315,7 @@ async def test_a_lost_subscription_renewal_is_credited_once(app, api, settings, 
     assert await balance(api) == start + 200
 
 
-async def test_a_lost_first_payment_still_rewards_the_referrer_once(
-    app, api, settings, telegram
-):
+async def test_a_lost_first_payment_still_rewards_the_referrer_once(app, api, settings, telegram):
     await register(api, 1002)
     telegram.user(1002)  # the referrer's chat, where the bonus is told
     code = (await api.post("/api/referrals/invite", json={"telegram_id": 1002})).json()
