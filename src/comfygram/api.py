@@ -36,9 +36,26 @@ __all__ = [
 ]
 
 
-def _payer(telegram_id: int, chat_id: int, language: str | None) -> dict[str, Any]:
-    """Who paid a charge being reported, and where and how to tell them."""
-    return {"telegram_id": telegram_id, "chat_id": chat_id, "language": language}
+def _charge_report(
+    payload: str,
+    total_amount: int,
+    currency: str,
+    telegram_payment_charge_id: str,
+    telegram_id: int,
+    chat_id: int,
+    language: str | None,
+) -> dict[str, Any]:
+    """A charge being reported (refused by confirm, or refunded): the charge, who paid it, and
+    where and how to tell them."""
+    return {
+        "payload": payload,
+        "total_amount": total_amount,
+        "currency": currency,
+        "telegram_payment_charge_id": telegram_payment_charge_id,
+        "telegram_id": telegram_id,
+        "chat_id": chat_id,
+        "language": language,
+    }
 
 
 class BackendError(Exception):
@@ -532,13 +549,15 @@ class BackendClient:
     ) -> ChargeRefund:
         """Record a charge confirm refused for a refund (once per charge id); ``claimed`` says
         whether this caller is the one to call refundStarPayment now."""
-        body = {
-            "payload": payload,
-            "total_amount": total_amount,
-            "currency": currency,
-            "telegram_payment_charge_id": telegram_payment_charge_id,
-            **_payer(telegram_id, chat_id, language),
-        }
+        body = _charge_report(
+            payload,
+            total_amount,
+            currency,
+            telegram_payment_charge_id,
+            telegram_id,
+            chat_id,
+            language,
+        )
         return ChargeRefund.model_validate(
             await self._json("POST", "/api/payments/refunds", json=body)
         )
@@ -578,13 +597,15 @@ class BackendClient:
         language: str | None = None,
     ) -> PaymentRefund:
         """A refunded_payment service message: the credits are taken back once per charge."""
-        body = {
-            "payload": payload,
-            "total_amount": total_amount,
-            "currency": currency,
-            "telegram_payment_charge_id": telegram_payment_charge_id,
-            **_payer(telegram_id, chat_id, language),
-        }
+        body = _charge_report(
+            payload,
+            total_amount,
+            currency,
+            telegram_payment_charge_id,
+            telegram_id,
+            chat_id,
+            language,
+        )
         return PaymentRefund.model_validate(
             await self._json("POST", "/api/payments/refunded", json=body)
         )

@@ -22,10 +22,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import or_, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from comfygram.backend import accounts
+from comfygram.backend import accounts, payments
 from comfygram.backend.errors import ApiError, not_found
 from comfygram.backend.models import ChargeRefund, LedgerEntry, Payment, User, utcnow
 from comfygram.domain import ledger
@@ -231,25 +230,22 @@ async def refunded_by_telegram(
     if done.credited:
         return done
     if await session.get(ChargeRefund, charge_id) is None:
-        try:
-            async with session.begin_nested():
-                session.add(
-                    ChargeRefund(
-                        telegram_payment_charge_id=charge_id,
-                        telegram_id=telegram_id,
-                        chat_id=chat_id,
-                        language=language,
-                        payload=payload,
-                        payment_id=invoice.id if invoice is not None else None,
-                        amount=total_amount,
-                        currency=currency,
-                        reason=REFUNDED_UNCREDITED,
-                        created_at=now,
-                        refunded_at=now,
-                    )
-                )
-        except IntegrityError:
-            pass  # the charge was recorded a moment ago
+        await payments.add_charge_refund(
+            session,
+            ChargeRefund(
+                telegram_payment_charge_id=charge_id,
+                telegram_id=telegram_id,
+                chat_id=chat_id,
+                language=language,
+                payload=payload,
+                payment_id=invoice.id if invoice is not None else None,
+                amount=total_amount,
+                currency=currency,
+                reason=REFUNDED_UNCREDITED,
+                created_at=now,
+                refunded_at=now,
+            ),
+        )
     return done
 
 

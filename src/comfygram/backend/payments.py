@@ -252,6 +252,16 @@ async def _why_uncreditable(
     )
 
 
+async def add_charge_refund(session: AsyncSession, refund: ChargeRefund) -> None:
+    """Write a charge's refund row, unless another report of the same charge got there first
+    (one row per charge id, whoever reports it)."""
+    try:
+        async with session.begin_nested():
+            session.add(refund)
+    except IntegrityError:
+        pass
+
+
 async def _claim(session: AsyncSession, charge_id: str, now: datetime) -> bool:
     """Take the refund for REFUND_LEASE_SECONDS if nobody holds it and it is still due."""
     claimed = await session.execute(
@@ -298,24 +308,21 @@ async def record_refund(
         reason, payment = await _why_uncreditable(
             session, payload, charge_id, total_amount, currency, packages, ttl_seconds, now
         )
-        try:
-            async with session.begin_nested():
-                session.add(
-                    ChargeRefund(
-                        telegram_payment_charge_id=charge_id,
-                        telegram_id=telegram_id,
-                        chat_id=chat_id,
-                        language=language,
-                        payload=payload,
-                        payment_id=payment.id if payment is not None else None,
-                        amount=total_amount,
-                        currency=currency,
-                        reason=reason,
-                        created_at=now,
-                    )
-                )
-        except IntegrityError:
-            pass  # another report of the same charge got there first
+        await add_charge_refund(
+            session,
+            ChargeRefund(
+                telegram_payment_charge_id=charge_id,
+                telegram_id=telegram_id,
+                chat_id=chat_id,
+                language=language,
+                payload=payload,
+                payment_id=payment.id if payment is not None else None,
+                amount=total_amount,
+                currency=currency,
+                reason=reason,
+                created_at=now,
+            ),
+        )
     claimed = await _claim(session, charge_id, now)
     refund = await _refund_of(session, charge_id)
     assert refund is not None
