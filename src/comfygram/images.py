@@ -5,7 +5,8 @@ Three steps, cheapest first, so a refusal costs as little as it can:
 - `read_header`: the format, the size and the frame count, from the file's header; no pixel
   is decoded, so a decompression bomb or a damaged body costs nothing here.
 - `inspect_image`: the header, then the first frame decoded in full to catch damage (results).
-- `prepare_input`: what a job's input becomes: exactly one still frame. ComfyUI's LoadImage
+- `prepare_input`: what a job's input becomes: exactly one still frame, checked whole (a JPEG
+  by its structure, `jpeg.is_whole`; anything else by decoding it). ComfyUI's LoadImage
   loads every frame of a file into one batch, so an animated PNG or WebP (or a multi-picture
   JPEG) keeps only its first frame, re-encoded as a still image.
 """
@@ -17,6 +18,8 @@ import warnings
 from dataclasses import dataclass, replace
 
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from comfygram import jpeg
 
 SUPPORTED = {
     "JPEG": ("image/jpeg", "jpg"),
@@ -164,7 +167,10 @@ def prepare_input(data: bytes, max_pixels: int) -> tuple[bytes, ImageInfo]:
     with _open(data, max_pixels) as image:
         info = _describe(image, max_pixels)
         kept_as_sent = info.frames == 1 and info.format != "MPO"
-        _decode_first_frame(image, check_only=kept_as_sent)
+        # A whole Huffman JPEG (nearly every photo) needs no decode: jpeg.is_whole vouches
+        # only for files the decode passes too.
+        if not (kept_as_sent and info.format == "JPEG" and jpeg.is_whole(data)):
+            _decode_first_frame(image, check_only=kept_as_sent)
         if kept_as_sent:
             check_pixel_frames(info.width, info.height, 1)
             return data, info
