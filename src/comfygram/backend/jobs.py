@@ -120,10 +120,14 @@ def _is_job_id(value: str) -> bool:
 
 
 async def get_job(session: AsyncSession, job_id: str, *, lock: bool = False) -> Job:
+    """The job with its files; ``lock``: locked, and read afresh even when the session has
+    read it before."""
     if not _is_job_id(job_id):
         raise not_found("job", job_id)
     query = select(Job).where(Job.id == job_id)
-    job = await session.scalar(query.with_for_update() if lock else query)
+    if lock:
+        query = query.with_for_update().execution_options(populate_existing=True)
+    job = await session.scalar(query)
     if job is None:
         raise not_found("job", job_id)
     return job
@@ -409,11 +413,15 @@ async def _refund(session: AsyncSession, user: User, job: Job, actor: str | None
 
 
 async def _lock(session: AsyncSession, job_id: str) -> tuple[User, Job]:
-    # Always user first, then job: the same order as create(), so two requests never deadlock.
-    job = await get_job(session, job_id)
-    user = await accounts.lock_user_by_id(session, job.user_id)
-    await session.refresh(job, with_for_update=True)
-    return user, job
+    """The job and its owner, both locked and read fresh: the owner first, as create() locks,
+    so two requests never deadlock."""
+    if not _is_job_id(job_id):
+        raise not_found("job", job_id)
+    owner = select(Job.user_id).where(Job.id == job_id).scalar_subquery()
+    user = await session.scalar(select(User).where(User.id == owner).with_for_update())
+    if user is None:
+        raise not_found("job", job_id)
+    return user, await get_job(session, job_id, lock=True)
 
 
 async def transition(
@@ -423,15 +431,46 @@ async def transition(
     *,
     error: str | None = None,
     worker: str | None = None,
-) -> Job:
+    deliver: bool = False,
+) -> tuple[Job, JobStatus]:
     """Move a job to `target` if docs/architecture.md allows it; failing or cancelling refunds it.
+    ``deliver`` also claims its final message. Returns the job and the status it had.
 
     Asking for the state the job is already in changes nothing, so a retried call is harmless.
     """
     user, job = await _lock(session, job_id)
+    previous = JobStatus(job.status)
+    await _move(session, user, job, target, error=error, worker=worker)
+    if deliver:
+        _record_delivery(user, job, DeliveryStatus.SENDING, None)
+    await session.flush()
+    return job, previous
+
+
+async def start(session: AsyncSession, job_id: str, worker: str) -> tuple[Job, User, bool]:
+    """A worker takes the job: a queued one moves to processing (True: fresh); any other is
+    left as it is, for the worker to re-attach to or finish."""
+    user, job = await _lock(session, job_id)
+    fresh = job.status == JobStatus.QUEUED
+    if fresh:
+        await _move(session, user, job, JobStatus.PROCESSING, worker=worker)
+        await session.flush()
+    return job, user, fresh
+
+
+async def _move(
+    session: AsyncSession,
+    user: User,
+    job: Job,
+    target: JobStatus,
+    *,
+    error: str | None = None,
+    worker: str | None = None,
+) -> None:
+    """`transition` on a job and owner already locked."""
     current = JobStatus(job.status)
     if current is target:
-        return job
+        return
     try:
         check_transition(current, target)
     except TransitionError as exc:
@@ -457,8 +496,6 @@ async def transition(
     job.status = target
     if target in REFUNDED_ON:
         await _refund(session, user, job)
-    await session.flush()
-    return job
 
 
 async def refund(
@@ -519,9 +556,13 @@ async def retry_free(
 async def _processing_job(session: AsyncSession, job_id: str, rule: str) -> Job:
     """The job, locked; 409 job_not_processing (saying ``rule``) unless it is processing."""
     job = await get_job(session, job_id, lock=True)
+    _require_processing(job, rule)
+    return job
+
+
+def _require_processing(job: Job, rule: str) -> None:
     if job.status != JobStatus.PROCESSING:
         raise ApiError(409, "job_not_processing", f"Job {job.id} is {job.status}; {rule}.")
-    return job
 
 
 async def output_kind(session: AsyncSession, job: Job) -> MediaKind:
@@ -544,11 +585,20 @@ async def attach_outputs(
     store: MediaStore,
     job_id: str,
     outputs: Sequence[tuple[bytes, MediaInfo]],
+    *,
+    succeed: bool = False,
 ) -> Replaced:
     """All of an attempt's outputs at once: files written under fresh names, then the job's
-    output rows replaced in the caller's transaction (an earlier attempt's rows go). On any
-    failure here the new files are deleted; see Replaced for what the caller does next."""
-    job = await _processing_job(session, job_id, "outputs are taken while processing")
+    output rows replaced in the caller's transaction (an earlier attempt's rows go); with
+    ``succeed`` the job is then marked succeeded and its final message claimed, in the same
+    transaction. On any failure here the new files are deleted; see Replaced for what the
+    caller does next."""
+    rule = "outputs are taken while processing"
+    if succeed:
+        user, job = await _lock(session, job_id)
+        _require_processing(job, rule)
+    else:
+        job = await _processing_job(session, job_id, rule)
     names = MediaStore.output_names(job.id, [info.extension for _, info in outputs])
     written: list[str] = []
     try:
@@ -576,6 +626,10 @@ async def attach_outputs(
                 )
             )
         await session.flush()
+        if succeed:
+            await _move(session, user, job, JobStatus.SUCCEEDED)
+            _record_delivery(user, job, DeliveryStatus.SENDING, None)
+            await session.flush()
     except BaseException:
         await store.delete_all(written)
         raise
@@ -586,6 +640,13 @@ async def record_delivery(
     session: AsyncSession, job_id: str, status: DeliveryStatus, error: str | None
 ) -> Job:
     user, job = await _lock(session, job_id)
+    _record_delivery(user, job, status, error)
+    await session.flush()
+    return job
+
+
+def _record_delivery(user: User, job: Job, status: DeliveryStatus, error: str | None) -> None:
+    """`record_delivery` on a job and owner already locked."""
     if job.status not in FINAL:
         raise ApiError(
             409, "job_active", f"Job {job.id} is still {job.status}; nothing to deliver yet."
@@ -597,15 +658,13 @@ async def record_delivery(
             f"Job {job.id}: delivery already {job.delivery_status}; it is not sent twice.",
         )
     if job.delivery_status == DeliveryStatus.DELIVERED:
-        return job
+        return
     job.delivery_status = status
     job.delivery_error = error[:4000] if error else None
     if status is DeliveryStatus.DELIVERED:
         job.delivered_at = utcnow()
     if status is DeliveryStatus.BLOCKED:
         user.blocked_bot = True
-    await session.flush()
-    return job
 
 
 async def record_comfyui_crash(session: AsyncSession, job_id: str, seen: int) -> Job:

@@ -653,16 +653,26 @@ class Worker:
             "job %s: succeeded in %.1fs with %d output(s)",
             job.id, time.monotonic() - run.started, len(files),
         )  # fmt: skip
+        # Redis writes the photo need not wait for: they go while it is sent.
+        remembering = asyncio.create_task(self._remember(job, files))
+        try:
+            await self.messages.deliver_result(job, run.preset, rendered, claimed=claimed)
+        finally:
+            await remembering
+        await self._ack(run.delivery)
+
+    async def _remember(self, job: Job, files: Sequence[tuple[bytes, str, str]]) -> None:
+        """The job's live status, and its outputs into the result cache."""
         with contextlib.suppress(RedisError, OSError):
             await self.live.set(job.id, "succeeded", progress=100, worker=self.config.name)
-        await self.messages.deliver_result(job, run.preset, rendered, claimed=claimed)
-        await self._ack(run.delivery)
+        with contextlib.suppress(RedisError, OSError):
+            await self.live.cache_results(job.id, files, self.config.result_cache_seconds)
 
     async def _store(
         self, job: Job, files: Sequence[tuple[bytes, str, str]], *, succeed: bool = False
     ) -> Job:
         """All outputs into the backend in one request (``succeed``: the job marked succeeded
-        and its message claimed in the same step), and into the result cache."""
+        and its message claimed in the same step)."""
         try:
             job = await _retrying(lambda: self.backend.put_outputs(job.id, files, succeed=succeed))
         except BackendUnavailable as exc:
@@ -671,8 +681,6 @@ class Worker:
             # The backend is up, yet this upload never got an answer: a refusal that cut
             # the connection, or a fault of its storage. A failed run: bounded retries.
             raise _UploadLost(f"the backend did not take the result: {exc}") from exc
-        with contextlib.suppress(RedisError, OSError):
-            await self.live.cache_results(job.id, files, self.config.result_cache_seconds)
         return job
 
     async def _render(

@@ -28,7 +28,7 @@ from comfygram.backend.schemas import (
     StatusMessage,
     no_nul,
 )
-from comfygram.domain.jobs import FINAL, REFUNDED_ON, DeliveryStatus, JobStatus
+from comfygram.domain.jobs import FINAL, REFUNDED_ON, JobStatus
 from comfygram.images import ImageRejected, prepare_input, read_header
 from comfygram.media import MediaInfo, MediaRejected, inspect_output
 from comfygram.presets.contract import MAX_PHOTOS
@@ -208,13 +208,11 @@ async def get_job(job_id: str, reader: ReaderDep) -> Response:
 async def start_job(job_id: str, body: StartRequest, session: SessionDep) -> StartOut:
     """A worker takes the job: a queued job moves to processing (``fresh``); any other comes
     back as it is, for the worker to re-attach to or finish what is left."""
-    previous = JobStatus((await jobs.get_job(session, job_id)).status)
-    fresh = previous is JobStatus.QUEUED
+    job, owner, fresh = await jobs.start(session, job_id, body.worker)
     if fresh:
-        job = await jobs.transition(session, job_id, JobStatus.PROCESSING, worker=body.worker)
         await session.commit()
-        _count_transition(job, previous)
-    return StartOut(job=await _job_out(session, job_id), fresh=fresh)
+        _count_transition(job, JobStatus.QUEUED)
+    return StartOut(job=JobOut.of(job, owner), fresh=fresh)
 
 
 @router.post("/{job_id}/status", response_model=JobOut)
@@ -229,10 +227,9 @@ async def change_status(
         raise ApiError(
             422, "invalid_request", "deliver goes only with succeeded, failed or cancelled."
         )
-    previous = JobStatus((await jobs.get_job(session, job_id)).status)
-    job = await jobs.transition(session, job_id, body.status, error=body.error, worker=body.worker)
-    if body.deliver:
-        job = await jobs.record_delivery(session, job_id, DeliveryStatus.SENDING, None)
+    job, previous = await jobs.transition(
+        session, job_id, body.status, error=body.error, worker=body.worker, deliver=body.deliver
+    )
     await session.commit()
     if previous is not body.status:
         _count_transition(job, previous)
@@ -372,12 +369,8 @@ async def _attach(
     *,
     succeed: bool = False,
 ) -> Response:
-    replaced = await jobs.attach_outputs(session, store, job_id, outputs)
-    succeeded = None
+    replaced = await jobs.attach_outputs(session, store, job_id, outputs, succeed=succeed)
     try:
-        if succeed:
-            await jobs.transition(session, job_id, JobStatus.SUCCEEDED)
-            succeeded = await jobs.record_delivery(session, job_id, DeliveryStatus.SENDING, None)
         await session.commit()
     except BaseException:
         await store.delete_all(replaced.written)
@@ -387,8 +380,8 @@ async def _attach(
     for data, info in outputs:
         metrics.OUTPUTS_STORED.labels(info.kind.value).inc()
         metrics.OUTPUT_BYTES.labels(info.kind.value).inc(len(data))
-    if succeeded is not None:
-        _count_transition(succeeded, JobStatus.PROCESSING)
+    if succeed:
+        _count_transition(replaced.job, JobStatus.PROCESSING)
     return _answer(await _job_out(session, job_id))
 
 
