@@ -197,6 +197,39 @@ async def test_history_written_late_after_execution_success(
     assert len(images) == 1
 
 
+async def test_a_prompt_heard_from_its_start_needs_no_history(
+    comfy: ComfyUIDouble, client: ComfyUIClient
+) -> None:
+    """The socket heard the prompt start and each save node's files: its outputs are those,
+    without waiting for the history (written a second late here)."""
+    comfy.execution_delay = 0.2
+    blocker = await submit_invert(client, (1, 2, 3))  # ours waits behind it, socket connected
+    prompt_id = await submit_invert(client)
+    comfy.history_write_delay = 1.0
+    images = await client.wait(prompt_id, deadline=soon(), quiet_poll=2.0)
+    assert await client.history(prompt_id) is None  # not written yet: the socket told it all
+    assert [image.type for image in images] == ["output"]
+    async with asyncio.timeout(5):
+        while (entry := await client.history(prompt_id)) is None:
+            await asyncio.sleep(0.05)
+    assert images == comfyui._outcome(prompt_id, entry)  # the same files the history lists
+    assert blocker != prompt_id
+
+
+async def test_a_socket_that_missed_the_start_asks_the_history(
+    comfy: ComfyUIDouble, client: ComfyUIClient
+) -> None:
+    comfy.execution_delay = 0.3
+    comfy.history_write_delay = 0.3
+    prompt_id = await submit_invert(client)
+    await wait_until_running(client, prompt_id)  # its execution_start went before any socket
+    started = time.monotonic()
+    images = await client.wait(prompt_id, deadline=soon(), quiet_poll=2.0)
+    assert len(images) == 1
+    assert await client.history(prompt_id) is not None
+    assert time.monotonic() - started >= 0.3  # it waited for the history to be written
+
+
 async def test_finished_before_wait_is_found_in_history(client: ComfyUIClient) -> None:
     prompt_id = await submit_invert(client)
     async with asyncio.timeout(5):

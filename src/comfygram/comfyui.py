@@ -434,17 +434,19 @@ class ComfyUIClient:
         self, prompt_id: str, progress: _Progress, quiet_poll: float
     ) -> list[OutputImage]:
         ws: ClientConnection | None = None
+        heard = _Heard()
         try:
             while True:
                 if ws is None:
                     ws = await self._connect(open_timeout=max(quiet_poll, 1.0))
+                    heard = _Heard()
                     # Messages sent before this socket existed are lost: ask the authority.
                     if (done := await self._poll(prompt_id, progress)) is not None:
                         return await progress.finish(done)
                     if ws is None:  # no socket: poll, and try the socket again next round
                         await asyncio.sleep(quiet_poll)
                         continue
-                done = await self._listen(ws, prompt_id, progress, quiet_poll)
+                done = await self._listen(ws, prompt_id, progress, quiet_poll, heard)
                 if done is None:  # quiet or dropped: ask the authority
                     if ws.state is not websockets.State.OPEN:
                         ws = None
@@ -458,7 +460,12 @@ class ComfyUIClient:
                     await ws.close()
 
     async def _listen(
-        self, ws: ClientConnection, prompt_id: str, progress: _Progress, quiet_poll: float
+        self,
+        ws: ClientConnection,
+        prompt_id: str,
+        progress: _Progress,
+        quiet_poll: float,
+        heard: _Heard,
     ) -> list[OutputImage] | None:
         """Read messages until our prompt ends (outputs) or ``quiet_poll`` passes (None)."""
         quiet_until = time.monotonic() + quiet_poll
@@ -485,6 +492,7 @@ class ComfyUIClient:
             quiet_until = time.monotonic() + quiet_poll
             if kind in _RUNNING_SIGNS and (kind != "executing" or data.get("node") is not None):
                 await progress.start()
+            heard.note(kind, data)
             if kind == "progress":
                 await progress.report(data.get("value"), data.get("max"))
             elif kind == "execution_error":
@@ -492,6 +500,8 @@ class ComfyUIClient:
             elif kind == "execution_interrupted":
                 raise PromptInterrupted(f"prompt {prompt_id} was interrupted")
             elif kind == "execution_success":
+                if heard.outputs:  # every save node's files, heard on this socket
+                    return _outcome(prompt_id, {"outputs": heard.outputs})
                 # History may not be written yet: take it only if it is already there.
                 if (entry := await self.history(prompt_id)) is not None:
                     return _outcome(prompt_id, entry)
@@ -515,6 +525,22 @@ class ComfyUIClient:
         if (entry := await self.history(prompt_id)) is not None:
             return _outcome(prompt_id, entry)
         raise PromptVanished(f"prompt {prompt_id} vanished: in neither the history nor the queue")
+
+
+class _Heard:
+    """What one socket heard of the prompt: the files each node reported (``executed``; the
+    same as the history's outputs), kept only when the socket also heard the prompt start,
+    since a message sent before the socket connected is lost."""
+
+    def __init__(self) -> None:
+        self.started = False
+        self.outputs: dict[str, Any] = {}
+
+    def note(self, kind: str, data: dict[str, Any]) -> None:
+        if kind == "execution_start":
+            self.started = True
+        elif kind == "executed" and self.started and isinstance(data.get("output"), dict):
+            self.outputs[str(data.get("node"))] = data["output"]
 
 
 class _Progress:
