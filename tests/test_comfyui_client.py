@@ -216,6 +216,34 @@ async def test_a_prompt_heard_from_its_start_needs_no_history(
     assert blocker != prompt_id
 
 
+async def test_the_next_wait_hears_its_prompt_start_on_the_socket_left_open(
+    comfy: ComfyUIDouble, client: ComfyUIClient
+) -> None:
+    """The worker's waits follow one another; the next prompt starts as the previous ends,
+    before its wait begins. The socket the first wait leaves open has queued that start and
+    its files, so the second ends without the history (written a second late here)."""
+    comfy.execution_delay = 0.1
+    first = await submit_invert(client, (1, 2, 3))
+    second = await submit_invert(client)
+    assert len(await client.wait(first, deadline=soon(), quiet_poll=2.0)) == 1
+    comfy.history_write_delay = 1.0  # for the second, still running
+    await wait_until_running(client, second)  # it started before its wait: nothing lost
+    images = await client.wait(second, deadline=soon(), quiet_poll=2.0)
+    assert await client.history(second) is None
+    assert [image.type for image in images] == ["output"]
+
+
+async def test_a_socket_no_wait_takes_is_closed(
+    comfy: ComfyUIDouble, client: ComfyUIClient
+) -> None:
+    prompt_id = await submit_invert(client)
+    assert len(await client.wait(prompt_id, deadline=soon(), quiet_poll=2.0)) == 1
+    assert comfy.has_socket(client.client_id)  # left open for a next wait
+    async with asyncio.timeout(3):  # KEEP_SOCKET_SECONDS and the close
+        while comfy.has_socket(client.client_id):
+            await asyncio.sleep(0.05)
+
+
 async def test_a_socket_that_missed_the_start_asks_the_history(
     comfy: ComfyUIDouble, client: ComfyUIClient
 ) -> None:

@@ -53,6 +53,11 @@ _RUNNING_SIGNS = frozenset({"execution_start", "executing", "progress", "progres
 
 # How long wait() keeps asking /history after the completion signal before it falls back
 # to its regular polling (the history write normally precedes that signal).
+# How long a wait leaves its socket open for the next one. The worker waits for one prompt
+# after another: the next prompt's messages (its start, its files) queue up on the open socket
+# meanwhile instead of being lost to a socket not yet connected. Left unread much longer, a
+# server's messages would back up into ComfyUI's sender.
+_KEEP_SOCKET_SECONDS = 1.0
 _HISTORY_RETRIES = 10
 _HISTORY_RETRY_PAUSE = 0.05
 
@@ -232,8 +237,14 @@ class ComfyUIClient:
         self.timeout = timeout
         self._http = http or httpx.AsyncClient(timeout=timeout)
         self._owns_http = http is None
+        # The socket the last wait left open for the next one (see _KEEP_SOCKET_SECONDS).
+        self._kept: ClientConnection | None = None
+        self._kept_timer: asyncio.TimerHandle | None = None
+        self._closing: set[asyncio.Task[None]] = set()
 
     async def aclose(self) -> None:
+        if (ws := self._take_kept()) is not None:
+            await _close_quietly(ws)
         if self._owns_http:
             await self._http.aclose()
 
@@ -433,13 +444,17 @@ class ComfyUIClient:
     async def _wait(
         self, prompt_id: str, progress: _Progress, quiet_poll: float
     ) -> list[OutputImage]:
-        ws: ClientConnection | None = None
-        heard = _Heard()
+        # A kept socket has queued every message since it opened: this prompt's start among
+        # them when it started after that.
+        ws = self._take_kept()
+        heard, asked, done = _Heard(), False, None
         try:
             while True:
                 if ws is None:
                     ws = await self._connect(open_timeout=max(quiet_poll, 1.0))
-                    heard = _Heard()
+                    heard, asked = _Heard(), False
+                if not asked:
+                    asked = True
                     # Messages sent before this socket existed are lost: ask the authority.
                     if (done := await self._poll(prompt_id, progress)) is not None:
                         return await progress.finish(done)
@@ -456,8 +471,38 @@ class ComfyUIClient:
                     return await progress.finish(done)
         finally:
             if ws is not None:
-                with contextlib.suppress(Exception):
-                    await ws.close()
+                if done is not None and ws.state is websockets.State.OPEN:
+                    self._keep(ws)
+                else:
+                    await _close_quietly(ws)
+
+    def _keep(self, ws: ClientConnection) -> None:
+        """Leave the socket open for the next wait, closed if none takes it in time."""
+        if self._kept is not None:  # two waits at once: one socket is enough
+            self._close_later(ws)
+            return
+        self._kept = ws
+        self._kept_timer = asyncio.get_running_loop().call_later(
+            _KEEP_SOCKET_SECONDS, self._drop_kept
+        )
+
+    def _take_kept(self) -> ClientConnection | None:
+        ws, self._kept = self._kept, None
+        if self._kept_timer is not None:
+            self._kept_timer.cancel()
+            self._kept_timer = None
+        if ws is not None and ws.state is not websockets.State.OPEN:
+            return None
+        return ws
+
+    def _drop_kept(self) -> None:
+        if (ws := self._take_kept()) is not None:
+            self._close_later(ws)
+
+    def _close_later(self, ws: ClientConnection) -> None:
+        task = asyncio.get_running_loop().create_task(_close_quietly(ws))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def _listen(
         self,
@@ -525,6 +570,11 @@ class ComfyUIClient:
         if (entry := await self.history(prompt_id)) is not None:
             return _outcome(prompt_id, entry)
         raise PromptVanished(f"prompt {prompt_id} vanished: in neither the history nor the queue")
+
+
+async def _close_quietly(ws: ClientConnection) -> None:
+    with contextlib.suppress(Exception):
+        await ws.close()
 
 
 class _Heard:

@@ -952,6 +952,9 @@ class ComfyUIDouble:
     def resume(self) -> None:
         self._resumed.set()
 
+    def has_socket(self, client_id: str) -> bool:
+        return client_id in self._sockets
+
     async def socket_connected(self, client_id: str) -> None:
         """Return once a WebSocket with ``client_id`` is connected."""
         while client_id not in self._sockets:
