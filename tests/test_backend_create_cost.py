@@ -48,11 +48,11 @@ async def test_a_creation_is_eight_statements(app, api):
     assert await balance(api) == 2  # the signup bonus of 3, less bw's price of 1, once
 
 
-async def test_taking_and_finishing_a_job_are_four_and_nine_statements(app, api):
+async def test_taking_and_finishing_a_job_are_four_and_six_statements(app, api):
     """Taking a job: owner and job locked (2), its files (1), the update (1). Storing its
-    output as it succeeds: the job, its files and its preset (3) before the file is checked,
-    then owner and job locked (2) with its files (1), the output row (1), the update (1), and
-    the answer's read (1). They were 9 and 19 before one lock per request."""
+    output as it succeeds: its preset (1) before the file is checked, then owner and job
+    locked (2) with its files (1), the output row (1) and the update (1); both answers come
+    from the rows locked. They were 9 and 19 before one lock per request."""
     await register(api, 1001)
     job_id = (await create_job(api)).json()["id"]
     with statements_of_this_task(app) as taking:
@@ -73,7 +73,7 @@ async def test_taking_and_finishing_a_job_are_four_and_nine_statements(app, api)
         "sending",
         1,
     )
-    assert len(finishing) == 9, _listed(finishing)
+    assert len(finishing) == 6, _listed(finishing)
 
 
 async def test_a_contract_changed_in_the_database_is_followed_at_once(app, api):

@@ -565,9 +565,18 @@ def _require_processing(job: Job, rule: str) -> None:
         raise ApiError(409, "job_not_processing", f"Job {job.id} is {job.status}; {rule}.")
 
 
-async def output_kind(session: AsyncSession, job: Job) -> MediaKind:
-    """The kind of output the job's preset makes (its contract's save node)."""
-    return contract_of(await get_preset(session, job.preset_slug)).output.kind
+async def output_kind(session: AsyncSession, job_id: str) -> MediaKind:
+    """The kind of output the job's preset makes (its contract's save node), in one statement;
+    404 for an unknown job or a preset that is gone."""
+    if not _is_job_id(job_id):
+        raise not_found("job", job_id)
+    preset = await session.scalar(
+        select(PresetRow).join(Job, Job.preset_slug == PresetRow.slug).where(Job.id == job_id)
+    )
+    if preset is None:
+        job = await get_job(session, job_id)  # which of the two is missing
+        preset = await get_preset(session, job.preset_slug)
+    return contract_of(preset).output.kind
 
 
 @dataclass(frozen=True)
@@ -576,6 +585,7 @@ class Replaced:
     (the earlier attempt's files) once it succeeds."""
 
     job: Job
+    owner: User
     written: list[str]
     removed: list[str]
 
@@ -593,12 +603,8 @@ async def attach_outputs(
     ``succeed`` the job is then marked succeeded and its final message claimed, in the same
     transaction. On any failure here the new files are deleted; see Replaced for what the
     caller does next."""
-    rule = "outputs are taken while processing"
-    if succeed:
-        user, job = await _lock(session, job_id)
-        _require_processing(job, rule)
-    else:
-        job = await _processing_job(session, job_id, rule)
+    user, job = await _lock(session, job_id)
+    _require_processing(job, "outputs are taken while processing")
     names = MediaStore.output_names(job.id, [info.extension for _, info in outputs])
     written: list[str] = []
     try:
@@ -633,7 +639,7 @@ async def attach_outputs(
     except BaseException:
         await store.delete_all(written)
         raise
-    return Replaced(job, written, [old.path for old in earlier])
+    return Replaced(job, user, written, [old.path for old in earlier])
 
 
 async def record_delivery(

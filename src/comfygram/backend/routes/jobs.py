@@ -348,8 +348,7 @@ async def _inspect_outputs(
     """Every file read (within the per-file limit) and inspected as the kind the job's preset
     makes; the first that does not fit is refused, naming its index. ``one``: the PUT /result
     shorthand, which answers as it always has (415 unsupported_image, 422 bad_image)."""
-    job = await jobs.get_job(session, job_id)
-    kind = await jobs.output_kind(session, job)
+    kind = await jobs.output_kind(session, job_id)
     # The refusals below need no lock: nothing is held while the files are read and decoded.
     await session.rollback()
     max_bytes = settings.max_upload_bytes * RESULT_SIZE_FACTOR
@@ -393,7 +392,7 @@ async def _attach(
         metrics.OUTPUT_BYTES.labels(info.kind.value).inc(len(data))
     if succeed:
         _count_transition(replaced.job, JobStatus.PROCESSING)
-    return _answer(await _job_out(session, job_id))
+    return _answer(JobOut.of(replaced.job, replaced.owner))
 
 
 @router.put("/{job_id}/outputs", response_model=JobOut)
