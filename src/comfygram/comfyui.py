@@ -51,13 +51,13 @@ PreviewCallback = Callable[[bytes], Awaitable[None]]
 # Socket messages that show a prompt executing ("executing" with node null is its end).
 _RUNNING_SIGNS = frozenset({"execution_start", "executing", "progress", "progress_state"})
 
-# How long wait() keeps asking /history after the completion signal before it falls back
-# to its regular polling (the history write normally precedes that signal).
 # How long a wait leaves its socket open for the next one. The worker waits for one prompt
 # after another: the next prompt's messages (its start, its files) queue up on the open socket
 # meanwhile instead of being lost to a socket not yet connected. Left unread much longer, a
 # server's messages would back up into ComfyUI's sender.
 _KEEP_SOCKET_SECONDS = 1.0
+# How long wait() keeps asking /history after the completion signal before it falls back
+# to its regular polling (the history write normally precedes that signal).
 _HISTORY_RETRIES = 10
 _HISTORY_RETRY_PAUSE = 0.05
 

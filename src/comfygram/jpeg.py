@@ -17,9 +17,9 @@ import re
 # The start of frame markers of Huffman-coded JPEG: baseline, extended and progressive.
 _HUFFMAN_FRAMES = {0xC0: False, 0xC1: False, 0xC2: True}  # marker -> progressive
 _DHT, _SOS, _DQT, _DRI, _EOI = 0xC4, 0xDA, 0xDB, 0xDD, 0xD9
-# Segments that may come between the frame's parts and carry nothing the check needs:
-# APPn, COM, and DNL (a height given after the scan).
-_SKIPPED = {*range(0xE0, 0xF0), 0xFE, 0xDC}
+# Segments that may come between the frame's parts and carry nothing else the check needs:
+# APPn, COM, DNL (a height given after the scan) and DRI (the restart interval).
+_SKIPPED = {*range(0xE0, 0xF0), 0xFE, 0xDC, _DRI}
 # Inside compressed data 0xFF is followed by 0x00 (a stuffed byte), a restart marker
 # 0xD0-0xD7 or another 0xFF (fill); anything else is the marker that ends the scan.
 _END_OF_SCAN = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
@@ -52,7 +52,7 @@ def _walk(data: bytes) -> bool:
         if marker == _EOI:
             # Every component must have been in a scan; trailing bytes after the end are fine.
             return components is not None and scanned == set(components)
-        if marker in (0x01, *range(0xD0, 0xD8)) or marker == 0xD8:
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:
             return False  # no payload markers out of a scan (or a second start): not ours
         length = int.from_bytes(data[position : position + 2], "big")
         segment = data[position + 2 : position + length]
@@ -78,7 +78,9 @@ def _walk(data: bytes) -> bool:
             if found is None:
                 return False  # the compressed data runs to the end of the file: cut short
             position = found.start()
-        elif marker not in _SKIPPED and marker != _DRI:
+        elif marker == _DRI and length != 4:
+            raise _Broken
+        elif marker not in _SKIPPED:
             return False  # arithmetic coding, lossless, hierarchical...: the decode decides
 
 
