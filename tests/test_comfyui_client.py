@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import struct
@@ -10,6 +11,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -217,18 +219,24 @@ async def test_a_prompt_heard_from_its_start_needs_no_history(
 
 
 async def test_the_next_wait_hears_its_prompt_start_on_the_socket_left_open(
-    comfy: ComfyUIDouble, client: ComfyUIClient
+    comfy: ComfyUIDouble, client: ComfyUIClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The worker's waits follow one another; the next prompt starts as the previous ends,
     before its wait begins. The socket the first wait leaves open has queued that start and
-    its files, so the second ends without the history (written a second late here)."""
+    its files, so the second asks ComfyUI nothing: neither its queue at the start nor the
+    history (written a second late here) at the end."""
     comfy.execution_delay = 0.1
     first = await submit_invert(client, (1, 2, 3))
     second = await submit_invert(client)
     assert len(await client.wait(first, deadline=soon(), quiet_poll=2.0)) == 1
     comfy.history_write_delay = 1.0  # for the second, still running
     await wait_until_running(client, second)  # it started before its wait: nothing lost
+    asked: list[str] = []
+    monkeypatch.setattr(client, "history", lambda *a: asked.append("history"))
+    monkeypatch.setattr(client, "queue", lambda *a: asked.append("queue"))
     images = await client.wait(second, deadline=soon(), quiet_poll=2.0)
+    monkeypatch.undo()
+    assert asked == []  # the socket had heard it start: ComfyUI was asked nothing
     assert await client.history(second) is None
     assert [image.type for image in images] == ["output"]
 
@@ -467,6 +475,32 @@ async def test_deadline_passes(comfy: ComfyUIDouble, client: ComfyUIClient) -> N
         await client.wait(prompt_id, deadline=soon(0.3), quiet_poll=0.1)
     assert isinstance(caught.value, asyncio.TimeoutError)
     assert 0.25 < time.monotonic() - started < 2.0
+    await client.interrupt(prompt_id)
+
+
+async def test_the_deadline_holds_when_its_cancellation_is_lost(
+    comfy: ComfyUIDouble, client: ComfyUIClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On Python 3.11 a cancellation that lands as a message arrives could be swallowed
+    (asyncio.wait_for did), and a timed-out job ran on to success. Here wait()'s own timeout
+    is lost outright: the socket's reader still ends the wait at the deadline."""
+    real_timeout = asyncio.timeout
+    outer: list[float | None] = []
+
+    def lost_first(delay: float | None) -> Any:
+        if not outer:  # wait()'s timeout: it never fires
+            outer.append(delay)
+            return contextlib.nullcontext()
+        return real_timeout(delay)
+
+    comfy.execution_delay = 0.5  # progress messages every 0.125 s, done after 1.5 s
+    prompt_id = await submit_invert(client)
+    monkeypatch.setattr(comfyui.asyncio, "timeout", lost_first)
+    started = time.monotonic()
+    with pytest.raises(PromptTimeout):
+        await client.wait(prompt_id, deadline=soon(0.4), quiet_poll=2.0)
+    monkeypatch.undo()
+    assert outer and time.monotonic() - started < 1.2
     await client.interrupt(prompt_id)
 
 

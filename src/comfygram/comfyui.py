@@ -56,6 +56,9 @@ _RUNNING_SIGNS = frozenset({"execution_start", "executing", "progress", "progres
 # meanwhile instead of being lost to a socket not yet connected. Left unread much longer, a
 # server's messages would back up into ComfyUI's sender.
 _KEEP_SOCKET_SECONDS = 1.0
+# How long a wait reads what a kept socket has queued before it decides whether the socket
+# heard its prompt start (and then asks ComfyUI nothing).
+_QUEUED_READ_SECONDS = 0.002
 # How long wait() keeps asking /history after the completion signal before it falls back
 # to its regular polling (the history write normally precedes that signal).
 _HISTORY_RETRIES = 10
@@ -413,7 +416,7 @@ class ComfyUIClient:
         try:
             async with asyncio.timeout(remaining):
                 progress = _Progress(on_progress, on_start, on_preview)
-                return await self._wait(prompt_id, progress, quiet_poll)
+                return await self._wait(prompt_id, progress, quiet_poll, deadline)
         except TimeoutError as exc:
             if isinstance(exc, PromptTimeout) or time.monotonic() < deadline:
                 raise
@@ -442,13 +445,20 @@ class ComfyUIClient:
         return ws
 
     async def _wait(
-        self, prompt_id: str, progress: _Progress, quiet_poll: float
+        self, prompt_id: str, progress: _Progress, quiet_poll: float, deadline: float
     ) -> list[OutputImage]:
         # A kept socket has queued every message since it opened: this prompt's start among
-        # them when it started after that.
+        # them when it started after that, and then nothing of it was lost.
         ws = self._take_kept()
         heard, asked, done = _Heard(), False, None
         try:
+            if ws is not None:
+                done = await self._listen(
+                    ws, prompt_id, progress, _QUEUED_READ_SECONDS, heard, deadline
+                )
+                if done is not None:
+                    return await progress.finish(done)
+                asked = heard.started
             while True:
                 if ws is None:
                     ws = await self._connect(open_timeout=max(quiet_poll, 1.0))
@@ -461,7 +471,7 @@ class ComfyUIClient:
                     if ws is None:  # no socket: poll, and try the socket again next round
                         await asyncio.sleep(quiet_poll)
                         continue
-                done = await self._listen(ws, prompt_id, progress, quiet_poll, heard)
+                done = await self._listen(ws, prompt_id, progress, quiet_poll, heard, deadline)
                 if done is None:  # quiet or dropped: ask the authority
                     if ws.state is not websockets.State.OPEN:
                         ws = None
@@ -511,13 +521,26 @@ class ComfyUIClient:
         progress: _Progress,
         quiet_poll: float,
         heard: _Heard,
+        deadline: float,
     ) -> list[OutputImage] | None:
-        """Read messages until our prompt ends (outputs) or ``quiet_poll`` passes (None)."""
+        """Read messages until our prompt ends (outputs) or ``quiet_poll`` passes (None).
+
+        The deadline is checked here too, not only by wait()'s timeout: a cancellation that
+        lands as a message arrives can be lost (asyncio.wait_for on Python 3.11 did so), and
+        a timed-out job must not run on to success."""
         quiet_until = time.monotonic() + quiet_poll
         while True:
+            now = time.monotonic()
+            if now >= deadline:
+                raise PromptTimeout(f"prompt {prompt_id} did not finish before its deadline")
             try:
-                raw = await asyncio.wait_for(ws.recv(), max(0.0, quiet_until - time.monotonic()))
+                async with asyncio.timeout(min(quiet_until, deadline) - now):
+                    raw = await ws.recv()
             except TimeoutError:
+                if time.monotonic() >= deadline:
+                    raise PromptTimeout(
+                        f"prompt {prompt_id} did not finish before its deadline"
+                    ) from None
                 return None
             except websockets.exceptions.ConnectionClosed:
                 return None
