@@ -420,7 +420,7 @@ class ComfyUIClient:
         except TimeoutError as exc:
             if isinstance(exc, PromptTimeout) or time.monotonic() < deadline:
                 raise
-            raise PromptTimeout(f"prompt {prompt_id} did not finish before its deadline") from exc
+            raise _past_deadline(prompt_id) from exc
 
     def _ws_url(self) -> str:
         parts = urlsplit(self.base_url)
@@ -532,15 +532,13 @@ class ComfyUIClient:
         while True:
             now = time.monotonic()
             if now >= deadline:
-                raise PromptTimeout(f"prompt {prompt_id} did not finish before its deadline")
+                raise _past_deadline(prompt_id)
             try:
                 async with asyncio.timeout(min(quiet_until, deadline) - now):
                     raw = await ws.recv()
             except TimeoutError:
                 if time.monotonic() >= deadline:
-                    raise PromptTimeout(
-                        f"prompt {prompt_id} did not finish before its deadline"
-                    ) from None
+                    raise _past_deadline(prompt_id) from None
                 return None
             except websockets.exceptions.ConnectionClosed:
                 return None
@@ -593,6 +591,10 @@ class ComfyUIClient:
         if (entry := await self.history(prompt_id)) is not None:
             return _outcome(prompt_id, entry)
         raise PromptVanished(f"prompt {prompt_id} vanished: in neither the history nor the queue")
+
+
+def _past_deadline(prompt_id: str) -> PromptTimeout:
+    return PromptTimeout(f"prompt {prompt_id} did not finish before its deadline")
 
 
 async def _close_quietly(ws: ClientConnection) -> None:

@@ -553,14 +553,8 @@ async def retry_free(
     return await create(session, store, request, max_active, price=0)
 
 
-async def _processing_job(session: AsyncSession, job_id: str, rule: str) -> Job:
-    """The job, locked; 409 job_not_processing (saying ``rule``) unless it is processing."""
-    job = await get_job(session, job_id, lock=True)
-    _require_processing(job, rule)
-    return job
-
-
 def _require_processing(job: Job, rule: str) -> None:
+    """409 job_not_processing (saying ``rule``) unless the job is processing."""
     if job.status != JobStatus.PROCESSING:
         raise ApiError(409, "job_not_processing", f"Job {job.id} is {job.status}; {rule}.")
 
@@ -675,7 +669,8 @@ def _record_delivery(user: User, job: Job, status: DeliveryStatus, error: str | 
 
 async def record_comfyui_crash(session: AsyncSession, job_id: str, seen: int) -> Job:
     """Count a ComfyUI death while the job ran, once per ``seen`` (the count the worker knew)."""
-    job = await _processing_job(session, job_id, "ComfyUI deaths are counted while it runs")
+    job = await get_job(session, job_id, lock=True)
+    _require_processing(job, "ComfyUI deaths are counted while it runs")
     if (job.comfyui_crashes or 0) == seen:
         job.comfyui_crashes = seen + 1
         await session.flush()
