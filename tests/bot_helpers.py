@@ -16,7 +16,7 @@ import pytest
 import uvicorn
 from pydantic import SecretStr
 
-from comfygram.api import BackendClient
+from comfygram.api import BackendClient, Job
 from comfygram.backend.app import create_app
 from comfygram.bot import BotRuntime
 from comfygram.settings import Settings
@@ -98,6 +98,18 @@ class World:
         self.task = asyncio.create_task(self.runtime.run_polling(handle_signals=False))
         while len(self.telegram.sent("getUpdates")) <= polls:  # the new bot polls
             await asyncio.sleep(0.01)
+
+    async def ended_job(self, telegram_id: int, timeout: float = 10) -> Job:
+        """The user's one job once it has ended: a photo can reach the chat a moment before
+        the record says succeeded (it leaves while the backend stores the result)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            (job,) = await self.backend.jobs(telegram_id)
+            if job.status in ("succeeded", "failed", "cancelled"):
+                return job
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"job {job.id} is still {job.status}")
+            await asyncio.sleep(0.02)
 
     async def settle(self, timeout: float = 10) -> None:
         """Wait until the bot has taken every update sent so far and finished handling it."""

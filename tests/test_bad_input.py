@@ -888,6 +888,7 @@ CASES = [
         "POST",
         "/api/jobs/{job_id}/delivery",
         ("delivery-queued-job", body(status="delivered"), 409, "job_active"),
+        ("delivery-claim-queued-job", body(status="sending"), 409, "job_active"),
         ("delivery-status-pending", body(status="pending"), 422, INVALID),
         ("delivery-status-teleported", body(status="teleported"), 422, INVALID),
         ("delivery-missing-status", body(error="x"), 422, INVALID),
@@ -1261,6 +1262,7 @@ SETUP_CASES = [
         processing,
         "POST",
         "/api/jobs/{job_id}/delivery",
+        # Claimed while processing, yes (tests/test_worker_routes.py); an outcome unclaimed, no.
         ("delivery-processing-job", body(status="delivered"), 409, "job_active"),
     ),
     *after(

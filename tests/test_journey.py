@@ -57,7 +57,7 @@ async def journey(world: World, comfyui: ComfyUIDouble, telegram_id: int) -> Non
 
     [result] = await world.telegram.wait_for("sendPhoto", chat_id=telegram_id, timeout=30)
     assert result.ok and "Негатив" in result.params["caption"]  # the user's language
-    (job,) = await world.backend.jobs(telegram_id)
+    job = await world.ended_job(telegram_id)
     assert (job.preset, job.status) == ("invert", "succeeded")
     texts = [
         c.params["text"]

@@ -77,7 +77,7 @@ async def test_two_photos_into_pair_come_back_side_by_side(world: World):
     assert abs(picture.size[0] - (683 + 512)) <= 2
     left, right = picture.convert("RGB").getpixel((100, 256)), picture.getpixel((1000, 256))
     assert left[0] > 150 > left[2] and right[2] > 150 > right[0]
-    (job,) = await world.backend.jobs(7101)
+    job = await world.ended_job(7101)
     assert (job.preset, job.status, len(job.inputs)) == ("pair", "succeeded", 2)
 
 
@@ -124,5 +124,5 @@ async def test_fade_gives_a_video_of_the_chosen_length(world: World):
     assert frames == 96  # 4 s at 24 fps
     assert sent.params["duration"] == 4 and sent.params["supports_streaming"] is True
     assert "thumbnail" in sent.files
-    (job,) = await world.backend.jobs(7103)
+    job = await world.ended_job(7103)
     assert (job.preset, job.options, job.status) == ("fade", {"length": "4s"}, "succeeded")

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 from redis.asyncio import Redis
 
+from comfygram.backend import jobs
 from comfygram.queue import connect_redis
 from comfygram.worker.gpu_lock import GpuLock
 from tests import images
@@ -136,6 +137,59 @@ async def test_killed_after_the_result_is_stored(stack: Stack):
     await _crash_and_recover(stack, arrange, stored, restore)
     job = await stack.backend.job((await stack.backend.jobs(USER))[0].id)
     assert job.delivery_status == "failed"
+    assert not [c for c in stack.telegram.sent("sendPhoto", chat_id=USER) if c.ok]
+
+
+def _hold_the_first_store(monkeypatch: pytest.MonkeyPatch) -> tuple[asyncio.Event, asyncio.Event]:
+    """The backend takes the first upload of outputs only once released: (held, release)."""
+    held, release = asyncio.Event(), asyncio.Event()
+    store = jobs.attach_outputs
+
+    async def held_store(*args, **kwargs):
+        if not held.is_set():
+            held.set()
+            await release.wait()
+        return await store(*args, **kwargs)
+
+    monkeypatch.setattr(jobs, "attach_outputs", held_store)
+    return held, release
+
+
+async def test_killed_after_the_photo_left_while_the_result_was_stored(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+):
+    """The photo leaves while the backend stores the result; killed once it has arrived and
+    before the store answered: the successor stores the result and sends nothing more."""
+    held, release = _hold_the_first_store(monkeypatch)
+
+    async def sent_while_storing(job_id: str) -> bool:
+        job = await stack.backend.job(job_id)
+        return held.is_set() and job.delivery_status == "delivered"
+
+    await _crash_and_recover(stack, lambda: None, sent_while_storing, release.set)
+    assert (await stack.backend.jobs(USER))[0].delivery_status == "delivered"
+
+
+async def test_killed_sending_the_photo_while_the_result_was_stored(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+):
+    """Killed with the message claimed, the photo refused by Telegram and the store not yet
+    answered: the successor stores the result and never sends the photo (it cannot know
+    whether Telegram took one)."""
+    held, release = _hold_the_first_store(monkeypatch)
+    stack.telegram.fail("sendPhoto", 500, "Internal Server Error", times=1000)
+
+    async def sending(job_id: str) -> bool:
+        job = await stack.backend.job(job_id)
+        tried = bool(stack.telegram.sent("sendPhoto", chat_id=USER))
+        return held.is_set() and tried and job.delivery_status == "sending"
+
+    def restore() -> None:
+        stack.telegram._faults.clear()
+        release.set()
+
+    await _crash_and_recover(stack, lambda: None, sending, restore)
+    assert (await stack.backend.jobs(USER))[0].delivery_status == "failed"
     assert not [c for c in stack.telegram.sent("sendPhoto", chat_id=USER) if c.ok]
 
 

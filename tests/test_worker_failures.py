@@ -172,6 +172,9 @@ async def test_an_unforeseen_error_storing_the_result_is_a_failed_run_that_is_re
 async def test_a_finisher_that_keeps_dying_ends_the_job_after_max_attempts(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ):
+    """The photo leaves while the result is stored, so the user has it although no store
+    ever succeeds: the job fails after its attempts (refunded), with no apology and no second
+    photo after it."""
     from comfygram.api import BackendClient
 
     async def always_dies(self, *args, **kwargs):
@@ -182,8 +185,10 @@ async def test_a_finisher_that_keeps_dying_ends_the_job_after_max_attempts(
     stack.start_worker()
     job = await stack.settled(job_id, timeout=40)
     assert (job.status, job.attempts) == ("failed", stack.settings.max_attempts)
+    assert job.delivery_status == "delivered"
     assert await balance(stack) == START_BALANCE
-    assert len(apologies(stack)) == 1
+    assert apologies(stack) == []
+    assert len([c for c in stack.telegram.sent("sendPhoto", chat_id=USER) if c.ok]) == 1
     await eventually(lambda: queue_is_empty(stack))
 
 
@@ -345,7 +350,9 @@ async def test_an_upload_that_never_gets_an_answer_from_a_live_backend_ends_the_
     assert (job.status, job.attempts) == ("failed", stack.settings.max_attempts)
     assert "did not take the result" in job.error
     assert await balance(stack) == START_BALANCE
-    assert len(apologies(stack)) == 1
+    # The photo left while the first upload was tried: it is all the user hears.
+    assert (job.delivery_status, apologies(stack)) == ("delivered", [])
+    assert len([c for c in stack.telegram.sent("sendPhoto", chat_id=USER) if c.ok]) == 1
 
 
 async def test_a_job_whose_preset_cannot_be_read_ends_after_its_attempts(

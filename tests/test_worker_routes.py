@@ -133,3 +133,42 @@ async def test_outputs_stored_without_succeed_leave_the_job_processing(api):
     files = [("file", ("out.png", images.png(), "image/png"))]
     stored = await api.put(f"/api/jobs/{job_id}/outputs", files=files)
     assert (stored.json()["status"], stored.json()["delivery_status"]) == ("processing", "pending")
+
+
+async def test_a_processing_job_s_message_is_claimed_once_and_the_store_keeps_the_claim(api):
+    """The worker claims the result's message while the job runs and sends it while the
+    backend stores the result: storing with claim=false leaves the claim (and its outcome)."""
+    job_id = await _processing_job(api)
+    claim = await api.post(f"/api/jobs/{job_id}/delivery", json={"status": "sending"})
+    assert claim.status_code == 200, claim.text
+    assert (claim.json()["status"], claim.json()["delivery_status"]) == ("processing", "sending")
+    second = await api.post(f"/api/jobs/{job_id}/delivery", json={"status": "sending"})
+    assert (second.status_code, second.json()["error"]["code"]) == (409, "delivery_claimed")
+    # The photo arrived before the result was stored: its outcome is recorded all the same.
+    sent = await api.post(f"/api/jobs/{job_id}/delivery", json={"status": "delivered"})
+    assert (sent.json()["status"], sent.json()["delivery_status"]) == ("processing", "delivered")
+    files = [("file", ("out.png", images.png(), "image/png"))]
+    claiming = await api.put(f"/api/jobs/{job_id}/outputs", params={"succeed": "true"}, files=files)
+    assert (claiming.status_code, claiming.json()["error"]["code"]) == (409, "delivery_claimed")
+    assert (await api.get(f"/api/jobs/{job_id}")).json()["outputs"] == []  # nothing stored
+    stored = await api.put(
+        f"/api/jobs/{job_id}/outputs", params={"succeed": "true", "claim": "false"}, files=files
+    )
+    assert stored.status_code == 200, stored.text
+    job = stored.json()
+    assert (job["status"], job["delivery_status"], len(job["outputs"])) == (
+        "succeeded",
+        "delivered",
+        1,
+    )
+
+
+async def test_succeeding_without_a_claim_leaves_an_unclaimed_message_to_claim(api):
+    job_id = await _processing_job(api)
+    files = [("file", ("out.png", images.png(), "image/png"))]
+    stored = await api.put(
+        f"/api/jobs/{job_id}/outputs", params={"succeed": "true", "claim": "false"}, files=files
+    )
+    assert (stored.json()["status"], stored.json()["delivery_status"]) == ("succeeded", "pending")
+    claim = await api.post(f"/api/jobs/{job_id}/delivery", json={"status": "sending"})
+    assert claim.json()["delivery_status"] == "sending"

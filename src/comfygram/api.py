@@ -441,15 +441,22 @@ class BackendClient:
         return response.content, response.headers.get("content-type", "")
 
     async def put_outputs(
-        self, job_id: str, files: Sequence[tuple[bytes, str, str]], *, succeed: bool = False
+        self,
+        job_id: str,
+        files: Sequence[tuple[bytes, str, str]],
+        *,
+        succeed: bool = False,
+        claim: bool = True,
     ) -> Job:
         """Store all of this attempt's outputs at once ((data, filename, mime) each, in order),
         replacing an earlier attempt's; all or nothing. ``succeed``: and mark the job succeeded
-        and claim its final message, in the same step."""
+        and (unless not ``claim``: claimed while it ran) claim its final message, in the same
+        step."""
+        params = {"succeed": "true", "claim": "true" if claim else "false"} if succeed else None
         response = await self._call(
             "PUT",
             f"/api/jobs/{job_id}/outputs",
-            params={"succeed": "true"} if succeed else None,
+            params=params,
             files=[("file", (filename, data, mime)) for data, filename, mime in files],
         )
         return Job.model_validate(response.json())

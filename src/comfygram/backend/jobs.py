@@ -591,12 +591,13 @@ async def attach_outputs(
     outputs: Sequence[tuple[bytes, MediaInfo]],
     *,
     succeed: bool = False,
+    claim: bool = True,
 ) -> Replaced:
     """All of an attempt's outputs at once: files written under fresh names, then the job's
     output rows replaced in the caller's transaction (an earlier attempt's rows go); with
-    ``succeed`` the job is then marked succeeded and its final message claimed, in the same
-    transaction. On any failure here the new files are deleted; see Replaced for what the
-    caller does next."""
+    ``succeed`` the job is then marked succeeded and (unless not ``claim``) its final message
+    claimed, in the same transaction. On any failure here the new files are deleted; see
+    Replaced for what the caller does next."""
     user, job = await _lock(session, job_id)
     _require_processing(job, "outputs are taken while processing")
     names = MediaStore.output_names(job.id, [info.extension for _, info in outputs])
@@ -628,7 +629,8 @@ async def attach_outputs(
         await session.flush()
         if succeed:
             await _move(session, user, job, JobStatus.SUCCEEDED)
-            _record_delivery(user, job, DeliveryStatus.SENDING, None)
+            if claim:
+                _record_delivery(user, job, DeliveryStatus.SENDING, None)
             await session.flush()
     except BaseException:
         await store.delete_all(written)
@@ -646,8 +648,14 @@ async def record_delivery(
 
 
 def _record_delivery(user: User, job: Job, status: DeliveryStatus, error: str | None) -> None:
-    """`record_delivery` on a job and owner already locked."""
-    if job.status not in FINAL:
+    """`record_delivery` on a job and owner already locked.
+
+    A processing job's final message may be claimed (the worker sends the result while the
+    backend stores it), and then its outcome recorded; a queued job has nothing to deliver."""
+    claimed_early = job.status == JobStatus.PROCESSING and (
+        status is DeliveryStatus.SENDING or job.delivery_status != DeliveryStatus.PENDING
+    )
+    if job.status not in FINAL and not claimed_early:
         raise ApiError(
             409, "job_active", f"Job {job.id} is still {job.status}; nothing to deliver yet."
         )

@@ -3,12 +3,12 @@
 The flow of one job (docs/architecture.md, docs/worker.md): take it from the stream, mark it
 ``processing`` through the backend, upload its photos (one per slot), submit the preset's
 workflow with the job's options under a prompt id derived from the job and attempt, wait for it,
-download every file the attempt saved, store them all through the backend in one request, render
-them for Telegram, mark it ``succeeded``, send them to the user, and only then acknowledge it on
-the stream. A worker
-killed anywhere leaves the job pending on the stream; after its lease another worker (or this
-one, restarted) takes it and picks up where the record says it stopped, re-attaching to the
-prompt in ComfyUI when it is still there.
+download every file the attempt saved, render them for Telegram, store them all through the
+backend in one request that marks it ``succeeded`` (a still's photos are sent meanwhile: their
+message is claimed first), send them to the user, and only then acknowledge it on the stream.
+A worker killed anywhere leaves the job pending on the stream; after its lease another worker
+(or this one, restarted) takes it and picks up where the record says it stopped, re-attaching to
+the prompt in ComfyUI when it is still there.
 
 To keep the GPU busy, the next job is prepared and submitted while the current one runs, so
 ComfyUI starts it the moment the current one ends; storing and delivering results run in the
@@ -55,7 +55,7 @@ from comfygram.presets import Preset, compatibility_problems
 from comfygram.presets.contract import MediaKind
 from comfygram.queue import Delivery, JobQueue
 from comfygram.worker import encode, workflow
-from comfygram.worker.delivery import OutputFile
+from comfygram.worker.delivery import Form, OutputFile
 from comfygram.worker.failures import (
     MAX_COMFYUI_CRASHES,
     Action,
@@ -606,27 +606,46 @@ class Worker:
         self._spawn(delivery, self._finish_failed(delivery, job, preset, kind))
 
     async def _finish_success(self, run: Run, saved: list[tuple[str, bytes]]) -> None:
-        """Store every output of the run in one request while rendering them for Telegram,
-        mark the job succeeded and claim its delivery in one step, send, acknowledge."""
+        """Store every output of the run in one request and mark the job succeeded, send the
+        result once, acknowledge. A still's photos leave while the backend stores them: its
+        message is claimed while the job is still processing."""
         job = run.job
         files = [(data, filename, _mime_of(filename)) for filename, data in saved]
         rendering: asyncio.Task[list[Rendered]] | None = None
+        sending: asyncio.Task[None] | None = None
+        claimed = False
         try:
-            await self._check_result(files)
-            # Rendered by the preset's kind while the backend stores the outputs. Stills are
-            # recorded as stills, and a still the backend takes always renders as a JPEG: its
-            # upload also marks the job succeeded and claims the message, in one step.
-            still = run.preset.contract.output.kind is MediaKind.IMAGE
-            rendering = asyncio.create_task(self._render(None, run.preset, files))
-            job = await self._store(job, files, succeed=still)
-            rendered = await rendering
-            claimed = still
-            if not still:
-                if _recorded_kinds(job) != _kinds_rendered(run.preset, files):
-                    # The backend read an output as another kind than the preset makes (a
-                    # still where an animation was expected): render by the record.
-                    rendered = await self._render(job, run.preset, files)
-                job, claimed = await self._succeed(job)
+            try:
+                await self._check_result(files)
+                rendering = asyncio.create_task(self._render(None, run.preset, files))
+                if run.preset.contract.output.kind is MediaKind.IMAGE:
+                    # Stills decoded into photos are what the backend takes: the photos need
+                    # not wait for the store, only for the claim of their message (made once
+                    # they are rendered: a result that cannot be gets its apology).
+                    rendered = await rendering
+                    early = _all_photos(files, rendered)
+                    mine = await self._claim_early(job) if early else None
+                    if mine is not None:
+                        sending = asyncio.create_task(
+                            self.messages.deliver_result(mine, run.preset, rendered, claimed=True)
+                        )
+                    job = await self._store(job, files, succeed=True, claim=False)
+                else:
+                    job = await self._store(job, files)
+                    rendered = await rendering
+                    if _recorded_kinds(job) != _kinds_rendered(run.preset, files):
+                        # The backend read an output as another kind than the preset makes (a
+                        # still where an animation was expected): render by the record.
+                        rendered = await self._render(job, run.preset, files)
+                    job, claimed = await self._succeed(job)
+            except BaseException:
+                if sending is not None:
+                    # What comes next (a retry, an apology) sees how the send ended.
+                    await _ended(sending, job.id)
+                raise
+            finally:
+                if rendering is not None:
+                    await _stop(rendering)
         except BackendUnavailable:
             raise  # the backend is down, not the job's fault: let it go, no attempt used
         except BackendError as exc:
@@ -646,9 +665,6 @@ class Worker:
             log.exception("job %s: storing the result failed", job.id)
             await self._settle_run(run, exc)
             return
-        finally:
-            if rendering is not None:
-                await _stop(rendering)
         log.info(
             "job %s: succeeded in %.1fs with %d output(s)",
             job.id, time.monotonic() - run.started, len(files),
@@ -656,10 +672,28 @@ class Worker:
         # Redis writes the photo need not wait for: they go while it is sent.
         remembering = asyncio.create_task(self._remember(job, files))
         try:
-            await self.messages.deliver_result(job, run.preset, rendered, claimed=claimed)
+            if sending is None:
+                # Not claimed early (claimed by a run that died sending, or no answer): the
+                # claim now decides, as on a redelivery, and never sends a claimed one twice.
+                await self.messages.deliver_result(job, run.preset, rendered, claimed=claimed)
+            else:
+                await sending
         finally:
             await remembering
         await self._ack(run.delivery)
+
+    async def _claim_early(self, job: Job) -> Job | None:
+        """Claim the final message of the processing job; the job as claimed, or None when
+        it is not claimed now: by an earlier run (which may have sent it), or by this call
+        without an answer (it may have been)."""
+        try:
+            return await self.backend.record_delivery(job.id, "sending")
+        except BackendUnavailable:
+            return None
+        except BackendError as exc:
+            if exc.code == "delivery_claimed":
+                return None
+            raise
 
     async def _remember(self, job: Job, files: Sequence[tuple[bytes, str, str]]) -> None:
         """The job's live status, and its outputs into the result cache."""
@@ -669,12 +703,19 @@ class Worker:
             await self.live.cache_results(job.id, files, self.config.result_cache_seconds)
 
     async def _store(
-        self, job: Job, files: Sequence[tuple[bytes, str, str]], *, succeed: bool = False
+        self,
+        job: Job,
+        files: Sequence[tuple[bytes, str, str]],
+        *,
+        succeed: bool = False,
+        claim: bool = True,
     ) -> Job:
-        """All outputs into the backend in one request (``succeed``: the job marked succeeded
-        and its message claimed in the same step)."""
+        """All outputs into the backend in one request (``succeed``: the job marked succeeded,
+        and its message claimed unless not ``claim``, in the same step)."""
         try:
-            job = await _retrying(lambda: self.backend.put_outputs(job.id, files, succeed=succeed))
+            job = await _retrying(
+                lambda: self.backend.put_outputs(job.id, files, succeed=succeed, claim=claim)
+            )
         except BackendUnavailable as exc:
             if not await self._backend_answers(job.id):
                 raise
@@ -956,6 +997,29 @@ async def _stop(task: asyncio.Task[T]) -> None:
     if not task.done():
         task.cancel()
     await asyncio.wait([task])
+
+
+def _all_photos(files: Sequence[tuple[bytes, str, str]], rendered: Sequence[Rendered]) -> bool:
+    """Whether every output was decoded into a photo from a PNG, JPEG or WebP file: a still
+    the backend takes (its own check is the same decode), so the photos may leave first."""
+    photos = {piece.output for part in rendered for piece in part.pieces if piece.form is Form.JPEG}
+    return len(photos) == len(files) and all(
+        data.startswith((b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff"))
+        or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
+        for data, _filename, _mime in files
+    )
+
+
+async def _ended(task: asyncio.Task[None], job_id: str) -> None:
+    """Wait for a task that must not be cut short to end, and log its error (the caller is
+    already failing for its own); when the caller is cancelled, so is the task."""
+    try:
+        await asyncio.wait([task])
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.warning("job %s: sending the result failed too: %r", job_id, error)
 
 
 class _InputMissing(Exception):

@@ -378,8 +378,11 @@ async def _attach(
     outputs: list[tuple[bytes, MediaInfo]],
     *,
     succeed: bool = False,
+    claim: bool = True,
 ) -> Response:
-    replaced = await jobs.attach_outputs(session, store, job_id, outputs, succeed=succeed)
+    replaced = await jobs.attach_outputs(
+        session, store, job_id, outputs, succeed=succeed, claim=claim
+    )
     try:
         await session.commit()
     except BaseException:
@@ -412,6 +415,13 @@ async def upload_outputs(
             "(as POST status with succeeded and deliver), in the same transaction"
         ),
     ] = False,
+    claim: Annotated[
+        bool,
+        Query(
+            description="With succeed: false leaves the final message as it is (claimed "
+            "while the job was processing, with POST delivery sending)"
+        ),
+    ] = True,
 ) -> Response:
     """All of an attempt's outputs in one request: all are stored, replacing an earlier
     attempt's, or none is. Each is checked as the preset's output kind (image, animation,
@@ -421,7 +431,7 @@ async def upload_outputs(
             422, "too_many_outputs", f"At most {MAX_OUTPUTS} outputs per job; {len(file)} sent."
         )
     outputs = await _inspect_outputs(session, settings, job_id, file, one=False)
-    return await _attach(session, store, job_id, outputs, succeed=succeed)
+    return await _attach(session, store, job_id, outputs, succeed=succeed, claim=claim)
 
 
 @router.put("/{job_id}/result", response_model=JobOut)
@@ -439,7 +449,9 @@ async def upload_result(
 
 @router.post("/{job_id}/delivery", response_model=JobOut)
 async def record_delivery(job_id: str, body: DeliveryReport, session: SessionDep) -> Response:
-    """What happened when the result (or apology) was sent to the user."""
+    """What happened when the result (or apology) was sent to the user. ``sending`` claims
+    the final message (409 delivery_claimed when it is claimed already); a processing job's
+    may be claimed too, for the result to leave while the backend stores it."""
     await jobs.record_delivery(session, job_id, body.status, body.error)
     await session.commit()
     return _answer(await _job_out(session, job_id))
