@@ -48,29 +48,35 @@ async def test_a_creation_is_eight_statements(app, api):
     assert await balance(api) == 2  # the signup bonus of 3, less bw's price of 1, once
 
 
-async def test_taking_and_finishing_a_job_are_four_and_six_statements(app, api):
-    """Taking a job: owner and job locked (2), its files (1), the update (1). Storing its
-    output as it succeeds: its preset (1) before the file is checked, then owner and job
-    locked (2) with its files (1), the output row (1) and the update (1); both answers come
-    from the rows locked. They were 9 and 19 before one lock per request."""
+async def test_taking_claiming_and_finishing_a_job_are_two_two_and_six_statements(app, api):
+    """Taking a job: the update (1) and the answer's read (1), as claiming its message is.
+    Storing its output as it succeeds: its preset (1) before the file is checked, then owner
+    and job locked (2) with its files (1), the output row (1) and the update (1); the answer
+    comes from the rows locked. They were 9, 6 and 19 before one lock per request and one
+    UPDATE for the worker's moves."""
     await register(api, 1001)
     job_id = (await create_job(api)).json()["id"]
     with statements_of_this_task(app) as taking:
         started = await api.post(f"/api/jobs/{job_id}/start", json={"worker": "w1"})
     assert started.status_code == 200, started.text
     assert (started.json()["fresh"], started.json()["job"]["status"]) == (True, "processing")
-    assert len(taking) == 4, _listed(taking)
+    assert len(taking) == 2, _listed(taking)
+    with statements_of_this_task(app) as claiming:
+        claimed = await api.post(f"/api/jobs/{job_id}/delivery", json={"status": "sending"})
+    assert claimed.json()["delivery_status"] == "sending", claimed.text
+    assert len(claiming) == 2, _listed(claiming)
+    await api.post(f"/api/jobs/{job_id}/delivery", json={"status": "delivered"})
 
     files = [("file", ("out.png", images.png(), "image/png"))]
     with statements_of_this_task(app) as finishing:
         stored = await api.put(
-            f"/api/jobs/{job_id}/outputs", params={"succeed": "true"}, files=files
+            f"/api/jobs/{job_id}/outputs", params={"succeed": "true", "claim": "false"}, files=files
         )
     assert stored.status_code == 200, stored.text
     job = stored.json()
     assert (job["status"], job["delivery_status"], len(job["outputs"])) == (
         "succeeded",
-        "sending",
+        "delivered",
         1,
     )
     assert len(finishing) == 6, _listed(finishing)

@@ -6,10 +6,12 @@ import pytest
 
 from comfygram.domain.jobs import (
     REFUNDED_ON,
+    DeliveryStatus,
     JobStatus,
     TransitionError,
     check_transition,
     counts_attempt,
+    delivery_refusal,
 )
 
 ALLOWED = {
@@ -46,3 +48,23 @@ def test_attempts_count_runs_that_did_not_succeed():
 
 def test_failure_and_cancellation_refund():
     assert REFUNDED_ON == {JobStatus.FAILED, JobStatus.CANCELLED}
+
+
+@pytest.mark.parametrize(
+    ("status", "delivery", "report", "refusal"),
+    [
+        (JobStatus.QUEUED, DeliveryStatus.PENDING, DeliveryStatus.SENDING, "job_active"),
+        (JobStatus.PROCESSING, DeliveryStatus.PENDING, DeliveryStatus.SENDING, None),
+        (JobStatus.PROCESSING, DeliveryStatus.PENDING, DeliveryStatus.DELIVERED, "job_active"),
+        (JobStatus.PROCESSING, DeliveryStatus.SENDING, DeliveryStatus.DELIVERED, None),
+        (JobStatus.PROCESSING, DeliveryStatus.SENDING, DeliveryStatus.SENDING, "delivery_claimed"),
+        (JobStatus.SUCCEEDED, DeliveryStatus.PENDING, DeliveryStatus.SENDING, None),
+        (JobStatus.SUCCEEDED, DeliveryStatus.DELIVERED, DeliveryStatus.SENDING, "delivery_claimed"),
+        (JobStatus.FAILED, DeliveryStatus.PENDING, DeliveryStatus.FAILED, None),
+        (JobStatus.CANCELLED, DeliveryStatus.PENDING, DeliveryStatus.SENDING, None),
+    ],
+)
+def test_a_final_message_is_claimed_once_while_processing_or_after(
+    status: JobStatus, delivery: DeliveryStatus, report: DeliveryStatus, refusal: str | None
+):
+    assert delivery_refusal(status, delivery, report) == refusal

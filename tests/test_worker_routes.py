@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-import httpx
+import itertools
 
+import httpx
+from sqlalchemy import update
+
+from comfygram.backend.models import Job
+from comfygram.domain.jobs import DeliveryStatus, JobStatus, delivery_refusal
 from tests import images
 from tests.helpers import create_job, grant, register
 
@@ -172,3 +177,27 @@ async def test_succeeding_without_a_claim_leaves_an_unclaimed_message_to_claim(a
     assert (stored.json()["status"], stored.json()["delivery_status"]) == ("succeeded", "pending")
     claim = await api.post(f"/api/jobs/{job_id}/delivery", json={"status": "sending"})
     assert claim.json()["delivery_status"] == "sending"
+
+
+async def test_every_delivery_report_follows_the_rule(api, app):
+    """The report's one UPDATE and the locked path agree with domain.jobs.delivery_refusal
+    for every job status, delivery status and report, on both databases."""
+    job_id = await _processing_job(api)
+    reports = [r for r in DeliveryStatus if r is not DeliveryStatus.PENDING]
+    for status, delivery, report in itertools.product(JobStatus, DeliveryStatus, reports):
+        async with app.state.sessions() as session:
+            await session.execute(
+                update(Job).where(Job.id == job_id).values(status=status, delivery_status=delivery)
+            )
+            await session.commit()
+        answer = await api.post(f"/api/jobs/{job_id}/delivery", json={"status": report})
+        now = (await api.get(f"/api/jobs/{job_id}")).json()["delivery_status"]
+        case = (status.value, delivery.value, report.value)
+        refusal = delivery_refusal(status, delivery, report)
+        if refusal is not None:
+            assert (answer.status_code, answer.json()["error"]["code"]) == (409, refusal), case
+            assert now == delivery, case
+        else:
+            assert answer.status_code == 200, case
+            expected = delivery if delivery is DeliveryStatus.DELIVERED else report
+            assert answer.json()["delivery_status"] == now == expected, case

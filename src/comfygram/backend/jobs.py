@@ -11,7 +11,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from types import SimpleNamespace
 
-from sqlalchemy import Row, ScalarSelect, bindparam, case, func, select
+from sqlalchemy import (
+    ColumnElement,
+    Row,
+    ScalarSelect,
+    and_,
+    bindparam,
+    case,
+    func,
+    not_,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -31,6 +43,7 @@ from comfygram.domain.jobs import (
     TransitionError,
     check_transition,
     counts_attempt,
+    delivery_refusal,
 )
 from comfygram.domain.ledger import Reason
 from comfygram.images import ImageInfo, ImageRejected, prepare_input
@@ -131,6 +144,22 @@ async def get_job(session: AsyncSession, job_id: str, *, lock: bool = False) -> 
     if job is None:
         raise not_found("job", job_id)
     return job
+
+
+async def stored_file(
+    session: AsyncSession, job_id: str, role: FileRole, index: int
+) -> tuple[JobFile, datetime | None] | None:
+    """The job's file of ``role`` at ``index`` (its position), and when the job's media was
+    deleted, in one statement; None when there is no such file (or job)."""
+    if not _is_job_id(job_id):
+        return None
+    found = await session.execute(
+        select(JobFile, Job.media_deleted_at)
+        .join(Job, Job.id == JobFile.job_id)
+        .where(JobFile.job_id == job_id, JobFile.role == role, JobFile.position == index)
+    )
+    row = found.first()
+    return None if row is None else (row[0], row[1])
 
 
 # Jobs queued before the one read: its queue position.
@@ -447,15 +476,26 @@ async def transition(
     return job, previous
 
 
-async def start(session: AsyncSession, job_id: str, worker: str) -> tuple[Job, User, bool]:
+async def start(session: AsyncSession, job_id: str, worker: str) -> bool:
     """A worker takes the job: a queued one moves to processing (True: fresh); any other is
-    left as it is, for the worker to re-attach to or finish."""
-    user, job = await _lock(session, job_id)
-    fresh = job.status == JobStatus.QUEUED
-    if fresh:
-        await _move(session, user, job, JobStatus.PROCESSING, worker=worker)
-        await session.flush()
-    return job, user, fresh
+    left as it is, for the worker to re-attach to or finish. One UPDATE: it locks the job's
+    row alone and takes nothing else while it holds it, so it cannot deadlock with the
+    owner-first locks of the other calls."""
+    if not _is_job_id(job_id):
+        raise not_found("job", job_id)
+    moved = await session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+        .values(status=JobStatus.PROCESSING, **_started(worker))
+        .returning(Job.id)
+        .execution_options(synchronize_session=False)
+    )
+    return moved.first() is not None
+
+
+def _started(worker: str | None) -> dict[str, object]:
+    """What moving to processing sets besides the status."""
+    return {"started_at": utcnow(), "worker": worker, "progress": 0}
 
 
 async def _move(
@@ -484,9 +524,8 @@ async def _move(
     if counts_attempt(current, target):
         job.attempts += 1
     if target is JobStatus.PROCESSING:
-        job.started_at = now
-        job.worker = worker
-        job.progress = 0
+        for name, value in _started(worker).items():
+            setattr(job, name, value)
     if target is JobStatus.SUCCEEDED:
         job.progress = 100
     if error is not None:
@@ -640,26 +679,54 @@ async def attach_outputs(
 
 async def record_delivery(
     session: AsyncSession, job_id: str, status: DeliveryStatus, error: str | None
-) -> Job:
+) -> None:
+    """A report on the job's final message (domain.jobs.delivery_refusal says which are
+    taken). The worker's claim and its outcome, on every job's path, are one UPDATE; a refusal,
+    a report after delivered and ``blocked`` (which marks the owner) lock owner and job."""
+    if status is not DeliveryStatus.BLOCKED and _is_job_id(job_id):
+        taken = await session.execute(
+            update(Job)
+            .where(Job.id == job_id, _takes(status))
+            .values(_delivery_values(status, error))
+            .returning(Job.id)
+            .execution_options(synchronize_session=False)
+        )
+        if taken.first() is not None:
+            return
     user, job = await _lock(session, job_id)
     _record_delivery(user, job, status, error)
     await session.flush()
-    return job
+
+
+def _takes(report: DeliveryStatus) -> ColumnElement[bool]:
+    """delivery_refusal(...) is None, and not delivered yet, as SQL on the job's row."""
+    pending = Job.delivery_status == DeliveryStatus.PENDING
+    if report is DeliveryStatus.SENDING:
+        return and_(pending, Job.status != JobStatus.QUEUED)
+    return and_(
+        Job.delivery_status != DeliveryStatus.DELIVERED,
+        or_(Job.status.in_(FINAL), and_(Job.status == JobStatus.PROCESSING, not_(pending))),
+    )
+
+
+def _delivery_values(status: DeliveryStatus, error: str | None) -> dict[str, object]:
+    values: dict[str, object] = {
+        "delivery_status": status,
+        "delivery_error": error[:4000] if error else None,
+    }
+    if status is DeliveryStatus.DELIVERED:
+        values["delivered_at"] = utcnow()
+    return values
 
 
 def _record_delivery(user: User, job: Job, status: DeliveryStatus, error: str | None) -> None:
-    """`record_delivery` on a job and owner already locked.
-
-    A processing job's final message may be claimed (the worker sends the result while the
-    backend stores it), and then its outcome recorded; a queued job has nothing to deliver."""
-    claimed_early = job.status == JobStatus.PROCESSING and (
-        status is DeliveryStatus.SENDING or job.delivery_status != DeliveryStatus.PENDING
-    )
-    if job.status not in FINAL and not claimed_early:
+    """`record_delivery` on a job and owner already locked."""
+    refusal = delivery_refusal(JobStatus(job.status), DeliveryStatus(job.delivery_status), status)
+    if refusal == "job_active":
         raise ApiError(
             409, "job_active", f"Job {job.id} is still {job.status}; nothing to deliver yet."
         )
-    if status is DeliveryStatus.SENDING and job.delivery_status != DeliveryStatus.PENDING:
+    if refusal == "delivery_claimed":
         raise ApiError(
             409,
             "delivery_claimed",
@@ -667,10 +734,8 @@ def _record_delivery(user: User, job: Job, status: DeliveryStatus, error: str | 
         )
     if job.delivery_status == DeliveryStatus.DELIVERED:
         return
-    job.delivery_status = status
-    job.delivery_error = error[:4000] if error else None
-    if status is DeliveryStatus.DELIVERED:
-        job.delivered_at = utcnow()
+    for name, value in _delivery_values(status, error).items():
+        setattr(job, name, value)
     if status is DeliveryStatus.BLOCKED:
         user.blocked_bot = True
 

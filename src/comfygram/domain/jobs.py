@@ -49,3 +49,21 @@ def check_transition(current: JobStatus, target: JobStatus) -> None:
 def counts_attempt(current: JobStatus, target: JobStatus) -> bool:
     """A run that ended in a retry or a failure used up one attempt."""
     return current is JobStatus.PROCESSING and target in (JobStatus.QUEUED, JobStatus.FAILED)
+
+
+def delivery_refusal(
+    status: JobStatus, delivery: DeliveryStatus, report: DeliveryStatus
+) -> str | None:
+    """Why a report on the job's final message is refused (``job_active``: nothing to deliver
+    yet; ``delivery_claimed``: someone has claimed it), or None when it is taken.
+
+    The message is claimed (``sending``) once: by the worker finishing a processing job (a
+    still's photo leaves while its result is stored) or an ended one. Its outcome is recorded
+    once the job has ended, or once it is claimed."""
+    claimed = delivery is not DeliveryStatus.PENDING
+    early = status is JobStatus.PROCESSING and (report is DeliveryStatus.SENDING or claimed)
+    if status not in FINAL and not early:
+        return "job_active"
+    if report is DeliveryStatus.SENDING and claimed:
+        return "delivery_claimed"
+    return None

@@ -4,19 +4,21 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
+from datetime import datetime
 from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, File, Form, Header, Path, Query, Response, UploadFile
 from fastapi.responses import FileResponse
 from pydantic import AfterValidator, BaseModel
 from redis.exceptions import RedisError
+from sqlalchemy import Row
 
 from comfygram import metrics
 from comfygram.backend import accounts, jobs
 from comfygram.backend.deps import QueueDep, ReaderDep, SessionDep, SettingsDep, StoreDep
 from comfygram.backend.errors import ApiError
 from comfygram.backend.limits import RESULT_SIZE_FACTOR
-from comfygram.backend.models import Job, JobFile, User, as_utc
+from comfygram.backend.models import FileRole, Job, JobFile, User, as_utc
 from comfygram.backend.schemas import (
     ComfyUICrash,
     DeliveryReport,
@@ -205,14 +207,16 @@ async def get_job(job_id: str, reader: ReaderDep) -> Response:
 
 
 @router.post("/{job_id}/start", response_model=StartOut)
-async def start_job(job_id: str, body: StartRequest, session: SessionDep) -> StartOut:
+async def start_job(job_id: str, body: StartRequest, session: SessionDep) -> Response:
     """A worker takes the job: a queued job moves to processing (``fresh``); any other comes
     back as it is, for the worker to re-attach to or finish what is left."""
-    job, owner, fresh = await jobs.start(session, job_id, body.worker)
+    fresh = await jobs.start(session, job_id, body.worker)
     if fresh:
         await session.commit()
-        _count_transition(job, JobStatus.QUEUED)
-    return StartOut(job=JobOut.of(job, owner), fresh=fresh)
+    view = await jobs.view(session, job_id)
+    if fresh:
+        _count_transition(view.job, JobStatus.QUEUED)
+    return _answer(StartOut(job=JobOut.of_view(view), fresh=fresh))
 
 
 @router.post("/{job_id}/status", response_model=JobOut)
@@ -236,7 +240,8 @@ async def change_status(
     return _answer(await _job_out(session, job_id))
 
 
-def _count_transition(job: Job, previous: JobStatus) -> None:
+def _count_transition(job: Job | Row, previous: JobStatus) -> None:
+    """The job's metrics for a move from ``previous`` (``job``: the ORM row or a view's)."""
     preset, status = job.preset_slug, JobStatus(job.status)
     if status is JobStatus.PROCESSING and job.started_at:
         wait = (as_utc(job.started_at) - as_utc(job.created_at)).total_seconds()
@@ -271,13 +276,13 @@ async def download_input_at(
     job_id: str, index: Index, session: SessionDep, store: StoreDep
 ) -> Response:
     """The photo of slot ``index`` (0 = the first slot)."""
-    job = await jobs.get_job(session, job_id)
-    stored = _at(job.inputs, index)
-    if stored is None:
+    found = await jobs.stored_file(session, job_id, FileRole.INPUT, index)
+    if found is None:
+        job = await jobs.get_job(session, job_id)  # 404 for an unknown job
         raise ApiError(
             404, "input_not_found", f"Job {job.id} has no photo {index} ({len(job.inputs)})."
         )
-    return await _stored_file(job, store, stored, "photo")
+    return await _stored_file(job_id, *found, store, "photo")
 
 
 @router.get("/{job_id}/input", response_class=FileResponse)
@@ -291,15 +296,15 @@ async def download_output(
     job_id: str, index: Index, session: SessionDep, store: StoreDep
 ) -> Response:
     """Output ``index`` of the last successful attempt."""
-    job = await jobs.get_job(session, job_id)
-    stored = _at(job.outputs, index)
-    if stored is None:
+    found = await jobs.stored_file(session, job_id, FileRole.OUTPUT, index)
+    if found is None:
+        job = await jobs.get_job(session, job_id)  # 404 for an unknown job
         raise ApiError(
             404,
             "output_not_found",
             f"Job {job.id} has no output {index} ({len(job.outputs)} stored, {job.status}).",
         )
-    return await _stored_file(job, store, stored, "output")
+    return await _stored_file(job_id, *found, store, "output")
 
 
 @router.get("/{job_id}/result", response_class=FileResponse)
@@ -308,11 +313,7 @@ async def download_result(job_id: str, session: SessionDep, store: StoreDep) -> 
     job = await jobs.get_job(session, job_id)
     if not job.outputs:
         raise ApiError(404, "result_not_found", f"Job {job.id} has no result yet ({job.status}).")
-    return await _stored_file(job, store, job.outputs[0], "result")
-
-
-def _at(files: list[JobFile], index: int) -> JobFile | None:
-    return files[index] if 0 <= index < len(files) else None
+    return await _stored_file(job.id, job.outputs[0], job.media_deleted_at, store, "result")
 
 
 # A stored file up to this size is read in one go and sent in one piece: FileResponse reads and
@@ -320,18 +321,20 @@ def _at(files: list[JobFile], index: int) -> JobFile | None:
 _READ_WHOLE_BYTES = 16 * 1024 * 1024
 
 
-async def _stored_file(job: Job, store: StoreDep, stored: JobFile, what: str) -> Response:
+async def _stored_file(
+    job_id: str, stored: JobFile, deleted_at: datetime | None, store: StoreDep, what: str
+) -> Response:
     """The file, or 410 Gone once the retention sweep (or anything else) has deleted it."""
-    if job.media_deleted_at is not None:
-        when = as_utc(job.media_deleted_at).strftime("%Y-%m-%d")
+    if deleted_at is not None:
+        when = as_utc(deleted_at).strftime("%Y-%m-%d")
         raise ApiError(
             410,
             "media_deleted",
-            f"Job {job.id}'s {what} was deleted on {when}: media is kept for "
+            f"Job {job_id}'s {what} was deleted on {when}: media is kept for "
             "MEDIA_RETENTION_DAYS days after a job ends.",
         )
     path = store.path(stored.path)
-    gone = ApiError(410, "media_deleted", f"Job {job.id}'s {what} is no longer stored.")
+    gone = ApiError(410, "media_deleted", f"Job {job_id}'s {what} is no longer stored.")
     if stored.size is not None and stored.size <= _READ_WHOLE_BYTES:
         try:
             return Response(await asyncio.to_thread(path.read_bytes), media_type=stored.mime)
