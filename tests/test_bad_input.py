@@ -889,7 +889,7 @@ CASES = [
         "/api/jobs/{job_id}/delivery",
         ("delivery-queued-job", body(status="delivered"), 409, "job_active"),
         ("delivery-claim-queued-job", body(status="sending"), 409, "job_active"),
-        ("delivery-status-pending", body(status="pending"), 422, INVALID),
+        ("delivery-release-queued-job", body(status="pending"), 409, "not_releasable"),
         ("delivery-status-teleported", body(status="teleported"), 422, INVALID),
         ("delivery-missing-status", body(error="x"), 422, INVALID),
         ("delivery-unknown-field", body(status="delivered", chat_id=1), 422, INVALID),
@@ -1264,6 +1264,7 @@ SETUP_CASES = [
         "/api/jobs/{job_id}/delivery",
         # Claimed while processing, yes (tests/test_worker_routes.py); an outcome unclaimed, no.
         ("delivery-processing-job", body(status="delivered"), 409, "job_active"),
+        ("delivery-release-unclaimed-job", body(status="pending"), 409, "not_releasable"),
     ),
     *after(
         cancelled,

@@ -62,9 +62,13 @@ def test_failure_and_cancellation_refund():
         (JobStatus.SUCCEEDED, DeliveryStatus.DELIVERED, DeliveryStatus.SENDING, "delivery_claimed"),
         (JobStatus.FAILED, DeliveryStatus.PENDING, DeliveryStatus.FAILED, None),
         (JobStatus.CANCELLED, DeliveryStatus.PENDING, DeliveryStatus.SENDING, None),
+        (JobStatus.PROCESSING, DeliveryStatus.SENDING, DeliveryStatus.PENDING, None),
+        (JobStatus.PROCESSING, DeliveryStatus.PENDING, DeliveryStatus.PENDING, "not_releasable"),
+        (JobStatus.PROCESSING, DeliveryStatus.DELIVERED, DeliveryStatus.PENDING, "not_releasable"),
+        (JobStatus.SUCCEEDED, DeliveryStatus.SENDING, DeliveryStatus.PENDING, "not_releasable"),
     ],
 )
-def test_a_final_message_is_claimed_once_while_processing_or_after(
+def test_a_final_message_is_claimed_once_while_processing_or_after_and_given_back_unsent(
     status: JobStatus, delivery: DeliveryStatus, report: DeliveryStatus, refusal: str | None
 ):
     assert delivery_refusal(status, delivery, report) == refusal

@@ -116,6 +116,28 @@ async def test_a_result_the_backend_answers_4xx_to_fails_the_job_with_one_refund
     assert limits.result_max_pixels == 4 * stack.settings.max_image_pixels
 
 
+async def test_a_photo_that_cannot_be_rendered_gives_its_claim_back_for_the_apology(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+):
+    """The message is claimed while the photo is rendered; when the render fails, the claim
+    is given back, and the apology is claimed and sent as for any failed job."""
+    from comfygram.worker import encode
+
+    def unreadable(data: bytes, **_: int) -> bytes:
+        raise encode.EncodeError("not a readable image: broken PNG")
+
+    monkeypatch.setattr(encode, "to_jpeg", unreadable)
+    job_id = await create(stack)
+    stack.start_worker()
+    job = await stack.settled(job_id)
+    assert (job.status, job.attempts) == ("failed", 1)
+    assert job.error.startswith("refused:") and "broken PNG" in job.error
+    assert job.delivery_status == "delivered"  # the apology
+    assert await balance(stack) == START_BALANCE
+    assert len(apologies(stack)) == 1
+    assert stack.telegram.sent("sendPhoto", chat_id=USER) == []
+
+
 async def test_a_finisher_that_dies_unforeseen_after_the_claim_never_sends_twice(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ):

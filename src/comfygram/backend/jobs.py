@@ -701,6 +701,10 @@ async def record_delivery(
 def _takes(report: DeliveryStatus) -> ColumnElement[bool]:
     """delivery_refusal(...) is None, and not delivered yet, as SQL on the job's row."""
     pending = Job.delivery_status == DeliveryStatus.PENDING
+    if report is DeliveryStatus.PENDING:
+        return and_(
+            Job.status == JobStatus.PROCESSING, Job.delivery_status == DeliveryStatus.SENDING
+        )
     if report is DeliveryStatus.SENDING:
         return and_(pending, Job.status != JobStatus.QUEUED)
     return and_(
@@ -731,6 +735,13 @@ def _record_delivery(user: User, job: Job, status: DeliveryStatus, error: str | 
             409,
             "delivery_claimed",
             f"Job {job.id}: delivery already {job.delivery_status}; it is not sent twice.",
+        )
+    if refusal == "not_releasable":
+        raise ApiError(
+            409,
+            "not_releasable",
+            f"Job {job.id} is {job.status} with delivery {job.delivery_status}; only a "
+            "processing job's claimed message is given back.",
         )
     if job.delivery_status == DeliveryStatus.DELIVERED:
         return

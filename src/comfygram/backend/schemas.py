@@ -270,17 +270,11 @@ class RefundOut(BaseModel):
 
 
 class DeliveryReport(Strict):
-    """``sending`` claims the delivery before the message goes out (at most one sender)."""
+    """``sending`` claims the delivery before the message goes out (at most one sender);
+    ``pending`` gives a processing job's claim back before anything was sent."""
 
     status: DeliveryStatus
     error: str | None = Field(default=None, max_length=4000)
-
-    @field_validator("status")
-    @classmethod
-    def _not_pending(cls, value: DeliveryStatus) -> DeliveryStatus:
-        if value is DeliveryStatus.PENDING:
-            raise ValueError("report sending, delivered, failed or blocked")
-        return value
 
 
 class ComfyUICrash(Strict):

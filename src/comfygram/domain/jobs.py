@@ -55,12 +55,17 @@ def delivery_refusal(
     status: JobStatus, delivery: DeliveryStatus, report: DeliveryStatus
 ) -> str | None:
     """Why a report on the job's final message is refused (``job_active``: nothing to deliver
-    yet; ``delivery_claimed``: someone has claimed it), or None when it is taken.
+    yet; ``delivery_claimed``: someone has claimed it; ``not_releasable``: only a processing
+    job's claim is given back), or None when it is taken.
 
     The message is claimed (``sending``) once: by the worker finishing a processing job (a
     still's photo leaves while its result is stored) or an ended one. Its outcome is recorded
-    once the job has ended, or once it is claimed."""
+    once the job has ended, or once it is claimed. A processing job's claim may be given back
+    (``pending``) by its worker before anything was sent: the result could not be rendered."""
     claimed = delivery is not DeliveryStatus.PENDING
+    if report is DeliveryStatus.PENDING:
+        releasable = status is JobStatus.PROCESSING and delivery is DeliveryStatus.SENDING
+        return None if releasable else "not_releasable"
     early = status is JobStatus.PROCESSING and (report is DeliveryStatus.SENDING or claimed)
     if status not in FINAL and not early:
         return "job_active"

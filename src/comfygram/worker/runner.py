@@ -620,11 +620,19 @@ class Worker:
                 rendering = asyncio.create_task(self._render(None, run.preset, files))
                 if run.preset.contract.output.kind is MediaKind.IMAGE:
                     # Stills decoded into photos are what the backend takes: the photos need
-                    # not wait for the store, only for the claim of their message (made once
-                    # they are rendered: a result that cannot be gets its apology).
-                    rendered = await rendering
-                    early = _all_photos(files, rendered)
-                    mine = await self._claim_early(job) if early else None
+                    # not wait for the store, only for the claim of their message, asked while
+                    # they are rendered and given back if they cannot all be.
+                    claiming = asyncio.create_task(self._claim_early(job))
+                    try:
+                        rendered = await rendering
+                    except BaseException:
+                        await self._give_back(claiming)
+                        raise
+                    if _all_photos(files, rendered):
+                        mine = await claiming
+                    else:
+                        await self._give_back(claiming)
+                        mine = None
                     if mine is not None:
                         sending = asyncio.create_task(
                             self.messages.deliver_result(mine, run.preset, rendered, claimed=True)
@@ -694,6 +702,24 @@ class Worker:
             if exc.code == "delivery_claimed":
                 return None
             raise
+
+    async def _give_back(self, claiming: asyncio.Task[Job | None]) -> None:
+        """Give back the claim of a message that cannot go early, when it was made (nothing
+        has been sent): the result is then stored first, and its message or apology claimed
+        as usual."""
+        try:
+            await asyncio.wait([claiming])
+        except asyncio.CancelledError:
+            claiming.cancel()
+            raise
+        mine = None if claiming.cancelled() or claiming.exception() else claiming.result()
+        if mine is None:
+            return
+        try:
+            await _retrying(lambda: self.backend.record_delivery(mine.id, "pending"))
+        except BackendError as exc:
+            if exc.code != "not_releasable":  # given back already: a retried call's answer
+                raise
 
     async def _remember(self, job: Job, files: Sequence[tuple[bytes, str, str]]) -> None:
         """The job's live status, and its outputs into the result cache."""
