@@ -11,6 +11,7 @@ from comfygram.backend.app import create_app
 from comfygram.backend.reconcile import reconcile_once
 from comfygram.queue import JobQueue
 from comfygram.settings import Settings
+from tests.conftest import REDIS_URL
 from tests.helpers import backend_client, create_job, register
 from tests.redis_server import RedisServer
 
@@ -77,6 +78,43 @@ async def test_created_jobs_are_on_the_queue_as_json(api, app, redis):
     assert [json.loads(fields["job"]) for _id, fields in entries] == [
         {"id": job["id"], "preset": "bw", "attempts": 0}
     ]
+
+
+@pytest.fixture
+async def binary_redis():
+    """The tests' Redis through a client that does not decode (photos are bytes)."""
+    client = Redis.from_url(REDIS_URL)
+    yield client
+    await client.aclose()
+
+
+async def test_a_new_job_s_photos_ride_along_only_while_the_queue_is_short(
+    redis, binary_redis, redis_prefix
+):
+    queue = JobQueue(redis, prefix=redis_prefix, photos=binary_redis)
+    photos = [(b"\xff\xd8 first", "image/jpeg"), (b"\x89PNG second", "image/png")]
+    assert await queue.enqueue("job-1", {"preset": "pair"}, photos, ride_max_jobs=2)
+    assert await queue.photo("job-1", 0) == photos[0]
+    assert await queue.photo("job-1", 1) == photos[1]
+    assert await queue.photo("job-1", 2) is None
+    ttl = await redis.pttl(f"{queue.stream}:photos:job-1")
+    assert 0 < ttl <= 30_000  # they go by themselves
+    assert await queue.enqueue("job-2", {"preset": "bw"}, photos[:1], ride_max_jobs=2)
+    assert await queue.photo("job-2", 0) == photos[0]  # the second job: still short
+    assert await queue.enqueue("job-3", {"preset": "bw"}, photos[:1], ride_max_jobs=2)
+    assert await queue.photo("job-3", 0) is None  # a third waits: fetched when taken
+    assert await queue.enqueue("job-4", {"preset": "bw"}, photos[:1], ride_max_jobs=0)
+    assert await queue.photo("job-4", 0) is None  # 0: never
+    assert not await queue.enqueue("job-1", {"preset": "pair"}, photos, ride_max_jobs=9)
+    assert await JobQueue(redis, prefix=redis_prefix).photo("job-1", 0) is None  # no reader
+
+
+async def test_a_created_job_s_photo_rides_along_as_stored(api, app, binary_redis):
+    await register(api)
+    job = (await create_job(api)).json()
+    stored = await api.get(f"/api/jobs/{job['id']}/inputs/0")
+    queue = JobQueue(app.state.redis, app.state.settings.redis_prefix, photos=binary_redis)
+    assert await queue.photo(job["id"], 0) == (stored.content, stored.headers["content-type"])
 
 
 async def wait_until(predicate, within: float = 5.0) -> None:

@@ -9,6 +9,7 @@ import itertools
 import pytest
 from PIL import Image
 
+from comfygram.backend import jobs
 from comfygram.presets import BUILTIN_DIR
 from tests import images
 from tests.stack import Stack, eventually, running_stack
@@ -308,3 +309,31 @@ async def test_a_timeout_interrupts_exactly_our_prompt_and_fails_after_max_attem
         assert await balance(stack) == 13
         (apology,) = stack.telegram.sent("sendMessage", chat_id=USER)
         assert "took too long" in apology.params["text"]
+
+
+@pytest.mark.parametrize("ride_max_jobs", [4, 0])
+async def test_a_photo_that_rode_along_with_its_job_is_not_fetched_from_the_backend(
+    settings, tmp_path, redis, monkeypatch: pytest.MonkeyPatch, ride_max_jobs: int
+):
+    """A job taken while the queue is short reads its photo from Redis; with
+    PHOTO_RIDE_MAX_JOBS=0 (or once it is gone) the worker asks the backend. Either way ComfyUI
+    gets the photo as stored."""
+    fetched: list[str] = []
+    find = jobs.stored_file
+
+    async def counting(session, job_id, role, index):
+        fetched.append(f"{role}:{index}")
+        return await find(session, job_id, role, index)
+
+    monkeypatch.setattr(jobs, "stored_file", counting)
+    async with running_stack(settings, tmp_path, photo_ride_max_jobs=ride_max_jobs) as stack:
+        await stack.new_user(USER, credits=10)
+        photo = images.png(color=(10, 200, 90))
+        job_id = await create(stack, image=photo)
+        stack.start_worker()
+        assert (await stack.settled(job_id)).status == "succeeded"
+        asked = [f for f in fetched if f.startswith("input")]
+        stored, _ = await stack.backend.job_input(job_id, 0)
+        (uploaded,) = [p for p in stack.comfyui.dirs["input"].iterdir() if job_id in p.name]
+        assert uploaded.read_bytes() == stored
+    assert asked == ([] if ride_max_jobs else ["input:0"])

@@ -7,11 +7,17 @@ another after its lease (`XAUTOCLAIM`). A list popped with BRPOP would lose it.
 The index hash (job id -> stream entry) makes enqueueing idempotent: the backend's reconciler
 and the job-creation path may both try to enqueue a job, and it lands once. It is checked and
 written in one Lua script, so two backends reconciling at once cannot both add a job.
+
+While the queue is short (a new job will be taken at once), the job's photos ride along: the
+same script keeps them in a hash for PHOTO_RIDE_SECONDS, and the worker that takes the job
+reads them from there instead of asking the backend (one round trip off a job's path to the
+GPU). Later, or when they are gone, the worker asks the backend, the authority on them.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,12 +26,21 @@ from redis.exceptions import ResponseError
 
 from comfygram.settings import Settings
 
+# ARGV[3]: the most jobs (this one included) the queue may hold for the photos to ride along;
+# ARGV[4]: their lifetime in ms; ARGV[5..]: field, value pairs of the photos' hash (KEYS[3]).
 _ENQUEUE = """
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return false end
 local id = redis.call('XADD', KEYS[1], '*', 'job', ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[1], id)
+if #ARGV > 4 and redis.call('HLEN', KEYS[2]) <= tonumber(ARGV[3]) then
+  redis.call('HSET', KEYS[3], unpack(ARGV, 5))
+  redis.call('PEXPIRE', KEYS[3], ARGV[4])
+end
 return id
 """
+
+# How long a job's photos ride along with it: a job taken at once is taken within this.
+PHOTO_RIDE_SECONDS = 30
 
 _RENEW = """
 local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
@@ -82,8 +97,16 @@ class Delivery:
 
 
 class JobQueue:
-    def __init__(self, redis: Redis, prefix: str = "comfygram", group: str = "workers") -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        prefix: str = "comfygram",
+        group: str = "workers",
+        *,
+        photos: Redis | None = None,
+    ) -> None:
         self.redis = redis
+        self.photos = photos  # a client without decoding, for the photos that ride along
         self.stream = f"{prefix}:jobs"
         self.index = f"{prefix}:jobs:index"
         self.delayed = f"{prefix}:jobs:delayed"
@@ -97,10 +120,42 @@ class JobQueue:
 
     # -- producer side -------------------------------------------------------------------
 
-    async def enqueue(self, job_id: str, payload: dict[str, Any]) -> bool:
-        """Put a job on the queue unless it is already there; True when it was added."""
+    async def enqueue(
+        self,
+        job_id: str,
+        payload: dict[str, Any],
+        photos: Sequence[tuple[bytes, str]] = (),
+        *,
+        ride_max_jobs: int = 0,
+    ) -> bool:
+        """Put a job on the queue unless it is already there; True when it was added.
+        ``photos`` ((data, mime) per slot) ride along when the queue then holds at most
+        ``ride_max_jobs`` jobs."""
         body = json.dumps({"id": job_id, **payload}, separators=(",", ":"))
-        return await self._enqueue(keys=[self.stream, self.index], args=[job_id, body]) is not None
+        fields: list[bytes | str] = []
+        if ride_max_jobs > 0:
+            for index, (data, mime) in enumerate(photos):
+                fields += [str(index), data, f"{index}:mime", mime]
+        added = await self._enqueue(
+            keys=[self.stream, self.index, self._photos_key(job_id)],
+            args=[job_id, body, ride_max_jobs, PHOTO_RIDE_SECONDS * 1000, *fields],
+        )
+        return added is not None
+
+    def _photos_key(self, job_id: str) -> str:
+        return f"{self.stream}:photos:{job_id}"
+
+    async def photo(self, job_id: str, index: int) -> tuple[bytes, str] | None:
+        """The job's photo ``index`` and its type, when it rode along (needs a client without
+        decoding: ``JobQueue(..., photos=...)``); None when it did not or is gone."""
+        if self.photos is None:
+            return None
+        data, mime = await self.photos.hmget(
+            self._photos_key(job_id), [str(index), f"{index}:mime"]
+        )
+        if data is None or mime is None:
+            return None
+        return data, mime.decode()
 
     async def contains(self, job_id: str) -> bool:
         return bool(await self.redis.hexists(self.index, job_id))

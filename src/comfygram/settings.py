@@ -116,6 +116,10 @@ class Settings(BaseSettings):
     # Prompts kept waiting in ComfyUI's own queue behind the one it runs, so it starts the next
     # the moment one ends (0 = submit a job only once the previous one is done).
     comfyui_queue_depth: int = Field(default=2, ge=0, le=16)
+    # While the queue holds at most this many jobs (a new one will be taken at once), a new
+    # job's photos ride along in Redis for 30 s, so the worker need not fetch them from the
+    # backend (0 = never).
+    photo_ride_max_jobs: int = Field(default=4, ge=0, le=1000)
     # Older switch for the same thing: false is COMFYUI_QUEUE_DEPTH=0.
     worker_prefetch: bool = True
     # Port of the worker's Prometheus /metrics (0 = off).

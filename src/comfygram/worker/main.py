@@ -66,7 +66,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
         config,
         backend=backend,
         comfy=comfy,
-        queue=JobQueue(redis, prefix=settings.redis_prefix),
+        queue=JobQueue(redis, prefix=settings.redis_prefix, photos=binary_redis),
         live=LiveStatus(binary_redis, settings.redis_prefix),
         lock=GpuLock(
             redis, settings.redis_prefix, settings.comfyui_url, name, settings.worker_lease_seconds

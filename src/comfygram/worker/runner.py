@@ -358,12 +358,16 @@ class Worker:
         return Uploads(attempt, len(preset.contract.photos), task)
 
     async def _upload_photos(self, job_id: str, attempt: int, preset: Preset) -> list[str]:
-        """Every photo slot's file, fetched from the backend and put into ComfyUI together;
-        index n is the job's input n, in the contract's order."""
+        """Every photo slot's file, fetched (from the queue when it rode along with the job,
+        else from the backend) and put into ComfyUI together; index n is the job's input n,
+        in the contract's order."""
 
         async def one(index: int) -> str:
+            photo = None
+            with contextlib.suppress(RedisError, OSError):
+                photo = await self.queue.photo(job_id, index)
             try:
-                data, content_type = await self.backend.job_input(job_id, index)
+                data, content_type = photo or await self.backend.job_input(job_id, index)
             except BackendError as exc:
                 raise _InputMissing(f"photo {index + 1} could not be read: {exc.message}") from exc
             extension = mimetypes.guess_extension(content_type.split(";")[0].strip()) or ".png"

@@ -150,10 +150,10 @@ async def create_job(
     digests = [jobs.bytes_digest(data) for data in sent]
     request = jobs.Request(telegram_id, preset, prompt, chosen, digests, key)
     replay = await jobs.precheck(session, request, max_active)
+    photos: list[jobs.Photo] = []
     if replay is None:
         # Nothing is held while the photos are decoded: no row lock, no pooled connection.
         await session.rollback()
-        photos = []
         for index, (data, digest) in enumerate(zip(sent, digests, strict=True)):
             label = _photo_label(index, len(sent))
             stored, info = await _check_image(prepare_input, data, settings.max_image_pixels, label)
@@ -169,7 +169,12 @@ async def create_job(
         for option, choice in (job.options or {}).items():
             metrics.OPTIONS_CHOSEN.labels(job.preset_slug, option, choice).inc()
         try:
-            await queue.enqueue(job.id, jobs.queue_payload(job))
+            await queue.enqueue(
+                job.id,
+                jobs.queue_payload(job),
+                [(photo.data, photo.info.mime) for photo in photos],
+                ride_max_jobs=settings.photo_ride_max_jobs,
+            )
         except (RedisError, OSError) as exc:
             # The job is safe in the database; the reconciler queues it when Redis is back.
             log.warning("job %s not queued yet, Redis unreachable: %s", job.id, type(exc).__name__)
