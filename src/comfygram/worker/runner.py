@@ -619,45 +619,18 @@ class Worker:
         sending: asyncio.Task[None] | None = None
         claimed = False
         try:
-            try:
-                await self._check_result(files)
-                rendering = asyncio.create_task(self._render(None, run.preset, files))
-                if run.preset.contract.output.kind is MediaKind.IMAGE:
-                    # Stills decoded into photos are what the backend takes: the photos need
-                    # not wait for the store, only for the claim of their message, asked while
-                    # they are rendered and given back if they cannot all be.
-                    claiming = asyncio.create_task(self._claim_early(job))
-                    try:
-                        rendered = await rendering
-                    except BaseException:
-                        await self._give_back(claiming)
-                        raise
-                    if _all_photos(files, rendered):
-                        mine = await claiming
-                    else:
-                        await self._give_back(claiming)
-                        mine = None
-                    if mine is not None:
-                        sending = asyncio.create_task(
-                            self.messages.deliver_result(mine, run.preset, rendered, claimed=True)
-                        )
-                    job = await self._store(job, files, succeed=True, claim=False)
-                else:
-                    job = await self._store(job, files)
-                    rendered = await rendering
-                    if _recorded_kinds(job) != _kinds_rendered(run.preset, files):
-                        # The backend read an output as another kind than the preset makes (a
-                        # still where an animation was expected): render by the record.
-                        rendered = await self._render(job, run.preset, files)
-                    job, claimed = await self._succeed(job)
-            except BaseException:
-                if sending is not None:
-                    # What comes next (a retry, an apology) sees how the send ended.
-                    await _ended(sending, job.id)
-                raise
-            finally:
-                if rendering is not None:
-                    await _stop(rendering)
+            await self._check_result(files)
+            rendering = asyncio.create_task(self._render(None, run.preset, files))
+            if run.preset.contract.output.kind is MediaKind.IMAGE:
+                job, rendered, sending = await self._store_still(run, files, rendering)
+            else:
+                job = await self._store(job, files)
+                rendered = await rendering
+                if _recorded_kinds(job) != _kinds_rendered(run.preset, files):
+                    # The backend read an output as another kind than the preset makes (a
+                    # still where an animation was expected): render by the record.
+                    rendered = await self._render(job, run.preset, files)
+                job, claimed = await self._succeed(job)
         except BackendUnavailable:
             raise  # the backend is down, not the job's fault: let it go, no attempt used
         except BackendError as exc:
@@ -677,6 +650,9 @@ class Worker:
             log.exception("job %s: storing the result failed", job.id)
             await self._settle_run(run, exc)
             return
+        finally:
+            if rendering is not None:
+                await _stop(rendering)
         log.info(
             "job %s: succeeded in %.1fs with %d output(s)",
             job.id, time.monotonic() - run.started, len(files),
@@ -693,6 +669,44 @@ class Worker:
         finally:
             await remembering
         await self._ack(run.delivery)
+
+    async def _store_still(
+        self,
+        run: Run,
+        files: Sequence[tuple[bytes, str, str]],
+        rendering: asyncio.Task[list[Rendered]],
+    ) -> tuple[Job, list[Rendered], asyncio.Task[None] | None]:
+        """Store a still's outputs, marking the job succeeded; the job, its rendered photos,
+        and their send, under way since the photos were rendered (None: not claimed early, to
+        be claimed and sent now).
+
+        Stills decoded into photos are what the backend takes, so the photos need not wait for
+        the store, only for the claim of their message: asked while they are rendered, and
+        given back if they cannot all be."""
+        job = run.job
+        claiming = asyncio.create_task(self._claim_early(job))
+        try:
+            rendered = await rendering
+        except BaseException:
+            await self._give_back(claiming)
+            raise
+        if _all_photos(files, rendered):
+            mine = await claiming
+        else:
+            await self._give_back(claiming)
+            mine = None
+        if mine is None:
+            return await self._store(job, files, succeed=True, claim=False), rendered, None
+        sending = asyncio.create_task(
+            self.messages.deliver_result(mine, run.preset, rendered, claimed=True)
+        )
+        try:
+            job = await self._store(job, files, succeed=True, claim=False)
+        except BaseException:
+            # What comes next (a retry, an apology) sees how the send ended.
+            await _ended(sending, job.id)
+            raise
+        return job, rendered, sending
 
     async def _claim_early(self, job: Job) -> Job | None:
         """Claim the final message of the processing job; the job as claimed, or None when
