@@ -109,6 +109,25 @@ async def test_a_new_job_s_photos_ride_along_only_while_the_queue_is_short(
     assert await JobQueue(redis, prefix=redis_prefix).photo("job-1", 0) is None  # no reader
 
 
+async def test_photos_are_not_even_sent_to_redis_while_the_queue_was_long(
+    redis, binary_redis, redis_prefix
+):
+    queue = JobQueue(redis, prefix=redis_prefix, photos=binary_redis)
+    photo = [(b"\xff\xd8 photo", "image/jpeg")]
+    for n in range(3):
+        await queue.enqueue(f"job-{n}", {"preset": "bw"}, photo, ride_max_jobs=2)
+    sent: list[int] = []
+    script = queue._enqueue
+
+    async def counting(keys, args):
+        sent.append(sum(len(a) for a in args if isinstance(a, bytes)))
+        return await script(keys=keys, args=args)
+
+    queue._enqueue = counting
+    await queue.enqueue("job-3", {"preset": "bw"}, photo, ride_max_jobs=2)
+    assert sent == [0]  # 3 jobs at the last enqueue: the photo's bytes stay home
+
+
 async def test_a_created_job_s_photo_rides_along_as_stored(api, app, binary_redis):
     await register(api)
     job = (await create_job(api)).json()

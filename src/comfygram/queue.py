@@ -32,11 +32,12 @@ _ENQUEUE = """
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return false end
 local id = redis.call('XADD', KEYS[1], '*', 'job', ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[1], id)
-if #ARGV > 4 and redis.call('HLEN', KEYS[2]) <= tonumber(ARGV[3]) then
+local length = redis.call('HLEN', KEYS[2])
+if #ARGV > 4 and length <= tonumber(ARGV[3]) then
   redis.call('HSET', KEYS[3], unpack(ARGV, 5))
   redis.call('PEXPIRE', KEYS[3], ARGV[4])
 end
-return id
+return {id, length}
 """
 
 # How long a job's photos ride along with it: a job taken at once is taken within this.
@@ -107,6 +108,7 @@ class JobQueue:
     ) -> None:
         self.redis = redis
         self.photos = photos  # a client without decoding, for the photos that ride along
+        self._length_seen = 0  # the queue's length at this client's last enqueue
         self.stream = f"{prefix}:jobs"
         self.index = f"{prefix}:jobs:index"
         self.delayed = f"{prefix}:jobs:delayed"
@@ -133,14 +135,18 @@ class JobQueue:
         ``ride_max_jobs`` jobs."""
         body = json.dumps({"id": job_id, **payload}, separators=(",", ":"))
         fields: list[bytes | str] = []
-        if ride_max_jobs > 0:
+        # Not sent at all while the queue was long at the last enqueue: they would not ride.
+        if 0 < ride_max_jobs and self._length_seen < ride_max_jobs:
             for index, (data, mime) in enumerate(photos):
                 fields += [str(index), data, f"{index}:mime", mime]
         added = await self._enqueue(
             keys=[self.stream, self.index, self._photos_key(job_id)],
             args=[job_id, body, ride_max_jobs, PHOTO_RIDE_SECONDS * 1000, *fields],
         )
-        return added is not None
+        if added is None:
+            return False
+        self._length_seen = int(added[1])
+        return True
 
     def _photos_key(self, job_id: str) -> str:
         return f"{self.stream}:photos:{job_id}"
