@@ -94,6 +94,8 @@ def test_worker_memory_bench_samples_the_worker_and_reports_its_growth():
     )
     rows = [line.split() for line in output.splitlines()]
     rows = [row for row in rows if len(row) == 4 and all(f.replace(".", "").isdigit() for f in row)]
-    assert [row[0] for row in rows] == ["5", "10"], output  # jobs delivered at each sample
+    # Jobs delivered at each sample: one every 5 (or just past it, when two photos arrive in
+    # one of the bench's 50 ms looks), the last at 10.
+    assert len(rows) == 2 and 5 <= int(rows[0][0]) < 10 and rows[1][0] == "10", output
     assert all(10_000 < int(row[2]) <= int(row[3]) for row in rows), output  # VmRSS <= VmHWM
     assert "(RSS at 10 vs at 5 jobs)" in output, output
