@@ -52,8 +52,8 @@ async def test_taking_claiming_and_finishing_a_job_are_two_two_and_six_statement
     """Taking a job: the update (1) and the answer's read (1), as claiming its message is.
     Storing its output as it succeeds: its preset (1) before the file is checked, then owner
     and job locked (2) with its files (1), the output row (1) and the update (1); the answer
-    comes from the rows locked. They were 9, 6 and 19 before one lock per request and one
-    UPDATE for the worker's moves."""
+    comes from the rows locked. Before one UPDATE for the worker's moves, taking a job was 4
+    and a report on its message 5; before one lock per request, 9 and 19 for storing."""
     await register(api, 1001)
     job_id = (await create_job(api)).json()["id"]
     with statements_of_this_task(app) as taking:
