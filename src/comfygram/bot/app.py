@@ -363,7 +363,12 @@ class BotRuntime:
         stopping = asyncio.create_task(self._stopping.wait())
         try:
             await asyncio.wait({self._poller, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            self._poller.cancel()
+            # Again until it ends: on Python 3.11 a wait_for inside a request can swallow a
+            # cancellation that lands as its answer does, and the poll would run on for a
+            # whole long poll (the run then cut the bot short after 60 s).
+            while not self._poller.done():
+                self._poller.cancel()
+                await asyncio.wait({self._poller}, timeout=1.0)
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
         finally:
