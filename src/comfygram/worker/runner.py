@@ -696,12 +696,12 @@ class Worker:
             await self._give_back(claiming)
             mine = None
         if mine is None:
-            return await self._store(job, files, succeed=True, claim=False), rendered, None
+            return await self._store(job, files, succeed=True), rendered, None
         sending = asyncio.create_task(
             self.messages.deliver_result(mine, run.preset, rendered, claimed=True)
         )
         try:
-            job = await self._store(job, files, succeed=True, claim=False)
+            job = await self._store(job, files, succeed=True)
         except BaseException:
             # What comes next (a retry, an apology) sees how the send ended.
             await _ended(sending, job.id)
@@ -752,13 +752,12 @@ class Worker:
         files: Sequence[tuple[bytes, str, str]],
         *,
         succeed: bool = False,
-        claim: bool = True,
     ) -> Job:
-        """All outputs into the backend in one request (``succeed``: the job marked succeeded,
-        and its message claimed unless not ``claim``, in the same step)."""
+        """All outputs into the backend in one request (``succeed``: the job marked succeeded
+        in the same step; its message is claimed apart, early or after)."""
         try:
             job = await _retrying(
-                lambda: self.backend.put_outputs(job.id, files, succeed=succeed, claim=claim)
+                lambda: self.backend.put_outputs(job.id, files, succeed=succeed, claim=False)
             )
         except BackendUnavailable as exc:
             if not await self._backend_answers(job.id):
