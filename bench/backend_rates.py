@@ -233,7 +233,7 @@ async def fresh_database():
 def start_backend(workers: int, database_url: str, prefix: str, folder: Path) -> tuple:
     port = free_port()
     # PYTHONPATH: another checkout's src to measure (bench/results/backend_rates.md).
-    keep = ("PATH", "HOME", "LANG", "VIRTUAL_ENV", "PYTHONPATH")
+    keep = ("PATH", "HOME", "LANG", "VIRTUAL_ENV", "PYTHONPATH", "CREATION_TURNS")
     env = {k: v for k, v in os.environ.items() if k in keep} | {
         "API_TOKEN": TOKEN,
         "DATABASE_URL": database_url,

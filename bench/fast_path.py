@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/fast_path.py [--comfyui real|double|both] [--jobs 20] [--burst 24]
         [--worker-src PATH ...] [--compare PATH_A PATH_B] [--no-status-message] [--double-delay 0]
+        [--side 512] [--worker-backend] [--stock-comfyui] [--gpu-ms 0]
 
 The system as operators deploy it, each part its own process: `comfygram backend` (uvicorn) on a
 fresh PostgreSQL database (127.0.0.1:5432, created and dropped here), Redis 127.0.0.1:6379 (db 9,
@@ -34,10 +35,30 @@ Burst (`--burst` jobs created at once, each by its own user): ComfyUI's idle fra
 `/history`, the gaps between one execution's end and the next one's start over the span from
 the first start to the last end. "while jobs wait" counts a gap only from the moment some job
 that ran later had been accepted (arrivals slower than ComfyUI are not the worker's idling);
-"all gaps" counts every gap; "of which a prompt was queued" (the double only: it logs when each
-prompt was queued) is the part of the gaps when the next prompt was already in ComfyUI's queue,
-ComfyUI's own share; the rest is ComfyUI waiting for the worker to submit. The bare runner does
-the same keeping two prompts in ComfyUI. Goal: <= 3 %.
+"all gaps" counts every gap; "once every job was created" counts from the moment the burst's
+last job was accepted, when no creation competes for the CPU any more; "of which a prompt was
+queued" is the part of the gaps when the next prompt was already in ComfyUI's queue, ComfyUI's
+own share; the rest is ComfyUI waiting for the worker to submit (the double logs when each prompt
+was queued; of the real ComfyUI, a WebSocket of the bench's own hears each change of its queue's
+length, which ComfyUI sends every client). The bare runner does the same keeping two prompts in
+ComfyUI. Goal: <= 3 %.
+Under it, the CPU each part of the system spent per job over the burst (from /proc: the
+backend's and the worker's process trees, the real ComfyUI, this process with its doubles, and
+the machine's rest: PostgreSQL, Redis) and how busy the machine's cores were, over the whole
+burst and from ComfyUI's first start to its last end: when they are all busy, ComfyUI waits for
+a core, not for a prompt.
+
+`--worker-backend` gives each worker a backend process of its own (the bot's creations go to
+the other; their CPU is counted together), as docs/deploy.md suggests. `--stock-comfyui` runs
+the real ComfyUI without comfygram's extension (comfyui/custom_nodes); the last line says how
+long ComfyUI's full garbage collections took.
+
+`--gpu-ms N` (real ComfyUI only) gives every job, the bare runner's too, a GPU's share: the
+`gpu` preset is `invert` with the bench's own node (bench/comfyui/custom_nodes, loaded here
+only) waiting N ms before the inversion, as a sampler waits on its device with the CPU free.
+Here the whole of `invert` is CPU work on the cores the rest of the system needs; on a GPU
+server most of a job is not, and it is whether the worker keeps such a ComfyUI fed that the
+idle fraction should tell (`--side 256 --gpu-ms 40`: a 50 ms job).
 
 `--worker-src PATH` (repeatable; `--compare A B` is the same as two of them) runs the backend
 and the worker of each with PYTHONPATH=PATH, e.g. a `git worktree` of an older commit's `src`:
@@ -57,13 +78,14 @@ import io
 import itertools
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -78,6 +100,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.backend_rates import machine_busy, tree_cpu_seconds  # noqa: E402
+from comfygram.comfyui import ComfyUIClient  # noqa: E402
 from tests.doubles.comfyui import ComfyUIDouble  # noqa: E402
 from tests.doubles.telegram import TEST_BOT_TOKEN, TelegramDouble  # noqa: E402
 from tests.real_comfyui import RealComfyUI, missing  # noqa: E402
@@ -86,15 +110,48 @@ from tests.redis_server import free_port  # noqa: E402
 API_TOKEN = "bench-fast-path-token"
 PG_ADMIN = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "database": "postgres"}
 REDIS_URL = "redis://127.0.0.1:6379/9"
-PRESET = "invert"
-WORKFLOW = json.loads((ROOT / "src/comfygram/presets/builtin/invert/workflow.json").read_text())
+INVERT = ROOT / "src/comfygram/presets/builtin/invert"
+# The bench's own ComfyUI node (bench/comfyui/custom_nodes), for --gpu-ms.
+BENCH_NODES = ROOT / "bench" / "comfyui" / "extra_model_paths.yaml"
 WARM_UP = 2
 FIRST_USER = 5_000_000
 START_TIMEOUT = 90.0
 JOB_TIMEOUT = 60.0
 
 
-def noise_png(side: int = 512) -> bytes:
+@dataclass(frozen=True)
+class Workload:
+    """The preset every job asks for, its workflow (the bare runner submits the same one) and
+    the presets folder that holds it (None: a built-in)."""
+
+    preset: str
+    workflow: dict[str, Any]
+    presets_dir: Path | None = None
+
+    @classmethod
+    def invert(cls) -> Workload:
+        return cls("invert", json.loads((INVERT / "workflow.json").read_text()))
+
+    @classmethod
+    def gpu_stand_in(cls, root: Path, milliseconds: int) -> Workload:
+        """`invert` with the bench's GPU stand-in before the inversion: a job whose GPU part
+        takes ``milliseconds``, its CPU parts (decode, invert, encode) as they are."""
+        graph = cls.invert().workflow
+        graph["4"] = {
+            "class_type": "ComfygramBenchGpuWait",
+            "inputs": {"image": ["1", 0], "milliseconds": milliseconds},
+        }
+        graph["2"]["inputs"]["image"] = ["4", 0]
+        folder = root / "presets" / "gpu"
+        folder.mkdir(parents=True)
+        manifest = (INVERT / "preset.toml").read_text()
+        assert 'slug = "invert"' in manifest
+        (folder / "preset.toml").write_text(manifest.replace('slug = "invert"', 'slug = "gpu"'))
+        (folder / "workflow.json").write_text(json.dumps(graph))
+        return cls("gpu", graph, folder.parent)
+
+
+def noise_png(side: int) -> bytes:
     """Random RGB pixels: a PNG that does not compress (788 KB at 512 px) and that no cache
     has seen."""
     buffer = io.BytesIO()
@@ -166,6 +223,88 @@ def idle(runs: list[Execution], accepted: dict[str, float]) -> tuple[float, floa
     return waiting / span, gaps / span
 
 
+def late_submits(runs: list[Execution], queued: dict[str, float]) -> list[tuple[float, float]]:
+    """Where ComfyUI waited for the worker: (ms from the first start, ms waited) for each prompt
+    queued more than 2 ms after the one before it had ended."""
+    return [
+        (1000 * (previous.end - runs[0].start), 1000 * (queued[following.prompt_id] - previous.end))
+        for previous, following in itertools.pairwise(runs)
+        if queued[following.prompt_id] - previous.end > 0.002
+    ]
+
+
+def idle_after(runs: list[Execution], moment: float) -> float:
+    """ComfyUI's idle fraction from ``moment`` (or its first start, if later) to its last end:
+    after the last job of a burst was accepted, what is left is the worker's feeding, with no
+    creation competing for the CPU."""
+    start = max(moment, runs[0].start)
+    gaps = sum(
+        max(0.0, following.start - max(previous.end, start))
+        for previous, following in itertools.pairwise(runs)
+    )
+    return gaps / (runs[-1].end - start)
+
+
+class QueueWatch:
+    """When each prompt reached ComfyUI's queue, heard on a WebSocket of its own: ComfyUI sends
+    every client a `status` message with `queue_remaining` (waiting + running) on each change,
+    so a rise by n is n prompts queued; they run in the order they were queued."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.queued: list[float] = []  # wall clock, in order
+        self._remaining: int | None = None
+
+    @contextlib.asynccontextmanager
+    async def watching(self) -> AsyncIterator[QueueWatch]:
+        client_id = f"bench-watch-{uuid.uuid4().hex}"
+        async with (
+            aiohttp.ClientSession() as session,
+            listening(session, self.url, client_id, self._on_event),
+        ):
+            yield self
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        if event.get("type") != "status":
+            return
+        remaining = event["data"]["status"]["exec_info"]["queue_remaining"]
+        if self._remaining is not None and remaining > self._remaining:
+            self.queued += [time.time()] * (remaining - self._remaining)
+        self._remaining = remaining
+
+    def queued_at(self, runs: list[Execution]) -> dict[str, float] | None:
+        """When each of ``runs`` (in the order they started) was queued; None if the count of
+        prompts heard differs (another client's, or a message lost)."""
+        if len(self.queued) != len(runs):
+            return None
+        return {run.prompt_id: at for run, at in zip(runs, self.queued, strict=True)}
+
+
+@contextlib.asynccontextmanager
+async def listening(
+    session: aiohttp.ClientSession,
+    url: str,
+    client_id: str,
+    on_event: Callable[[dict[str, Any]], None],
+) -> AsyncIterator[None]:
+    """ComfyUI's WebSocket as ``client_id`` while the block runs: each JSON message (previews,
+    sent as binary, are not) goes to ``on_event``."""
+    async with session.ws_connect(f"{url}/ws?clientId={client_id}") as ws:
+
+        async def listen() -> None:
+            async for message in ws:
+                if message.type == aiohttp.WSMsgType.TEXT:
+                    on_event(json.loads(message.data))
+
+        listener = asyncio.create_task(listen())
+        try:
+            yield
+        finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+
+
 async def history(session: aiohttp.ClientSession, url: str) -> list[Execution]:
     async with session.get(f"{url}/history", params={"max_items": "100000"}) as response:
         response.raise_for_status()
@@ -179,35 +318,27 @@ class BareRunner:
     """Upload, submit with a client_id, wait for `executing` node null, read the history, fetch
     the file: the least a runner can do, one WebSocket and one keep-alive HTTP session."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, workflow: dict[str, Any]) -> None:
         self.url = url
+        self.workflow = workflow
         self.client_id = uuid.uuid4().hex
         self._done: dict[str, asyncio.Future[None]] = {}
 
     @contextlib.asynccontextmanager
     async def connected(self) -> AsyncIterator[BareRunner]:
-        async with aiohttp.ClientSession() as session:
+        async with (
+            aiohttp.ClientSession() as session,
+            listening(session, self.url, self.client_id, self._on_event),
+        ):
             self.session = session
-            ws = await session.ws_connect(f"{self.url}/ws?clientId={self.client_id}")
-            listener = asyncio.create_task(self._listen(ws))
-            try:
-                yield self
-            finally:
-                listener.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await listener
-                await ws.close()
+            yield self
 
-    async def _listen(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        async for message in ws:
-            if message.type != aiohttp.WSMsgType.TEXT:
-                continue  # previews
-            event = json.loads(message.data)
-            data = event.get("data") or {}
-            if event.get("type") == "executing" and data.get("node") is None:
-                waiter = self._done.get(data.get("prompt_id", ""))
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(None)
+    def _on_event(self, event: dict[str, Any]) -> None:
+        data = event.get("data") or {}
+        if event.get("type") == "executing" and data.get("node") is None:
+            waiter = self._done.get(data.get("prompt_id", ""))
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
 
     async def submit(self, png: bytes) -> str:
         """Upload the photo and queue its prompt; returns the prompt id."""
@@ -219,7 +350,7 @@ class BareRunner:
             response.raise_for_status()
             uploaded = (await response.json())["name"]
         prompt_id = str(uuid.uuid4())
-        graph = json.loads(json.dumps(WORKFLOW))
+        graph = json.loads(json.dumps(self.workflow))
         graph["1"]["inputs"]["image"] = uploaded
         graph["3"]["inputs"]["filename_prefix"] = f"bare/{prompt_id}"
         self._done[prompt_id] = asyncio.get_running_loop().create_future()
@@ -258,6 +389,89 @@ class BareRunner:
             return prompt_id
 
         return list(await asyncio.gather(*(one(png) for png in photos)))
+
+
+# -- where the CPU went -------------------------------------------------------------------------
+
+
+def comfyui_pid(url: str) -> int | None:
+    """The real ComfyUI's process serving ``url`` (its command line names the port)."""
+    port = url.rsplit(":", 1)[1]
+    for folder in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            words = (folder / "cmdline").read_bytes().split(b"\0")
+            if any(w.endswith(b"main.py") for w in words) and port.encode() in words:
+                return int(folder.name)
+    return None
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class CpuMeter:
+    """CPU seconds spent by each part of the system between two readings: the backend and the
+    worker (process trees), the real ComfyUI, this process (the bench playing the bot, the
+    Telegram double, and the ComfyUI double when it is the one running), and the rest of the
+    machine (PostgreSQL, Redis, anything else), from /proc."""
+
+    def __init__(self, backends: list[int], worker: int, comfyui: int | None) -> None:
+        self.readers = {
+            "backend": lambda: sum(tree_cpu_seconds(pid) for pid in backends),
+            "worker": lambda: tree_cpu_seconds(worker),
+            "ComfyUI": (lambda: tree_cpu_seconds(comfyui)) if comfyui else (lambda: 0.0),
+            "bench + doubles": own_cpu_seconds,
+        }
+
+    def read(self) -> dict[str, float]:
+        seconds = {name: reader() for name, reader in self.readers.items()}
+        busy, total = machine_busy()
+        tick = os.sysconf("SC_CLK_TCK")
+        return seconds | {"machine": busy / tick, "machine, all": total / tick}
+
+    @staticmethod
+    def per_job(before: dict[str, float], after: dict[str, float], jobs: int) -> dict[str, float]:
+        """ms per job by part ("PostgreSQL, Redis, other" is the machine's rest), and how busy
+        the machine's cores were, in %."""
+        spent = {name: after[name] - before[name] for name in before}
+        machine, available = spent.pop("machine"), spent.pop("machine, all")
+        spent["PostgreSQL, Redis, other"] = max(0.0, machine - sum(spent.values()))
+        per_job = {name: seconds * 1000 / jobs for name, seconds in spent.items()}
+        return per_job | {"machine busy, whole burst, %": 100 * machine / available}
+
+
+class MachineLoad:
+    """How busy the machine's cores are, sampled every ``every`` seconds (wall clock) while the
+    block runs, so the share of a span known only afterwards (ComfyUI's first start to its last
+    end) can be read."""
+
+    def __init__(self, every: float = 0.02) -> None:
+        self.every = every
+        self.samples: list[tuple[float, int, int]] = []  # (time.time(), busy, total jiffies)
+
+    @contextlib.asynccontextmanager
+    async def sampling(self) -> AsyncIterator[MachineLoad]:
+        async def sample() -> None:
+            while True:
+                self.samples.append((time.time(), *machine_busy()))
+                await asyncio.sleep(self.every)
+
+        sampler = asyncio.create_task(sample())
+        try:
+            yield self
+        finally:
+            sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampler
+            self.samples.append((time.time(), *machine_busy()))
+
+    def busy_between(self, start: float, end: float) -> float:
+        """The busy share of every core's time from the last sample at or before ``start`` to
+        the first at or after ``end``."""
+        first = max((s for s in self.samples if s[0] <= start), default=self.samples[0])
+        last = min((s for s in self.samples if s[0] >= end), default=self.samples[-1])
+        return (last[1] - first[1]) / max(1, last[2] - first[2])
 
 
 # -- the system under test ---------------------------------------------------------------------
@@ -301,9 +515,13 @@ class Stages:
     bare_execution: list[float] = field(default_factory=list)
     bare_overhead: list[float] = field(default_factory=list)
     burst_idle: tuple[float, float] = (0.0, 0.0)
-    # The part of it with the next prompt already in ComfyUI's queue (known of the double only).
+    burst_idle_created: float = 0.0  # from the moment the burst's last job was accepted
+    # The part of it with the next prompt already in ComfyUI's queue.
     burst_idle_queued: float | None = None
+    late_submits: list[tuple[float, float]] = field(default_factory=list)
     bare_idle: tuple[float, float] = (0.0, 0.0)
+    # CPU ms per job during the burst, by process (see CpuMeter).
+    burst_cpu: dict[str, float] = field(default_factory=dict)
     median_job: str = ""  # the timeline of the single job with the median overhead
 
 
@@ -328,13 +546,18 @@ class System:
         comfyui_url: str,
         telegram: TelegramDouble,
         root: Path,
+        workload: Workload,
         *,
         status_messages: bool,
+        side: int = 512,
         double: ComfyUIDouble | None = None,
+        worker_backend: bool = False,
     ) -> None:
         self.source = source
+        self.workload = workload
         self.double = double
         self.status_messages = status_messages
+        self.side = side  # the photos' side in pixels
         self.comfyui_url = comfyui_url
         self.telegram = telegram
         self.root = root
@@ -342,12 +565,15 @@ class System:
         self.prefix = f"bench-fp-{uuid.uuid4().hex[:8]}"
         self.port = free_port()
         self.backend_url = f"http://127.0.0.1:{self.port}"
+        # The worker's own backend process (the bot's creations go to the other), or the same.
+        self.worker_port = free_port() if worker_backend else self.port
         self.worker_name = f"bench-{uuid.uuid4().hex[:6]}"
         self.processes: list[subprocess.Popen[bytes]] = []
+        self.backends: list[subprocess.Popen[bytes]] = []  # a worker's own, besides the first
         self.users = itertools.count(FIRST_USER + int(time.time()) % 1_000_000 * 100)
 
     def environment(self) -> dict[str, str]:
-        return {
+        env = {
             **os.environ,
             "PYTHONPATH": str(self.source.path),
             "API_TOKEN": API_TOKEN,
@@ -366,14 +592,22 @@ class System:
             "SIGNUP_BONUS": "0",
             "LOG_LEVEL": "WARNING",
         }
+        if self.workload.presets_dir is not None:
+            env["PRESETS_DIR"] = str(self.workload.presets_dir)
+        return env
 
-    def spawn(self, command: str) -> subprocess.Popen[bytes]:
+    def spawn(self, command: str, backend_port: int | None = None) -> subprocess.Popen[bytes]:
+        """``backend_port``: the backend it serves on or talks to, when not the bot's."""
+        env = self.environment()
+        if backend_port is not None:
+            url = f"http://127.0.0.1:{backend_port}"
+            env |= {"BACKEND_PORT": str(backend_port), "BACKEND_URL": url, "BACKEND_API_URL": url}
         # cwd is a scratch folder: no .env of the checkout is read.
         with (self.root / f"{command}.log").open("ab") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", "comfygram", command],
                 cwd=self.root,
-                env=self.environment(),
+                env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
@@ -397,7 +631,10 @@ class System:
             ) as api:
                 self.api = api
                 backend = self.spawn("backend")
-                worker = self.spawn("worker")  # both start at once: the worker waits for it
+                if self.worker_port != self.port:
+                    await self._until(backend, self._backend_up)  # it migrates the database
+                    self.backends.append(self.spawn("backend", self.worker_port))
+                worker = self.spawn("worker", self.worker_port)  # it waits for its backend
                 await self._until(backend, self._backend_up)
                 await self._until(worker, self._worker_ready)
                 yield self
@@ -428,7 +665,8 @@ class System:
     async def _worker_ready(self) -> bool:
         response = await self.api.get("/api/workers")
         return any(
-            w["name"] == self.worker_name and PRESET in w["runnable"] for w in response.json()
+            w["name"] == self.worker_name and self.workload.preset in w["runnable"]
+            for w in response.json()
         )
 
     # -- the bot's part ----------------------------------------------------------------------
@@ -462,7 +700,7 @@ class System:
         """Create the job as the bot does; (job id, when the 201 arrived)."""
         response = await self.api.post(
             "/api/jobs/create",
-            data={"telegram_id": str(user), "preset": PRESET},
+            data={"telegram_id": str(user), "preset": self.workload.preset},
             files={"image": ("photo.png", png, "image/png")},
         )
         accepted = time.time()
@@ -529,7 +767,7 @@ class System:
         self.stages = Stages(single={stage: [] for stage in STAGES})
         self.singles: list[tuple[dict[str, Any], float, float, int]] = []
         self.ahead = await self.new_users(WARM_UP + jobs + burst)
-        self.photos = [noise_png() for _ in self.ahead]
+        self.photos = [noise_png(self.side) for _ in self.ahead]
 
     async def single(self, index: int) -> None:
         """The ``index``-th single job, alone in the system; the first WARM_UP do not count."""
@@ -565,30 +803,49 @@ class System:
     async def burst(self, first: int) -> None:
         """Every job from ``first`` on created at once; ComfyUI's idle fraction while they ran."""
         users, photos = self.ahead[first:], self.photos[first:]
-        created = await asyncio.gather(
-            *(self.create(user, png) for user, png in zip(users, photos, strict=True))
-        )
-        for (job_id, _), user in zip(created, users, strict=True):
-            await self.settled(job_id, user)
-        await asyncio.gather(*self.reports)
+        backends = [self.processes[0].pid, *(p.pid for p in self.backends)]
+        worker = self.processes[-1].pid
+        meter = CpuMeter(backends, worker, None if self.double else comfyui_pid(self.comfyui_url))
+        before = meter.read()
+        # The double logs when each prompt was queued; the real ComfyUI is listened to.
+        watch = None if self.double else QueueWatch(self.comfyui_url)
+        async with (
+            MachineLoad().sampling() as load,
+            watch.watching() if watch else contextlib.nullcontext(),
+        ):
+            created = await asyncio.gather(
+                *(self.create(user, png) for user, png in zip(users, photos, strict=True))
+            )
+            for (job_id, _), user in zip(created, users, strict=True):
+                await self.settled(job_id, user)
+            await asyncio.gather(*self.reports)
+        self.stages.burst_cpu = CpuMeter.per_job(before, meter.read(), len(created))
         async with aiohttp.ClientSession() as session:
             runs = await history(session, self.comfyui_url)
         burst_runs = [run_of(job_id, runs) for job_id, _ in created]
         accepted_at = {run_of(job_id, runs).prompt_id: at for job_id, at in created}
         burst_runs.sort(key=lambda run: run.start)
+        while_running = load.busy_between(burst_runs[0].start, burst_runs[-1].end)
+        self.stages.burst_cpu["machine busy while ComfyUI ran them, %"] = 100 * while_running
         self.stages.burst_idle = idle(burst_runs, accepted_at)
-        if self.double is not None:
+        self.stages.burst_idle_created = idle_after(burst_runs, max(accepted_at.values()))
+        if watch is not None:
+            queued = watch.queued_at(burst_runs)
+        else:
+            assert self.double is not None
             offset = time.time() - time.monotonic()
             queued = {
                 run.prompt_id: self.double.queued_at[run.prompt_id] + offset for run in burst_runs
             }
+        if queued is not None:
             self.stages.burst_idle_queued = idle(burst_runs, queued)[0]
+            self.stages.late_submits = late_submits(burst_runs, queued)
 
     async def measure_bare(self, jobs: int, burst: int) -> None:
         """The yardstick, on the same ComfyUI right after the system's own burst."""
         stages = self.stages
-        async with BareRunner(self.comfyui_url).connected() as runner:
-            photos = [noise_png() for _ in range(WARM_UP + jobs + burst)]
+        async with BareRunner(self.comfyui_url, self.workload.workflow).connected() as runner:
+            photos = [noise_png(self.side) for _ in range(WARM_UP + jobs + burst)]
             totals: dict[str, float] = {}
             for index, png in enumerate(photos[: WARM_UP + jobs]):
                 prompt_id, seconds = await runner.single(png)
@@ -637,9 +894,11 @@ async def stop(process: subprocess.Popen[bytes], grace: float = 40) -> None:
 
 @contextlib.asynccontextmanager
 async def comfyui(
-    kind: str, root: Path, double_delay: float
+    kind: str, root: Path, double_delay: float, extension: bool = True, bench_nodes: bool = False
 ) -> AsyncIterator[tuple[str, ComfyUIDouble | None]]:
-    """The URL of a running ComfyUI of this kind for the block's duration, and the double."""
+    """The URL of a running ComfyUI of this kind for the block's duration, and the double;
+    ``extension``: the real one loads comfygram's extension (its GC frozen at the first prompt);
+    ``bench_nodes``: and the bench's GPU stand-in."""
     if kind == "double":
         async with ComfyUIDouble(root / "comfyui-double") as double:
             double.execution_delay = double_delay
@@ -648,12 +907,28 @@ async def comfyui(
         return
     if (reason := missing()) is not None:
         raise SystemExit(f"the real ComfyUI cannot run here: {reason}")
-    server = RealComfyUI(free_port())
+    configs = [BENCH_NODES] if bench_nodes else []
+    server = RealComfyUI(free_port(), extension=extension, extra_configs=configs)
     await asyncio.to_thread(server.start)
     try:
         yield server.url, None
     finally:
         await asyncio.to_thread(server.close)
+
+
+async def full_collections(url: str) -> str:
+    """How long the real ComfyUI's full garbage collections took (its prompt loop runs one
+    every 10 s while busy), as comfygram's extension reports them."""
+    async with ComfyUIClient(url, "bench") as client:
+        state = await client.gc_state()
+    if state is None:
+        return "not measured (--stock-comfyui: about 300 ms each, every 10 s of work)"
+    since = state["full_collections_ms"]
+    longest = f"at most {max(since):.1f} ms" if since else "none yet"
+    return (
+        f"{state['full_collection_before_freeze_ms']:.0f} ms before its start-up objects were "
+        f"frozen ({state['frozen']:,}); since, {len(since)} of {longest}"
+    )
 
 
 # -- the table ----------------------------------------------------------------------------------
@@ -685,10 +960,17 @@ def table(results: dict[tuple[str, str], Stages], jobs: int, burst: int) -> str:
     )
     row("  system, all gaps", (f"{results[c].burst_idle[1]:.1%}" for c in columns))
     row(
-        "  of which a prompt was queued (double)",
+        "  system, once every job was created",
+        (f"{results[c].burst_idle_created:.1%}" for c in columns),
+    )
+    row(
+        "  of which a prompt was queued",
         ("-" if (q := results[c].burst_idle_queued) is None else f"{q:.1%}" for c in columns),
     )
     row("  bare runner, 2 prompts ahead", (f"{results[c].bare_idle[1]:.1%}" for c in columns))
+    lines.append("CPU ms per job during the burst, by process")
+    for part in results[columns[0]].burst_cpu:
+        row(f"  {part}", (f"{results[c].burst_cpu[part]:.1f}" for c in columns))
     lines.append(f"single jobs: {jobs} after {WARM_UP} warm-up, one at a time, 0.1 s apart")
     return "\n".join(lines)
 
@@ -721,7 +1003,29 @@ async def main() -> None:
         action="store_true",
         help="create jobs through the API alone, without the bot's status message",
     )
+    parser.add_argument(
+        "--side", type=int, default=512, help="the photos' side in pixels (longer runs)"
+    )
+    parser.add_argument(
+        "--worker-backend",
+        action="store_true",
+        help="give the worker a backend process of its own (the bot's creations go to the other)",
+    )
+    parser.add_argument(
+        "--stock-comfyui",
+        action="store_true",
+        help="run the real ComfyUI without comfygram's extension (its full GC pauses kept)",
+    )
+    parser.add_argument(
+        "--gpu-ms",
+        type=int,
+        default=0,
+        help="real ComfyUI only: each job also waits this long in the bench's GPU stand-in node "
+        "(a GPU's part of a job, during which the CPU is free)",
+    )
     args = parser.parse_args()
+    if args.gpu_ms and args.comfyui != "real":
+        parser.error("--gpu-ms needs --comfyui real (the double has no such node)")
     sources = [Source.of(p) for p in [*args.worker_src, *args.compare] or [str(ROOT / "src")]]
     labels = [source.label for source in sources]
     for n, source in enumerate(sources):  # two worktrees of one commit still get two columns
@@ -730,7 +1034,9 @@ async def main() -> None:
     kinds = ["real", "double"] if args.comfyui == "both" else [args.comfyui]
 
     print(
-        f"fast path: {PRESET}, 512x512 noise PNG ({len(noise_png()):,} B), "
+        f"fast path: invert{f' after {args.gpu_ms} ms of GPU stand-in' if args.gpu_ms else ''}, "
+        f"{args.side}x{args.side} noise PNG "
+        f"({len(noise_png(args.side)):,} B), "
         f"{'without' if args.no_status_message else 'with'} the bot's status message, "
         f"{os.cpu_count()} CPUs"
     )
@@ -739,11 +1045,20 @@ async def main() -> None:
     print(f"  load before: {load()}")
     results: dict[tuple[str, str], Stages] = {}
     with tempfile.TemporaryDirectory(prefix="fast-path-") as tmp:
+        workload = (
+            Workload.gpu_stand_in(Path(tmp), args.gpu_ms) if args.gpu_ms else Workload.invert()
+        )
         async with TelegramDouble() as telegram:
             telegram.recompress_photos = False  # its own CPU time is not the system's
             for kind in kinds:
                 async with (
-                    comfyui(kind, Path(tmp), args.double_delay) as (url, double),
+                    comfyui(
+                        kind,
+                        Path(tmp),
+                        args.double_delay,
+                        extension=not args.stock_comfyui,
+                        bench_nodes=bool(args.gpu_ms),
+                    ) as (url, double),
                     contextlib.AsyncExitStack() as running,
                 ):
                     systems = []
@@ -755,20 +1070,32 @@ async def main() -> None:
                             url,
                             telegram,
                             root,
+                            workload,
                             status_messages=not args.no_status_message,
+                            side=args.side,
                             double=double,
+                            worker_backend=args.worker_backend,
                         )
                         systems.append(await running.enter_async_context(system.running()))
                     await measure(systems, args.jobs, args.burst)
+                    if double is None:
+                        collections = await full_collections(url)
                     for system in systems:
                         results[kind, system.source.label] = system.stages
     print(f"  load after: {load()}")
     print(table(results, args.jobs, args.burst))
+    if "real" in kinds:
+        print(f"real ComfyUI's full garbage collections: {collections}")
     for (kind, label), stages in results.items():
         overhead = pct(stages.single["overhead (goal p50 <= 30)"], 0.5)
         bare = pct(stages.bare_overhead, 0.5)
         print(f"{kind}:{label}: overhead p50 {overhead:.1f} ms = {overhead / bare:.1f}x bare")
         print(f"  median job, ms after accepted: {stages.median_job}")
+        late = ", ".join(f"+{at:.0f}: {waited:.0f}" for at, waited in stages.late_submits[:12])
+        print(
+            "  burst: ComfyUI waited for the next prompt (ms from its first start: ms) "
+            + (late or "never")
+        )
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import uuid
 from pathlib import Path
 
 from PIL import Image
+from redis.asyncio import Redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -119,7 +120,17 @@ async def run(args: argparse.Namespace) -> list[tuple[int, float, int, int]]:
                     print(row(*samples[-1]), flush=True)
                 await asyncio.sleep(0.05)
             await feeder
-            return samples[1:]
+        await forget_keys(settings.redis_url, settings.redis_prefix)
+        return samples[1:]
+
+
+async def forget_keys(redis_url: str, prefix: str) -> None:
+    """Delete the run's keys (live statuses are kept a day otherwise)."""
+    redis = Redis.from_url(redis_url)
+    keys = [key async for key in redis.scan_iter(f"{prefix}:*", count=1000)]
+    if keys:
+        await redis.delete(*keys)
+    await redis.aclose()
 
 
 HEADER = f"{'jobs':>6} {'seconds':>8} {'VmRSS kB':>10} {'VmHWM kB':>10}"

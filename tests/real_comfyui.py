@@ -6,10 +6,12 @@ or ``COMFYUI_SHARED_DIR``): ``install`` puts it in ``COMFYUI_HOME`` (default
 ``output/`` and ``user/`` under ``$COMFYUI_HOME/io/PORT`` and returns once ``/system_stats``
 answers, ``stop PORT`` ends exactly that process. ``models/`` is shared by every server.
 
-One server serves the whole test run (``real_comfyui``); a test that must stop or restart
-ComfyUI starts its own on another port (``RealComfyUI(free_port())``). Without the shared folder
-or the install the tests skip and say why, unless ``CI=true`` or ``COMFYGRAM_REQUIRE_COMFYUI=1``
-(``scripts/test`` sets it): then they fail, so CI cannot pass by skipping them.
+Each server loads comfygram's ComfyUI extension (``comfyui/custom_nodes``) unless started with
+``extension=False``. One server serves the whole test run (``real_comfyui``); a test that must
+stop or restart ComfyUI starts its own on another port (``RealComfyUI(free_port())``). Without
+the shared folder or the install the tests skip and say why, unless ``CI=true`` or
+``COMFYGRAM_REQUIRE_COMFYUI=1`` (``scripts/test`` sets it): then they fail, so CI cannot pass by
+skipping them.
 
 Model presets are validated without weights: ComfyUI checks a loader's file name only against
 the names in its models folder, so ``model_placeholders`` creates empty files with the names the
@@ -24,7 +26,7 @@ import random
 import shutil
 import subprocess
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -38,6 +40,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED_DIR = Path(os.environ.get("COMFYUI_SHARED_DIR") or ROOT.parent / "shared" / "comfyui")
 COMFYUI_HOME = Path(os.environ.get("COMFYUI_HOME") or "/opt/comfyui-0.3.64")
 MODELS_DIR = COMFYUI_HOME / "ComfyUI" / "models"
+# comfygram's ComfyUI extension, loaded as docs/deploy.md says.
+EXTENSION_PATHS = ROOT / "comfyui" / "extra_model_paths.yaml"
 START_TIMEOUT = 180  # the script itself gives up after about 120 s
 
 
@@ -74,8 +78,12 @@ def unavailable(reason: str) -> NoReturn:
 class RealComfyUI:
     """One real ComfyUI process on 127.0.0.1:``port``, driven by the shared scripts."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(
+        self, port: int, *, extension: bool = True, extra_configs: Sequence[Path] = ()
+    ) -> None:
         self.port = port
+        self.extension = extension  # comfygram's (comfyui/custom_nodes), as deployed
+        self.extra_configs = list(extra_configs)  # more extra_model_paths.yaml (the bench's)
         self.url = f"http://127.0.0.1:{port}"
         self.io_dir = COMFYUI_HOME / "io" / str(port)
         self.input_dir = self.io_dir / "input"
@@ -84,12 +92,18 @@ class RealComfyUI:
         self._owns_io_dir = not self.io_dir.exists()
 
     def _script(self, name: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "COMFYUI_HOME": str(COMFYUI_HOME)}
+        configs = [EXTENSION_PATHS] if self.extension else []
+        configs += self.extra_configs
+        if configs:
+            paths = f"--extra-model-paths-config {' '.join(map(str, configs))}"
+            env["COMFY_EXTRA_ARGS"] = f"{paths} {env.get('COMFY_EXTRA_ARGS', '')}".strip()
         return subprocess.run(
             [str(SHARED_DIR / name), str(self.port)],
             capture_output=True,
             text=True,
             timeout=START_TIMEOUT,
-            env={**os.environ, "COMFYUI_HOME": str(COMFYUI_HOME)},
+            env=env,
         )
 
     def start(self) -> None:

@@ -3,6 +3,7 @@ the cached preset contract following changes."""
 
 import asyncio
 import contextlib
+import tempfile
 from collections.abc import Iterator
 
 from fastapi import FastAPI
@@ -118,3 +119,30 @@ async def test_an_operators_price_and_switch_apply_to_the_next_creation(app, api
     refused = await create_job(api)
     assert refused.status_code == 404, refused.text
     assert await balance(api) == 8
+
+
+async def test_photos_and_outputs_over_a_megabyte_are_parsed_without_a_temp_file(
+    app, api, settings, monkeypatch
+):
+    """Past Starlette's 1 MB default an uploaded file is spooled to disk (and written in a
+    thread a chunk at a time); up to MAX_UPLOAD_BYTES it stays in memory, as the route reads
+    it whole anyway."""
+    spooled: list[int] = []
+    rollover = tempfile.SpooledTemporaryFile.rollover
+    monkeypatch.setattr(
+        tempfile.SpooledTemporaryFile,
+        "rollover",
+        lambda file: spooled.append(file.tell()) or rollover(file),
+    )
+    photo = images.noise_png(700, 700)
+    assert 1024 * 1024 < len(photo) <= settings.max_upload_bytes
+    await register(api, 1001)
+    created = await create_job(api, image=photo)
+    assert created.status_code == 201, created.text
+    job_id = created.json()["id"]
+    await api.post(f"/api/jobs/{job_id}/start", json={"worker": "w1"})
+    files = [("file", ("out.png", photo, "image/png"))]
+    stored = await api.put(f"/api/jobs/{job_id}/outputs", files=files)
+    assert stored.status_code == 200, stored.text
+    assert stored.json()["outputs"][0]["size"] == len(photo)
+    assert spooled == []

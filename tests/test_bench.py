@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+import itertools
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -59,7 +62,10 @@ def test_delivery_bench_reports_an_album_and_a_video():
 
 @pytest.mark.timeout(180)
 def test_fast_path_bench_reports_every_stage_and_the_idle_fractions():
-    output = bench("fast_path.py", "--comfyui", "double", "--jobs", "1", "--burst", "2")
+    # With a backend process of the worker's own: the bench's longest path (its CPU is summed).
+    output = bench(
+        "fast_path.py", "--comfyui", "double", "--jobs", "1", "--burst", "2", "--worker-backend"
+    )
     [column] = [line.split()[-1] for line in output.splitlines() if line.startswith("ms (p50")]
     assert column.startswith("double:"), output
     for stage in (
@@ -85,6 +91,18 @@ def test_fast_path_bench_reports_every_stage_and_the_idle_fractions():
     ):
         [line] = [line for line in output.splitlines() if line.strip().startswith(idle)]
         assert 0 <= float(line.split()[-1].rstrip("%")) <= 100, line
+    block = output.split("CPU ms per job during the burst, by process\n")[1].splitlines()
+    cpu = {
+        line.rsplit(maxsplit=1)[0].strip(): float(line.split()[-1])
+        for line in itertools.takewhile(lambda line: line.startswith("  "), block)
+    }
+    [late] = [line for line in output.splitlines() if "waited for the next prompt" in line]
+    assert late.startswith("  burst: ComfyUI waited"), output
+    # The double runs in the bench's process, so the real ComfyUI's line reads 0 here.
+    assert cpu["backend"] > 0 and cpu["worker"] > 0 and cpu["bench + doubles"] > 0, output
+    assert cpu["ComfyUI"] == 0, output
+    for busy in ("machine busy, whole burst, %", "machine busy while ComfyUI ran them, %"):
+        assert 0 < cpu[busy] <= 100, output
 
 
 @pytest.mark.timeout(180)
@@ -99,3 +117,32 @@ def test_worker_memory_bench_samples_the_worker_and_reports_its_growth():
     assert len(rows) == 2 and 5 <= int(rows[0][0]) < 10 and rows[1][0] == "10", output
     assert all(10_000 < int(row[2]) <= int(row[3]) for row in rows), output  # VmRSS <= VmHWM
     assert "(RSS at 10 vs at 5 jobs)" in output, output
+
+
+def test_the_gpu_stand_in_preset_is_invert_after_the_bench_node(tmp_path: Path):
+    from bench.fast_path import Workload
+    from comfygram.presets import load_presets
+
+    workload = Workload.gpu_stand_in(tmp_path, 40)
+    (preset,) = [p for p in load_presets(workload.presets_dir) if p.slug == "gpu"]
+    graph = preset.workflow
+    assert graph == workload.workflow
+    assert graph["4"] == {
+        "class_type": "ComfygramBenchGpuWait",
+        "inputs": {"image": ["1", 0], "milliseconds": 40},
+    }
+    assert graph["2"]["inputs"]["image"] == ["4", 0]  # LoadImage -> wait -> invert -> save
+
+
+def test_the_gpu_stand_in_node_passes_its_image_on_after_the_wait():
+    path = BENCH / "comfyui" / "custom_nodes" / "comfygram_bench_gpu" / "__init__.py"
+    spec = importlib.util.spec_from_file_location("comfygram_bench_gpu", path)
+    assert spec is not None and spec.loader is not None
+    nodes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(nodes)
+    node_class = nodes.NODE_CLASS_MAPPINGS["ComfygramBenchGpuWait"]
+    assert set(node_class.INPUT_TYPES()["required"]) == {"image", "milliseconds"}
+    image = object()
+    started = time.monotonic()
+    assert getattr(node_class(), node_class.FUNCTION)(image, 30) == (image,)
+    assert time.monotonic() - started >= 0.03

@@ -201,6 +201,8 @@ AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
             503,
         ),
         ("/api/users/register", {"Content-Type": "application/json"}, 401),
+        # Without the token a creation's body is not even read for its turn.
+        ("/api/jobs/create", {"Content-Type": MULTIPART}, 401),
         ("/healthz", {}, 405),
     ],
 )

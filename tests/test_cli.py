@@ -576,3 +576,19 @@ def test_healthcheck_of_a_backend_is_its_healthz(base_env, tmp_path):
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=20)
+
+
+def test_the_worker_s_startup_objects_are_left_out_of_garbage_collection():
+    """What the long-running commands call before they serve: a full collection walked the
+    ~200,000 objects the worker's imports make (150 ms here); frozen, it walks none of them."""
+    code = (
+        "import gc\n"
+        "import comfygram.worker.main\n"
+        "from comfygram import startup\n"
+        "startup.keep_startup_objects_out_of_gc()\n"
+        "print(gc.get_freeze_count(), len(gc.get_objects()))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    frozen, tracked = map(int, done.stdout.split())
+    assert frozen > 100_000 and tracked < 1_000, done.stdout

@@ -150,6 +150,16 @@ async def test_every_saved_file_comes_back_with_its_node_and_whether_it_moves(
     ]
 
 
+async def test_the_socket_offers_no_compression(
+    comfy: ComfyUIDouble, client: ComfyUIClient
+) -> None:
+    """ComfyUI (aiohttp) takes permessage-deflate when offered and would then compress every
+    message on its event loop, preview frames that are JPEG already included."""
+    prompt_id = await submit_invert(client)
+    await client.wait(prompt_id, deadline=soon())
+    assert comfy.socket_extension_offers == [None]
+
+
 async def test_upload_into_subfolder_names_it(client: ComfyUIClient) -> None:
     name = await client.upload_image(png(), "sub.png", subfolder="jobs")
     assert name == "jobs/sub.png"

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import uuid
 
+import httpx
 import pytest
 from redis.asyncio import Redis
 
@@ -65,8 +66,8 @@ async def _heartbeat(settings: Settings, name: str, comfyui_url: str, healthy: b
 
 async def test_healthy_setup_is_all_ok(tmp_path):
     async with (
-        ComfyUIDouble(tmp_path / "comfy") as comfy,
-        ComfyUIDouble(tmp_path / "comfy2") as second_gpu,
+        ComfyUIDouble(tmp_path / "comfy", gc_extension=True) as comfy,
+        ComfyUIDouble(tmp_path / "comfy2", gc_extension=True) as second_gpu,
         TelegramDouble() as tg,
     ):
         settings = _settings(
@@ -328,6 +329,29 @@ async def test_doctor_says_whether_comfyui_sends_previews(tmp_path):
         checks = _by_name(await doctor.check_comfyui(_settings(comfyui_url=comfy.url)))
     previews = checks["comfyui previews"]
     assert (previews.status, previews.detail) == (doctor.OK, "sent (--preview-method auto)")
+
+
+async def test_doctor_says_whether_comfyuis_gc_is_frozen(tmp_path):
+    """comfygram's ComfyUI extension: not loaded (stock ComfyUI) is a WARN naming it; loaded,
+    before and after the first prompt, is OK with what it did."""
+    async with ComfyUIDouble(tmp_path / "stock") as comfy:
+        line = _by_name(await doctor.check_comfyui(_settings(comfyui_url=comfy.url)))["comfyui GC"]
+    assert line.status == doctor.WARN
+    assert "comfyui/custom_nodes/comfygram_gc_freeze" in line.detail
+    async with ComfyUIDouble(tmp_path / "extended", gc_extension=True) as comfy:
+        settings = _settings(comfyui_url=comfy.url)
+        fresh = _by_name(await doctor.check_comfyui(settings, presets=False))["comfyui GC"]
+        async with httpx.AsyncClient() as http:
+            await http.post(f"{comfy.url}/prompt", json={"prompt": {}})
+        used = _by_name(await doctor.check_comfyui(settings, presets=False))["comfyui GC"]
+    assert (fresh.status, fresh.detail) == (
+        doctor.OK,
+        "start-up objects frozen at the first prompt",
+    )
+    assert (used.status, used.detail) == (
+        doctor.OK,
+        "start-up objects frozen (586,852); full collections since: at most 1.1 ms",
+    )
 
 
 def test_the_previews_line_by_method_and_presets():

@@ -8,10 +8,11 @@ import random
 import warnings
 
 import pytest
-from PIL import Image, ImageFile
+from PIL import Image
 
 from comfygram import images as checks
 from comfygram.jpeg import is_whole
+from tests import images
 
 
 def _picture() -> Image.Image:
@@ -72,25 +73,6 @@ def test_a_file_cut_anywhere_is_not_whole(name: str) -> None:
     assert not any(is_whole(data[:end]) for end in ends)
 
 
-def _mutations(data: bytes, chance: random.Random) -> bytes:
-    damaged = bytearray(data)
-    match chance.randrange(5):
-        case 0:  # cut short
-            del damaged[chance.randrange(len(damaged)) :]
-        case 1:  # bytes overwritten anywhere
-            for _ in range(chance.randint(1, 10)):
-                damaged[chance.randrange(len(damaged))] = chance.randrange(256)
-        case 2:  # a piece lost
-            start = chance.randrange(len(damaged))
-            del damaged[start : start + chance.randint(1, 500)]
-        case 3:  # junk let in
-            start = chance.randrange(len(damaged))
-            damaged[start:start] = chance.randbytes(chance.randint(1, 50))
-        case _:  # one byte of the headers (tables, frame, scan) changed
-            damaged[chance.randrange(min(len(damaged), 700))] = chance.randrange(256)
-    return bytes(damaged)
-
-
 def test_what_it_vouches_for_always_decodes() -> None:
     """Thousands of damaged files: each one is_whole passes, libjpeg decodes without an error
     (garbled compressed data is only a warning to it), so skipping the decode refuses nothing
@@ -98,7 +80,7 @@ def test_what_it_vouches_for_always_decodes() -> None:
     chance = random.Random("jpeg-structure")
     vouched = refused = 0
     for _ in range(4000):
-        damaged = _mutations(ENCODED[chance.choice(list(ENCODED))], chance)
+        damaged = images.mutated(ENCODED[chance.choice(list(ENCODED))], chance, 700)
         if is_whole(damaged):
             vouched += 1
             assert _decodes(damaged), damaged.hex()
@@ -118,14 +100,7 @@ def test_other_kinds_are_left_to_the_decode() -> None:
 
 
 def test_an_upload_that_is_whole_is_not_decoded(monkeypatch: pytest.MonkeyPatch) -> None:
-    loads: list[str] = []
-    real_load = ImageFile.ImageFile.load
-
-    def counted(image: ImageFile.ImageFile):
-        loads.append(image.format or "")
-        return real_load(image)
-
-    monkeypatch.setattr(ImageFile.ImageFile, "load", counted)
+    loads = images.counted_decodes(monkeypatch)
     stored, info = checks.prepare_input(ENCODED["baseline"], 10_000_000)
     assert (stored, info.format, loads) == (ENCODED["baseline"], "JPEG", [])
     cut = ENCODED["baseline"][:-300]

@@ -301,3 +301,28 @@ def test_without_the_shared_folder_it_skips_here_and_fails_in_ci(
     )
     assert outcome in result.stdout, result.stdout + result.stderr
     assert f"{tmp_path / 'no-such-folder'}/install not found" in result.stdout
+
+
+async def test_the_extension_freezes_start_up_objects_and_full_collections_get_short(
+    client: ComfyUIClient,
+):
+    """comfygram's ComfyUI extension (comfyui/custom_nodes/comfygram_gc_freeze), which the test
+    server loads: frozen at the first prompt, ComfyUI's full collections then take a fraction
+    of the one before."""
+    name = await upload(client)
+    prompt_id = new_prompt_id()
+    await client.submit(invert_workflow(name, f"comfygram/{unique('gc')}"), prompt_id)
+    await client.wait(prompt_id, deadline=soon(30))
+    # ComfyUI's prompt loop collects 10 s after its last prompt at the latest.
+    deadline = soon(30)
+    while True:
+        state = await client.gc_state()
+        assert state is not None, "comfygram's extension is not loaded"
+        if state["full_collections_ms"]:
+            break
+        assert time.monotonic() < deadline, f"no full collection within 30 s: {state}"
+        await asyncio.sleep(0.5)
+    assert state["frozen"] > 100_000, state  # torch and ComfyUI's modules
+    assert state["tracked"] < state["frozen"] / 10, state
+    before = state["full_collection_before_freeze_ms"]
+    assert max(state["full_collections_ms"]) < before / 5, state

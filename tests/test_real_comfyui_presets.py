@@ -118,6 +118,9 @@ async def test_presets_check_passes_with_placeholder_model_files(real_comfyui: R
     # doctor checks disabled presets too, so kontext is there as well
     by_name = {c.name: c for c in everything}
     assert by_name["comfyui"].status == doctor.OK and "0.3.64" in by_name["comfyui"].detail
+    # The test server loads comfygram's extension, as deployed (frozen once a prompt ran).
+    assert by_name["comfyui GC"].status == doctor.OK, by_name["comfyui GC"]
+    assert by_name["comfyui GC"].detail.startswith("start-up objects frozen")
     # With the models in place, the presets that ask for previews can run, and this ComfyUI
     # (started without --preview-method) would not send them: doctor says so, presets check
     # does not fail on it.

@@ -402,7 +402,7 @@ async def test_a_second_attempt_replaces_the_first_and_its_files(
 
     # A second attempt whose second file is damaged stores nothing: the first stays whole.
     before = await world(app)
-    refused = await put_outputs(api, job_id, GREEN, images.damaged_png())
+    refused = await put_outputs(api, job_id, GREEN, images.cut_png())
     assert refused.status_code == 422, refused.text
     assert refused.json()["error"]["code"] == "bad_output"
     assert refused.json()["error"]["message"].startswith("Output 1: ")
@@ -460,7 +460,7 @@ WRONG_OUTPUTS = [
         "unsupported_output",
         "Output 0: ",
     ),
-    ("image-preset-truncated", "duo", lambda: [images.damaged_png()], "bad_output", "Output 0: "),
+    ("image-preset-truncated", "duo", lambda: [images.cut_png()], "bad_output", "Output 0: "),
     ("video-preset-png", "clip", lambda: [RED], "unsupported_output", "Output 0: "),
     ("video-preset-mpeg4", "clip", lambda: [mp4(codec="mpeg4")], "unsupported_output", ""),
     ("video-preset-cut-mp4", "clip", lambda: [mp4()[:-300]], "bad_output", ""),

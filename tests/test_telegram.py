@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
+import weakref
 from collections.abc import AsyncIterator
 from itertools import pairwise
 
@@ -12,7 +14,8 @@ import pytest
 from aiogram import Bot
 from aiogram.exceptions import TelegramBadRequest
 from aiogram.methods import DeleteMessage, EditMessageText, GetMe, SendMediaGroup, SendMessage
-from aiogram.types import BufferedInputFile, InputMediaPhoto
+from aiogram.methods.base import Response
+from aiogram.types import BufferedInputFile, InputMediaPhoto, Message
 from redis.asyncio import Redis
 
 from comfygram.settings import ConfigError, Settings
@@ -331,3 +334,15 @@ async def test_an_album_weighs_its_items_in_the_budget(
     first, second = telegram.sent(chat_id=CHAT)
     assert (first.status, second.status) == (200, 200)  # never flood-limited
     assert second.at - first.at >= 3 * interval - SLACK
+
+
+async def test_the_class_an_answer_is_read_into_outlives_garbage_collection(
+    bots: list[Bot],
+) -> None:
+    """aiogram reads each answer into Response[T], which pydantic caches weakly: without a
+    reference kept, every collection dropped it and the next answer built it again."""
+    await bots[0](SendMessage(chat_id=CHAT, text="hello"))
+    answer_class = weakref.ref(Response[Message])
+    gc.collect()
+    assert answer_class() is not None
+    assert Response[Message] is answer_class()

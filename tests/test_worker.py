@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from comfygram.backend import jobs
+from comfygram.livestatus import LiveStatus
 from comfygram.presets import BUILTIN_DIR
 from tests import images
 from tests.stack import Stack, eventually, running_stack
@@ -337,3 +338,34 @@ async def test_a_photo_that_rode_along_with_its_job_is_not_fetched_from_the_back
         (uploaded,) = [p for p in stack.comfyui.dirs["input"].iterdir() if job_id in p.name]
         assert uploaded.read_bytes() == stored
     assert asked == ([] if ride_max_jobs else ["input:0"])
+
+
+async def test_a_delivered_result_leaves_the_result_cache(
+    settings, tmp_path, redis, redis_prefix, monkeypatch: pytest.MonkeyPatch
+):
+    """The outputs are cached while the result is sent (a worker taking the job up again
+    after a crash finds them there) and dropped once it went out: kept for
+    RESULT_CACHE_SECONDS after every job, an hour of results sat in Redis's memory."""
+    cached: list[str] = []
+    cache = LiveStatus.cache_results
+
+    async def recording(self, job_id, files, ttl_seconds, **options):
+        kept = await cache(self, job_id, files, ttl_seconds, **options)
+        cached.extend([job_id] if kept else [])
+        return kept
+
+    monkeypatch.setattr(LiveStatus, "cache_results", recording)
+    async with running_stack(settings, tmp_path) as stack:
+        await stack.new_user(USER, credits=10)
+        job_id = await create(stack)
+        stack.start_worker()
+        job = await stack.settled(job_id)
+        assert (job.status, job.delivery_status) == ("succeeded", "delivered")
+        key = f"{redis_prefix}:job:{job_id}:result"
+
+        async def cached_then_dropped() -> bool:  # the cache is written while the photo goes
+            return bool(cached) and not await redis.exists(key)
+
+        await eventually(cached_then_dropped)
+        assert cached == [job_id]
+        assert await redis.exists(f"{redis_prefix}:job:{job_id}:status")  # the status stays

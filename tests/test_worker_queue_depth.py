@@ -37,10 +37,15 @@ async def burst(stack: Stack, jobs_per_user: int = 2) -> list[str]:
 
 
 async def most_waiting(stack: Stack, ids: list[str]) -> int:
-    """The most prompts seen waiting in ComfyUI's queue until every job is delivered."""
+    """The most prompts seen waiting in ComfyUI's queue while a prompt executes, until every
+    job is delivered. (Once a prompt has succeeded, the worker submits the next as ComfyUI
+    finishes its bookkeeping: that one waits for a moment, but nothing is executing.)"""
+    comfyui = stack.comfyui
     most = 0
     while True:
-        most = max(most, len(stack.comfyui.pending))
+        running = comfyui.running
+        if running is not None and running[1] not in comfyui.history:
+            most = max(most, len(comfyui.pending))
         jobs = [await stack.backend.job(job_id) for job_id in ids]
         if all(job.delivery_status == "delivered" for job in jobs):
             return most

@@ -76,7 +76,10 @@ def queued_messages_left(world: World) -> list:
 async def settled(world: World) -> None:
     async def done() -> bool:
         jobs = await world.backend.jobs(USER)
-        return bool(jobs) and all(j.delivery_status == "delivered" for j in jobs)
+        # A still's photo can leave a moment before its result is stored: wait for both.
+        return bool(jobs) and all(
+            j.delivery_status == "delivered" and j.status == "succeeded" for j in jobs
+        )
 
     for _ in range(400):
         if await done():

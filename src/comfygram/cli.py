@@ -41,6 +41,7 @@ def _backend(settings: Settings, args: argparse.Namespace) -> None:
     asyncio.run(_backend_dependencies(settings))
     served = {"host": host, "port": port, "log_config": None, "proxy_headers": True}
     if workers == 1:
+        startup.keep_startup_objects_out_of_gc()
         # slow headers get 408 (docs/security.md#uploads)
         uvicorn.run(app, http=http_protocol(), **served)
         return
@@ -113,10 +114,12 @@ def _migrate(settings: Settings, _args: argparse.Namespace) -> None:
 
 
 def _worker(settings: Settings, _args: argparse.Namespace) -> None:
+    from comfygram import startup
     from comfygram.worker.main import run_worker
 
     settings.require_shared_redis("worker")
     asyncio.run(_redis_set_up_right(settings))
+    startup.keep_startup_objects_out_of_gc()
     asyncio.run(alive_while(run_worker(settings), settings, "worker"))
 
 
@@ -131,6 +134,7 @@ async def _redis_set_up_right(settings: Settings) -> None:
 
 
 def _bot(settings: Settings, _args: argparse.Namespace) -> None:
+    from comfygram import startup
     from comfygram.bot import BotRuntime
 
     if settings.webhook_url:
@@ -144,6 +148,7 @@ def _bot(settings: Settings, _args: argparse.Namespace) -> None:
     async def poll() -> None:
         await BotRuntime(settings).run_polling()
 
+    startup.keep_startup_objects_out_of_gc()
     asyncio.run(alive_while(poll(), settings, "bot"))
 
 

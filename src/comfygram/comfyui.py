@@ -304,6 +304,12 @@ class ComfyUIClient:
             argv=tuple(map(str, argv)) if isinstance(argv, list) else (),
         )
 
+    async def gc_state(self) -> dict[str, Any] | None:
+        """What comfygram's ComfyUI extension (comfyui/custom_nodes/comfygram_gc_freeze) did
+        with ComfyUI's garbage collector; None when it is not loaded."""
+        response = await self._request("GET", "/comfygram/gc")
+        return None if response.status_code == 404 else self._json(response)
+
     async def object_info(self, node_class: str | None = None) -> dict[str, Any]:
         """``GET /object_info`` (or one class; an unknown class gives ``{}``)."""
         path = "/object_info" if node_class is None else f"/object_info/{node_class}"
@@ -430,8 +436,14 @@ class ComfyUIClient:
 
     async def _connect(self, open_timeout: float) -> ClientConnection | None:
         try:
+            # No permessage-deflate: ComfyUI would compress every message, its preview frames
+            # (JPEG already) included, on its own event loop; the messages are small.
             ws = await websockets.connect(
-                self._ws_url(), open_timeout=open_timeout, close_timeout=2, max_size=None
+                self._ws_url(),
+                open_timeout=open_timeout,
+                close_timeout=2,
+                max_size=None,
+                compression=None,
             )
         except (OSError, TimeoutError, websockets.exceptions.WebSocketException):
             return None

@@ -256,6 +256,23 @@ def _previews_check(name: str, method: str, presets: list[Any]) -> Check:
     )
 
 
+def _gc_check(name: str, state: dict[str, Any] | None) -> Check:
+    """Whether comfygram's ComfyUI extension keeps ComfyUI's start-up objects out of its GC."""
+    if state is None:
+        return Check(
+            f"{name} GC",
+            WARN,
+            "comfygram's extension is not loaded: ComfyUI stops about 300 ms for a full garbage "
+            "collection every 10 s of work; load comfyui/custom_nodes/comfygram_gc_freeze "
+            "(docs/deploy.md)",
+        )
+    if not state.get("frozen"):
+        return Check(f"{name} GC", OK, "start-up objects frozen at the first prompt")
+    since = state.get("full_collections_ms") or []
+    after = f"full collections since: at most {max(since):.1f} ms" if since else "none since"
+    return Check(f"{name} GC", OK, f"start-up objects frozen ({state['frozen']:,}); {after}")
+
+
 async def check_comfyui(
     settings: Settings,
     *,
@@ -281,6 +298,7 @@ async def check_comfyui(
             else:
                 detail = f"{stats.version}, no device reported"
             checks.append(Check(name, OK, detail))
+            checks.append(_gc_check(name, await client.gc_state()))
             if presets:
                 from comfygram.presets import compatibility_problems
 

@@ -4,7 +4,9 @@ Three steps, cheapest first, so a refusal costs as little as it can:
 
 - `read_header`: the format, the size and the frame count, from the file's header; no pixel
   is decoded, so a decompression bomb or a damaged body costs nothing here.
-- `inspect_image`: the header, then the first frame decoded in full to catch damage (results).
+- `inspect_image`: the header, then the first frame decoded in full to catch damage; for a
+  worker's output, a JPEG or PNG whose structure is whole (`jpeg.is_whole`, `png.is_whole`)
+  is not decoded.
 - `prepare_input`: what a job's input becomes: exactly one still frame, checked whole (a JPEG
   by its structure, `jpeg.is_whole`; anything else by decoding it). ComfyUI's LoadImage
   loads every frame of a file into one batch, so an animated PNG or WebP (or a multi-picture
@@ -19,7 +21,7 @@ from dataclasses import dataclass, replace
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from comfygram import jpeg
+from comfygram import jpeg, png
 
 SUPPORTED = {
     "JPEG": ("image/jpeg", "jpg"),
@@ -149,12 +151,22 @@ def _decode_first_frame(image: Image.Image, *, check_only: bool = False) -> None
         raise _damaged() from None
 
 
-def inspect_image(data: bytes, max_pixels: int) -> ImageInfo:
+# Structure checks that vouch for a still file without decoding it.
+_WHOLE = {"JPEG": jpeg.is_whole, "PNG": png.is_whole}
+
+
+def inspect_image(data: bytes, max_pixels: int, *, structure_suffices: bool = False) -> ImageInfo:
     """Return what the image is, or raise ImageRejected. Decodes the first frame fully to catch
-    truncation; the size is checked from the header first, so a bomb costs nothing."""
+    truncation; the size is checked from the header first, so a bomb costs nothing.
+
+    ``structure_suffices``: a still JPEG or PNG whose structure is whole is not decoded: for
+    a worker's outputs, written by ComfyUI. A PNG's chunk CRCs catch any damage on the way,
+    not pixel data encoded broken (see `comfygram.png`), so a user's photo is decoded."""
     with _open(data, max_pixels) as image:
         info = _describe(image, max_pixels)
-        _decode_first_frame(image)
+        whole = _WHOLE.get(info.format)
+        if not (structure_suffices and info.frames == 1 and whole is not None and whole(data)):
+            _decode_first_frame(image)
         return info
 
 

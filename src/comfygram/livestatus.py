@@ -68,6 +68,10 @@ class LiveStatus:
             await pipe.execute()
         return True
 
+    async def drop_results(self, job_id: str) -> None:
+        """Forget the job's cached outputs (its result has been delivered)."""
+        await self.redis.delete(self._result_key(job_id))
+
     async def cached_results(self, job_id: str) -> list[tuple[bytes, str, str]] | None:
         """The job's outputs as cached, in order; None when they are not (all) there."""
         raw = await self.redis.hgetall(self._result_key(job_id))

@@ -1,6 +1,7 @@
 """Checking a job's outputs by the kind its preset declares, before anything is stored.
 
-- ``image``: a still JPEG, PNG or WebP (the checks of images.py, first frame decoded).
+- ``image``: a still JPEG, PNG or WebP (the checks of images.py: a whole JPEG or PNG by its
+  structure, anything else by decoding its first frame).
 - ``animation``: an animated WebP or PNG (what SaveAnimatedWEBP/SaveAnimatedPNG write); every
   frame is decoded, which finds a damaged one and gives the frame count and duration, so its
   pixels x frames are bounded (images.MAX_PIXEL_FRAMES) before any decode.
@@ -69,7 +70,7 @@ def _rejected(exc: ImageRejected) -> MediaRejected:
 
 def _still(data: bytes, max_pixels: int) -> MediaInfo:
     try:
-        info = inspect_image(data, max_pixels)
+        info = inspect_image(data, max_pixels, structure_suffices=True)
     except ImageRejected as exc:
         raise _rejected(exc) from None
     if info.frames > 1:

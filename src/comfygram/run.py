@@ -196,6 +196,7 @@ async def _run_parts(settings: Settings) -> int:
             return 1
         await asyncio.sleep(0.05)
 
+    startup.keep_startup_objects_out_of_gc()
     parts = {
         backend,
         asyncio.create_task(run_worker(settings, stop), name="worker"),

@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     # Processes `comfygram backend` serves the API with (uvicorn's --workers); about one per
     # core. `comfygram run` always runs one.
     backend_workers: int = Field(default=1, ge=1, le=64)
+    # New jobs each backend process works on at the same time, once their uploads are in
+    # (0 = no limit): in a flood of new jobs the first reach the queue first, and the workers'
+    # calls wait behind a couple of creations, not behind all of them, while the GPU waits.
+    creation_turns: int = Field(default=2, ge=0, le=1000)
 
     # Storage
     database_url: str = "sqlite+aiosqlite:///./data/comfygram.db"

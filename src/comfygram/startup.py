@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
 import logging
 import os
 import socket
@@ -19,6 +20,15 @@ from urllib.parse import urlsplit
 from comfygram.settings import ConfigError, Settings
 
 CHECK_TIMEOUT = 5.0
+
+
+def keep_startup_objects_out_of_gc() -> None:
+    """Leave what starting made (modules, classes, schemas, routes: 150,000 to 220,000 objects
+    that live as long as the process) out of every later garbage collection. A full collection
+    walked them all with the event loop stopped: 149 ms in the worker, 76 ms in the backend.
+    Garbage is collected first, so none of it is kept for good."""
+    gc.collect()
+    gc.freeze()
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:

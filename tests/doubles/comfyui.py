@@ -867,7 +867,9 @@ Progress = Callable[[str, float, float, str], Awaitable[None]]
 class ComfyUIDouble:
     """A fake ComfyUI on 127.0.0.1; ``url`` is valid after ``start()``."""
 
-    def __init__(self, root: Path, *, port: int = 0, previews: bool = False) -> None:
+    def __init__(
+        self, root: Path, *, port: int = 0, previews: bool = False, gc_extension: bool = False
+    ) -> None:
         self.root = Path(root)
         self.dirs = {kind: self.root / kind for kind in ("input", "output", "temp")}
         for path in self.dirs.values():
@@ -876,6 +878,8 @@ class ComfyUIDouble:
         self.execution_delay = 0.0
         self.nodes_in_thread = False
         self.previews = previews
+        # comfygram's ComfyUI extension (GET /comfygram/gc); stock ComfyUI answers 404.
+        self.gc_extension = gc_extension
         self.previews_sent: list[tuple[str, int]] = []  # (client_id, binary event type)
         self.drop_websocket_messages = False
         self.history_write_delay = 0.0
@@ -910,6 +914,8 @@ class ComfyUIDouble:
         self._wakeup = asyncio.Event()
         self._sockets: dict[str, WebSocket] = {}
         self._client_flags: dict[str, dict[str, Any]] = {}  # clientId -> its feature_flags
+        # Each socket's Sec-WebSocket-Extensions offer (None: none), as the client sent it.
+        self.socket_extension_offers: list[str | None] = []
         self._socket_changed = asyncio.Event()
         # cache key -> (node's value (a batch of images, a video) or None, its UI output or None)
         self._cache: dict[str, tuple[Any, dict[str, Any] | None]] = {}
@@ -1023,6 +1029,7 @@ class ComfyUIDouble:
         app = Starlette(
             routes=[
                 Route("/system_stats", self._system_stats),
+                Route("/comfygram/gc", self._gc_state),
                 Route("/object_info", self._object_info),
                 Route("/object_info/{node_class}", self._object_info_one),
                 Route("/upload/image", self._upload, methods=["POST"]),
@@ -1077,6 +1084,28 @@ class ComfyUIDouble:
         system = {**SYSTEM_STATS["system"]}
         system["argv"] = [*system["argv"], "--preview-method", "auto"]
         return _json({**SYSTEM_STATS, "system": system})
+
+    async def _gc_state(self, request: Request) -> Response:
+        """As the extension answers: nothing frozen until the first prompt (figures of 0.3.64)."""
+        if not self.gc_extension:
+            return Response("404: Not Found", status_code=404, media_type="text/plain")
+        if not self.prompts_received:
+            return _json(
+                {
+                    "frozen": 0,
+                    "tracked": 536577,
+                    "full_collection_before_freeze_ms": None,
+                    "full_collections_ms": [],
+                }
+            )
+        return _json(
+            {
+                "frozen": 586852,
+                "tracked": 2977,
+                "full_collection_before_freeze_ms": 301.2,
+                "full_collections_ms": [0.9, 1.1],
+            }
+        )
 
     def _node_info(self) -> dict[str, Any]:
         info = json.loads(json.dumps(NODE_INFO))
@@ -1483,6 +1512,7 @@ class ComfyUIDouble:
 
     async def _ws(self, ws: WebSocket) -> None:
         client_id = ws.query_params.get("clientId") or uuid.uuid4().hex
+        self.socket_extension_offers.append(ws.headers.get("sec-websocket-extensions"))
         await ws.accept()
         self._sockets[client_id] = ws  # a newer socket with the same id replaces the older
         self._socket_changed.set()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from collections.abc import AsyncIterator
 from typing import Annotated
@@ -25,6 +26,17 @@ def has_api_token(request: Request, expected: bytes) -> bool:
 async def _session(request: Request) -> AsyncIterator[AsyncSession]:
     async with request.app.state.sessions() as session:
         yield session
+
+
+async def creation_turn(request: Request) -> AsyncIterator[None]:
+    """Hold one of the process's turns for a job creation (CREATION_TURNS). FastAPI reads the
+    request's body before it solves a dependency, so a client that sends slowly holds none."""
+    turns: asyncio.Semaphore | None = request.app.state.creation_turns
+    if turns is None:
+        yield
+        return
+    async with turns:
+        yield
 
 
 async def _reader(request: Request) -> AsyncIterator[AsyncConnection]:

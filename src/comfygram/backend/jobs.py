@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import uuid
@@ -15,13 +16,11 @@ from sqlalchemy import (
     ColumnElement,
     Row,
     ScalarSelect,
-    and_,
     bindparam,
     case,
     func,
-    not_,
-    or_,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -699,18 +698,20 @@ async def record_delivery(
 
 
 def _takes(report: DeliveryStatus) -> ColumnElement[bool]:
-    """delivery_refusal(...) is None, and not delivered yet, as SQL on the job's row."""
-    pending = Job.delivery_status == DeliveryStatus.PENDING
-    if report is DeliveryStatus.PENDING:
-        return and_(
-            Job.status == JobStatus.PROCESSING, Job.delivery_status == DeliveryStatus.SENDING
-        )
-    if report is DeliveryStatus.SENDING:
-        return and_(pending, Job.status != JobStatus.QUEUED)
-    return and_(
-        Job.delivery_status != DeliveryStatus.DELIVERED,
-        or_(Job.status.in_(FINAL), and_(Job.status == JobStatus.PROCESSING, not_(pending))),
-    )
+    """delivery_refusal(...) is None, and not delivered yet, as SQL on the job's row: the
+    (status, delivery status) pairs the rule takes, listed from the rule itself."""
+    return tuple_(Job.status, Job.delivery_status).in_(_taken_pairs(report))
+
+
+@functools.cache
+def _taken_pairs(report: DeliveryStatus) -> list[tuple[str, str]]:
+    return [
+        (status.value, delivery.value)
+        for status in JobStatus
+        for delivery in DeliveryStatus
+        if delivery is not DeliveryStatus.DELIVERED
+        and delivery_refusal(status, delivery, report) is None
+    ]
 
 
 def _delivery_values(status: DeliveryStatus, error: str | None) -> dict[str, object]:

@@ -64,6 +64,7 @@ from comfygram.bot.status import Eta, QueueTracker
 from comfygram.i18n import t
 from comfygram.queue import connect_redis
 from comfygram.settings import ConfigError, Settings
+from comfygram.tasks import cancelled
 from comfygram.telegram import RateBudget, TelegramSender, create_bot
 
 log = logging.getLogger(__name__)
@@ -334,11 +335,7 @@ class BotRuntime:
         ]
 
     async def close(self) -> None:
-        for task in self._loops:
-            task.cancel()
-        for task in self._loops:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await asyncio.gather(*(cancelled(task) for task in self._loops))
         self._loops = []
         if self._updates:
             # Let updates in flight finish (their effects are idempotent, but half-told is rude).
@@ -363,14 +360,7 @@ class BotRuntime:
         stopping = asyncio.create_task(self._stopping.wait())
         try:
             await asyncio.wait({self._poller, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            # Again until it ends: on Python 3.11 a wait_for inside a request can swallow a
-            # cancellation that lands as its answer does, and the poll would run on for a
-            # whole long poll (the run then cut the bot short after 60 s).
-            while not self._poller.done():
-                self._poller.cancel()
-                await asyncio.wait({self._poller}, timeout=1.0)
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
+            await cancelled(self._poller)
         finally:
             stopping.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -54,6 +54,7 @@ from comfygram.logs import job_context
 from comfygram.presets import Preset, compatibility_problems
 from comfygram.presets.contract import MediaKind
 from comfygram.queue import Delivery, JobQueue
+from comfygram.tasks import cancelled
 from comfygram.worker import encode, workflow
 from comfygram.worker.delivery import Form, OutputFile
 from comfygram.worker.failures import (
@@ -171,11 +172,11 @@ class Worker:
             await self._hand_back_all()
         finally:
             stopper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stopper
             for task in keepers:
-                task.cancel()
-            for task in [*keepers, stopper]:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+                with contextlib.suppress(Exception):
+                    await cancelled(task)
             with contextlib.suppress(RedisError, OSError):
                 await self.lock.release()
 
@@ -669,6 +670,7 @@ class Worker:
         finally:
             await remembering
         await self._ack(run.delivery)
+        await self._forget(job.id)
 
     async def _store_still(
         self,
@@ -740,11 +742,18 @@ class Worker:
                 raise
 
     async def _remember(self, job: Job, files: Sequence[tuple[bytes, str, str]]) -> None:
-        """The job's live status, and its outputs into the result cache."""
+        """The job's live status, and its outputs into the result cache, where a worker that
+        takes the job up again finds them if this one dies before the result is sent."""
         with contextlib.suppress(RedisError, OSError):
             await self.live.set(job.id, "succeeded", progress=100, worker=self.config.name)
         with contextlib.suppress(RedisError, OSError):
             await self.live.cache_results(job.id, files, self.config.result_cache_seconds)
+
+    async def _forget(self, job_id: str) -> None:
+        """Drop the cached outputs once the result went out and the job left the queue: kept
+        for RESULT_CACHE_SECONDS after every job, they held an hour of results in Redis."""
+        with contextlib.suppress(RedisError, OSError):
+            await self.live.drop_results(job_id)
 
     async def _store(
         self,
@@ -866,6 +875,7 @@ class Worker:
         outputs = await _output_files(job, preset, files)
         await self.messages.deliver_outputs(job, preset, outputs)
         await self._ack(delivery)
+        await self._forget(job.id)
 
     # -- plumbing -------------------------------------------------------------------------
 

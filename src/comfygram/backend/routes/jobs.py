@@ -7,7 +7,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, TypeVar
 
-from fastapi import APIRouter, File, Form, Header, Path, Query, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Header, Path, Query, Response, UploadFile
 from fastapi.responses import FileResponse
 from pydantic import AfterValidator, BaseModel
 from redis.exceptions import RedisError
@@ -15,7 +15,14 @@ from sqlalchemy import Row
 
 from comfygram import metrics
 from comfygram.backend import accounts, jobs
-from comfygram.backend.deps import QueueDep, ReaderDep, SessionDep, SettingsDep, StoreDep
+from comfygram.backend.deps import (
+    QueueDep,
+    ReaderDep,
+    SessionDep,
+    SettingsDep,
+    StoreDep,
+    creation_turn,
+)
 from comfygram.backend.errors import ApiError
 from comfygram.backend.limits import RESULT_SIZE_FACTOR
 from comfygram.backend.models import FileRole, Job, JobFile, User, as_utc
@@ -103,7 +110,9 @@ def _answer(
     return Response(body.model_dump_json(), status_code, headers, media_type="application/json")
 
 
-@router.post("/create", status_code=201, response_model=JobOut)
+@router.post(
+    "/create", status_code=201, response_model=JobOut, dependencies=[Depends(creation_turn)]
+)
 async def create_job(
     session: SessionDep,
     settings: SettingsDep,
