@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import select
 
 from comfygram.backend.admin.auth import MAX_FAILURES, SESSION_COOKIE, USERNAME_MAX_FAILURES
-from comfygram.backend.admin.guard import same_origin
+from comfygram.backend.admin.guard import AdminGuard, same_origin
 from comfygram.backend.app import create_app
 from comfygram.backend.models import Job, LedgerEntry, Payment, User
 from comfygram.backend.models import Preset as PresetRow
@@ -560,6 +560,34 @@ async def test_valid_ids_still_open(admin, api, app):
 )
 def test_same_origin(source, host, same):
     assert same_origin(source, host) is same
+
+
+async def test_a_foreign_form_is_read_whole_before_it_is_refused():
+    """Chromium once showed its own empty "HTTP ERROR 403" page for the refusal (CI, stop 21):
+    answering a form before it has arrived races the browser's upload. The guard reads it."""
+    events: list[str] = []
+    parts = [b"price=0&", b"enabled=y"]
+
+    async def receive() -> dict:
+        events.append("read")
+        body = parts.pop(0)
+        return {"type": "http.request", "body": body, "more_body": bool(parts)}
+
+    async def send(message: dict) -> None:
+        events.append(message["type"])
+
+    async def panel(scope, receive, send) -> None:
+        raise AssertionError("a foreign form reached the panel")
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/admin/preset/edit/bw",
+        "root_path": "/admin",
+        "headers": [(b"host", b"backend.test"), (b"origin", FOREIGN.encode())],
+    }
+    await AdminGuard(panel, panel=None)(scope, receive, send)  # type: ignore[arg-type]
+    assert events == ["read", "read", "http.response.start", "http.response.body"]
 
 
 async def test_without_redis_the_panel_answers_503_not_500(app, settings):

@@ -124,6 +124,14 @@ class AdminGuard:
         request = Request(scope)
         foreign = foreign_source(request.headers)
         if foreign is not None:
+            # Read the (small) form before refusing it: a server that closes its end with the
+            # request unread resets the connection, and the browser can lose the answer with it.
+            try:
+                await _read_body(receive)
+            except Disconnected:
+                return
+            except TooLarge:
+                pass
             message = f"Refused: this request came from another site ({foreign})."
             await self._error(request, 403, message)(scope, receive, send)
             return
