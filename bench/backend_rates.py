@@ -65,17 +65,51 @@ def photo(width: int, height: int) -> bytes:
     return buffer.getvalue()
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process and all its descendants alive now (Linux)."""
-    total, todo = 0.0, [pid]
+def process_tree(pid: int) -> list[int]:
+    """A process and all its descendants alive now (Linux)."""
+    found, todo = [], [pid]
     while todo:
         current = todo.pop()
         with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{current}/stat").read_text().rpartition(")")[2].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
             for task in Path(f"/proc/{current}/task").iterdir():
                 todo += [int(child) for child in (task / "children").read_text().split()]
+            found.append(current)
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and all its descendants alive now (Linux)."""
+    total = 0.0
+    for current in process_tree(pid):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{current}/stat").read_text().rpartition(")")[2].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return total
+
+
+def connections_per_process(pid: int, port: int) -> list[int]:
+    """How many established connections to ``port`` each process of the tree holds, the
+    busiest first (Linux: /proc/net/tcp and each process's socket descriptors)."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].rpartition(":")[2], 16) == port and fields[3] == "01":
+            inodes.add(f"socket:[{fields[9]}]")
+    counts = []
+    for current in process_tree(pid):
+        with contextlib.suppress(OSError):
+            fds = Path(f"/proc/{current}/fd").iterdir()
+            held = sum(1 for fd in fds if _readlink(fd) in inodes)
+            if held:
+                counts.append(held)
+    return sorted(counts, reverse=True)
+
+
+def _readlink(path: Path) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return ""
 
 
 def machine_busy() -> tuple[float, float]:
@@ -275,7 +309,10 @@ async def wait_ready(process: subprocess.Popen, port: int, log: Path) -> None:
     raise RuntimeError(f"the backend did not start:\n{backend_log(log)}")
 
 
-async def measure(workers: int, args: argparse.Namespace, image: bytes) -> list[Phase]:
+async def measure(
+    workers: int, args: argparse.Namespace, image: bytes
+) -> tuple[list[Phase], list[int]]:
+    """The three phases, and how many of the clients' connections each process held."""
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
     users = list(range(1, args.clients + 1))
     async with fresh_database() as database_url:
@@ -285,7 +322,13 @@ async def measure(workers: int, args: argparse.Namespace, image: bytes) -> list[
             connections: list[Connection] = []
             try:
                 await wait_ready(process, port, folder / "backend.log")
-                connections = [await Connection.open(port) for _ in users]
+                # One at a time, each answered before the next opens, as clients' pools open
+                # theirs over time: opened all at once, they queue before any process accepts
+                # and the first to wake takes them all.
+                for _ in users:
+                    connections.append(await Connection.open(port))
+                    await connections[-1].send(request("GET", "/healthz"))
+                spread = connections_per_process(process.pid, port)
                 setup = connections[0]
                 for user in users:
                     register = json.dumps({"telegram_id": user}).encode()
@@ -322,7 +365,7 @@ async def measure(workers: int, args: argparse.Namespace, image: bytes) -> list[
                     for i in range(len(users))
                 ]
                 phases.append(await load("read", process.pid, connections, reads, args.seconds))
-                return phases
+                return phases, spread
             finally:
                 for connection in connections:
                     connection.close()
@@ -345,11 +388,13 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0, help="counted seconds per phase")
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--side", type=int, default=2560, help="photo width (height: 3/4)")
+    parser.add_argument("--json", type=Path, help="also write the rates to this file")
     args = parser.parse_args()
 
     image = photo(args.side, args.side * 3 // 4)
     load_average = os.getloadavg()
-    results = {int(n): await measure(int(n), args, image) for n in args.workers.split(",")}
+    measured = {int(n): await measure(int(n), args, image) for n in args.workers.split(",")}
+    results = {workers: phases for workers, (phases, _) in measured.items()}
 
     print(
         f"backend on PostgreSQL, {args.clients} keep-alive clients, {args.seconds:g} s per "
@@ -370,12 +415,18 @@ async def main() -> None:
                 f"{phase.client_cpu / phase.seconds:>10.0%} {phase.server_ms_per_answer:>14.2f} "
                 f"{phase.machine_busy:>12.0%}"
             )
-    for workers, phases in results.items():
+    for workers, (phases, spread) in measured.items():
         health, create, read = (phase.rate for phase in phases)
         print(
             f"workers {workers}: read/healthz {read / health:.2f}, "
-            f"create/healthz {create / health:.3f}"
+            f"create/healthz {create / health:.3f}; connections per process "
+            + "/".join(map(str, spread))
         )
+    if args.json:
+        rates = {n: {phase.name: phase.rate for phase in phases} for n, phases in results.items()}
+        spreads = {n: spread for n, (_, spread) in measured.items()}
+        figures = {"image_bytes": len(image), "rates": rates, "connections_per_process": spreads}
+        args.json.write_text(json.dumps(figures))
 
 
 if __name__ == "__main__":

@@ -1023,6 +1023,7 @@ async def main() -> None:
         help="real ComfyUI only: each job also waits this long in the bench's GPU stand-in node "
         "(a GPU's part of a job, during which the CPU is free)",
     )
+    parser.add_argument("--json", type=Path, help="also write the key figures to this file")
     args = parser.parse_args()
     if args.gpu_ms and args.comfyui != "real":
         parser.error("--gpu-ms needs --comfyui real (the double has no such node)")
@@ -1096,6 +1097,25 @@ async def main() -> None:
             "  burst: ComfyUI waited for the next prompt (ms from its first start: ms) "
             + (late or "never")
         )
+    if args.json:
+        args.json.write_text(
+            json.dumps([figures(*column, stages) for column, stages in results.items()])
+        )
+
+
+def figures(kind: str, label: str, stages: Stages) -> dict[str, Any]:
+    """One column's key figures, for --json (bench/goals.py reads them)."""
+    return {
+        "comfyui": kind,
+        "source": label,
+        "overhead_p50_ms": pct(stages.single["overhead (goal p50 <= 30)"], 0.5),
+        "bare_overhead_p50_ms": pct(stages.bare_overhead, 0.5),
+        "idle_while_jobs_wait": stages.burst_idle[0],
+        "idle_with_a_prompt_queued": stages.burst_idle_queued,
+        "bare_idle": stages.bare_idle[1],
+        "late_submits": len(stages.late_submits),
+        "cpu_ms_per_job": stages.burst_cpu,
+    }
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import json
 import sys
 import tempfile
 import time
@@ -153,10 +154,14 @@ async def main() -> None:
     parser.add_argument("--warmup", type=int, default=200, help="jobs before the baseline")
     parser.add_argument("--users", type=int, default=30)
     parser.add_argument("--photo-side", type=int, default=256)
+    parser.add_argument("--json", type=Path, help="also write the growth to this file")
     args = parser.parse_args()
     samples = await run(args)
     warmup = min(args.warmup, args.jobs)
-    print(f"growth: {growth(samples, warmup):+.1f}% (RSS at {samples[-1][0]} vs at {warmup} jobs)")
+    grew = growth(samples, warmup)
+    print(f"growth: {grew:+.1f}% (RSS at {samples[-1][0]} vs at {warmup} jobs)")
+    if args.json:
+        args.json.write_text(json.dumps({"jobs": samples[-1][0], "growth_pct": grew}))
 
 
 if __name__ == "__main__":

@@ -73,6 +73,9 @@ RUN_BY = {
     ".venv/bin/python bench/worker_memory.py": (
         "test_bench.py::test_worker_memory_bench_samples_the_worker_and_reports_its_growth"
     ),
+    ".venv/bin/python bench/goals.py": (
+        "test_bench.py::test_the_goals_run_measures_every_goal_and_prints_a_verdict_for_each"
+    ),
     ".venv/bin/python bench/delivery.py": (
         "test_bench.py::test_delivery_bench_reports_an_album_and_a_video"
     ),
