@@ -309,6 +309,27 @@ async def wait_ready(process: subprocess.Popen, port: int, log: Path) -> None:
     raise RuntimeError(f"the backend did not start:\n{backend_log(log)}")
 
 
+async def spread_connections(
+    pid: int, port: int, workers: int, users: list[int]
+) -> tuple[list[Connection], list[int]]:
+    """A connection per client, and how many each process holds. Opened one at a time, each
+    answered before the next opens, as clients' pools open theirs over time: opened all at
+    once, they queue before any process accepts and the first to wake takes them all. Opened
+    again while a process holds none (it was still starting)."""
+    for _ in range(10):
+        connections = []
+        for _ in users:
+            connections.append(await Connection.open(port))
+            await connections[-1].send(request("GET", "/healthz"))
+        spread = connections_per_process(pid, port)
+        if len(spread) == min(workers, len(users)):
+            break
+        for connection in connections:
+            connection.close()
+        await asyncio.sleep(1)
+    return connections, spread
+
+
 async def measure(
     workers: int, args: argparse.Namespace, image: bytes
 ) -> tuple[list[Phase], list[int]]:
@@ -322,13 +343,7 @@ async def measure(
             connections: list[Connection] = []
             try:
                 await wait_ready(process, port, folder / "backend.log")
-                # One at a time, each answered before the next opens, as clients' pools open
-                # theirs over time: opened all at once, they queue before any process accepts
-                # and the first to wake takes them all.
-                for _ in users:
-                    connections.append(await Connection.open(port))
-                    await connections[-1].send(request("GET", "/healthz"))
-                spread = connections_per_process(process.pid, port)
+                connections, spread = await spread_connections(process.pid, port, workers, users)
                 setup = connections[0]
                 for user in users:
                     register = json.dumps({"telegram_id": user}).encode()
