@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 
 import httpx
@@ -15,10 +16,10 @@ from tests.helpers import create_job, grant, register
 USER = 9191
 
 
-async def _processing_job(api: httpx.AsyncClient) -> str:
-    await register(api, USER)
-    await grant(api, USER, 5, "routes")
-    created = await create_job(api, USER, "invert")
+async def _processing_job(api: httpx.AsyncClient, user: int = USER) -> str:
+    await register(api, user)
+    await grant(api, user, 5, "routes")
+    created = await create_job(api, user, "invert")
     assert created.status_code == 201, created.text
     job_id = created.json()["id"]
     moved = await api.post(f"/api/jobs/{job_id}/status", json={"status": "processing"})
@@ -40,6 +41,27 @@ async def test_a_status_message_is_not_recorded_once_the_final_message_is_claime
     )
     assert late.status_code == 200
     assert late.json()["status_message_id"] == 10  # not 11: the bot deletes message 11
+
+
+async def test_a_status_message_racing_the_claim_is_either_recorded_and_claimed_or_refused(api):
+    """The bot records its message just as a worker claims the result: whichever comes first,
+    the claimant and the bot agree on whether the job has it (one of them removes it)."""
+    orders = set()
+    for message_id in range(20, 30):
+        user = USER + message_id  # one job each: a user has at most 3 at once
+        job_id = await _processing_job(api, user)
+        record, claim = await asyncio.gather(
+            api.post(
+                f"/api/jobs/{job_id}/status-message",
+                json={"chat_id": user, "message_id": message_id},
+            ),
+            api.post(f"/api/jobs/{job_id}/delivery", json={"status": "sending"}),
+        )
+        assert record.status_code == 200 and claim.status_code == 200, (record, claim)
+        kept = record.json()["status_message_id"]
+        assert kept in (None, message_id) and claim.json()["status_message_id"] == kept
+        orders.add(kept is None)
+    assert orders  # at least one order seen (both, usually, on PostgreSQL)
 
 
 async def test_a_cancelled_job_records_no_status_message(api):

@@ -50,19 +50,21 @@ async def _reader(request: Request) -> AsyncIterator[AsyncConnection]:
         yield connection
 
 
-def _settings(request: Request) -> Settings:
+# The getters below are coroutines on purpose: FastAPI runs a plain function dependency in its
+# thread pool, a hop per request that, with the event loop busy, waits for the GIL.
+async def _settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def _queue(request: Request) -> JobQueue:
+async def _queue(request: Request) -> JobQueue:
     return request.app.state.queue
 
 
-def _store(request: Request) -> MediaStore:
+async def _store(request: Request) -> MediaStore:
     return request.app.state.store
 
 
-def _workers(request: Request) -> WorkerRegistry:
+async def _workers(request: Request) -> WorkerRegistry:
     return request.app.state.workers
 
 

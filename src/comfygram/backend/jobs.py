@@ -770,15 +770,24 @@ async def record_status_message(
     or remove that message.
 
     Serialized with the delivery claim on the job's row: either the message is recorded first
-    and the claimant removes it, or the claim came first and the caller removes it.
+    and the claimant removes it, or the claim came first and the caller removes it. One
+    UPDATE, as `start`: the bot records its message just as a worker takes the job, and a
+    locking read held the row from before the worker's move until the commit.
     """
-    job = await get_job(session, job_id, lock=True)
-    if job.status == JobStatus.CANCELLED or job.delivery_status != DeliveryStatus.PENDING:
-        return False
-    job.status_chat_id = chat_id
-    job.status_message_id = message_id
-    await session.flush()
-    return True
+    if not _is_job_id(job_id):
+        raise not_found("job", job_id)
+    recorded = await session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.status != JobStatus.CANCELLED,
+            Job.delivery_status == DeliveryStatus.PENDING,
+        )
+        .values(status_chat_id=chat_id, status_message_id=message_id)
+        .returning(Job.id)
+        .execution_options(synchronize_session=False)
+    )
+    return recorded.first() is not None
 
 
 async def list_for_user(session: AsyncSession, user: User, limit: int) -> list[Job]:
