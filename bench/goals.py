@@ -6,14 +6,15 @@
    share of each with the CPU free; the bot's status messages included): a job's own overhead
    (goal p50 <= 30 ms) and ComfyUI's idle while jobs wait (goal <= 3 %), with the bare runner
    beside them.
-2. The same without `--gpu-ms` (512x512 `invert`, all of it CPU work on the two cores the rest of
-   the system needs): printed beside, not judged; see docs/performance.md for why.
+2. The same through the API alone (`--no-status-message`), and without `--gpu-ms` (512x512
+   `invert`, all of it CPU work on the two cores the rest of the system needs): printed beside,
+   not judged; see docs/performance.md for why.
 3. `backend_rates.py --workers 2`: job creations with a 1.3 MB JPEG (goal >= 100/s) and status
    reads (goal >= 1,000/s), /healthz of the same server beside them.
 4. `worker_memory.py`: the worker's RSS over 1,000 jobs (goal within +-5 %).
 
 Each bench's whole output is printed as it runs; the table at the end compares its figures with
-the goals. Takes about five minutes. Run it on an otherwise idle machine.
+the goals. Takes about six minutes. Run it on an otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -62,7 +63,9 @@ def run(script: str, *args: str) -> Any:
         return json.loads(figures.read_text())
 
 
-def judged(gpu: dict[str, Any], cpu: dict[str, Any], rates: dict, memory: dict) -> list[Goal]:
+def judged(
+    gpu: dict[str, Any], api: dict[str, Any], cpu: dict[str, Any], rates: dict, memory: dict
+) -> list[Goal]:
     two = rates["rates"]["2"]
     return [
         Goal(
@@ -71,8 +74,8 @@ def judged(gpu: dict[str, Any], cpu: dict[str, Any], rates: dict, memory: dict) 
             30,
             True,
             "ms",
-            f"bare runner {gpu['bare_overhead_p50_ms']:.1f} ms; CPU-only invert "
-            f"{cpu['overhead_p50_ms']:.1f} ms",
+            f"bare runner {gpu['bare_overhead_p50_ms']:.1f} ms; API alone "
+            f"{api['overhead_p50_ms']:.1f} ms; CPU-only invert {cpu['overhead_p50_ms']:.1f} ms",
         ),
         Goal(
             "ComfyUI idle while jobs wait, 50 ms jobs",
@@ -112,11 +115,13 @@ def main() -> None:
     parser.add_argument("--memory-jobs", type=int, default=1000)
     args = parser.parse_args()
     jobs = ["--jobs", str(args.jobs), "--burst", str(args.burst)]
-    [gpu] = run("fast_path.py", "--comfyui", "real", "--side", "256", "--gpu-ms", "40", *jobs)
+    gpu_like = ["--comfyui", "real", "--side", "256", "--gpu-ms", "40", *jobs]
+    [gpu] = run("fast_path.py", *gpu_like)
+    [api] = run("fast_path.py", *gpu_like, "--no-status-message")
     [cpu] = run("fast_path.py", "--comfyui", "real", *jobs)
     rates = run("backend_rates.py", "--workers", "2", "--seconds", f"{args.seconds:g}")
     memory = run("worker_memory.py", "--jobs", str(args.memory_jobs))
-    goals = judged(gpu, cpu, rates, memory)
+    goals = judged(gpu, api, cpu, rates, memory)
     print(f"\nissue 13's goals, this run ({gpu['source']})")
     print(f"{'goal':<38} {'measured':>14} {'goal':>14}  {'verdict':<8} beside it")
     for goal in goals:
