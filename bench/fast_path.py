@@ -1111,7 +1111,6 @@ def figures(kind: str, label: str, stages: Stages) -> dict[str, Any]:
         "overhead_p50_ms": pct(stages.single["overhead (goal p50 <= 30)"], 0.5),
         "bare_overhead_p50_ms": pct(stages.bare_overhead, 0.5),
         "idle_while_jobs_wait": stages.burst_idle[0],
-        "idle_with_a_prompt_queued": stages.burst_idle_queued,
         "bare_idle": stages.bare_idle[1],
         "late_submits": len(stages.late_submits),
         "cpu_ms_per_job": stages.burst_cpu,

@@ -46,7 +46,6 @@ async def test_a_status_message_is_not_recorded_once_the_final_message_is_claime
 async def test_a_status_message_racing_the_claim_is_either_recorded_and_claimed_or_refused(api):
     """The bot records its message just as a worker claims the result: whichever comes first,
     the claimant and the bot agree on whether the job has it (one of them removes it)."""
-    orders = set()
     for message_id in range(20, 30):
         user = USER + message_id  # one job each: a user has at most 3 at once
         job_id = await _processing_job(api, user)
@@ -60,8 +59,6 @@ async def test_a_status_message_racing_the_claim_is_either_recorded_and_claimed_
         assert record.status_code == 200 and claim.status_code == 200, (record, claim)
         kept = record.json()["status_message_id"]
         assert kept in (None, message_id) and claim.json()["status_message_id"] == kept
-        orders.add(kept is None)
-    assert orders  # at least one order seen (both, usually, on PostgreSQL)
 
 
 async def test_a_cancelled_job_records_no_status_message(api):

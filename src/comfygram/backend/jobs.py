@@ -771,8 +771,8 @@ async def record_status_message(
 
     Serialized with the delivery claim on the job's row: either the message is recorded first
     and the claimant removes it, or the claim came first and the caller removes it. One
-    UPDATE, as `start`: the bot records its message just as a worker takes the job, and a
-    locking read held the row from before the worker's move until the commit.
+    UPDATE, as `start`: the bot records its message just as a worker takes the job, and the
+    worker's start would wait for a locking read's hold on the row until its commit.
     """
     if not _is_job_id(job_id):
         raise not_found("job", job_id)

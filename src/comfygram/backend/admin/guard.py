@@ -124,8 +124,8 @@ class AdminGuard:
         request = Request(scope)
         foreign = foreign_source(request.headers)
         if foreign is not None:
-            # Read the (small) form before refusing it: a server that closes its end with the
-            # request unread resets the connection, and the browser can lose the answer with it.
+            # Read the (small) form before refusing it: an answer sent while the browser still
+            # uploads races it (CI once saw Chromium show its own empty 403 page instead).
             try:
                 await _read_body(receive)
             except Disconnected:
