@@ -362,9 +362,7 @@ class BotRuntime:
             await asyncio.wait({self._poller, stopping}, return_when=asyncio.FIRST_COMPLETED)
             await cancelled(self._poller)
         finally:
-            stopping.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await stopping
+            await cancelled(stopping)
             if handle_signals:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.remove_signal_handler(sig)

@@ -171,10 +171,7 @@ class Worker:
                 await asyncio.wait(self._background, timeout=self.config.grace_seconds)
             await self._hand_back_all()
         finally:
-            stopper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await stopper
-            for task in keepers:
+            for task in [stopper, *keepers]:
                 with contextlib.suppress(Exception):
                     await cancelled(task)
             with contextlib.suppress(RedisError, OSError):
